@@ -1,1 +1,35 @@
-//! placeholder
+//! Aviary's contracts: every bus message and the gRPC control API, package `aviary.v1`.
+//!
+//! Generated from `proto/aviary/v1/*.proto` at build time. Types stay at the edges: services
+//! convert them into `aviary-core` types with `TryFrom` that names the bad field.
+
+/// Package `aviary.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("aviary.v1");
+
+    /// Encoded file descriptor set of `aviary.v1`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("aviary_v1_descriptor");
+}
+
+pub mod events;
+pub mod naming;
+
+pub use v1::*;
+
+impl v1::RolloutRef {
+    /// Builds a reference from a namespace and a name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for v1::RolloutRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}

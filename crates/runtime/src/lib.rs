@@ -1,1 +1,37 @@
-//! placeholder
+//! What every Aviary service shares at run time: the common flags (admin port, logging,
+//! OpenTelemetry export), the admin HTTP server (`/healthz`, `/readyz`, `/metrics`), the metrics
+//! registry, and the shutdown trigger.
+//!
+//! A service's `main` does: parse flags → [`telemetry::init`] → [`shutdown::on_signals`] →
+//! `service::run(config, shutdown)`. The service starts an [`admin::AdminServer`] with its own
+//! registry and flips [`admin::Readiness`] once it has connected to its dependencies.
+
+pub mod admin;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+
+/// Flags every service takes, flattened into its own clap struct.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "AVIARY_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+
+    /// Log filter in `tracing` syntax, e.g. `info,aviary_scheduler=debug`.
+    #[arg(long, env = "AVIARY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Emit logs as JSON lines.
+    #[arg(long, env = "AVIARY_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+
+    /// OTLP/gRPC endpoint for traces (e.g. `http://127.0.0.1:4317`); off when unset.
+    #[arg(long, env = "AVIARY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How long a graceful drain may take after SIGTERM before the process exits anyway.
+    #[arg(long, env = "AVIARY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+}

@@ -1,0 +1,199 @@
+//! The audit event contract: every rollout transition is one CloudEvents 1.0 event in JSON
+//! (structured mode), stored on the `AVIARY_EVENTS` stream under
+//! `aviary.events.<namespace>.<rollout>`, in order. Any NATS client in any language can read it;
+//! the notifier and `aviary events` are two such readers. `docs/events.md` lists the types.
+
+use serde::{Deserialize, Serialize};
+
+/// CloudEvents `specversion` we emit.
+pub const SPEC_VERSION: &str = "1.0";
+/// Prefix of every event `type` (reverse-DNS, as CloudEvents recommends).
+pub const TYPE_PREFIX: &str = "dev.aviary.rollout.";
+
+/// What happened to a rollout. The `type` attribute is [`TYPE_PREFIX`] + the kebab-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A rollout was applied for the first time or its spec changed (new generation).
+    Created,
+    /// The rollout started moving traffic.
+    Started,
+    /// A step's split was confirmed by every ingress.
+    StepAdvanced,
+    /// Advancement stopped without a failed check (closed gate, missing ack, no verdict).
+    Halted,
+    /// A gate is waiting to be opened.
+    GateWaiting,
+    /// A gate opened.
+    GateOpened,
+    /// An analysis result, with every metric's value.
+    Verdict,
+    /// The canary is being promoted.
+    Promoting,
+    /// The rollout finished with the canary promoted.
+    Succeeded,
+    /// The canary failed its checks (or the deadline passed) and traffic went back to primary.
+    RolledBack,
+    /// The rollout was halted longer than `progressDeadlineSeconds`.
+    DeadlineExceeded,
+    /// A control-API command was accepted (pause, resume, promote, abort, approve, retry, weight).
+    Command,
+    /// An unauthenticated or unauthorised call was refused.
+    Refused,
+}
+
+impl EventKind {
+    /// The CloudEvents `type` attribute for this kind.
+    pub fn event_type(self) -> String {
+        let name = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        format!("{TYPE_PREFIX}{name}")
+    }
+
+    /// Parses a CloudEvents `type` attribute back into a kind.
+    pub fn from_event_type(ty: &str) -> Option<Self> {
+        let name = ty.strip_prefix(TYPE_PREFIX)?;
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+}
+
+/// One metric's result as recorded in an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricValue {
+    /// Metric name.
+    pub name: String,
+    /// Measured canary value; `None` when there was no data.
+    pub value: Option<f64>,
+    /// Lower bound, when the metric has one.
+    pub min: Option<f64>,
+    /// Upper bound, when the metric has one.
+    pub max: Option<f64>,
+    /// `pass`, `fail`, `inconclusive` or `error`.
+    pub outcome: String,
+    /// Why, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// The `data` of an audit event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EventData {
+    /// Rollout namespace.
+    pub namespace: String,
+    /// Rollout name.
+    pub name: String,
+    /// Spec generation.
+    pub generation: u64,
+    /// Step index in the plan.
+    pub step: u32,
+    /// Phase after the transition (e.g. `Progressing`).
+    pub phase: String,
+    /// Canary weight after the transition.
+    pub canary_weight: u32,
+    /// Primary weight after the transition.
+    pub primary_weight: u32,
+    /// Human-readable reason (why halted, which gate, which command).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Metric results, on verdict and rollback events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricValue>,
+    /// Who caused it, for commands (the caller's identity).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
+    /// Canary version (backend name) being rolled out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canary: String,
+    /// Primary version (backend name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub primary: String,
+}
+
+/// A CloudEvents 1.0 event in structured JSON mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// Unique per event: `<namespace>/<name>/<generation>/<sequence>`; also the `Nats-Msg-Id`,
+    /// so a re-published event is de-duplicated by the stream.
+    pub id: String,
+    /// Emitting component, e.g. `aviary/scheduler`.
+    pub source: String,
+    /// [`TYPE_PREFIX`] + kind.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `<namespace>/<name>`.
+    pub subject: String,
+    /// RFC 3339 timestamp.
+    pub time: String,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// The payload.
+    pub data: EventData,
+}
+
+impl AuditEvent {
+    /// Builds an event of `kind` with the given id, time (RFC 3339) and data.
+    pub fn new(kind: EventKind, id: String, time: String, data: EventData) -> Self {
+        Self {
+            specversion: SPEC_VERSION.to_owned(),
+            subject: format!("{}/{}", data.namespace, data.name),
+            id,
+            source: "aviary/scheduler".to_owned(),
+            ty: kind.event_type(),
+            time,
+            datacontenttype: "application/json".to_owned(),
+            data,
+        }
+    }
+
+    /// The kind, when the `type` is one of ours.
+    pub fn kind(&self) -> Option<EventKind> {
+        EventKind::from_event_type(&self.ty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_round_trips() {
+        for kind in [
+            EventKind::StepAdvanced,
+            EventKind::RolledBack,
+            EventKind::DeadlineExceeded,
+        ] {
+            assert_eq!(EventKind::from_event_type(&kind.event_type()), Some(kind));
+        }
+        assert_eq!(
+            EventKind::StepAdvanced.event_type(),
+            "dev.aviary.rollout.step-advanced"
+        );
+        assert_eq!(EventKind::from_event_type("com.example.other"), None);
+    }
+
+    #[test]
+    fn serializes_as_structured_cloudevent() {
+        let data = EventData {
+            namespace: "test".into(),
+            name: "podinfo".into(),
+            ..Default::default()
+        };
+        let event = AuditEvent::new(
+            EventKind::Created,
+            "test/podinfo/1/0".into(),
+            "2026-01-01T00:00:00Z".into(),
+            data,
+        );
+        let json: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], "dev.aviary.rollout.created");
+        assert_eq!(json["subject"], "test/podinfo");
+        assert_eq!(json["data"]["namespace"], "test");
+    }
+}
