@@ -1,0 +1,46 @@
+# Aviary — the two commands a fresh machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Reuse a build cache outside the clone when the machine has one; a bare machine builds in target/.
+CACHE_TARGET := $(HOME)/.cache/aviary/target
+ifeq ($(origin CARGO_TARGET_DIR),undefined)
+  ifneq ($(wildcard $(CACHE_TARGET)),)
+    export CARGO_TARGET_DIR := $(CACHE_TARGET)
+  endif
+endif
+export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: help bootstrap build test fmt-check clippy nextest demo bench clean
+
+help:
+	@echo "make demo    set up what is missing and run real rollouts end to end"
+	@echo "make test    set up what is missing, then fmt check, clippy and every test"
+	@echo "make bench   run the benchmarks; writes bench/results.json and prints a table"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+build: bootstrap
+	$(CARGO) build --workspace --bins
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: bootstrap
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+nextest: bootstrap
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+test: bootstrap fmt-check clippy nextest
+
+demo: build
+	@bash scripts/demo.sh
+
+bench: bootstrap
+	@bash scripts/bench.sh
+
+clean:
+	$(CARGO) clean
