@@ -1,1 +1,167 @@
-//! placeholder
+//! The Aviary scheduler: owns rollouts.
+//!
+//! It runs each rollout's state machine (`aviary-core`), keeps the state in JetStream KV with
+//! compare-and-swap writes, holds a lease per rollout so exactly one replica drives it, commands
+//! the router agents, asks the analyzer for verdicts, writes every transition to the audit
+//! stream, and serves the gRPC control API.
+//!
+//! Flow: [`owner`] takes leases → [`driver`] per rollout: input → machine → CAS write →
+//! [`effects`] (routes, analysis, audit) → outcome → input. [`api`] serves the control API.
+
+pub mod api;
+pub mod auth;
+pub mod convert;
+pub mod driver;
+pub mod effects;
+pub mod lease;
+pub mod metrics;
+pub mod owner;
+pub mod record;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aviary_bus::kv::Bucket;
+use aviary_bus::{NatsArgs, names};
+use aviary_runtime::CommonArgs;
+use aviary_runtime::admin::{AdminServer, Readiness};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// The scheduler's flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "aviary-scheduler", version, about = "Aviary scheduler: drives rollouts, serves the control API")]
+pub struct Config {
+    /// Flags every service shares.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Address of the gRPC control API.
+    #[arg(long, env = "AVIARY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// This replica's id (default: host name and process id).
+    #[arg(long, env = "AVIARY_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Lease period: a dead replica's rollouts are taken over within two of these.
+    #[arg(long, env = "AVIARY_LEASE_TTL_MS", default_value_t = 5_000)]
+    pub lease_ttl_ms: u64,
+    /// How long every ingress has to acknowledge a route.
+    #[arg(long, env = "AVIARY_ROUTE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub route_timeout_ms: u64,
+    /// How long the analyzer has to answer.
+    #[arg(long, env = "AVIARY_ANALYSIS_TIMEOUT_MS", default_value_t = 30_000)]
+    pub analysis_timeout_ms: u64,
+    /// Bearer tokens file (`<token> <read|operator> <identity>` per line); open API when unset.
+    #[arg(long, env = "AVIARY_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// TLS certificate (PEM) for the control API.
+    #[arg(long, env = "AVIARY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the control API.
+    #[arg(long, env = "AVIARY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to (mutual TLS).
+    #[arg(long, env = "AVIARY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Runs the scheduler until `shutdown` fires, then drains and returns.
+///
+/// Fails when NATS, the admin port or the gRPC port cannot be reached or bound, or a TLS or
+/// tokens file cannot be read.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut registry = aviary_runtime::admin::registry();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let bus_metrics = aviary_bus::BusMetrics::register(&mut registry);
+    let _ = bus_metrics;
+    let ready = Readiness::default();
+    AdminServer::spawn(config.common.admin_addr, registry, ready.clone(), shutdown.clone()).await?;
+
+    let tokens = match &config.tokens_file {
+        Some(path) => auth::Tokens::load(path).with_context(|| format!("tokens file {}", path.display()))?,
+        None => {
+            tracing::warn!("no tokens file: the control API accepts every caller as operator");
+            auth::Tokens::default()
+        }
+    };
+
+    let client = config.nats.connect("aviary-scheduler").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    aviary_bus::setup::ensure_all(&js).await?;
+    let records: Bucket<record::RolloutRecord> = Bucket::open(&js, names::BUCKET_ROLLOUTS).await?;
+    let leases = Bucket::open(&js, names::BUCKET_LEASES).await?;
+    let replica = config.replica_id.clone().unwrap_or_else(default_replica_id);
+    let effects = effects::Effects::new(
+        client.clone(),
+        Duration::from_millis(config.route_timeout_ms),
+        Duration::from_millis(config.analysis_timeout_ms),
+    )
+    .await?;
+    let shared = Arc::new(driver::Shared {
+        records: records.clone(),
+        leases: lease::Leases::new(leases, replica.clone(), config.lease_ttl_ms),
+        effects: effects.clone(),
+        metrics: metrics.clone(),
+    });
+
+    let api = api::Api::new(records, effects, tokens, metrics);
+    let grpc = grpc_server(&config, api, shutdown.clone()).await?;
+    info!(replica = %replica, grpc = %config.grpc_addr, "scheduler started");
+    ready.set(true);
+
+    let owner = tokio::spawn(owner::run(shared, shutdown.clone()));
+    shutdown.cancelled().await;
+    ready.set(false);
+    let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let _ = tokio::time::timeout(drain, async {
+        let _ = owner.await;
+        let _ = grpc.await;
+    })
+    .await;
+    let _ = tokio::time::timeout(drain, client.drain()).await;
+    info!("scheduler stopped");
+    Ok(())
+}
+
+async fn grpc_server(
+    config: &Config,
+    api: api::Api,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<aviary_proto::rollout_service_server::RolloutServiceServer<api::Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aviary_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let mut server = Server::builder();
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &config.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        server = server.tls_config(tls)?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let router = server
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(aviary_proto::rollout_service_server::RolloutServiceServer::new(api));
+    Ok(tokio::spawn(async move {
+        if let Err(error) = router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await {
+            tracing::error!(%error, "gRPC server failed");
+        }
+    }))
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "scheduler".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,393 @@
+//! The `--nats-*` flags every service flattens into its CLI, and the connection they describe.
+//!
+//! ```ignore
+//! #[derive(clap::Parser)]
+//! struct Config {
+//!     #[command(flatten)]
+//!     nats: aviary_bus::NatsArgs,
+//! }
+//! let client = config.nats.connect("aviary-scheduler").await?;
+//! ```
+//!
+//! Authentication is one of: user + password, token, NKey seed file, or credentials file
+//! (JWT + seed). TLS is enabled by a CA file and/or a client certificate + key. Secrets are
+//! [`Secret`]s: never printed by `Debug`, never part of an error, and their environment values
+//! are hidden from `--help`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, ServerAddr};
+
+use crate::BusError;
+
+/// A secret string (password, token). `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for handing to the client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// NATS connection flags, shared by every service (`#[command(flatten)]`).
+#[derive(Clone, PartialEq, Eq, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL; several separated by commas.
+    #[arg(
+        long = "nats-url",
+        env = "AVIARY_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+
+    /// User name (with --nats-password).
+    #[arg(long = "nats-user", env = "AVIARY_NATS_USER", requires = "password")]
+    pub user: Option<String>,
+
+    /// Password (with --nats-user).
+    #[arg(
+        long = "nats-password",
+        env = "AVIARY_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    pub password: Option<Secret>,
+
+    /// Authentication token.
+    #[arg(
+        long = "nats-token",
+        env = "AVIARY_NATS_TOKEN",
+        hide_env_values = true,
+        conflicts_with_all = ["user", "nkey_seed_file", "credentials_file"]
+    )]
+    pub token: Option<Secret>,
+
+    /// File holding an NKey seed (`SU…`).
+    #[arg(
+        long = "nats-nkey-seed-file",
+        env = "AVIARY_NATS_NKEY_SEED_FILE",
+        conflicts_with_all = ["user", "credentials_file"]
+    )]
+    pub nkey_seed_file: Option<PathBuf>,
+
+    /// Credentials file (JWT and NKey seed, as `nsc` writes it).
+    #[arg(
+        long = "nats-creds-file",
+        env = "AVIARY_NATS_CREDS_FILE",
+        conflicts_with = "user"
+    )]
+    pub credentials_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) to verify the server with; enables TLS.
+    #[arg(long = "nats-tls-ca-file", env = "AVIARY_NATS_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS (with --nats-tls-key-file).
+    #[arg(
+        long = "nats-tls-cert-file",
+        env = "AVIARY_NATS_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Client key (PEM) for mutual TLS (with --nats-tls-cert-file).
+    #[arg(
+        long = "nats-tls-key-file",
+        env = "AVIARY_NATS_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Connection name shown by the server's monitoring (default: the service name).
+    #[arg(long = "nats-name", env = "AVIARY_NATS_NAME")]
+    pub name: Option<String>,
+
+    /// How long the first connection attempt may take.
+    #[arg(long = "nats-connect-timeout", env = "AVIARY_NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsArgs {
+    fn default() -> Self {
+        Self::for_url("nats://127.0.0.1:4222")
+    }
+}
+
+impl fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("url", &redact_url(&self.url))
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("token", &self.token)
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("name", &self.name)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl NatsArgs {
+    /// Flags for an unauthenticated, plain connection to `url` (tests, local runs).
+    pub fn for_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed_file: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            name: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Connects, naming the connection `--nats-name` or else `service`.
+    ///
+    /// Once connected, the client reconnects forever (a NATS restart must not end a service).
+    ///
+    /// # Errors
+    /// [`BusError::Config`] when the flags are inconsistent or a file cannot be read;
+    /// [`BusError::Connect`] when no server accepts the connection in time. Neither carries a
+    /// secret.
+    pub async fn connect(&self, service: &str) -> Result<Client, BusError> {
+        let addrs = self.server_addrs()?;
+        let options = self.options(service).await?;
+        options.connect(addrs).await.map_err(|e| BusError::Connect {
+            url: redact_url(&self.url),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The connect options these flags describe.
+    ///
+    /// # Errors
+    /// [`BusError::Config`] as for [`NatsArgs::connect`].
+    pub async fn options(&self, service: &str) -> Result<ConnectOptions, BusError> {
+        let methods = [
+            self.user.is_some() || self.password.is_some(),
+            self.token.is_some(),
+            self.nkey_seed_file.is_some(),
+            self.credentials_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(BusError::Config(
+                "use only one of user/password, token, NKey seed file, credentials file".into(),
+            ));
+        }
+        let mut options = ConnectOptions::new()
+            .name(self.name.as_deref().unwrap_or(service))
+            .connection_timeout(self.connect_timeout)
+            .max_reconnects(None);
+        match (&self.user, &self.password) {
+            (Some(user), Some(password)) => {
+                options = options.user_and_password(user.clone(), password.expose().to_owned());
+            }
+            (None, None) => {}
+            _ => {
+                return Err(BusError::Config(
+                    "--nats-user and --nats-password go together".into(),
+                ));
+            }
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.expose().to_owned());
+        }
+        if let Some(path) = &self.nkey_seed_file {
+            let seed = tokio::fs::read_to_string(path).await.map_err(|e| {
+                BusError::Config(format!(
+                    "reading NKey seed file {}: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?;
+            options = options.nkey(seed.trim().to_owned());
+        }
+        if let Some(path) = &self.credentials_file {
+            // The error text of a failed parse could quote the file; keep only its kind.
+            options = options.credentials_file(path).await.map_err(|e| {
+                BusError::Config(format!(
+                    "reading credentials file {}: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                options = options
+                    .add_client_certificate(cert.clone(), key.clone())
+                    .require_tls(true);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(BusError::Config(
+                    "--nats-tls-cert-file and --nats-tls-key-file go together".into(),
+                ));
+            }
+        }
+        Ok(options)
+    }
+
+    fn server_addrs(&self) -> Result<Vec<ServerAddr>, BusError> {
+        let addrs = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ServerAddr>()
+                    .map_err(|e| BusError::Config(format!("bad NATS URL {}: {e}", redact_url(s))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err(BusError::Config("--nats-url is empty".into()));
+        }
+        Ok(addrs)
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &one[..scheme + 3], &one[at..])
+            }
+            (None, Some(at)) => format!("***{}", &one[at..]),
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `500ms`, `10s`, `1m`, `1h` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        nats: NatsArgs,
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let cli = Cli::try_parse_from([
+            "svc",
+            "--nats-url",
+            "nats://alice:hunter2@127.0.0.1:4222",
+            "--nats-user",
+            "alice",
+            "--nats-password",
+            "s3cret-pw",
+        ])
+        .expect("parses");
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert_eq!(
+            cli.nats.password.as_ref().map(Secret::expose),
+            Some("s3cret-pw")
+        );
+    }
+
+    #[test]
+    fn one_authentication_method_only() {
+        let both = Cli::try_parse_from(["svc", "--nats-token", "t", "--nats-creds-file", "/x"]);
+        assert!(both.is_err());
+        let half = Cli::try_parse_from(["svc", "--nats-user", "alice"]);
+        assert!(half.is_err());
+    }
+
+    #[test]
+    fn redacts_every_url() {
+        assert_eq!(
+            redact_url("nats://a:b@h1:4222,nats://h2:4222,tls://tok@h3"),
+            "nats://***@h1:4222,nats://h2:4222,tls://***@h3"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_config_errors_name_no_secret() {
+        let mut args = NatsArgs::for_url("nats://127.0.0.1:1");
+        args.token = Some(Secret::new("tok-123"));
+        args.user = Some("u".into());
+        args.password = Some(Secret::new("pw-456"));
+        let err = args.connect("svc").await.expect_err("two auth methods");
+        assert_eq!(err.kind(), crate::BusErrorKind::Config);
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("tok-123") && !shown.contains("pw-456"),
+            "{shown}"
+        );
+    }
+}

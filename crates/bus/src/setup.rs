@@ -1,0 +1,207 @@
+//! Creates the streams and KV buckets of [`crate::names`], idempotently: each service calls
+//! [`ensure_all`] at start, any number of times, from any number of replicas at once.
+//!
+//! A stream or bucket that already exists is left as it is (an operator may have raised its
+//! replicas or limits) as long as this code can work with it: same storage type and, for
+//! streams, covering our subjects. Otherwise [`BusError::Incompatible`] says what differs.
+
+use std::time::Duration;
+
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{
+    self, context::CreateStreamErrorKind, context::GetStreamErrorKind, kv,
+};
+
+use crate::BusError;
+use crate::names;
+
+/// Settings of the streams and buckets that a deployment may want to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupOptions {
+    /// How long audit events are kept. The notifier must catch up within this.
+    pub events_max_age: Duration,
+    /// How long dead letters are kept for inspection.
+    pub dead_max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate. Longer than any
+    /// retry loop of a publisher, so a retried publish is never stored twice.
+    pub duplicate_window: Duration,
+    /// Age after which a lease that was not renewed disappears from the leases bucket. Must
+    /// be longer than the scheduler's renewal interval; the lease's own expiry time in its
+    /// value decides ownership, this only cleans up after dead owners.
+    pub lease_max_age: Duration,
+    /// Revisions kept per rollout record, for debugging a history of decisions.
+    pub rollout_history: i64,
+    /// Replicas of every stream and bucket (1 for a single server; 3 for a cluster).
+    pub replicas: usize,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        Self {
+            events_max_age: Duration::from_secs(30 * 24 * 3600),
+            dead_max_age: Duration::from_secs(14 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            lease_max_age: Duration::from_secs(60),
+            rollout_history: 5,
+            replicas: 1,
+        }
+    }
+}
+
+/// The stream configurations [`ensure_all_with`] creates.
+pub fn stream_configs(options: &SetupOptions) -> Vec<stream::Config> {
+    vec![
+        stream::Config {
+            name: names::STREAM_EVENTS.into(),
+            description: Some("Aviary audit events (CloudEvents JSON), per rollout".into()),
+            subjects: vec![names::EVENTS_SUBJECTS.into()],
+            storage: StorageType::File,
+            max_age: options.events_max_age,
+            duplicate_window: options.duplicate_window,
+            num_replicas: options.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: names::STREAM_DEAD.into(),
+            description: Some("Aviary dead letters: messages that could not be processed".into()),
+            subjects: vec![names::DEAD_SUBJECTS.into()],
+            storage: StorageType::File,
+            max_age: options.dead_max_age,
+            duplicate_window: options.duplicate_window,
+            num_replicas: options.replicas,
+            ..Default::default()
+        },
+    ]
+}
+
+/// The KV bucket configurations [`ensure_all_with`] creates.
+pub fn bucket_configs(options: &SetupOptions) -> Vec<kv::Config> {
+    let bucket = |name: &str, description: &str| kv::Config {
+        bucket: name.into(),
+        description: description.into(),
+        history: 1,
+        storage: StorageType::File,
+        num_replicas: options.replicas,
+        ..Default::default()
+    };
+    vec![
+        kv::Config {
+            history: options.rollout_history,
+            ..bucket(names::BUCKET_ROLLOUTS, "Aviary rollout records (CAS only)")
+        },
+        bucket(names::BUCKET_ROUTES, "Aviary desired routes per ingress"),
+        kv::Config {
+            max_age: options.lease_max_age,
+            ..bucket(names::BUCKET_LEASES, "Aviary rollout ownership leases")
+        },
+        bucket(names::BUCKET_GATES, "Aviary gate state"),
+        bucket(names::BUCKET_AGENTS, "Aviary router-agent capabilities"),
+    ]
+}
+
+/// [`ensure_all_with`] the default [`SetupOptions`].
+///
+/// # Errors
+/// As [`ensure_all_with`].
+pub async fn ensure_all(js: &jetstream::Context) -> Result<(), BusError> {
+    ensure_all_with(js, &SetupOptions::default()).await
+}
+
+/// Creates every stream and bucket that does not exist yet, and checks the ones that do.
+///
+/// # Errors
+/// [`BusError::Incompatible`] when one exists with another storage type or without our
+/// subjects; [`BusError::Nats`] when JetStream is unavailable or refuses.
+pub async fn ensure_all_with(
+    js: &jetstream::Context,
+    options: &SetupOptions,
+) -> Result<(), BusError> {
+    for config in stream_configs(options) {
+        let required = config.subjects.clone();
+        let storage = config.storage;
+        let name = config.name.clone();
+        if existing(js, &name).await?.is_none() {
+            match js.create_stream(config).await {
+                Ok(_) => continue,
+                // Another replica created it between our look and our create.
+                Err(e) if is_code(&e, ErrorCode::STREAM_NAME_EXIST) => {}
+                Err(e) => return Err(BusError::nats("create stream", name, e)),
+            }
+        }
+        let info = existing(js, &name).await?.ok_or_else(|| {
+            BusError::nats("get stream", name.clone(), "vanished while being created")
+        })?;
+        check(&name, &info, storage, &required)?;
+    }
+    for config in bucket_configs(options) {
+        let stream_name = format!("KV_{}", config.bucket);
+        let storage = config.storage;
+        if existing(js, &stream_name).await?.is_none() {
+            match js.create_key_value(config).await {
+                Ok(_) => continue,
+                Err(e) => {
+                    // Lost a race with another replica? Then the bucket is there now.
+                    if existing(js, &stream_name).await?.is_none() {
+                        return Err(BusError::nats("create bucket", stream_name, e));
+                    }
+                }
+            }
+        }
+        let info = existing(js, &stream_name).await?.ok_or_else(|| {
+            BusError::nats(
+                "get bucket",
+                stream_name.clone(),
+                "vanished while being created",
+            )
+        })?;
+        check(&stream_name, &info, storage, &[])?;
+    }
+    Ok(())
+}
+
+async fn existing(js: &jetstream::Context, name: &str) -> Result<Option<stream::Config>, BusError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream.cached_info().config.clone())),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(err)
+                if err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(BusError::nats("get stream", name, e)),
+        },
+    }
+}
+
+fn is_code(error: &async_nats::jetstream::context::CreateStreamError, code: ErrorCode) -> bool {
+    matches!(error.kind(), CreateStreamErrorKind::JetStream(err) if err.error_code() == code)
+}
+
+fn check(
+    name: &str,
+    existing: &stream::Config,
+    storage: StorageType,
+    required_subjects: &[String],
+) -> Result<(), BusError> {
+    if existing.storage != storage {
+        return Err(BusError::Incompatible {
+            what: name.to_owned(),
+            reason: format!("storage is {:?}, need {storage:?}", existing.storage),
+        });
+    }
+    let missing: Vec<&String> = required_subjects
+        .iter()
+        .filter(|s| !existing.subjects.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(BusError::Incompatible {
+            what: name.to_owned(),
+            reason: format!(
+                "subjects {:?} do not include {missing:?}",
+                existing.subjects
+            ),
+        });
+    }
+    Ok(())
+}

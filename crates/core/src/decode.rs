@@ -1,0 +1,1090 @@
+//! Reads rollout YAML into a [`Rollout`], reporting every problem with its field path.
+//!
+//! Flow: text → `serde_yaml::Value` (a syntax error becomes one `yaml: line L column C: …`
+//! error) → a hand-written walk that collects structural problems (unknown fields, wrong types,
+//! out-of-range numbers, bad durations) → [`Rollout::validate`] for the semantic ones. Problems
+//! the walk already reported at a path are not repeated by validation. Never panics.
+
+use std::collections::BTreeMap;
+
+use serde_yaml::{Mapping, Value};
+
+use crate::duration::{HumanDuration, parse_duration};
+use crate::error::{FieldError, ValidationErrors, field, index};
+use crate::spec::{
+    Alert, Analysis, AnalysisStep, ApprovalStep, HeaderRouteStep, IngressRef, Judge, MatchRule,
+    Metadata, Metric, MetricProvider, MirrorStep, OnNoData, PauseStep, ProviderRef, Rollout,
+    RolloutSpec, SessionAffinity, Severity, Step, StringMatch, Target, ThresholdRange, Webhook,
+    WebhookType,
+};
+use crate::strategy::Strategy;
+
+/// Parses and validates a rollout document.
+///
+/// Returns every problem found, each as `<path>: <message>`: a YAML syntax error (path
+/// `yaml`), unknown fields, wrong types, out-of-range values and semantic errors such as
+/// `stepWeight` together with `stepWeights`. Never panics, whatever the input.
+pub fn parse_rollout(yaml: &str) -> Result<Rollout, ValidationErrors> {
+    let value: Value = match serde_yaml::from_str(yaml) {
+        Ok(v) => v,
+        Err(e) => return Err(ValidationErrors(vec![yaml_error(&e)])),
+    };
+    let mut d = Decoder::default();
+    let rollout = d.rollout(&value);
+    let mut errors = d.errors;
+    if let Some(r) = &rollout
+        && let Err(v) = r.validate()
+    {
+        let structural = errors.clone();
+        for e in v.0 {
+            let covered = structural.iter().any(|s| covers(&s.path, &e.path));
+            if !covered && !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+    }
+    match rollout {
+        Some(r) if errors.is_empty() => Ok(r),
+        _ => Err(ValidationErrors(errors)),
+    }
+}
+
+/// True when an error at `reported` makes one at `path` redundant (same field or inside it).
+fn covers(reported: &str, path: &str) -> bool {
+    path == reported
+        || path
+            .strip_prefix(reported)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+}
+
+fn yaml_error(e: &serde_yaml::Error) -> FieldError {
+    let text = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            let msg = match text.find(&suffix) {
+                Some(i) => format!("{}{}", &text[..i], &text[i + suffix.len()..]),
+                None => text.clone(),
+            };
+            FieldError::new(
+                "yaml",
+                format!(
+                    "line {} column {}: {}",
+                    loc.line(),
+                    loc.column(),
+                    msg.trim()
+                ),
+            )
+        }
+        None => FieldError::new("yaml", text),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on misspelt fields.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The fields of one mapping, after unknown keys were reported.
+struct Fields<'a> {
+    map: &'a Mapping,
+    path: String,
+}
+
+impl<'a> Fields<'a> {
+    /// The value of `key`, treating an explicit `null` as absent.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn path(&self, key: &str) -> String {
+        field(&self.path, key)
+    }
+}
+
+#[derive(Default)]
+struct Decoder {
+    errors: Vec<FieldError>,
+}
+
+impl Decoder {
+    fn err(&mut self, path: &str, msg: impl Into<String>) {
+        self.errors.push(FieldError::new(path, msg));
+    }
+
+    fn expected(&mut self, path: &str, what: &str, got: &Value) {
+        self.err(path, format!("expected {what}, found {}", type_name(got)));
+    }
+
+    /// Checks `v` is a mapping with only `known` string keys; reports the others.
+    fn fields<'a>(&mut self, v: &'a Value, path: &str, known: &[&str]) -> Option<Fields<'a>> {
+        let Value::Mapping(map) = v else {
+            self.expected(path, "a mapping", v);
+            return None;
+        };
+        for key in map.keys() {
+            match key.as_str() {
+                Some(k) if known.contains(&k) => {}
+                Some(k) => {
+                    let hint = known
+                        .iter()
+                        .map(|cand| (edit_distance(k, cand), cand))
+                        .filter(|(d, _)| *d <= 2)
+                        .min()
+                        .map(|(_, cand)| format!(" (did you mean `{cand}`?)"))
+                        .unwrap_or_default();
+                    self.err(&field(path, k), format!("unknown field{hint}"));
+                }
+                None => self.err(
+                    path,
+                    format!("keys must be strings, found {}", type_name(key)),
+                ),
+            }
+        }
+        Some(Fields {
+            map,
+            path: path.to_string(),
+        })
+    }
+
+    fn string(&mut self, f: &Fields<'_>, key: &str) -> Option<String> {
+        let v = f.get(key)?;
+        match v {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.expected(&f.path(key), "a string", other);
+                None
+            }
+        }
+    }
+
+    fn string_at(&mut self, v: &Value, path: &str) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.expected(path, "a string", other);
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, f: &Fields<'_>, key: &str) -> Option<bool> {
+        match f.get(key)? {
+            Value::Bool(b) => Some(*b),
+            other => {
+                self.expected(&f.path(key), "true or false", other);
+                None
+            }
+        }
+    }
+
+    fn int_at(&mut self, v: &Value, path: &str) -> Option<i64> {
+        match v {
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Some(i),
+                None if n.as_u64().is_some() => {
+                    self.err(path, "number is too large");
+                    None
+                }
+                None => {
+                    self.expected(path, "an integer", v);
+                    None
+                }
+            },
+            other => {
+                self.expected(path, "an integer", other);
+                None
+            }
+        }
+    }
+
+    /// A non-negative or positive integer field that fits `u32`/`u64`.
+    fn count(&mut self, f: &Fields<'_>, key: &str, min: i64) -> Option<u64> {
+        let path = f.path(key);
+        let i = self.int_at(f.get(key)?, &path)?;
+        if i < min {
+            self.err(&path, format!("must be at least {min}, got {i}"));
+            return None;
+        }
+        u64::try_from(i).ok()
+    }
+
+    fn count32(&mut self, f: &Fields<'_>, key: &str, min: i64) -> Option<u32> {
+        let path = f.path(key);
+        let v = self.count(f, key, min)?;
+        match u32::try_from(v) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.err(&path, "number is too large");
+                None
+            }
+        }
+    }
+
+    /// A weight in `min..=100`.
+    fn weight_at(&mut self, v: &Value, path: &str, min: u8) -> Option<u8> {
+        let i = self.int_at(v, path)?;
+        if i < i64::from(min) || i > 100 {
+            self.err(path, format!("must be between {min} and 100, got {i}"));
+            return None;
+        }
+        u8::try_from(i).ok()
+    }
+
+    fn weight(&mut self, f: &Fields<'_>, key: &str, min: u8) -> Option<u8> {
+        let path = f.path(key);
+        self.weight_at(f.get(key)?, &path, min)
+    }
+
+    fn float(&mut self, f: &Fields<'_>, key: &str) -> Option<f64> {
+        let v = f.get(key)?;
+        match v {
+            Value::Number(n) => match n.as_f64() {
+                Some(x) if x.is_finite() => Some(x),
+                _ => {
+                    self.err(&f.path(key), "must be a finite number");
+                    None
+                }
+            },
+            other => {
+                self.expected(&f.path(key), "a number", other);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, f: &Fields<'_>, key: &str) -> Option<HumanDuration> {
+        let v = f.get(key)?;
+        let path = f.path(key);
+        match v {
+            Value::String(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.err(&path, e.to_string());
+                    None
+                }
+            },
+            Value::Number(_) => {
+                self.err(&path, "expected a duration with a unit, e.g. 30s or 1m");
+                None
+            }
+            other => {
+                self.expected(&path, "a duration such as 30s", other);
+                None
+            }
+        }
+    }
+
+    fn list<'a>(&mut self, f: &Fields<'a>, key: &str) -> Option<&'a [Value]> {
+        match f.get(key)? {
+            Value::Sequence(s) => Some(s.as_slice()),
+            other => {
+                self.expected(&f.path(key), "a list", other);
+                None
+            }
+        }
+    }
+
+    fn rollout(&mut self, v: &Value) -> Option<Rollout> {
+        if v.is_null() {
+            self.err("document", "empty document: expected a Rollout");
+            return None;
+        }
+        let f = self.fields(v, "document", &["apiVersion", "kind", "metadata", "spec"])?;
+        let api_version = self.string(&f, "apiVersion");
+        if api_version.is_none() && f.get("apiVersion").is_none() {
+            self.err("apiVersion", "required");
+        }
+        let kind = self.string(&f, "kind");
+        if kind.is_none() && f.get("kind").is_none() {
+            self.err("kind", "required");
+        }
+        let metadata = match f.get("metadata") {
+            Some(m) => self.metadata(m),
+            None => {
+                self.err("metadata", "required");
+                Metadata::default()
+            }
+        };
+        let spec = match f.get("spec") {
+            Some(s) => self.spec(s),
+            None => {
+                self.err("spec", "required");
+                RolloutSpec::default()
+            }
+        };
+        Some(Rollout {
+            api_version: api_version.unwrap_or_default(),
+            kind: kind.unwrap_or_default(),
+            metadata,
+            spec,
+        })
+    }
+
+    fn metadata(&mut self, v: &Value) -> Metadata {
+        let Some(f) = self.fields(v, "metadata", &["name", "namespace"]) else {
+            return Metadata::default();
+        };
+        Metadata {
+            name: self.string(&f, "name").unwrap_or_default(),
+            namespace: self.string(&f, "namespace"),
+        }
+    }
+
+    fn spec(&mut self, v: &Value) -> RolloutSpec {
+        let known = [
+            "ingresses",
+            "primary",
+            "canary",
+            "progressDeadlineSeconds",
+            "skipAnalysis",
+            "strategy",
+            "analysis",
+            "steps",
+        ];
+        let Some(f) = self.fields(v, "spec", &known) else {
+            return RolloutSpec::default();
+        };
+        let mut spec = RolloutSpec::default();
+        if let Some(items) = self.list(&f, "ingresses") {
+            for (i, item) in items.iter().enumerate() {
+                let p = index("spec.ingresses", i);
+                if let Some(g) = self.fields(item, &p, &["name"]) {
+                    spec.ingresses.push(IngressRef {
+                        name: self.string(&g, "name").unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        if let Some(t) = f.get("primary") {
+            spec.primary = self.target(t, "spec.primary");
+        } else {
+            self.err("spec.primary", "required");
+        }
+        if let Some(t) = f.get("canary") {
+            spec.canary = self.target(t, "spec.canary");
+        } else {
+            self.err("spec.canary", "required");
+        }
+        spec.progress_deadline_seconds = self.count(&f, "progressDeadlineSeconds", 1);
+        spec.skip_analysis = self.bool(&f, "skipAnalysis").unwrap_or(false);
+        if let Some(s) = self.string(&f, "strategy") {
+            match Strategy::parse(&s) {
+                Some(k) => spec.strategy = Some(k),
+                None => self.err(
+                    "spec.strategy",
+                    format!(
+                        "unknown strategy {s:?} (expected one of canary, ab, bluegreen, \
+                         bluegreen-mirror, steps)"
+                    ),
+                ),
+            }
+        }
+        if let Some(a) = f.get("analysis") {
+            spec.analysis = self.analysis(a, "spec.analysis");
+        }
+        if let Some(items) = self.list(&f, "steps") {
+            let mut steps = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                if let Some(s) = self.step(item, &index("spec.steps", i)) {
+                    steps.push(s);
+                }
+            }
+            spec.steps = Some(steps);
+        } else if f.map.get("steps").is_some_and(Value::is_null) {
+            spec.steps = Some(Vec::new());
+        }
+        spec
+    }
+
+    fn target(&mut self, v: &Value, path: &str) -> Target {
+        let Some(f) = self.fields(v, path, &["name", "endpoints"]) else {
+            return Target::default();
+        };
+        let mut t = Target {
+            name: self.string(&f, "name").unwrap_or_default(),
+            endpoints: Vec::new(),
+        };
+        if let Some(items) = self.list(&f, "endpoints") {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(s) = self.string_at(item, &index(&f.path("endpoints"), i)) {
+                    t.endpoints.push(s);
+                }
+            }
+        }
+        t
+    }
+
+    fn analysis(&mut self, v: &Value, path: &str) -> Analysis {
+        let known = [
+            "interval",
+            "threshold",
+            "maxWeight",
+            "stepWeight",
+            "stepWeights",
+            "stepWeightPromotion",
+            "iterations",
+            "match",
+            "mirror",
+            "mirrorWeight",
+            "sessionAffinity",
+            "earlyPromotion",
+            "metrics",
+            "webhooks",
+            "alerts",
+        ];
+        let Some(f) = self.fields(v, path, &known) else {
+            return Analysis::default();
+        };
+        let mut a = Analysis {
+            interval: self.duration(&f, "interval"),
+            threshold: self.count32(&f, "threshold", 1),
+            max_weight: self.weight(&f, "maxWeight", 1),
+            step_weight: self.weight(&f, "stepWeight", 1),
+            step_weight_promotion: self.weight(&f, "stepWeightPromotion", 1),
+            iterations: self.count32(&f, "iterations", 1),
+            mirror: self.bool(&f, "mirror").unwrap_or(false),
+            mirror_weight: self.weight(&f, "mirrorWeight", 1),
+            early_promotion: self.bool(&f, "earlyPromotion").unwrap_or(false),
+            ..Analysis::default()
+        };
+        if let Some(items) = self.list(&f, "stepWeights") {
+            let mut ws = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                if let Some(w) = self.weight_at(item, &index(&f.path("stepWeights"), i), 1) {
+                    ws.push(w);
+                }
+            }
+            a.step_weights = Some(ws);
+        }
+        if let Some(items) = self.list(&f, "match") {
+            a.matches = self.matches(items, &f.path("match"));
+        }
+        if let Some(s) = f.get("sessionAffinity") {
+            let sp = f.path("sessionAffinity");
+            if let Some(g) = self.fields(s, &sp, &["cookieName", "maxAge"]) {
+                let cookie_name = self.string(&g, "cookieName");
+                if cookie_name.is_none() && g.get("cookieName").is_none() {
+                    self.err(&g.path("cookieName"), "required");
+                }
+                a.session_affinity = Some(SessionAffinity {
+                    cookie_name: cookie_name.unwrap_or_default(),
+                    max_age: self.count(&g, "maxAge", 1),
+                });
+            }
+        }
+        if let Some(items) = self.list(&f, "metrics") {
+            a.metrics = self.metrics(items, &f.path("metrics"));
+        }
+        if let Some(items) = self.list(&f, "webhooks") {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(w) = self.webhook(item, &index(&f.path("webhooks"), i)) {
+                    a.webhooks.push(w);
+                }
+            }
+        }
+        if let Some(items) = self.list(&f, "alerts") {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(al) = self.alert(item, &index(&f.path("alerts"), i)) {
+                    a.alerts.push(al);
+                }
+            }
+        }
+        a
+    }
+
+    fn matches(&mut self, items: &[Value], path: &str) -> Vec<MatchRule> {
+        let mut rules = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let rp = index(path, i);
+            let Some(f) = self.fields(item, &rp, &["headers", "cookies", "cookie"]) else {
+                continue;
+            };
+            let mut rule = MatchRule::default();
+            if let Some(h) = f.get("headers") {
+                rule.headers = self.conditions(h, &f.path("headers"));
+            }
+            for key in ["cookies", "cookie"] {
+                if let Some(c) = f.get(key) {
+                    rule.cookies.extend(self.conditions(c, &f.path(key)));
+                }
+            }
+            rules.push(rule);
+        }
+        rules
+    }
+
+    fn conditions(&mut self, v: &Value, path: &str) -> BTreeMap<String, StringMatch> {
+        let mut out = BTreeMap::new();
+        let Value::Mapping(map) = v else {
+            self.expected(path, "a mapping of names to conditions", v);
+            return out;
+        };
+        for (k, cond) in map {
+            let Some(name) = k.as_str() else {
+                self.err(
+                    path,
+                    format!("names must be strings, found {}", type_name(k)),
+                );
+                continue;
+            };
+            let cp = field(path, name);
+            let Some(f) = self.fields(cond, &cp, &["exact", "prefix", "suffix", "regex"]) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            for op in ["exact", "prefix", "suffix", "regex"] {
+                if let Some(s) = self.string(&f, op) {
+                    found.push(match op {
+                        "exact" => StringMatch::Exact(s),
+                        "prefix" => StringMatch::Prefix(s),
+                        "suffix" => StringMatch::Suffix(s),
+                        _ => StringMatch::Regex(s),
+                    });
+                }
+            }
+            let present = f.map.len();
+            if present == 0 {
+                self.err(&cp, "needs one of exact, prefix, suffix or regex");
+            } else if present > 1 {
+                self.err(&cp, "give only one of exact, prefix, suffix or regex");
+            } else if let Some(m) = found.pop() {
+                out.insert(name.to_string(), m);
+            }
+        }
+        out
+    }
+
+    fn metrics(&mut self, items: &[Value], path: &str) -> Vec<Metric> {
+        let known = [
+            "name",
+            "thresholdRange",
+            "interval",
+            "query",
+            "provider",
+            "maxDelta",
+            "maxRatio",
+            "onNoData",
+            "minRequests",
+            "judge",
+        ];
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let mp = index(path, i);
+            let Some(f) = self.fields(item, &mp, &known) else {
+                continue;
+            };
+            let mut m = Metric {
+                name: self.string(&f, "name").unwrap_or_default(),
+                interval: self.duration(&f, "interval"),
+                query: self.string(&f, "query"),
+                max_delta: self.float(&f, "maxDelta"),
+                max_ratio: self.float(&f, "maxRatio"),
+                min_requests: self.count(&f, "minRequests", 0),
+                ..Metric::default()
+            };
+            if let Some(r) = f.get("thresholdRange")
+                && let Some(g) = self.fields(r, &f.path("thresholdRange"), &["min", "max"])
+            {
+                m.threshold_range = Some(ThresholdRange {
+                    min: self.float(&g, "min"),
+                    max: self.float(&g, "max"),
+                });
+            }
+            if let Some(p) = f.get("provider")
+                && let Some(g) = self.fields(p, &f.path("provider"), &["type", "address"])
+            {
+                m.provider = Some(MetricProvider {
+                    kind: self.string(&g, "type").unwrap_or_default(),
+                    address: self.string(&g, "address"),
+                });
+            }
+            if let Some(s) = self.string(&f, "onNoData") {
+                match s.as_str() {
+                    "inconclusive" => m.on_no_data = OnNoData::Inconclusive,
+                    "fail" => m.on_no_data = OnNoData::Fail,
+                    "pass" => m.on_no_data = OnNoData::Pass,
+                    _ => self.err(
+                        &f.path("onNoData"),
+                        format!("unknown value {s:?} (expected inconclusive, fail or pass)"),
+                    ),
+                }
+            }
+            if let Some(s) = self.string(&f, "judge") {
+                match s.as_str() {
+                    "threshold" => m.judge = Judge::Threshold,
+                    "sequential" => m.judge = Judge::Sequential,
+                    _ => self.err(
+                        &f.path("judge"),
+                        format!("unknown judge {s:?} (expected threshold or sequential)"),
+                    ),
+                }
+            }
+            out.push(m);
+        }
+        out
+    }
+
+    fn webhook(&mut self, v: &Value, path: &str) -> Option<Webhook> {
+        let known = ["name", "type", "url", "timeout", "retries", "metadata"];
+        let f = self.fields(v, path, &known)?;
+        let mut w = Webhook {
+            name: self.string(&f, "name").unwrap_or_default(),
+            url: self.string(&f, "url").unwrap_or_default(),
+            timeout: self.duration(&f, "timeout"),
+            retries: self.count32(&f, "retries", 0),
+            ..Webhook::default()
+        };
+        if let Some(t) = self.string(&f, "type") {
+            match WebhookType::parse(&t) {
+                Some(k) => w.kind = k,
+                None => {
+                    let all: Vec<&str> = WebhookType::ALL.iter().map(|t| t.as_str()).collect();
+                    self.err(
+                        &f.path("type"),
+                        format!(
+                            "unknown webhook type {t:?} (expected one of {})",
+                            all.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(m) = f.get("metadata") {
+            let mp = f.path("metadata");
+            match m {
+                Value::Mapping(map) => {
+                    for (k, val) in map {
+                        let Some(k) = k.as_str() else {
+                            self.err(&mp, "keys must be strings");
+                            continue;
+                        };
+                        let s = match val {
+                            Value::String(s) => Some(s.clone()),
+                            Value::Number(n) => Some(n.to_string()),
+                            Value::Bool(b) => Some(b.to_string()),
+                            other => {
+                                self.expected(&field(&mp, k), "a string", other);
+                                None
+                            }
+                        };
+                        if let Some(s) = s {
+                            w.metadata.insert(k.to_string(), s);
+                        }
+                    }
+                }
+                other => self.expected(&mp, "a mapping of strings", other),
+            }
+        }
+        Some(w)
+    }
+
+    fn alert(&mut self, v: &Value, path: &str) -> Option<Alert> {
+        let f = self.fields(v, path, &["name", "severity", "providerRef"])?;
+        let mut a = Alert {
+            name: self.string(&f, "name").unwrap_or_default(),
+            ..Alert::default()
+        };
+        if let Some(s) = self.string(&f, "severity") {
+            match s.as_str() {
+                "info" => a.severity = Severity::Info,
+                "warn" => a.severity = Severity::Warn,
+                "error" => a.severity = Severity::Error,
+                _ => self.err(
+                    &f.path("severity"),
+                    format!("unknown severity {s:?} (expected info, warn or error)"),
+                ),
+            }
+        }
+        match f.get("providerRef") {
+            Some(p) => {
+                if let Some(g) = self.fields(p, &f.path("providerRef"), &["name"]) {
+                    a.provider_ref = ProviderRef {
+                        name: self.string(&g, "name").unwrap_or_default(),
+                    };
+                }
+            }
+            None => self.err(&f.path("providerRef"), "required"),
+        }
+        Some(a)
+    }
+
+    fn step(&mut self, v: &Value, path: &str) -> Option<Step> {
+        let kinds = [
+            "setWeight",
+            "pause",
+            "analysis",
+            "approval",
+            "setHeaderRoute",
+            "setMirror",
+        ];
+        let f = self.fields(v, path, &kinds)?;
+        let present: Vec<&str> = kinds
+            .iter()
+            .copied()
+            .filter(|k| f.map.contains_key(*k))
+            .collect();
+        let kind = match present.as_slice() {
+            [one] => *one,
+            [] => {
+                self.err(path, format!("a step needs one of {}", kinds.join(", ")));
+                return None;
+            }
+            _ => {
+                self.err(
+                    path,
+                    format!("a step has exactly one kind, found {}", present.join(", ")),
+                );
+                return None;
+            }
+        };
+        let sp = f.path(kind);
+        let empty = Value::Mapping(Mapping::new());
+        let body = f.get(kind).unwrap_or(&empty);
+        match kind {
+            "setWeight" => self.weight_at(body, &sp, 0).map(Step::SetWeight),
+            "pause" => {
+                let g = self.fields(body, &sp, &["duration"])?;
+                Some(Step::Pause(PauseStep {
+                    duration: self.duration(&g, "duration"),
+                }))
+            }
+            "analysis" => {
+                let g = self.fields(body, &sp, &["metrics"])?;
+                let metrics = self
+                    .list(&g, "metrics")
+                    .map(|items| self.metrics(items, &g.path("metrics")));
+                Some(Step::Analysis(AnalysisStep { metrics }))
+            }
+            "approval" => {
+                self.fields(body, &sp, &[])?;
+                Some(Step::Approval(ApprovalStep {}))
+            }
+            "setHeaderRoute" => {
+                let g = self.fields(body, &sp, &["match"])?;
+                let matches = match self.list(&g, "match") {
+                    Some(items) => self.matches(items, &g.path("match")),
+                    None => Vec::new(),
+                };
+                Some(Step::SetHeaderRoute(HeaderRouteStep { matches }))
+            }
+            _ => {
+                let g = self.fields(body, &sp, &["weight"])?;
+                let weight = match g.get("weight") {
+                    Some(w) => self.weight_at(w, &g.path("weight"), 0)?,
+                    None => {
+                        self.err(&g.path("weight"), "required");
+                        return None;
+                    }
+                };
+                Some(Step::SetMirror(MirrorStep { weight }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse_rollout(yaml) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const VALID: &str = r#"
+apiVersion: aviary.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: podinfo
+  namespace: test
+spec:
+  ingresses:
+    - name: edge
+  primary: { name: podinfo-v1, endpoints: ["127.0.0.1:9001"] }
+  canary:  { name: podinfo-v2, endpoints: ["127.0.0.1:9002"] }
+  progressDeadlineSeconds: 600
+  skipAnalysis: false
+  analysis:
+    interval: 1m
+    threshold: 10
+    maxWeight: 50
+    stepWeight: 2
+    stepWeightPromotion: 100
+    metrics:
+      - name: request-success-rate
+        thresholdRange: { min: 99 }
+        interval: 1m
+      - name: request-duration
+        thresholdRange: { max: 500 }
+    webhooks:
+      - name: approval
+        type: confirm-rollout
+        url: http://127.0.0.1:8090/gate/check
+        timeout: 10s
+    alerts:
+      - name: on-call
+        severity: error
+        providerRef: { name: slack }
+"#;
+
+    #[test]
+    fn design_example_parses() {
+        let r = parse_rollout(VALID).expect("valid");
+        assert_eq!(r.metadata.name, "podinfo");
+        assert_eq!(r.spec.analysis.step_weight, Some(2));
+        assert_eq!(r.spec.analysis.interval(), HumanDuration::from_secs(60));
+        assert_eq!(
+            r.spec.analysis.webhooks[0].kind,
+            WebhookType::ConfirmRollout
+        );
+        // The JSON form decodes back to the same value.
+        let json = serde_json::to_string(&r).expect("serialize");
+        let back: Rollout = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn reports_every_problem_with_paths() {
+        let yaml = VALID
+            .replace(
+                "stepWeight: 2",
+                "stepWieght: 2\n    stepWeights: [10, 5, 200]",
+            )
+            .replace("threshold: 10", "threshold: 0")
+            .replace("interval: 1m\n    threshold", "interval: 0s\n    threshold")
+            .replace("name: podinfo\n", "name: Podinfo_1\n");
+        let errs = errors(&yaml);
+        let want = [
+            "spec.analysis.stepWieght: unknown field",
+            "spec.analysis.interval: duration must be greater than zero",
+            "spec.analysis.threshold: must be at least 1, got 0",
+            "spec.analysis.stepWeights[2]: must be between 1 and 100, got 200",
+            "spec.analysis.stepWeights[1]: weights must increase",
+            "metadata.name: \"Podinfo_1\" is not a DNS-1123 label",
+        ];
+        for w in want {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line() {
+        let errs = errors("apiVersion: x\nkind: [\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("yaml: line "), "{errs:?}");
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        let errs =
+            errors("apiVersion: aviary.dev/v1alpha1\nkind: Rollout\nmetadata: {}\nspec: {}\n");
+        for w in [
+            "metadata.name: required",
+            "spec.ingresses: at least one ingress is required",
+            "spec.primary: required",
+            "spec.canary: required",
+        ] {
+            assert!(errs.iter().any(|e| e == w), "missing {w:?} in {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn match_rules() {
+        let yaml = VALID.replace(
+            "stepWeight: 2",
+            "match:\n      - headers: {x-canary: {regex: \"(unclosed\"}, X-Up: {exact: a}}\n      - cookie: {canary: {exact: always}}",
+        );
+        let errs = errors(&yaml);
+        for w in [
+            "spec.analysis.match: requires iterations",
+            "spec.analysis.match[0].headers.x-canary.regex: invalid regex",
+            "spec.analysis.match[0].headers.X-Up: header names must be lower-case",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn steps_parse() {
+        let yaml = VALID.replace("    maxWeight: 50\n    stepWeight: 2\n", "")
+            + "  steps:\n    - setWeight: 5\n    - pause: {duration: 5m}\n    - analysis: {}\n    - approval: {}\n    - setHeaderRoute: {match: [{headers: {x-canary: {exact: \"1\"}}}]}\n    - setMirror: {weight: 20}\n    - pause: {}\n    - pause:\n";
+        let r = parse_rollout(&yaml).expect("valid steps");
+        let steps = r.spec.steps.expect("steps");
+        assert_eq!(steps.len(), 8);
+        assert_eq!(steps[0], Step::SetWeight(5));
+        assert_eq!(steps[7], Step::Pause(PauseStep { duration: None }));
+    }
+
+    #[test]
+    fn strange_documents_do_not_panic() {
+        for doc in [
+            "",
+            "~",
+            "[]",
+            "3",
+            "a: b",
+            "---\n---\n",
+            "spec: [1]",
+            "!tag 3",
+            "{? [a]: b}",
+        ] {
+            assert!(parse_rollout(doc).is_err(), "{doc}");
+        }
+    }
+
+    #[test]
+    fn covers_paths() {
+        assert!(covers("spec.a", "spec.a"));
+        assert!(covers("spec.a", "spec.a.b"));
+        assert!(covers("spec.a", "spec.a[0]"));
+        assert!(!covers("spec.a", "spec.ab"));
+    }
+
+    use proptest::prelude::{Just, any, prop_assert, prop_oneof, proptest};
+    use proptest::strategy::Strategy as PropStrategy;
+
+    const KEYS: &[&str] = &[
+        "apiVersion",
+        "kind",
+        "metadata",
+        "name",
+        "namespace",
+        "spec",
+        "ingresses",
+        "primary",
+        "canary",
+        "endpoints",
+        "analysis",
+        "interval",
+        "threshold",
+        "maxWeight",
+        "stepWeight",
+        "stepWeights",
+        "iterations",
+        "match",
+        "headers",
+        "cookies",
+        "cookie",
+        "exact",
+        "regex",
+        "mirror",
+        "mirrorWeight",
+        "sessionAffinity",
+        "cookieName",
+        "maxAge",
+        "metrics",
+        "thresholdRange",
+        "min",
+        "max",
+        "webhooks",
+        "type",
+        "url",
+        "timeout",
+        "alerts",
+        "providerRef",
+        "steps",
+        "setWeight",
+        "pause",
+        "duration",
+        "approval",
+        "setMirror",
+        "weight",
+        "setHeaderRoute",
+        "strategy",
+        "skipAnalysis",
+        "onNoData",
+        "judge",
+    ];
+
+    fn yaml_value() -> impl PropStrategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| Value::Number(i.into())),
+            any::<f64>().prop_map(|f| Value::Number(f.into())),
+            "[a-z0-9:./ ()*+?-]{0,12}".prop_map(Value::String),
+            prop_oneof![
+                Just("1m"),
+                Just("0s"),
+                Just("-5s"),
+                Just("aviary.dev/v1alpha1"),
+                Just("Rollout")
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Sequence),
+                proptest::collection::vec((proptest::sample::select(KEYS), inner), 0..6).prop_map(
+                    |kvs| {
+                        let mut m = Mapping::new();
+                        for (k, v) in kvs {
+                            m.insert(Value::String(k.to_string()), v);
+                        }
+                        Value::Mapping(m)
+                    }
+                ),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Arbitrary text never panics the parser.
+        #[test]
+        fn arbitrary_text_never_panics(s in "\\PC{0,200}") {
+            let _ = parse_rollout(&s);
+        }
+
+        /// Splicing junk into a valid document never panics, and an error always has a path.
+        #[test]
+        fn mutated_documents_never_panic(at in 0usize..2000, junk in "[a-zA-Z0-9:{}\\[\\],\"' \n-]{0,24}") {
+            let at = at.min(VALID.len());
+            let at = (0..=at).rev().find(|i| VALID.is_char_boundary(*i)).unwrap_or(0);
+            let doc = format!("{}{}{}", &VALID[..at], junk, &VALID[at..]);
+            if let Err(e) = parse_rollout(&doc) {
+                prop_assert!(!e.0.is_empty());
+                prop_assert!(e.0.iter().all(|f| !f.path.is_empty() && !f.message.is_empty()));
+            }
+        }
+
+        /// Arbitrary YAML trees built from real field names never panic the decoder.
+        #[test]
+        fn arbitrary_yaml_trees_never_panic(v in yaml_value()) {
+            if let Ok(text) = serde_yaml::to_string(&v) {
+                let _ = parse_rollout(&text);
+            }
+        }
+    }
+}

@@ -1,0 +1,1047 @@
+//! The rollout state machine for every strategy, in the "decide, then do" style.
+//!
+//! Owns the rules of DESIGN.md §4: apply a step's route, wait for every ingress to confirm it,
+//! after `interval` request analysis of the window since confirmation, then advance (pass),
+//! count a failed check and roll back at `threshold` (fail), or halt (inconclusive/error —
+//! never a failed check, never a promotion). Gates hold before starting
+//! (`confirm-rollout`), before each weight increase (`confirm-traffic-increase`) and before
+//! promotion (`confirm-promotion`); a rollout halted longer than `progressDeadlineSeconds` fails
+//! and rolls back. Deliberate holds (a closed confirm gate, `pause`, `approval`, Pause) are not
+//! halts and have no deadline.
+//!
+//! Flow: `Machine::new(spec)` → `machine.step(&status, input, env)` → [`Decision`] (new status +
+//! actions). No I/O, no clock, no randomness: the scheduler stores the status by CAS, then
+//! carries out the actions and feeds their answers back as inputs.
+
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use types::*;
+
+use std::collections::BTreeMap;
+
+use crate::error::ValidationErrors;
+use crate::plan::{Hold, Plan};
+use crate::spec::{DEFAULT_SESSION_MAX_AGE, MatchRule, RolloutSpec, Step, Webhook, WebhookType};
+use crate::strategy::Strategy;
+
+/// How long every ingress has to acknowledge a route before advancement halts. Data planes
+/// apply a split in tens of milliseconds; 30 s tolerates a slow xDS push or a restarting agent.
+pub const ROUTE_ACK_TIMEOUT_MS: u64 = 30_000;
+/// Shortest wait for a verdict, gate answer or finalisation: one query round trip against a
+/// slow metrics backend (the wait is the analysis interval when that is longer).
+pub const MIN_ANSWER_TIMEOUT_MS: u64 = 30_000;
+/// Wait before sending a route again after an ingress reported it could not apply it: long
+/// enough not to hammer a failing agent, short next to any progress deadline.
+pub const ROUTE_RETRY_MS: u64 = 5_000;
+
+/// A rollout's machine: the (valid) spec and the plan derived from it.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    spec: RolloutSpec,
+    plan: Plan,
+}
+
+/// Why [`step`] refused an input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The spec does not validate, so there is no plan to walk (gRPC `InvalidArgument`).
+    #[error("invalid spec:\n{0}")]
+    InvalidSpec(ValidationErrors),
+    /// A command was refused; the status is unchanged.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// One-shot form of [`Machine::step`]: builds the machine from `spec` and folds `input` into
+/// `status`. Errors: [`StepError::InvalidSpec`] when the spec does not validate,
+/// [`StepError::Command`] when a command is refused.
+pub fn step(
+    spec: &RolloutSpec,
+    status: &RolloutStatus,
+    input: Input,
+    env: Env,
+) -> Result<Decision, StepError> {
+    let machine = Machine::new(spec).map_err(StepError::InvalidSpec)?;
+    Ok(machine.step(status, input, env)?)
+}
+
+/// Identity of the canary being rolled out; a change means a new revision and a new run.
+pub fn canary_revision(spec: &RolloutSpec) -> String {
+    format!("{}={}", spec.canary.name, spec.canary.endpoints.join(","))
+}
+
+impl RolloutStatus {
+    /// The status of a rollout that has just been created at `generation`.
+    pub fn new(spec: &RolloutSpec, generation: u64) -> Self {
+        RolloutStatus {
+            generation,
+            primary_weight: 100,
+            canary_revision: canary_revision(spec),
+            ..RolloutStatus::default()
+        }
+    }
+}
+
+impl Machine {
+    /// Builds the machine. Errors when the spec does not validate.
+    pub fn new(spec: &RolloutSpec) -> Result<Self, ValidationErrors> {
+        let plan = Plan::build(spec)?;
+        Ok(Machine {
+            spec: spec.clone(),
+            plan,
+        })
+    }
+
+    /// The plan the machine walks.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The spec the machine was built from.
+    pub fn spec(&self) -> &RolloutSpec {
+        &self.spec
+    }
+
+    /// Folds one input into the status.
+    ///
+    /// Errors only for commands: [`CommandError::InvalidInPhase`] when the command makes no
+    /// sense in the current phase, [`CommandError::InvalidWeight`] for `SetWeight` above 100;
+    /// the status is then unchanged. Stale answers (wrong `seq`) return the status unchanged
+    /// with `ignored` set.
+    pub fn step(
+        &self,
+        status: &RolloutStatus,
+        input: Input,
+        env: Env,
+    ) -> Result<Decision, CommandError> {
+        let mut cx = Cx {
+            m: self,
+            st: status.clone(),
+            acts: Vec::new(),
+            now: env.now_ms,
+            random: env.random,
+            ignored: None,
+        };
+        cx.handle(input)?;
+        if cx.ignored.is_some() {
+            return Ok(Decision {
+                status: status.clone(),
+                actions: Vec::new(),
+                ignored: cx.ignored,
+            });
+        }
+        Ok(Decision {
+            status: cx.st,
+            actions: cx.acts,
+            ignored: None,
+        })
+    }
+
+    fn interval_ms(&self) -> u64 {
+        self.spec.analysis.interval().as_millis().max(1)
+    }
+
+    fn answer_timeout_ms(&self) -> u64 {
+        self.interval_ms().max(MIN_ANSWER_TIMEOUT_MS)
+    }
+
+    fn deadline_ms(&self) -> u64 {
+        self.spec.progress_deadline_seconds().saturating_mul(1000)
+    }
+
+    fn webhooks(&self, kind: WebhookType) -> Vec<Webhook> {
+        self.spec.analysis.webhooks_of(kind).cloned().collect()
+    }
+
+    /// Gates and hooks are skipped entirely with `skipAnalysis`.
+    fn has_hook(&self, kind: WebhookType) -> bool {
+        !self.spec.skip_analysis && self.spec.analysis.has_webhook(kind)
+    }
+}
+
+/// One decision in progress.
+struct Cx<'a> {
+    m: &'a Machine,
+    st: RolloutStatus,
+    acts: Vec<Action>,
+    now: u64,
+    random: u64,
+    ignored: Option<&'static str>,
+}
+
+impl Cx<'_> {
+    fn handle(&mut self, input: Input) -> Result<(), CommandError> {
+        match input {
+            Input::Tick => self.tick(),
+            Input::RouteConfirmed { seq, observed } => self.route_confirmed(seq, observed),
+            Input::RouteFailed { seq, reason } => self.route_failed(seq, &reason),
+            Input::Verdict(v) => self.verdict(v),
+            Input::AnalysisTimeout { seq } => match self.st.wait {
+                Wait::Verdict { seq: s, .. } if s == seq => self.analysis_timeout(),
+                _ => self.ignore("stale analysis timeout"),
+            },
+            Input::GateResult { seq, gate, open } => self.gate_result(seq, gate, open),
+            Input::Finalised { seq } => match self.st.wait {
+                Wait::Finalise { seq: s, .. } if s == seq => self.succeed(),
+                _ => self.ignore("stale finalised"),
+            },
+            Input::Command(c) => return self.command(c),
+            Input::SpecChanged { generation } => self.spec_changed(generation),
+        }
+        Ok(())
+    }
+
+    fn ignore(&mut self, why: &'static str) {
+        self.ignored = Some(why);
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.st.seq += 1;
+        self.st.seq
+    }
+
+    fn emit(&mut self, kind: EventKind, reason: impl Into<String>) {
+        self.emit_with(kind, reason, BTreeMap::new());
+    }
+
+    fn emit_with(
+        &mut self,
+        kind: EventKind,
+        reason: impl Into<String>,
+        details: BTreeMap<String, String>,
+    ) {
+        let reason = reason.into();
+        self.st.message = reason.clone();
+        let canary_weight = self.st.route.as_ref().map_or(0, |r| r.canary_weight);
+        self.acts.push(Action::Emit(AuditEvent {
+            kind,
+            phase: self.st.phase,
+            step: self.st.step,
+            canary_weight,
+            reason,
+            details,
+        }));
+    }
+
+    /// Schedules the next tick; while halted, never later than the progress deadline.
+    fn schedule(&mut self, at: u64) {
+        let at = match self.st.halted_since_ms {
+            Some(h) if !self.st.phase.is_terminal() => {
+                at.min(h.saturating_add(self.m.deadline_ms()))
+            }
+            _ => at,
+        };
+        self.st.next_tick_at_ms = Some(at);
+        self.acts.push(Action::ScheduleTick { at_ms: at });
+    }
+
+    fn halt(&mut self, reason: String) {
+        if self.st.halted_since_ms.is_none() {
+            self.st.halted_since_ms = Some(self.now);
+        }
+        self.st.halt_reason = Some(reason.clone());
+        self.emit(EventKind::Halted, reason);
+    }
+
+    fn clear_halt(&mut self) {
+        self.st.halted_since_ms = None;
+        self.st.halt_reason = None;
+    }
+
+    // ---- routes ----------------------------------------------------------------------------
+
+    fn cookie(&self, canary_weight: u8, expire: bool) -> Option<CookieAffinity> {
+        let sa = self.m.spec.analysis.session_affinity.as_ref()?;
+        if self.m.plan.strategy != Strategy::Canary {
+            return None;
+        }
+        let value = self.st.session_cookie.clone()?;
+        if canary_weight == 0 && !expire {
+            return None;
+        }
+        let max_age =
+            i64::try_from(sa.max_age.unwrap_or(DEFAULT_SESSION_MAX_AGE)).unwrap_or(i64::MAX);
+        Some(CookieAffinity {
+            cookie_name: sa.cookie_name.clone(),
+            cookie_value: value,
+            max_age_seconds: if expire { -1 } else { max_age },
+        })
+    }
+
+    /// Requests a route; when the data plane already serves exactly that, it counts as
+    /// confirmed now.
+    fn go_route(&mut self, canary: u8, mirror: u8, matches: Vec<MatchRule>, expire_cookie: bool) {
+        let canary = canary.min(100);
+        let mut desired = DesiredRoute {
+            seq: 0,
+            canary_weight: canary,
+            primary_weight: 100 - canary,
+            mirror_percent: mirror.min(100),
+            matches,
+            session_affinity: self.cookie(canary, expire_cookie),
+        };
+        if self.st.route_confirmed
+            && self
+                .st
+                .route
+                .as_ref()
+                .is_some_and(|r| r.same_split(&desired))
+        {
+            self.route_ready();
+            return;
+        }
+        desired.seq = self.next_seq();
+        self.st.wait = Wait::Route {
+            seq: desired.seq,
+            sent_at_ms: self.now,
+        };
+        self.st.route = Some(desired.clone());
+        self.st.route_confirmed = false;
+        self.acts.push(Action::ApplyRoute(desired));
+        self.schedule(self.now + ROUTE_ACK_TIMEOUT_MS);
+    }
+
+    fn route_confirmed(&mut self, seq: u64, observed: ObservedSplit) {
+        let Wait::Route { seq: want, .. } = self.st.wait else {
+            return self.ignore("no route outstanding");
+        };
+        if want != seq {
+            return self.ignore("stale route ack");
+        }
+        let Some(route) = self.st.route.clone() else {
+            return self.ignore("no route outstanding");
+        };
+        if observed.canary_weight != route.canary_weight
+            || observed.primary_weight != route.primary_weight
+            || observed.mirror_percent != route.mirror_percent
+        {
+            return self.route_failed(
+                seq,
+                &format!(
+                    "data plane serves {}/{} (mirror {}), wanted {}/{} (mirror {})",
+                    observed.canary_weight,
+                    observed.primary_weight,
+                    observed.mirror_percent,
+                    route.canary_weight,
+                    route.primary_weight,
+                    route.mirror_percent
+                ),
+            );
+        }
+        self.st.route_confirmed = true;
+        self.st.canary_weight = observed.canary_weight;
+        self.st.primary_weight = observed.primary_weight;
+        self.st.mirror_percent = observed.mirror_percent;
+        if self
+            .st
+            .halt_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("route"))
+        {
+            self.clear_halt();
+        }
+        self.route_ready();
+    }
+
+    fn route_failed(&mut self, seq: u64, reason: &str) {
+        match self.st.wait {
+            Wait::Route { seq: want, .. } if want == seq => {}
+            _ => return self.ignore("stale route failure"),
+        }
+        // The halt counts toward the progress deadline; the next tick sends the route again.
+        if !self.st.phase.is_terminal() {
+            self.halt(format!("route {seq} not applied: {reason}"));
+        }
+        self.schedule(self.now + ROUTE_RETRY_MS);
+    }
+
+    /// The requested route is served; decide what the phase does next.
+    fn route_ready(&mut self) {
+        self.st.step_started_at_ms = Some(self.now);
+        match self.st.phase {
+            Phase::Initializing => {
+                self.st.phase = Phase::Initialized;
+                self.st.wait = Wait::Idle;
+                self.emit(EventKind::Initialized, "primary serves 100%");
+                self.start_run();
+            }
+            Phase::Progressing => self.step_entered(),
+            Phase::Promoting => {
+                if self.st.promotion_step + 1 >= self.m.plan.promotion.weights.len() {
+                    self.finalise();
+                } else {
+                    self.st.wait = Wait::Interval;
+                    self.schedule(self.now + self.m.interval_ms());
+                }
+            }
+            _ => {
+                self.st.wait = Wait::Idle;
+                self.st.next_tick_at_ms = None;
+            }
+        }
+    }
+
+    // ---- run lifecycle ---------------------------------------------------------------------
+
+    fn start_run(&mut self) {
+        self.st.run += 1;
+        self.st.failed_checks = 0;
+        self.st.iterations_done = 0;
+        self.st.passed_steps.clear();
+        self.st.gates_open.clear();
+        self.st.step = 0;
+        self.st.promotion_step = 0;
+        self.st.weight_hold = None;
+        self.st.paused_from = None;
+        self.st.finished_at_ms = None;
+        self.st.started_at_ms = Some(self.now);
+        self.st.session_cookie = Some(format!("{:016x}", self.random));
+        self.clear_halt();
+        if self.m.spec.skip_analysis {
+            self.emit(
+                EventKind::AnalysisSkipped,
+                "skipAnalysis: promoting without analysis",
+            );
+            return self.start_promoting();
+        }
+        if self.m.has_hook(WebhookType::ConfirmRollout) {
+            self.check_gate(WebhookType::ConfirmRollout);
+        } else {
+            self.after_confirm_rollout();
+        }
+    }
+
+    fn after_confirm_rollout(&mut self) {
+        if self.m.has_hook(WebhookType::PreRollout) {
+            self.check_gate(WebhookType::PreRollout);
+        } else {
+            self.begin_progress();
+        }
+    }
+
+    fn begin_progress(&mut self) {
+        self.st.phase = Phase::Progressing;
+        self.emit(EventKind::Progressing, "rollout started");
+        self.enter_step(0);
+    }
+
+    fn enter_step(&mut self, i: usize) {
+        if i >= self.m.plan.steps.len() {
+            return self.begin_promotion();
+        }
+        self.st.step = i;
+        let next = self.m.plan.steps[i].canary_weight;
+        let current = self.st.route.as_ref().map_or(0, |r| r.canary_weight);
+        if next > current && self.m.has_hook(WebhookType::ConfirmTrafficIncrease) {
+            self.check_gate(WebhookType::ConfirmTrafficIncrease);
+        } else {
+            self.step_route();
+        }
+    }
+
+    fn step_route(&mut self) {
+        let s = &self.m.plan.steps[self.st.step];
+        let (canary, mirror, matches) = (
+            s.canary_weight,
+            if s.mirror {
+                s.mirror_weight.unwrap_or(100)
+            } else {
+                0
+            },
+            s.matches.clone(),
+        );
+        let mut details = BTreeMap::new();
+        details.insert("canaryWeight".into(), canary.to_string());
+        details.insert("primaryWeight".into(), (100 - canary).to_string());
+        if mirror > 0 {
+            details.insert("mirrorPercent".into(), mirror.to_string());
+        }
+        self.emit_with(
+            EventKind::StepStarted,
+            format!(
+                "step {} of {}: canary {canary}%",
+                self.st.step + 1,
+                self.m.plan.steps.len()
+            ),
+            details,
+        );
+        self.go_route(canary, mirror, matches, false);
+    }
+
+    /// The step's route is confirmed: hold, observe or move on.
+    fn step_entered(&mut self) {
+        let s = &self.m.plan.steps[self.st.step];
+        match s.hold {
+            Some(Hold::Pause { duration: Some(d) }) => {
+                let until = self.now + d.as_millis();
+                self.st.wait = Wait::Pause {
+                    until_ms: Some(until),
+                };
+                self.schedule(until);
+            }
+            Some(Hold::Pause { duration: None }) => {
+                self.st.wait = Wait::Pause { until_ms: None };
+                self.st.next_tick_at_ms = None;
+                self.emit(
+                    EventKind::Paused,
+                    "pause step: waiting for resume or promote",
+                );
+            }
+            Some(Hold::Approval) => {
+                self.st.wait = Wait::Approval;
+                self.st.next_tick_at_ms = None;
+                self.emit(EventKind::Paused, "approval step: waiting for approve");
+            }
+            None if s.analysis => {
+                self.st.wait = Wait::Interval;
+                self.schedule(self.now + self.m.interval_ms());
+            }
+            None => self.advance(),
+        }
+    }
+
+    fn advance(&mut self) {
+        self.enter_step(self.st.step + 1);
+    }
+
+    fn request_analysis(&mut self) {
+        let step = self.st.step;
+        let metrics = match self.m.plan.steps[step]
+            .source
+            .and_then(|i| self.m.spec.steps.as_ref().and_then(|s| s.get(i)))
+        {
+            Some(Step::Analysis(a)) if a.metrics.is_some() => a.metrics.clone().unwrap_or_default(),
+            _ => self.m.spec.analysis.metrics.clone(),
+        };
+        let mut webhooks = self.m.webhooks(WebhookType::Rollout);
+        webhooks.extend(self.m.webhooks(WebhookType::Rollback));
+        let seq = self.next_seq();
+        let window_start = self.st.step_started_at_ms.unwrap_or(self.now);
+        self.st.wait = Wait::Verdict {
+            seq,
+            requested_at_ms: self.now,
+        };
+        self.acts.push(Action::RequestAnalysis(AnalysisRequest {
+            seq,
+            step,
+            window_start_ms: window_start,
+            window_end_ms: self.now,
+            canary_weight: self.st.route.as_ref().map_or(0, |r| r.canary_weight),
+            metrics,
+            webhooks,
+        }));
+        self.schedule(self.now + self.m.answer_timeout_ms());
+    }
+
+    /// Observe the same route again with a fresh window starting now.
+    fn observe_again(&mut self) {
+        self.st.step_started_at_ms = Some(self.now);
+        self.st.wait = Wait::Interval;
+        self.schedule(self.now + self.m.interval_ms());
+    }
+
+    fn verdict(&mut self, v: Verdict) {
+        match self.st.wait {
+            Wait::Verdict { seq, .. } if seq == v.seq && self.st.phase == Phase::Progressing => {}
+            _ => return self.ignore("stale verdict"),
+        }
+        let not_passed: Vec<String> = v
+            .checks
+            .iter()
+            .filter(|c| c.outcome != Outcome::Pass)
+            .map(|c| c.name.clone())
+            .collect();
+        self.st.last_verdict = Some(VerdictSummary {
+            seq: v.seq,
+            step: self.st.step,
+            outcome: v.outcome,
+            not_passed: not_passed.clone(),
+            at_ms: self.now,
+        });
+        let what = if not_passed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", not_passed.join(", "))
+        };
+        if v.rollback_requested {
+            return self.rollback("a rollback webhook asked for rollback".into());
+        }
+        match v.outcome {
+            Outcome::Pass => {
+                self.clear_halt();
+                self.st.iterations_done += 1;
+                self.st.passed_steps.push(self.st.step);
+                self.emit(
+                    EventKind::AnalysisPassed,
+                    format!("step {} analysis passed", self.st.step + 1),
+                );
+                self.advance();
+            }
+            Outcome::Fail => {
+                self.st.failed_checks += 1;
+                let threshold = self.m.spec.analysis.threshold();
+                let mut details = BTreeMap::new();
+                details.insert("failedChecks".into(), self.st.failed_checks.to_string());
+                details.insert("threshold".into(), threshold.to_string());
+                self.emit_with(
+                    EventKind::CheckFailed,
+                    format!(
+                        "check failed{what}: {} of {threshold}",
+                        self.st.failed_checks
+                    ),
+                    details,
+                );
+                if v.fail_fast {
+                    self.rollback(format!("judge failed fast{what}"));
+                } else if self.st.failed_checks >= threshold {
+                    self.rollback(format!(
+                        "{} failed checks reached threshold {threshold}",
+                        self.st.failed_checks
+                    ));
+                } else {
+                    self.observe_again();
+                }
+            }
+            Outcome::Inconclusive | Outcome::Error => {
+                let kind = if v.outcome == Outcome::Error {
+                    "error"
+                } else {
+                    "inconclusive"
+                };
+                self.halt(format!("analysis {kind}{what}"));
+                self.observe_again();
+            }
+        }
+    }
+
+    fn analysis_timeout(&mut self) {
+        self.halt("analysis: no verdict in time".into());
+        self.observe_again();
+    }
+
+    // ---- gates -----------------------------------------------------------------------------
+
+    fn check_gate(&mut self, gate: WebhookType) {
+        let seq = self.next_seq();
+        self.st.wait = Wait::Gate {
+            gate,
+            seq: Some(seq),
+        };
+        self.acts.push(Action::CheckGate {
+            seq,
+            gate,
+            webhooks: self.m.webhooks(gate),
+        });
+        self.schedule(self.now + self.m.answer_timeout_ms());
+    }
+
+    fn gate_result(&mut self, seq: u64, gate: WebhookType, open: bool) {
+        match self.st.wait {
+            Wait::Gate {
+                gate: g,
+                seq: Some(s),
+            } if s == seq && g == gate => {}
+            _ => return self.ignore("stale gate result"),
+        }
+        if open {
+            self.gate_open(gate, "webhooks answered 2xx");
+        } else {
+            self.gate_closed(gate, "webhooks refused");
+        }
+    }
+
+    fn gate_open(&mut self, gate: WebhookType, why: &str) {
+        self.clear_halt();
+        if self.st.phase == Phase::Waiting {
+            self.st.phase = Phase::Initialized;
+        }
+        self.st.gates_open.push(gate);
+        self.emit(
+            EventKind::GateOpened,
+            format!("{} gate open: {why}", gate.as_str()),
+        );
+        match gate {
+            WebhookType::ConfirmRollout => self.after_confirm_rollout(),
+            WebhookType::PreRollout => self.begin_progress(),
+            WebhookType::ConfirmTrafficIncrease => self.step_route(),
+            WebhookType::ConfirmPromotion => self.start_promoting(),
+            _ => {}
+        }
+    }
+
+    fn gate_closed(&mut self, gate: WebhookType, why: &str) {
+        self.st.wait = Wait::Gate { gate, seq: None };
+        let reason = format!("{} gate closed: {why}", gate.as_str());
+        match gate {
+            WebhookType::ConfirmRollout => {
+                if self.st.phase != Phase::Waiting {
+                    self.st.phase = Phase::Waiting;
+                    self.emit(EventKind::Waiting, reason);
+                }
+            }
+            WebhookType::ConfirmPromotion => {
+                self.emit(EventKind::GateClosed, reason);
+            }
+            WebhookType::PreRollout => {
+                self.st.failed_checks += 1;
+                let threshold = self.m.spec.analysis.threshold();
+                self.emit(
+                    EventKind::CheckFailed,
+                    format!("{reason}: {} of {threshold}", self.st.failed_checks),
+                );
+                if self.st.failed_checks >= threshold {
+                    return self.rollback(format!("pre-rollout checks failed {threshold} times"));
+                }
+            }
+            _ => self.halt(reason),
+        }
+        self.schedule(self.now + self.m.interval_ms());
+    }
+
+    // ---- promotion and the end -------------------------------------------------------------
+
+    fn begin_promotion(&mut self) {
+        self.st.step = self.m.plan.steps.len().saturating_sub(1);
+        if self.m.has_hook(WebhookType::ConfirmPromotion) {
+            self.st.phase = Phase::WaitingPromotion;
+            self.emit(EventKind::WaitingPromotion, "waiting for confirm-promotion");
+            self.check_gate(WebhookType::ConfirmPromotion);
+        } else {
+            self.start_promoting();
+        }
+    }
+
+    fn start_promoting(&mut self) {
+        self.st.phase = Phase::Promoting;
+        self.st.promotion_step = 0;
+        self.emit(EventKind::Promoting, "promoting the canary");
+        self.promote_route();
+    }
+
+    fn promote_route(&mut self) {
+        let weights = &self.m.plan.promotion.weights;
+        let i = self.st.promotion_step.min(weights.len().saturating_sub(1));
+        let w = weights.get(i).copied().unwrap_or(100);
+        let last = i + 1 >= weights.len();
+        self.go_route(w, 0, Vec::new(), last);
+    }
+
+    fn finalise(&mut self) {
+        self.st.phase = Phase::Finalising;
+        let seq = self.next_seq();
+        self.st.wait = Wait::Finalise {
+            seq,
+            sent_at_ms: self.now,
+        };
+        self.emit(EventKind::Finalising, "the canary becomes the primary");
+        self.acts.push(Action::Finalise { seq });
+        self.schedule(self.now + self.m.answer_timeout_ms());
+    }
+
+    fn succeed(&mut self) {
+        self.st.phase = Phase::Succeeded;
+        self.st.wait = Wait::Idle;
+        self.st.next_tick_at_ms = None;
+        self.st.finished_at_ms = Some(self.now);
+        self.clear_halt();
+        self.emit(EventKind::Succeeded, "promoted");
+        self.post_rollout();
+    }
+
+    fn post_rollout(&mut self) {
+        if self.m.has_hook(WebhookType::PostRollout) {
+            self.acts.push(Action::RunHooks {
+                hook: WebhookType::PostRollout,
+                webhooks: self.m.webhooks(WebhookType::PostRollout),
+            });
+        }
+    }
+
+    /// Back to 100 % primary; phase Failed.
+    fn rollback(&mut self, reason: String) {
+        self.st.phase = Phase::Failed;
+        self.st.paused_from = None;
+        self.st.weight_hold = None;
+        self.st.finished_at_ms = Some(self.now);
+        self.clear_halt();
+        self.emit(EventKind::RolledBack, reason);
+        if self.m.spec.analysis.has_webhook(WebhookType::Rollback) {
+            self.acts.push(Action::RunHooks {
+                hook: WebhookType::Rollback,
+                webhooks: self.m.webhooks(WebhookType::Rollback),
+            });
+        }
+        self.post_rollout();
+        self.st.wait = Wait::Idle;
+        self.st.next_tick_at_ms = None;
+        self.go_route(0, 0, Vec::new(), true);
+    }
+
+    // ---- time ------------------------------------------------------------------------------
+
+    fn tick(&mut self) {
+        if !self.st.phase.is_terminal()
+            && self.st.phase != Phase::Paused
+            && let Some(h) = self.st.halted_since_ms
+            && self.now.saturating_sub(h) >= self.m.deadline_ms()
+        {
+            let why = self.st.halt_reason.clone().unwrap_or_default();
+            return self.rollback(format!(
+                "halted longer than progressDeadlineSeconds ({}s): {why}",
+                self.m.spec.progress_deadline_seconds()
+            ));
+        }
+        if self.st.phase == Phase::Initializing && self.st.wait == Wait::Idle {
+            return self.go_route(0, 0, Vec::new(), false);
+        }
+        if self.st.next_tick_at_ms.is_none_or(|t| self.now < t) {
+            return self.ignore("not due");
+        }
+        match self.st.wait.clone() {
+            Wait::Idle | Wait::Approval | Wait::Pause { until_ms: None } => {
+                self.st.next_tick_at_ms = None;
+            }
+            Wait::Route { seq, sent_at_ms } => {
+                if self.now.saturating_sub(sent_at_ms) >= ROUTE_ACK_TIMEOUT_MS
+                    && !self.st.phase.is_terminal()
+                {
+                    self.halt(format!("route {seq} not confirmed by every ingress"));
+                }
+                // Level-triggered: send the same route again.
+                if let Some(r) = self.st.route.clone() {
+                    self.acts.push(Action::ApplyRoute(r));
+                }
+                self.st.wait = Wait::Route {
+                    seq,
+                    sent_at_ms: self.now,
+                };
+                self.schedule(self.now + ROUTE_ACK_TIMEOUT_MS);
+            }
+            Wait::Interval => match self.st.phase {
+                Phase::Progressing => self.request_analysis(),
+                Phase::Promoting => {
+                    self.st.promotion_step += 1;
+                    self.promote_route();
+                }
+                _ => self.st.next_tick_at_ms = None,
+            },
+            Wait::Verdict { .. } => self.analysis_timeout(),
+            Wait::Gate { gate, seq: None } => self.check_gate(gate),
+            Wait::Gate { gate, seq: Some(_) } => {
+                // No answer is an unavailable analyzer: a halt, never a failed check.
+                self.halt(format!("{} gate: no answer in time", gate.as_str()));
+                self.st.wait = Wait::Gate { gate, seq: None };
+                self.schedule(self.now + self.m.interval_ms());
+            }
+            Wait::Pause { until_ms: Some(_) } => self.advance(),
+            Wait::Finalise { seq, .. } => {
+                self.halt("finalise not confirmed".into());
+                self.acts.push(Action::Finalise { seq });
+                self.st.wait = Wait::Finalise {
+                    seq,
+                    sent_at_ms: self.now,
+                };
+                self.schedule(self.now + self.m.answer_timeout_ms());
+            }
+        }
+    }
+
+    // ---- commands and spec changes ---------------------------------------------------------
+
+    fn refuse(&self, c: Command) -> Result<(), CommandError> {
+        Err(CommandError::InvalidInPhase {
+            command: c.name(),
+            phase: self.st.phase,
+        })
+    }
+
+    fn command(&mut self, c: Command) -> Result<(), CommandError> {
+        use Phase::*;
+        let phase = self.st.phase;
+        match c {
+            Command::Pause => {
+                if !matches!(
+                    phase,
+                    Initialized | Waiting | Progressing | WaitingPromotion | Promoting
+                ) {
+                    return self.refuse(c);
+                }
+                self.pause();
+                self.emit(EventKind::Paused, "paused by command");
+            }
+            Command::Resume => {
+                if phase == Paused {
+                    self.unpause();
+                    self.emit(EventKind::Resumed, "resumed by command");
+                    self.resume_here();
+                } else if phase == Progressing && self.st.wait == (Wait::Pause { until_ms: None }) {
+                    self.emit(EventKind::Resumed, "pause step resumed by command");
+                    self.advance();
+                } else {
+                    return self.refuse(c);
+                }
+            }
+            Command::Promote { full } => {
+                if !matches!(
+                    phase,
+                    Initialized | Waiting | Progressing | WaitingPromotion | Promoting | Paused
+                ) {
+                    return self.refuse(c);
+                }
+                if phase == Paused {
+                    self.unpause();
+                }
+                self.clear_halt();
+                self.emit(
+                    EventKind::ManualPromotion,
+                    if full {
+                        "full promotion by command"
+                    } else {
+                        "step skipped by command"
+                    },
+                );
+                if full {
+                    self.st.phase = Promoting;
+                    self.st.promotion_step = self.m.plan.promotion.weights.len().saturating_sub(1);
+                    self.promote_route();
+                } else {
+                    match self.st.phase {
+                        Initialized | Waiting => self.begin_progress(),
+                        Progressing => self.advance(),
+                        WaitingPromotion => self.start_promoting(),
+                        _ => {
+                            if self.st.promotion_step + 1 >= self.m.plan.promotion.weights.len() {
+                                self.finalise();
+                            } else {
+                                self.st.promotion_step += 1;
+                                self.promote_route();
+                            }
+                        }
+                    }
+                }
+            }
+            Command::Abort => {
+                if phase.is_terminal() || phase == Finalising {
+                    return self.refuse(c);
+                }
+                self.emit(EventKind::Aborted, "aborted by command");
+                self.rollback("aborted by command".into());
+            }
+            Command::Approve => match self.st.wait {
+                Wait::Approval if phase == Progressing => {
+                    self.emit(EventKind::Approved, "approved by command");
+                    self.advance();
+                }
+                Wait::Gate { gate, .. }
+                    if matches!(
+                        gate,
+                        WebhookType::ConfirmRollout
+                            | WebhookType::ConfirmTrafficIncrease
+                            | WebhookType::ConfirmPromotion
+                    ) && phase != Paused =>
+                {
+                    self.emit(
+                        EventKind::Approved,
+                        format!("{} approved by command", gate.as_str()),
+                    );
+                    self.gate_open(gate, "approved by command");
+                }
+                _ => return self.refuse(c),
+            },
+            Command::Retry => {
+                if phase != Failed {
+                    return self.refuse(c);
+                }
+                self.st.phase = Initialized;
+                self.emit(EventKind::Retried, "retry by command");
+                self.start_run();
+            }
+            Command::SetWeight(w) => {
+                if w > 100 {
+                    return Err(CommandError::InvalidWeight(w));
+                }
+                if !matches!(phase, Progressing | WaitingPromotion | Promoting | Paused) {
+                    return self.refuse(c);
+                }
+                if phase != Paused {
+                    self.pause();
+                }
+                self.st.weight_hold = Some(w);
+                self.emit(
+                    EventKind::WeightSet,
+                    format!("canary held at {w}% by command"),
+                );
+                self.go_route(w, 0, Vec::new(), false);
+            }
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self) {
+        self.st.paused_from = Some(self.st.phase);
+        self.st.phase = Phase::Paused;
+        self.st.wait = Wait::Idle;
+        self.st.next_tick_at_ms = None;
+        self.clear_halt();
+    }
+
+    fn unpause(&mut self) {
+        self.st.phase = self.st.paused_from.take().unwrap_or(Phase::Progressing);
+        self.st.weight_hold = None;
+    }
+
+    /// Re-enters the current stage after a pause: re-sends its route (a no-op when the data
+    /// plane already serves it) and starts a fresh window.
+    fn resume_here(&mut self) {
+        match self.st.phase {
+            Phase::Initialized => self.start_run(),
+            Phase::Waiting => self.check_gate(WebhookType::ConfirmRollout),
+            Phase::WaitingPromotion => self.begin_promotion(),
+            Phase::Promoting => self.promote_route(),
+            _ => {
+                self.st.phase = Phase::Progressing;
+                self.st.step = self.st.step.min(self.m.plan.steps.len().saturating_sub(1));
+                self.step_route();
+            }
+        }
+    }
+
+    fn spec_changed(&mut self, generation: u64) {
+        if generation <= self.st.generation {
+            return self.ignore("generation not newer");
+        }
+        self.st.generation = generation;
+        let revision = canary_revision(&self.m.spec);
+        if revision != self.st.canary_revision {
+            self.st.canary_revision = revision;
+            if self.st.phase == Phase::Initializing {
+                return;
+            }
+            // A new canary: back to 100 % primary, then a fresh run.
+            self.st.phase = Phase::Initializing;
+            self.st.paused_from = None;
+            self.st.weight_hold = None;
+            self.clear_halt();
+            self.emit(EventKind::NewRevision, "new canary revision: restarting");
+            return self.go_route(0, 0, Vec::new(), true);
+        }
+        let active = matches!(
+            self.st.phase,
+            Phase::Initialized | Phase::Waiting | Phase::Progressing | Phase::WaitingPromotion
+        );
+        if self.m.spec.skip_analysis && active {
+            self.clear_halt();
+            self.emit(
+                EventKind::AnalysisSkipped,
+                "skipAnalysis set: cancelling analysis and promoting",
+            );
+            return self.start_promoting();
+        }
+        if self.st.phase == Phase::Progressing && self.st.step >= self.m.plan.steps.len() {
+            self.begin_promotion();
+        }
+    }
+}

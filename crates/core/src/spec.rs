@@ -1,0 +1,1187 @@
+//! The `Rollout` document (DESIGN.md §4): typed spec, semantic validation and test builders.
+//!
+//! Owns the types the YAML file, the gRPC API and the KV record all carry. Field names follow
+//! Flagger's `analysis` block and serialize in camelCase exactly as the YAML reads. Parsing YAML
+//! text lives in [`crate::decode`]; this module checks a spec however it was built
+//! ([`Rollout::validate`], [`RolloutSpec::validate`]) and reports every problem with its path.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+use crate::error::{Collector, ValidationErrors, field, index};
+use crate::strategy::{self, Strategy};
+
+/// The only `apiVersion` this build understands.
+pub const API_VERSION: &str = "aviary.dev/v1alpha1";
+/// The only `kind` this build understands.
+pub const KIND: &str = "Rollout";
+/// Default `analysis.interval` when none is given (Flagger's default).
+pub const DEFAULT_INTERVAL: HumanDuration = HumanDuration::from_secs(60);
+/// Default `analysis.threshold`: a single failed check rolls back unless told otherwise, the
+/// safe choice for a rollout that did not say how tolerant to be.
+pub const DEFAULT_THRESHOLD: u32 = 1;
+/// Default `progressDeadlineSeconds` (Flagger's and Kubernetes' default).
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u64 = 600;
+/// Default `sessionAffinity.maxAge` in seconds: one day, as in Flagger.
+pub const DEFAULT_SESSION_MAX_AGE: u64 = 86_400;
+/// Metric names the analyzer knows without a `query`.
+pub const BUILTIN_METRICS: &[&str] = &["request-success-rate", "request-duration"];
+
+/// A whole rollout document: `apiVersion`, `kind`, `metadata` and `spec`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// Must be [`KIND`].
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: Metadata,
+    /// What to roll out and how.
+    pub spec: RolloutSpec,
+}
+
+/// Identity of a rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// DNS-1123 label, unique within the namespace.
+    pub name: String,
+    /// DNS-1123 label; `None` means `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// The rollout's desired behaviour.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Every ingress whose traffic split this rollout drives.
+    #[serde(default)]
+    pub ingresses: Vec<IngressRef>,
+    /// The stable version.
+    pub primary: Target,
+    /// The new version.
+    pub canary: Target,
+    /// How long the rollout may stay halted before it fails and rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u64>,
+    /// Promote without metrics or webhooks.
+    #[serde(default)]
+    pub skip_analysis: bool,
+    /// Explicit strategy; inferred from the other fields when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Flagger-style analysis settings.
+    #[serde(default)]
+    pub analysis: Analysis,
+    /// Argo-style explicit step list (the general form of the Flagger shorthand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
+}
+
+/// A reference to an ingress served by a router agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRef {
+    /// The ingress name the router agent owns.
+    pub name: String,
+}
+
+/// One side of the split: a named set of upstream endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// DNS-1123 label naming this version.
+    pub name: String,
+    /// `host:port` upstreams.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// The `analysis` block (Flagger field names and meanings).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// Time between steps, and the length of each analysis window ([`DEFAULT_INTERVAL`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+    /// Failed checks before rollback ([`DEFAULT_THRESHOLD`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    /// Canary weight after which the canary is promoted (default 100, or the last of
+    /// `stepWeights`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_weight: Option<u8>,
+    /// Weight added per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weight: Option<u8>,
+    /// Explicit increasing weights, instead of `stepWeight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weights: Option<Vec<u8>>,
+    /// Weight moved per interval during promotion (default 100: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weight_promotion: Option<u8>,
+    /// Analysed iterations for A/B testing and blue/green.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u32>,
+    /// A/B match rules: traffic matching any rule goes to the canary.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<MatchRule>,
+    /// Mirror traffic to the canary (blue/green mirroring, or a first mirror step for canary).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror: bool,
+    /// Percentage of requests mirrored (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_weight: Option<u8>,
+    /// Sticky canary sessions via a cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
+    /// Promote as soon as the analysis of a step passes with full confidence (sequential judge).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub early_promotion: bool,
+    /// Metric checks run on every analysed step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<Metric>,
+    /// Gates and hooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+    /// Notification routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Alert>,
+}
+
+/// One A/B match rule: all of its header and cookie conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchRule {
+    /// Conditions on request headers; names are lower-case.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
+    /// Conditions on individual cookies by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookies: BTreeMap<String, StringMatch>,
+}
+
+/// How a header or cookie value is compared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StringMatch {
+    /// Equal to.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Ends with.
+    Suffix(String),
+    /// Matches an RE2-syntax regular expression.
+    Regex(String),
+}
+
+impl StringMatch {
+    /// The operator's name as written in YAML.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StringMatch::Exact(_) => "exact",
+            StringMatch::Prefix(_) => "prefix",
+            StringMatch::Suffix(_) => "suffix",
+            StringMatch::Regex(_) => "regex",
+        }
+    }
+
+    /// The operand.
+    pub fn value(&self) -> &str {
+        match self {
+            StringMatch::Exact(v)
+            | StringMatch::Prefix(v)
+            | StringMatch::Suffix(v)
+            | StringMatch::Regex(v) => v,
+        }
+    }
+}
+
+/// Cookie-based stickiness for canary users.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinity {
+    /// Name of the cookie set on canary responses.
+    pub cookie_name: String,
+    /// Cookie lifetime in seconds ([`DEFAULT_SESSION_MAX_AGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
+}
+
+/// One metric check.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metric {
+    /// Built-in name ([`BUILTIN_METRICS`]) or any name with a `query`.
+    pub name: String,
+    /// Acceptable range of the canary's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_range: Option<ThresholdRange>,
+    /// Query window (defaults to the analysis interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+    /// Custom PromQL template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Metrics backend (defaults to the analyzer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<MetricProvider>,
+    /// Largest allowed `canary - primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delta: Option<f64>,
+    /// Largest allowed `canary / primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio: Option<f64>,
+    /// What an empty result means.
+    #[serde(default)]
+    pub on_no_data: OnNoData,
+    /// Fewer requests than this in the window is "no data".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// How the value is judged.
+    #[serde(default)]
+    pub judge: Judge,
+}
+
+/// Bounds for a metric value; either side may be open.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdRange {
+    /// Lowest acceptable value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest acceptable value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// A metrics backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricProvider {
+    /// Backend kind, e.g. `prometheus`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// The outcome of a metric query that returned no data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNoData {
+    /// Halt without counting a failed check (the default: no evidence is not good evidence).
+    #[default]
+    Inconclusive,
+    /// Count a failed check.
+    Fail,
+    /// Treat as passing (for metrics that are legitimately empty, e.g. error counts).
+    Pass,
+}
+
+/// How a metric value is judged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Judge {
+    /// Compare one value per window to `thresholdRange` / `maxDelta` / `maxRatio`.
+    #[default]
+    Threshold,
+    /// Sequential test of canary against primary; may fail fast or promote early.
+    Sequential,
+}
+
+/// When a webhook is called (Flagger's types).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookType {
+    /// Gate before the rollout starts.
+    ConfirmRollout,
+    /// Run once before the first step; a failure counts as a failed check.
+    PreRollout,
+    /// Called on every analysis; a failure counts as a failed check.
+    #[default]
+    Rollout,
+    /// Gate before each weight increase.
+    ConfirmTrafficIncrease,
+    /// Gate before promotion.
+    ConfirmPromotion,
+    /// Called after the rollout ends (promoted or rolled back).
+    PostRollout,
+    /// Polled during analysis; a 2xx asks for rollback. Also told when a rollback happens.
+    Rollback,
+    /// Receives every audit event.
+    Event,
+}
+
+impl WebhookType {
+    /// The name as written in YAML.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WebhookType::ConfirmRollout => "confirm-rollout",
+            WebhookType::PreRollout => "pre-rollout",
+            WebhookType::Rollout => "rollout",
+            WebhookType::ConfirmTrafficIncrease => "confirm-traffic-increase",
+            WebhookType::ConfirmPromotion => "confirm-promotion",
+            WebhookType::PostRollout => "post-rollout",
+            WebhookType::Rollback => "rollback",
+            WebhookType::Event => "event",
+        }
+    }
+
+    /// Every type, in YAML spelling order.
+    pub const ALL: [WebhookType; 8] = [
+        WebhookType::ConfirmRollout,
+        WebhookType::PreRollout,
+        WebhookType::Rollout,
+        WebhookType::ConfirmTrafficIncrease,
+        WebhookType::ConfirmPromotion,
+        WebhookType::PostRollout,
+        WebhookType::Rollback,
+        WebhookType::Event,
+    ];
+
+    /// Parses the YAML spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// A gate or hook called over HTTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    /// Unique within the rollout.
+    pub name: String,
+    /// When it is called.
+    #[serde(rename = "type", default)]
+    pub kind: WebhookType,
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Per-call timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Extra attempts after a failed call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Passed through in the payload.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Alert severity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Everything.
+    #[default]
+    Info,
+    /// Halts, failures and rollbacks.
+    Warn,
+    /// Failures and rollbacks only.
+    Error,
+}
+
+/// Where notifications go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// Unique within the rollout.
+    pub name: String,
+    /// Lowest severity sent.
+    #[serde(default)]
+    pub severity: Severity,
+    /// The configured alert provider.
+    pub provider_ref: ProviderRef,
+}
+
+/// A reference to an alert provider configured in the notifier.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRef {
+    /// Provider name.
+    pub name: String,
+}
+
+/// One Argo-style step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Step {
+    /// Route this percentage of traffic to the canary.
+    SetWeight(u8),
+    /// Wait for a duration, or until resumed/promoted when no duration is given.
+    Pause(PauseStep),
+    /// Run an analysis (spec metrics unless overridden) and continue when it passes.
+    Analysis(AnalysisStep),
+    /// Wait for a manual approval.
+    Approval(ApprovalStep),
+    /// Send traffic matching these rules to the canary (in addition to the weight).
+    SetHeaderRoute(HeaderRouteStep),
+    /// Mirror this percentage of requests to the canary (0 turns mirroring off).
+    SetMirror(MirrorStep),
+}
+
+/// `pause: {}` or `pause: {duration: 5m}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// How long; `None` waits for Resume or Promote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<HumanDuration>,
+}
+
+/// `analysis: {}` with optional metrics override.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStep {
+    /// Metrics for this step; `None` uses `spec.analysis.metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<Metric>>,
+}
+
+/// `approval: {}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalStep {}
+
+/// `setHeaderRoute: {match: [...]}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderRouteStep {
+    /// Rules whose matching traffic goes to the canary.
+    #[serde(rename = "match", default)]
+    pub matches: Vec<MatchRule>,
+}
+
+/// `setMirror: {weight: N}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorStep {
+    /// Percentage of requests mirrored to the canary.
+    pub weight: u8,
+}
+
+impl Analysis {
+    /// The interval, defaulted.
+    pub fn interval(&self) -> HumanDuration {
+        self.interval.unwrap_or(DEFAULT_INTERVAL)
+    }
+
+    /// The threshold, defaulted.
+    pub fn threshold(&self) -> u32 {
+        self.threshold.unwrap_or(DEFAULT_THRESHOLD)
+    }
+
+    /// The weight after which to promote: `maxWeight`, else the last of `stepWeights`, else 100.
+    pub fn max_weight(&self) -> u8 {
+        self.max_weight
+            .or_else(|| self.step_weights.as_ref().and_then(|w| w.last().copied()))
+            .unwrap_or(100)
+    }
+
+    /// Promotion step size, defaulted to 100 (at once).
+    pub fn step_weight_promotion(&self) -> u8 {
+        self.step_weight_promotion.unwrap_or(100)
+    }
+
+    /// Mirror percentage, defaulted to 100.
+    pub fn mirror_weight(&self) -> u8 {
+        self.mirror_weight.unwrap_or(100)
+    }
+
+    /// The webhooks of one type, in spec order.
+    pub fn webhooks_of(&self, kind: WebhookType) -> impl Iterator<Item = &Webhook> {
+        self.webhooks.iter().filter(move |w| w.kind == kind)
+    }
+
+    /// True when at least one webhook of this type is configured.
+    pub fn has_webhook(&self, kind: WebhookType) -> bool {
+        self.webhooks_of(kind).next().is_some()
+    }
+}
+
+impl RolloutSpec {
+    /// The progress deadline in seconds, defaulted.
+    pub fn progress_deadline_seconds(&self) -> u64 {
+        self.progress_deadline_seconds
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS)
+    }
+
+    /// The strategy in force: explicit or inferred. Errors when the explicit one contradicts
+    /// the fields (see [`crate::strategy::resolve`]).
+    pub fn strategy(&self) -> Result<Strategy, crate::error::FieldError> {
+        strategy::resolve(self)
+    }
+
+    /// Checks the spec's semantics; every problem is reported with a path under `spec.`.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut c = Collector::default();
+        validate_spec(self, "spec", &mut c);
+        c.finish()
+    }
+}
+
+impl Rollout {
+    /// Checks the whole document (identity and spec). Usable on a value built in code, e.g. by
+    /// the gRPC API; returns every problem with its field path.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut c = Collector::default();
+        if self.api_version != API_VERSION {
+            c.push("apiVersion", format!("must be {API_VERSION}"));
+        }
+        if self.kind != KIND {
+            c.push("kind", format!("must be {KIND}"));
+        }
+        check_label(&self.metadata.name, "metadata.name", true, &mut c);
+        if let Some(ns) = &self.metadata.namespace {
+            check_label(ns, "metadata.namespace", true, &mut c);
+        }
+        validate_spec(&self.spec, "spec", &mut c);
+        c.finish()
+    }
+
+    /// The namespace, defaulted to `default`.
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// True when `s` is a DNS-1123 label: 1–63 lower-case alphanumerics or `-`, starting and ending
+/// with an alphanumeric.
+pub fn is_dns1123_label(s: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| ok_char(c) || c == '-')
+        && s.starts_with(ok_char)
+        && s.ends_with(ok_char)
+}
+
+fn check_label(value: &str, path: &str, required: bool, c: &mut Collector) {
+    if value.is_empty() {
+        if required {
+            c.push(path, "required");
+        }
+    } else if !is_dns1123_label(value) {
+        c.push(
+            path,
+            format!(
+                "{value:?} is not a DNS-1123 label (lower-case letters, digits and '-', \
+                 starting and ending with a letter or digit, at most 63 characters)"
+            ),
+        );
+    }
+}
+
+fn check_weight(value: u8, path: &str, min: u8, c: &mut Collector) {
+    if value < min || value > 100 {
+        c.push(path, format!("must be between {min} and 100, got {value}"));
+    }
+}
+
+fn check_duration(value: Option<HumanDuration>, path: &str, c: &mut Collector) {
+    if value.is_some_and(|d| d.is_zero()) {
+        c.push(path, "duration must be greater than zero");
+    }
+}
+
+fn check_endpoint(ep: &str, path: &str, c: &mut Collector) {
+    let Some((host, port)) = ep.rsplit_once(':') else {
+        c.push(path, format!("{ep:?} must be host:port"));
+        return;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        c.push(path, format!("{ep:?} has an invalid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => c.push(path, format!("{ep:?} has an invalid port")),
+    }
+}
+
+fn check_url(url: &str, path: &str, c: &mut Collector) {
+    if url.is_empty() {
+        c.push(path, "required");
+        return;
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {}
+        _ => c.push(path, format!("{url:?} must be an http:// or https:// URL")),
+    }
+}
+
+fn check_target(t: &Target, path: &str, c: &mut Collector) {
+    check_label(&t.name, &field(path, "name"), true, c);
+    let eps = field(path, "endpoints");
+    if t.endpoints.is_empty() {
+        c.push(&eps, "at least one endpoint is required");
+    }
+    for (i, ep) in t.endpoints.iter().enumerate() {
+        check_endpoint(ep, &index(&eps, i), c);
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn check_string_match(m: &StringMatch, path: &str, c: &mut Collector) {
+    let p = field(path, m.kind());
+    match m {
+        StringMatch::Regex(re) => {
+            if let Err(e) = regex::Regex::new(re) {
+                let detail = e.to_string();
+                let last = detail.lines().last().unwrap_or("invalid").trim();
+                c.push(&p, format!("invalid regex: {last}"));
+            }
+        }
+        other => {
+            if other.value().is_empty() {
+                c.push(&p, "must not be empty");
+            }
+        }
+    }
+}
+
+/// Validates a list of match rules at `path` (e.g. `spec.analysis.match`).
+pub(crate) fn check_matches(rules: &[MatchRule], path: &str, c: &mut Collector) {
+    for (i, rule) in rules.iter().enumerate() {
+        let rp = index(path, i);
+        if rule.headers.is_empty() && rule.cookies.is_empty() {
+            c.push(
+                &rp,
+                "a match rule needs at least one header or cookie condition",
+            );
+        }
+        for (name, m) in &rule.headers {
+            let hp = field(&field(&rp, "headers"), name);
+            if name.is_empty() || !name.chars().all(is_token_char) {
+                c.push(&hp, "invalid header name");
+            } else if name.chars().any(|ch| ch.is_ascii_uppercase()) {
+                c.push(&hp, "header names must be lower-case");
+            }
+            check_string_match(m, &hp, c);
+        }
+        for (name, m) in &rule.cookies {
+            let cp = field(&field(&rp, "cookies"), name);
+            if name.is_empty() || !name.chars().all(is_token_char) {
+                c.push(&cp, "invalid cookie name");
+            }
+            check_string_match(m, &cp, c);
+        }
+    }
+}
+
+fn check_metrics(metrics: &[Metric], path: &str, c: &mut Collector) {
+    let mut seen = BTreeSet::new();
+    for (i, m) in metrics.iter().enumerate() {
+        let mp = index(path, i);
+        if m.name.is_empty() {
+            c.push(&field(&mp, "name"), "required");
+        } else if !seen.insert(m.name.as_str()) {
+            c.push(
+                &field(&mp, "name"),
+                format!("duplicate metric {:?}", m.name),
+            );
+        }
+        let builtin = BUILTIN_METRICS.contains(&m.name.as_str());
+        match &m.query {
+            Some(q) if q.trim().is_empty() => c.push(&field(&mp, "query"), "must not be empty"),
+            None if !builtin && !m.name.is_empty() => c.push(
+                &field(&mp, "query"),
+                format!(
+                    "required for a custom metric (built-in metrics are {})",
+                    BUILTIN_METRICS.join(", ")
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(r) = &m.threshold_range {
+            let rp = field(&mp, "thresholdRange");
+            if r.min.is_none() && r.max.is_none() {
+                c.push(&rp, "needs min, max or both");
+            }
+            for (name, v) in [("min", r.min), ("max", r.max)] {
+                if v.is_some_and(|v| !v.is_finite()) {
+                    c.push(&field(&rp, name), "must be a finite number");
+                }
+            }
+            if let (Some(lo), Some(hi)) = (r.min, r.max)
+                && lo > hi
+            {
+                c.push(&rp, format!("min ({lo}) is greater than max ({hi})"));
+            }
+        }
+        if m.threshold_range.is_none() && m.max_delta.is_none() && m.max_ratio.is_none() {
+            c.push(&mp, "needs thresholdRange, maxDelta or maxRatio");
+        }
+        if let Some(d) = m.max_delta
+            && !(d.is_finite() && d >= 0.0)
+        {
+            c.push(&field(&mp, "maxDelta"), "must be a number >= 0");
+        }
+        if let Some(r) = m.max_ratio
+            && !(r.is_finite() && r > 0.0)
+        {
+            c.push(&field(&mp, "maxRatio"), "must be a number > 0");
+        }
+        check_duration(m.interval, &field(&mp, "interval"), c);
+        if let Some(p) = &m.provider {
+            let pp = field(&mp, "provider");
+            if p.kind.is_empty() {
+                c.push(&field(&pp, "type"), "required");
+            }
+            if let Some(a) = &p.address {
+                check_url(a, &field(&pp, "address"), c);
+            }
+        }
+    }
+}
+
+fn validate_analysis(a: &Analysis, path: &str, c: &mut Collector) {
+    check_duration(a.interval, &field(path, "interval"), c);
+    if a.threshold == Some(0) {
+        c.push(&field(path, "threshold"), "must be at least 1");
+    }
+    if let Some(w) = a.max_weight {
+        check_weight(w, &field(path, "maxWeight"), 1, c);
+    }
+    if let Some(w) = a.step_weight {
+        check_weight(w, &field(path, "stepWeight"), 1, c);
+    }
+    if let Some(ws) = &a.step_weights {
+        let wp = field(path, "stepWeights");
+        if a.step_weight.is_some() {
+            c.push(&wp, "cannot be used together with stepWeight");
+        }
+        if ws.is_empty() {
+            c.push(&wp, "must not be empty");
+        }
+        for (i, w) in ws.iter().enumerate() {
+            check_weight(*w, &index(&wp, i), 1, c);
+            if i > 0 && *w <= ws[i - 1] {
+                c.push(
+                    &index(&wp, i),
+                    format!(
+                        "weights must increase: {w} is not greater than {}",
+                        ws[i - 1]
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(w) = a.step_weight_promotion {
+        check_weight(w, &field(path, "stepWeightPromotion"), 1, c);
+    }
+    if a.iterations == Some(0) {
+        c.push(&field(path, "iterations"), "must be at least 1");
+    }
+    if let Some(w) = a.mirror_weight {
+        check_weight(w, &field(path, "mirrorWeight"), 1, c);
+    }
+    if !a.matches.is_empty() && a.iterations.is_none() {
+        c.push(
+            &field(path, "match"),
+            "requires iterations (A/B testing analyses matched traffic for a number of iterations)",
+        );
+    }
+    check_matches(&a.matches, &field(path, "match"), c);
+    if let Some(s) = &a.session_affinity {
+        let sp = field(path, "sessionAffinity");
+        if s.cookie_name.is_empty() {
+            c.push(&field(&sp, "cookieName"), "required");
+        } else if !s.cookie_name.chars().all(is_token_char) {
+            c.push(&field(&sp, "cookieName"), "invalid cookie name");
+        }
+        if s.max_age == Some(0) {
+            c.push(&field(&sp, "maxAge"), "must be at least 1 second");
+        }
+        if a.iterations.is_some() {
+            c.push(
+                &sp,
+                "only applies to the canary strategy (remove iterations)",
+            );
+        }
+    }
+    check_metrics(&a.metrics, &field(path, "metrics"), c);
+    let mut names = BTreeSet::new();
+    for (i, w) in a.webhooks.iter().enumerate() {
+        let wp = index(&field(path, "webhooks"), i);
+        if w.name.is_empty() {
+            c.push(&field(&wp, "name"), "required");
+        } else if !names.insert(w.name.as_str()) {
+            c.push(
+                &field(&wp, "name"),
+                format!("duplicate webhook {:?}", w.name),
+            );
+        }
+        check_url(&w.url, &field(&wp, "url"), c);
+        check_duration(w.timeout, &field(&wp, "timeout"), c);
+    }
+    let mut names = BTreeSet::new();
+    for (i, al) in a.alerts.iter().enumerate() {
+        let ap = index(&field(path, "alerts"), i);
+        if al.name.is_empty() {
+            c.push(&field(&ap, "name"), "required");
+        } else if !names.insert(al.name.as_str()) {
+            c.push(
+                &field(&ap, "name"),
+                format!("duplicate alert {:?}", al.name),
+            );
+        }
+        if al.provider_ref.name.is_empty() {
+            c.push(&field(&field(&ap, "providerRef"), "name"), "required");
+        }
+    }
+}
+
+fn validate_steps(steps: &[Step], path: &str, c: &mut Collector) {
+    if steps.is_empty() {
+        c.push(path, "must not be empty");
+    }
+    for (i, s) in steps.iter().enumerate() {
+        let sp = index(path, i);
+        match s {
+            Step::SetWeight(w) => check_weight(*w, &field(&sp, "setWeight"), 0, c),
+            Step::Pause(p) => {
+                check_duration(p.duration, &field(&field(&sp, "pause"), "duration"), c)
+            }
+            Step::Analysis(a) => {
+                if let Some(m) = &a.metrics {
+                    check_metrics(m, &field(&field(&sp, "analysis"), "metrics"), c);
+                }
+            }
+            Step::Approval(_) => {}
+            Step::SetHeaderRoute(h) => {
+                let mp = field(&field(&sp, "setHeaderRoute"), "match");
+                if h.matches.is_empty() {
+                    c.push(&mp, "at least one match rule is required");
+                }
+                check_matches(&h.matches, &mp, c);
+            }
+            Step::SetMirror(m) => {
+                check_weight(m.weight, &field(&field(&sp, "setMirror"), "weight"), 0, c)
+            }
+        }
+    }
+}
+
+fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
+    let ip = field(path, "ingresses");
+    if s.ingresses.is_empty() {
+        c.push(&ip, "at least one ingress is required");
+    }
+    let mut seen = BTreeSet::new();
+    for (i, ing) in s.ingresses.iter().enumerate() {
+        let np = field(&index(&ip, i), "name");
+        check_label(&ing.name, &np, true, c);
+        if !ing.name.is_empty() && !seen.insert(ing.name.as_str()) {
+            c.push(&np, format!("duplicate ingress {:?}", ing.name));
+        }
+    }
+    check_target(&s.primary, &field(path, "primary"), c);
+    check_target(&s.canary, &field(path, "canary"), c);
+    if !s.primary.name.is_empty() && s.primary.name == s.canary.name {
+        c.push(
+            &field(&field(path, "canary"), "name"),
+            "must differ from spec.primary.name",
+        );
+    }
+    if s.progress_deadline_seconds == Some(0) {
+        c.push(
+            &field(path, "progressDeadlineSeconds"),
+            "must be at least 1",
+        );
+    }
+    let ap = field(path, "analysis");
+    validate_analysis(&s.analysis, &ap, c);
+    if let Some(steps) = &s.steps {
+        let sp = field(path, "steps");
+        validate_steps(steps, &sp, c);
+        for (name, present) in [
+            ("stepWeight", s.analysis.step_weight.is_some()),
+            ("stepWeights", s.analysis.step_weights.is_some()),
+            ("maxWeight", s.analysis.max_weight.is_some()),
+            ("iterations", s.analysis.iterations.is_some()),
+            ("match", !s.analysis.matches.is_empty()),
+        ] {
+            if present {
+                c.push(
+                    &sp,
+                    format!("cannot be used together with spec.analysis.{name}"),
+                );
+            }
+        }
+    }
+    match strategy::resolve(s) {
+        Err(e) => c.errors.push(e),
+        Ok(Strategy::Canary) => {
+            if s.analysis.step_weight.is_none() && s.analysis.step_weights.is_none() {
+                c.push(
+                    &field(&ap, "stepWeight"),
+                    "required for the canary strategy (or give stepWeights, iterations or steps)",
+                );
+            }
+        }
+        Ok(_) => {
+            for (name, present) in [
+                ("stepWeight", s.analysis.step_weight.is_some()),
+                ("stepWeights", s.analysis.step_weights.is_some()),
+                ("maxWeight", s.analysis.max_weight.is_some()),
+            ] {
+                if present && s.steps.is_none() {
+                    c.push(
+                        &field(&ap, name),
+                        "only applies to the canary strategy (remove iterations)",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Builders for tests and fixtures: `RolloutSpec::test().step_weight(20).max_weight(50)`.
+impl RolloutSpec {
+    /// A valid canary spec: ingress `edge`, `podinfo-v1` → `podinfo-v2` on loopback,
+    /// `interval: 1m`, `threshold: 5`, `maxWeight: 50`, `stepWeight: 10`, one success-rate
+    /// metric.
+    pub fn test() -> Self {
+        RolloutSpec {
+            ingresses: vec![IngressRef {
+                name: "edge".into(),
+            }],
+            primary: Target {
+                name: "podinfo-v1".into(),
+                endpoints: vec!["127.0.0.1:9001".into()],
+            },
+            canary: Target {
+                name: "podinfo-v2".into(),
+                endpoints: vec!["127.0.0.1:9002".into()],
+            },
+            progress_deadline_seconds: None,
+            skip_analysis: false,
+            strategy: None,
+            analysis: Analysis {
+                interval: Some(DEFAULT_INTERVAL),
+                threshold: Some(5),
+                max_weight: Some(50),
+                step_weight: Some(10),
+                metrics: vec![Metric {
+                    name: "request-success-rate".into(),
+                    threshold_range: Some(ThresholdRange {
+                        min: Some(99.0),
+                        max: None,
+                    }),
+                    ..Metric::default()
+                }],
+                ..Analysis::default()
+            },
+            steps: None,
+        }
+    }
+
+    /// Sets `stepWeight` (and clears `stepWeights`).
+    pub fn step_weight(mut self, w: u8) -> Self {
+        self.analysis.step_weight = Some(w);
+        self.analysis.step_weights = None;
+        self
+    }
+
+    /// Sets `stepWeights` (and clears `stepWeight` and `maxWeight`).
+    pub fn step_weights(mut self, ws: &[u8]) -> Self {
+        self.analysis.step_weights = Some(ws.to_vec());
+        self.analysis.step_weight = None;
+        self.analysis.max_weight = None;
+        self
+    }
+
+    /// Sets `maxWeight`.
+    pub fn max_weight(mut self, w: u8) -> Self {
+        self.analysis.max_weight = Some(w);
+        self
+    }
+
+    /// Sets `interval`.
+    pub fn interval(mut self, d: HumanDuration) -> Self {
+        self.analysis.interval = Some(d);
+        self
+    }
+
+    /// Sets `threshold`.
+    pub fn threshold(mut self, n: u32) -> Self {
+        self.analysis.threshold = Some(n);
+        self
+    }
+
+    /// Sets `stepWeightPromotion`.
+    pub fn step_weight_promotion(mut self, w: u8) -> Self {
+        self.analysis.step_weight_promotion = Some(w);
+        self
+    }
+
+    /// Turns the spec into blue/green with `iterations` (clears canary weights).
+    pub fn iterations(mut self, n: u32) -> Self {
+        self.analysis.iterations = Some(n);
+        self.analysis.step_weight = None;
+        self.analysis.step_weights = None;
+        self.analysis.max_weight = None;
+        self
+    }
+
+    /// Adds an A/B rule matching header `name` exactly equal to `value`.
+    pub fn match_header(mut self, name: &str, value: &str) -> Self {
+        let mut rule = MatchRule::default();
+        rule.headers
+            .insert(name.to_string(), StringMatch::Exact(value.to_string()));
+        self.analysis.matches.push(rule);
+        self
+    }
+
+    /// Sets `mirror` (and optionally `mirrorWeight`).
+    pub fn mirror(mut self, weight: Option<u8>) -> Self {
+        self.analysis.mirror = true;
+        self.analysis.mirror_weight = weight;
+        self
+    }
+
+    /// Sets `sessionAffinity`.
+    pub fn session_affinity(mut self, cookie_name: &str, max_age: u64) -> Self {
+        self.analysis.session_affinity = Some(SessionAffinity {
+            cookie_name: cookie_name.into(),
+            max_age: Some(max_age),
+        });
+        self
+    }
+
+    /// Sets `skipAnalysis`.
+    pub fn skip_analysis(mut self, on: bool) -> Self {
+        self.skip_analysis = on;
+        self
+    }
+
+    /// Sets `progressDeadlineSeconds`.
+    pub fn progress_deadline(mut self, secs: u64) -> Self {
+        self.progress_deadline_seconds = Some(secs);
+        self
+    }
+
+    /// Replaces the weights with an explicit step list.
+    pub fn steps(mut self, steps: Vec<Step>) -> Self {
+        self.steps = Some(steps);
+        self.analysis.step_weight = None;
+        self.analysis.step_weights = None;
+        self.analysis.max_weight = None;
+        self
+    }
+
+    /// Adds a webhook of `kind` named `name` calling a loopback URL.
+    pub fn webhook(mut self, name: &str, kind: WebhookType) -> Self {
+        self.analysis.webhooks.push(Webhook {
+            name: name.into(),
+            kind,
+            url: format!("http://127.0.0.1:8090/{name}"),
+            ..Webhook::default()
+        });
+        self
+    }
+
+    /// Sets the explicit `strategy:`.
+    pub fn explicit_strategy(mut self, s: Strategy) -> Self {
+        self.strategy = Some(s);
+        self
+    }
+
+    /// Wraps the spec in a document named `name` in namespace `test`.
+    pub fn into_rollout(self, name: &str) -> Rollout {
+        Rollout {
+            api_version: API_VERSION.into(),
+            kind: KIND.into(),
+            metadata: Metadata {
+                name: name.into(),
+                namespace: Some("test".into()),
+            },
+            spec: self,
+        }
+    }
+}
+
+impl Rollout {
+    /// A valid rollout named `name` with [`RolloutSpec::test`] as its spec.
+    pub fn test(name: &str) -> Self {
+        RolloutSpec::test().into_rollout(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_builder_is_valid() {
+        assert_eq!(Rollout::test("podinfo").validate(), Ok(()));
+        assert_eq!(RolloutSpec::test().iterations(5).validate(), Ok(()));
+        assert_eq!(
+            RolloutSpec::test()
+                .iterations(5)
+                .match_header("x-canary", "insider")
+                .validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn validate_reports_code_built_problems() {
+        let mut spec = RolloutSpec::test().step_weight(0).max_weight(101);
+        spec.analysis.interval = Some(HumanDuration::from_millis(0));
+        spec.analysis.threshold = Some(0);
+        let errs = spec.validate().err().unwrap_or_default();
+        for p in [
+            "spec.analysis.stepWeight",
+            "spec.analysis.maxWeight",
+            "spec.analysis.interval",
+            "spec.analysis.threshold",
+        ] {
+            assert!(errs.has_path(p), "{p} missing in {errs}");
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let spec = RolloutSpec::test()
+            .steps(vec![
+                Step::SetWeight(5),
+                Step::Pause(PauseStep {
+                    duration: Some(HumanDuration::from_secs(300)),
+                }),
+                Step::Analysis(AnalysisStep::default()),
+                Step::Approval(ApprovalStep {}),
+                Step::SetMirror(MirrorStep { weight: 10 }),
+            ])
+            .into_rollout("podinfo");
+        let json = serde_json::to_value(&spec).unwrap_or_default();
+        assert_eq!(json["apiVersion"], "aviary.dev/v1alpha1");
+        assert_eq!(json["spec"]["steps"][0]["setWeight"], 5);
+        assert_eq!(json["spec"]["steps"][1]["pause"]["duration"], "5m");
+        assert_eq!(json["spec"]["steps"][3]["approval"], serde_json::json!({}));
+        assert_eq!(json["spec"]["analysis"]["interval"], "1m");
+        let back: Rollout = serde_json::from_value(json).unwrap_or_else(|_| Rollout::test("x"));
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns1123_label("podinfo-v1"));
+        for bad in ["", "-a", "a-", "A", "a_b", &"a".repeat(64)] {
+            assert!(!is_dns1123_label(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! haproxy harness (filled in below).

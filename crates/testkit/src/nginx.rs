@@ -1,0 +1,1 @@
+//! nginx harness (filled in below).

@@ -1,0 +1,423 @@
+//! Conversions at the scheduler's edges: the machine's types to the bus and API contracts, and
+//! the analyzer's verdicts back into the machine's.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aviary_core::machine::{self, CheckResult, EventKind as CoreKind, Outcome, Phase, RolloutStatus};
+use aviary_core::plan::Plan;
+use aviary_core::spec::{MatchRule, RolloutSpec, StringMatch, Target, Webhook};
+use aviary_proto as pb;
+use aviary_proto::events::{AuditEvent, EventData, EventKind, MetricValue};
+
+use crate::record::RolloutRecord;
+
+/// Wall-clock time in epoch milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+/// RFC 3339 (UTC, millisecond precision) for an epoch-millisecond time.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days (proleptic Gregorian), valid for every date after 1970.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+}
+
+/// The protobuf phase of a machine phase.
+pub fn phase(p: Phase) -> pb::Phase {
+    match p {
+        Phase::Initializing => pb::Phase::Initializing,
+        Phase::Initialized => pb::Phase::Initialized,
+        Phase::Waiting => pb::Phase::Waiting,
+        Phase::Progressing => pb::Phase::Progressing,
+        Phase::WaitingPromotion => pb::Phase::WaitingPromotion,
+        Phase::Promoting => pb::Phase::Promoting,
+        Phase::Finalising => pb::Phase::Finalising,
+        Phase::Succeeded => pb::Phase::Succeeded,
+        Phase::Failed => pb::Phase::Failed,
+        Phase::Paused => pb::Phase::Paused,
+    }
+}
+
+fn strategy(s: aviary_core::Strategy) -> pb::Strategy {
+    use aviary_core::Strategy as S;
+    match s {
+        S::Canary => pb::Strategy::Canary,
+        S::AbTesting => pb::Strategy::AbTesting,
+        S::BlueGreen => pb::Strategy::BlueGreen,
+        S::BlueGreenMirror => pb::Strategy::BlueGreenMirror,
+        S::Steps => pb::Strategy::Steps,
+    }
+}
+
+fn outcome(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Pass => pb::Outcome::Pass,
+        Outcome::Fail => pb::Outcome::Fail,
+        Outcome::Inconclusive => pb::Outcome::Inconclusive,
+        Outcome::Error => pb::Outcome::Error,
+    }
+}
+
+fn outcome_from(o: i32) -> Outcome {
+    match pb::Outcome::try_from(o).unwrap_or(pb::Outcome::Unspecified) {
+        pb::Outcome::Pass => Outcome::Pass,
+        pb::Outcome::Fail => Outcome::Fail,
+        pb::Outcome::Inconclusive => Outcome::Inconclusive,
+        // An answer that does not say is not a pass.
+        pb::Outcome::Error | pb::Outcome::Unspecified => Outcome::Error,
+    }
+}
+
+fn backend(target: &Target) -> pb::Backend {
+    pb::Backend { name: target.name.clone(), endpoints: target.endpoints.clone() }
+}
+
+fn string_match(m: &StringMatch) -> pb::StringMatch {
+    use pb::string_match::Kind;
+    let kind = match m {
+        StringMatch::Exact(v) => Kind::Exact(v.clone()),
+        StringMatch::Prefix(v) => Kind::Prefix(v.clone()),
+        StringMatch::Suffix(v) => Kind::Suffix(v.clone()),
+        StringMatch::Regex(v) => Kind::Regex(v.clone()),
+    };
+    pb::StringMatch { kind: Some(kind) }
+}
+
+fn match_rule(rule: &MatchRule) -> pb::MatchRule {
+    let headers = rule.headers.iter().map(|(name, m)| pb::MatchCondition {
+        kind: pb::match_condition::Kind::Header as i32,
+        name: name.clone(),
+        value: Some(string_match(m)),
+    });
+    let cookies = rule.cookies.iter().map(|(name, m)| pb::MatchCondition {
+        kind: pb::match_condition::Kind::Cookie as i32,
+        name: name.clone(),
+        value: Some(string_match(m)),
+    });
+    pb::MatchRule { conditions: headers.chain(cookies).collect() }
+}
+
+/// The route command for a machine route: every ingress gets the same split.
+pub fn route_command(record: &RolloutRecord, route: &machine::DesiredRoute) -> pb::RouteCommand {
+    let spec = &record.rollout.spec;
+    let rollout = pb::RolloutRef::new(record.namespace(), record.name());
+    let key = format!("{}/{}/{}/r{}", record.namespace(), record.name(), record.generation, route.seq);
+    pb::RouteCommand {
+        idempotency_key: key,
+        generation: record.generation,
+        step: u32::try_from(record.status.step).unwrap_or(u32::MAX),
+        route: Some(pb::DesiredRoute {
+            rollout: Some(rollout),
+            ingress: String::new(),
+            primary: Some(backend(&spec.primary)),
+            canary: Some(backend(&spec.canary)),
+            primary_weight: u32::from(route.primary_weight),
+            canary_weight: u32::from(route.canary_weight),
+            mirror_percent: u32::from(route.mirror_percent),
+            matches: route.matches.iter().map(match_rule).collect(),
+            session_affinity: route.session_affinity.as_ref().map(|a| pb::SessionAffinity {
+                cookie_name: a.cookie_name.clone(),
+                cookie_value: a.cookie_value.clone(),
+                max_age_seconds: u32::try_from(a.max_age_seconds.max(0)).unwrap_or(u32::MAX),
+                expired: a.max_age_seconds < 0,
+            }),
+        }),
+    }
+}
+
+/// The route that makes the canary the primary: in endpoint mode the canary's endpoints serve
+/// everything, under the primary role.
+pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
+    let spec = &record.rollout.spec;
+    let route = machine::DesiredRoute {
+        seq,
+        canary_weight: 0,
+        primary_weight: 100,
+        mirror_percent: 0,
+        matches: Vec::new(),
+        session_affinity: None,
+    };
+    let mut command = route_command(record, &route);
+    if let Some(r) = command.route.as_mut() {
+        r.primary = Some(backend(&spec.canary));
+        r.canary = Some(backend(&spec.canary));
+    }
+    command.idempotency_key = format!("{}/{}/{}/f{seq}", record.namespace(), record.name(), record.generation);
+    command
+}
+
+fn webhook(w: &Webhook) -> pb::WebhookCheck {
+    pb::WebhookCheck {
+        name: w.name.clone(),
+        r#type: w.kind.as_str().to_owned(),
+        url: w.url.clone(),
+        timeout_ms: w.timeout.map_or(0, |t| t.as_millis()),
+        retries: w.retries.unwrap_or(0),
+        metadata: w.metadata.clone().into_iter().collect(),
+    }
+}
+
+/// Template variables every query may use.
+fn variables(record: &RolloutRecord) -> std::collections::HashMap<String, String> {
+    let spec = &record.rollout.spec;
+    let ns = record.namespace();
+    let mut vars = std::collections::HashMap::new();
+    vars.insert("namespace".into(), ns.to_owned());
+    vars.insert("name".into(), record.name().to_owned());
+    vars.insert("canary".into(), spec.canary.name.clone());
+    vars.insert("primary".into(), spec.primary.name.clone());
+    vars.insert("canary_cluster".into(), aviary_proto::naming::cluster_name(ns, &spec.canary.name));
+    vars.insert("primary_cluster".into(), aviary_proto::naming::cluster_name(ns, &spec.primary.name));
+    vars.insert("ingress".into(), spec.ingresses.first().map(|i| i.name.clone()).unwrap_or_default());
+    vars
+}
+
+/// The analysis request for a machine request.
+pub fn analysis_request(record: &RolloutRecord, request: &machine::AnalysisRequest) -> pb::AnalysisRequest {
+    let interval_ms = record.rollout.spec.analysis.interval().as_millis();
+    let metrics = request
+        .metrics
+        .iter()
+        .map(|m| pb::MetricCheck {
+            name: m.name.clone(),
+            query: m.query.clone().unwrap_or_default(),
+            min: m.threshold_range.as_ref().and_then(|r| r.min),
+            max: m.threshold_range.as_ref().and_then(|r| r.max),
+            max_delta: m.max_delta,
+            max_ratio: m.max_ratio,
+            on_no_data: serde_json::to_value(m.on_no_data).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            min_requests: m.min_requests.unwrap_or(0),
+            provider_type: m.provider.as_ref().map(|p| p.kind.clone()).unwrap_or_default(),
+            provider_address: m.provider.as_ref().and_then(|p| p.address.clone()).unwrap_or_default(),
+            judge: serde_json::to_value(m.judge).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            interval_ms: m.interval.map_or(interval_ms, |i| i.as_millis()),
+        })
+        .collect();
+    pb::AnalysisRequest {
+        idempotency_key: format!("{}/{}/{}/a{}", record.namespace(), record.name(), record.generation, request.seq),
+        rollout: Some(pb::RolloutRef::new(record.namespace(), record.name())),
+        generation: record.generation,
+        step: u32::try_from(request.step).unwrap_or(u32::MAX),
+        window_start_ms: i64::try_from(request.window_start_ms).unwrap_or(i64::MAX),
+        window_end_ms: i64::try_from(request.window_end_ms).unwrap_or(i64::MAX),
+        metrics,
+        webhooks: request.webhooks.iter().map(webhook).collect(),
+        variables: variables(record),
+        phase: record.status.phase.to_string(),
+        checksum: record.status.canary_revision.clone(),
+    }
+}
+
+/// A webhook-only request (gates and hooks).
+pub fn webhook_request(record: &RolloutRecord, seq: u64, webhooks: &[Webhook]) -> pb::AnalysisRequest {
+    let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+    pb::AnalysisRequest {
+        idempotency_key: format!("{}/{}/{}/g{seq}", record.namespace(), record.name(), record.generation),
+        rollout: Some(pb::RolloutRef::new(record.namespace(), record.name())),
+        generation: record.generation,
+        step: u32::try_from(record.status.step).unwrap_or(u32::MAX),
+        window_start_ms: now,
+        window_end_ms: now,
+        metrics: Vec::new(),
+        webhooks: webhooks.iter().map(webhook).collect(),
+        variables: variables(record),
+        phase: record.status.phase.to_string(),
+        checksum: record.status.canary_revision.clone(),
+    }
+}
+
+/// The machine's view of an analyzer verdict for request `seq`.
+pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
+    let mut checks: Vec<CheckResult> = v
+        .metrics
+        .iter()
+        .map(|m| CheckResult { name: m.name.clone(), outcome: outcome_from(m.outcome), value: m.value, message: m.reason.clone() })
+        .collect();
+    let mut rollback_requested = false;
+    for w in &v.webhooks {
+        if w.r#type == "rollback" {
+            rollback_requested |= (200..300).contains(&w.status_code);
+            continue;
+        }
+        checks.push(CheckResult {
+            name: w.name.clone(),
+            outcome: outcome_from(w.outcome),
+            value: None,
+            message: w.reason.clone(),
+        });
+    }
+    let mut folded = outcome_from(v.outcome);
+    if !v.error.is_empty() && folded == Outcome::Pass {
+        folded = Outcome::Error;
+    }
+    machine::Verdict { seq, outcome: folded, fail_fast: v.decisive && folded == Outcome::Fail, checks, rollback_requested }
+}
+
+/// The CloudEvent for a machine audit event.
+pub fn audit_event(record: &RolloutRecord, sequence: u64, event: &machine::AuditEvent, actor: &str, at_ms: u64) -> AuditEvent {
+    let kind = match event.kind {
+        CoreKind::Initialized | CoreKind::NewRevision => EventKind::Created,
+        CoreKind::Progressing => EventKind::Started,
+        CoreKind::StepStarted | CoreKind::AnalysisSkipped => EventKind::StepAdvanced,
+        CoreKind::Waiting | CoreKind::WaitingPromotion => EventKind::GateWaiting,
+        CoreKind::GateOpened | CoreKind::Approved => EventKind::GateOpened,
+        CoreKind::GateClosed | CoreKind::Halted => EventKind::Halted,
+        CoreKind::AnalysisPassed | CoreKind::CheckFailed => EventKind::Verdict,
+        CoreKind::Paused | CoreKind::Resumed | CoreKind::WeightSet | CoreKind::ManualPromotion | CoreKind::Aborted | CoreKind::Retried => {
+            EventKind::Command
+        }
+        CoreKind::Promoting | CoreKind::Finalising => EventKind::Promoting,
+        CoreKind::Succeeded => EventKind::Succeeded,
+        CoreKind::RolledBack => EventKind::RolledBack,
+    };
+    let kind = if event.kind == CoreKind::RolledBack && event.reason.contains("deadline") { EventKind::DeadlineExceeded } else { kind };
+    let spec = &record.rollout.spec;
+    let metrics = record
+        .status
+        .last_verdict
+        .as_ref()
+        .filter(|_| matches!(kind, EventKind::Verdict | EventKind::RolledBack | EventKind::Halted))
+        .map(|_| verdict_metrics(&event.details))
+        .unwrap_or_default();
+    let mut reason = event.reason.clone();
+    if let Ok(core_kind) = serde_json::to_value(event.kind) {
+        if let Some(name) = core_kind.as_str() {
+            reason = format!("{name}: {reason}");
+        }
+    }
+    let data = EventData {
+        namespace: record.namespace().to_owned(),
+        name: record.name().to_owned(),
+        generation: record.generation,
+        step: u32::try_from(event.step).unwrap_or(u32::MAX),
+        phase: event.phase.to_string(),
+        canary_weight: u32::from(event.canary_weight),
+        primary_weight: 100 - u32::from(event.canary_weight.min(100)),
+        reason,
+        metrics,
+        actor: actor.to_owned(),
+        canary: spec.canary.name.clone(),
+        primary: spec.primary.name.clone(),
+    };
+    let id = format!("{}/{}/{}", record.namespace(), record.name(), sequence);
+    AuditEvent::new(kind, id, rfc3339(at_ms), data)
+}
+
+/// Metric values recorded by the machine in an event's details (`metric.<name>` = value).
+fn verdict_metrics(details: &std::collections::BTreeMap<String, String>) -> Vec<MetricValue> {
+    details
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("metric.")?;
+            Some(MetricValue { name: name.to_owned(), value: v.parse().ok(), outcome: String::new(), ..Default::default() })
+        })
+        .collect()
+}
+
+/// The API's view of a stored rollout.
+pub fn rollout(record: &RolloutRecord, revision: u64) -> pb::Rollout {
+    let plan = Plan::build(&record.rollout.spec).ok();
+    pb::Rollout {
+        r#ref: Some(pb::RolloutRef::new(record.namespace(), record.name())),
+        strategy: plan.as_ref().map_or(pb::Strategy::Unspecified, |p| strategy(p.strategy)) as i32,
+        manifest: record.manifest.clone(),
+        status: Some(status(&record.status)),
+        plan: plan.map(|p| planned(&p)).unwrap_or_default(),
+        revision,
+    }
+}
+
+fn planned(plan: &Plan) -> Vec<pb::PlannedStep> {
+    plan.steps
+        .iter()
+        .map(|s| pb::PlannedStep {
+            canary_weight: u32::from(s.canary_weight),
+            primary_weight: u32::from(s.primary_weight),
+            mirror: s.mirror,
+            mirror_weight: u32::from(s.mirror_weight.unwrap_or(0)),
+            matched: s.matched(),
+        })
+        .collect()
+}
+
+fn status(s: &RolloutStatus) -> pb::RolloutStatus {
+    let waiting_gates = match &s.wait {
+        machine::Wait::Gate { gate, .. } => vec![gate.as_str().to_owned()],
+        machine::Wait::Approval => vec!["approval".to_owned()],
+        _ => Vec::new(),
+    };
+    pb::RolloutStatus {
+        phase: phase(s.phase) as i32,
+        generation: s.generation,
+        step: u32::try_from(s.step).unwrap_or(u32::MAX),
+        canary_weight: u32::from(s.canary_weight),
+        primary_weight: u32::from(s.primary_weight),
+        mirror_weight: u32::from(s.mirror_percent),
+        failed_checks: s.failed_checks,
+        iterations: s.iterations_done,
+        halt_reason: s.halt_reason.clone().unwrap_or_default(),
+        step_started_at_ms: s.step_started_at_ms.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+        next_tick_at_ms: s.next_tick_at_ms.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+        last_transition_at_ms: 0,
+        last_verdict: s.last_verdict.as_ref().map(|v| pb::Verdict {
+            step: u32::try_from(v.step).unwrap_or(u32::MAX),
+            outcome: outcome(v.outcome) as i32,
+            error: v.not_passed.join(", "),
+            ..Default::default()
+        }),
+        affinity_cookie: s.session_cookie.clone().unwrap_or_default(),
+        waiting_gates,
+        message: s.message.clone(),
+    }
+}
+
+/// Whether a spec is the same as the stored one (ignoring formatting of the manifest).
+pub fn same_spec(a: &RolloutSpec, b: &RolloutSpec) -> bool {
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn unspecified_outcomes_never_pass() {
+        let v = pb::Verdict { outcome: pb::Outcome::Unspecified as i32, ..Default::default() };
+        assert_eq!(verdict(1, &v).outcome, Outcome::Error);
+        let v = pb::Verdict { outcome: pb::Outcome::Pass as i32, error: "boom".into(), ..Default::default() };
+        assert_eq!(verdict(1, &v).outcome, Outcome::Error);
+    }
+
+    #[test]
+    fn rollback_hook_2xx_requests_rollback_and_decisive_fail_is_fail_fast() {
+        let v = pb::Verdict {
+            outcome: pb::Outcome::Fail as i32,
+            decisive: true,
+            webhooks: vec![pb::WebhookResult { r#type: "rollback".into(), status_code: 200, ..Default::default() }],
+            ..Default::default()
+        };
+        let folded = verdict(7, &v);
+        assert!(folded.rollback_requested);
+        assert!(folded.fail_fast);
+        assert!(folded.checks.is_empty());
+    }
+}

@@ -1,0 +1,408 @@
+//! Drives one rollout while this replica holds its lease: feeds inputs (ticks, acks, verdicts,
+//! gate answers, commands) to the state machine, stores each decision by CAS, then carries out
+//! the decided actions and feeds their outcomes back.
+//!
+//! One task per owned rollout; inputs are handled one at a time, so a rollout's decisions are
+//! serial. Before every write the driver checks that its lease is unexpired by its own clock, and
+//! a write that loses the CAS re-reads and re-decides. A lost lease ends the task at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aviary_bus::BusError;
+use aviary_bus::kv::{Bucket, Entry};
+use aviary_core::machine::{Action, Env, Input, Machine, ObservedSplit, RolloutStatus};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::convert::{self, now_ms};
+use crate::effects::Effects;
+use crate::lease::{Held, Leases};
+use crate::metrics::Metrics;
+use crate::record::RolloutRecord;
+
+/// What every driver of this replica shares.
+pub struct Shared {
+    /// The rollouts bucket.
+    pub records: Bucket<RolloutRecord>,
+    /// Lease operations.
+    pub leases: Leases,
+    /// Talking to the other services.
+    pub effects: Effects,
+    /// Own metrics.
+    pub metrics: Metrics,
+}
+
+/// Why a driver stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The rollout has nothing left to do; the lease was released.
+    Done,
+    /// Another replica took the lease, or it expired before it could be renewed.
+    LostLease,
+    /// The replica is shutting down; the lease was released.
+    Shutdown,
+    /// The record vanished or could not be read.
+    Gone,
+}
+
+/// A running driver's handle: inputs go in through `inputs`, wake-ups through `wake`.
+pub struct Handle {
+    /// Nudges the driver to re-read its record (commands, spec changes).
+    pub wake: mpsc::Sender<()>,
+}
+
+struct Driver {
+    key: String,
+    shared: Arc<Shared>,
+    held: Held,
+    entry: Entry<RolloutRecord>,
+    machine: Machine,
+    inputs: mpsc::Sender<Input>,
+    published: HashSet<String>,
+}
+
+/// Starts driving the rollout at `key` under the lease `held`.
+///
+/// Returns the handle and the task's join handle, which yields why it stopped.
+pub fn spawn(
+    key: String,
+    shared: Arc<Shared>,
+    held: Held,
+    cancel: CancellationToken,
+) -> (Handle, tokio::task::JoinHandle<Exit>) {
+    let (wake_tx, wake_rx) = mpsc::channel(4);
+    let span = tracing::info_span!("driver", rollout = %key);
+    let task = tokio::spawn(tracing::Instrument::instrument(run(key, shared, held, cancel, wake_rx), span));
+    (Handle { wake: wake_tx }, task)
+}
+
+async fn run(
+    key: String,
+    shared: Arc<Shared>,
+    held: Held,
+    cancel: CancellationToken,
+    mut wake: mpsc::Receiver<()>,
+) -> Exit {
+    let entry = match shared.records.get(&key).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Exit::Gone,
+        Err(error) => {
+            warn!(%error, "cannot read rollout record");
+            shared.leases.release(&held).await;
+            return Exit::Gone;
+        }
+    };
+    let machine = match Machine::new(&entry.value.rollout.spec) {
+        Ok(machine) => machine,
+        Err(errors) => {
+            warn!(%errors, "stored spec does not validate; not driving it");
+            shared.leases.release(&held).await;
+            return Exit::Gone;
+        }
+    };
+    let (inputs, mut input_rx) = mpsc::channel(64);
+    let mut driver = Driver { key, shared, held, entry, machine, inputs, published: HashSet::new() };
+    info!(phase = %driver.entry.value.status.phase, "took ownership");
+    driver.publish_outbox().await;
+    // Resume: a spec change first, then queued commands, then a tick that re-issues whatever was
+    // outstanding when the previous owner stopped.
+    if let Err(exit) = driver.reload().await {
+        return exit;
+    }
+    if let Err(exit) = driver.handle(Input::Tick, None).await {
+        return exit;
+    }
+    let renew_every = Duration::from_millis(driver.shared.leases.ttl_ms() / 3).max(Duration::from_millis(50));
+    let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !driver.entry.value.needs_driver() {
+            driver.shared.leases.release(&driver.held).await;
+            info!(phase = %driver.entry.value.status.phase, "rollout settled; released");
+            return Exit::Done;
+        }
+        let tick_at = driver.next_tick();
+        let step = tokio::select! {
+            () = cancel.cancelled() => {
+                driver.shared.leases.release(&driver.held).await;
+                return Exit::Shutdown;
+            }
+            Some(input) = input_rx.recv() => driver.handle(input, None).await,
+            Some(()) = wake.recv() => driver.reload().await,
+            () = tokio::time::sleep_until(tick_at) => {
+                let lag = now_ms().saturating_sub(driver.entry.value.status.next_tick_at_ms.unwrap_or(0));
+                driver.shared.metrics.tick_lag.observe(lag as f64 / 1000.0);
+                driver.handle(Input::Tick, None).await
+            }
+            _ = renew.tick() => driver.renew().await,
+        };
+        if let Err(exit) = step {
+            return exit;
+        }
+    }
+}
+
+impl Driver {
+    fn next_tick(&self) -> Instant {
+        let now = now_ms();
+        let due = self.entry.value.status.next_tick_at_ms.unwrap_or(now + 60_000);
+        Instant::now() + Duration::from_millis(due.saturating_sub(now))
+    }
+
+    async fn renew(&mut self) -> Result<(), Exit> {
+        match self.shared.leases.renew(&self.held, now_ms()).await {
+            Ok(held) => {
+                self.held = held;
+                Ok(())
+            }
+            Err(error) => {
+                warn!(%error, "lease lost");
+                self.shared.metrics.leases_lost.inc();
+                Err(Exit::LostLease)
+            }
+        }
+    }
+
+    /// Re-reads the record; acts on a spec change and on queued commands.
+    async fn reload(&mut self) -> Result<(), Exit> {
+        self.refresh().await?;
+        if self.entry.value.generation != self.entry.value.status.generation {
+            let generation = self.entry.value.generation;
+            self.handle(Input::SpecChanged { generation }, None).await?;
+        }
+        while let Some(queued) = self.entry.value.commands.first().cloned() {
+            self.handle(Input::Command(queued.command), Some(&queued)).await?;
+        }
+        Ok(())
+    }
+
+    async fn refresh(&mut self) -> Result<(), Exit> {
+        match self.shared.records.get(&self.key).await {
+            Ok(Some(entry)) => {
+                if entry.value.rollout.spec != self.entry.value.rollout.spec {
+                    match Machine::new(&entry.value.rollout.spec) {
+                        Ok(machine) => self.machine = machine,
+                        Err(errors) => warn!(%errors, "new spec does not validate; keeping the old one"),
+                    }
+                }
+                self.entry = entry;
+                Ok(())
+            }
+            Ok(None) => Err(Exit::Gone),
+            Err(error) => {
+                warn!(%error, "cannot re-read rollout record");
+                Ok(())
+            }
+        }
+    }
+
+    /// Decides on `input`, stores the decision by CAS (re-deciding after a lost race), then
+    /// carries out the actions. `command` is the queued command this input consumes.
+    async fn handle(&mut self, input: Input, command: Option<&crate::record::QueuedCommand>) -> Result<(), Exit> {
+        for _ in 0..aviary_bus::kv::UPDATE_WITH_ATTEMPTS {
+            let now = now_ms();
+            if self.held.expires_at_ms <= now {
+                warn!("lease expired before it could be renewed; stopping");
+                return Err(Exit::LostLease);
+            }
+            let record = &self.entry.value;
+            let mut next = record.clone();
+            if let Some(queued) = command {
+                let before = next.commands.len();
+                next.commands.retain(|c| c.id != queued.id);
+                if next.commands.len() == before {
+                    return Ok(()); // consumed by an earlier decision
+                }
+            }
+            let env = Env { now_ms: now, random: rand::random() };
+            let (status, actions) = match self.machine.step(&record.status, input.clone(), env) {
+                Ok(decision) if decision.ignored.is_some() && command.is_none() => {
+                    debug!(why = decision.ignored, "input ignored");
+                    return Ok(());
+                }
+                Ok(decision) => (decision.status, decision.actions),
+                Err(error) => {
+                    // The phase moved on since the API accepted it; drop it, say why.
+                    warn!(%error, "queued command refused");
+                    (record.status.clone(), Vec::new())
+                }
+            };
+            next.status = status;
+            next.outbox.retain(|e| !self.published.contains(&e.id));
+            let actor = command.map_or("", |c| c.actor.as_str());
+            for action in &actions {
+                if let Action::Emit(event) = action {
+                    next.event_seq += 1;
+                    next.outbox.push(convert::audit_event(&next, next.event_seq, event, actor, now));
+                }
+            }
+            match self.shared.records.update(&self.key, &next, self.entry.revision).await {
+                Ok(revision) => {
+                    self.observe(&record.status, &next.status);
+                    self.entry = Entry { key: self.key.clone(), value: next, revision };
+                    self.execute(actions).await;
+                    return Ok(());
+                }
+                Err(BusError::Conflict { .. }) => {
+                    debug!("record changed under us; re-deciding");
+                    self.refresh().await?;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot store decision; will retry at the next tick");
+                    return Ok(());
+                }
+            }
+        }
+        warn!("gave up storing a decision after repeated conflicts");
+        Ok(())
+    }
+
+    fn observe(&self, before: &RolloutStatus, after: &RolloutStatus) {
+        let m = &self.shared.metrics;
+        if before.phase != after.phase {
+            match after.phase {
+                aviary_core::machine::Phase::Succeeded => m.promotions.inc(),
+                aviary_core::machine::Phase::Failed => m.rollbacks.inc(),
+                _ => 0,
+            };
+        }
+        if after.halted_since_ms.is_some() && before.halt_reason != after.halt_reason {
+            m.halts.inc();
+        }
+        if after.failed_checks > before.failed_checks {
+            m.failed_checks.inc_by(u64::from(after.failed_checks - before.failed_checks));
+        }
+        if after.step != before.step
+            && let Some(started) = before.step_started_at_ms
+        {
+            m.step_duration.observe(now_ms().saturating_sub(started) as f64 / 1000.0);
+        }
+    }
+
+    async fn execute(&mut self, actions: Vec<Action>) {
+        let record = self.entry.value.clone();
+        for action in actions {
+            match action {
+                Action::Emit(_) | Action::ScheduleTick { .. } => {}
+                Action::ApplyRoute(route) => {
+                    let command = convert::route_command(&record, &route);
+                    let effects = self.shared.effects.clone();
+                    let inputs = self.inputs.clone();
+                    let ingresses = record.ingresses();
+                    let latency = self.shared.metrics.ack_latency.clone();
+                    let seq = route.seq;
+                    info!(seq, canary = route.canary_weight, primary = route.primary_weight, "applying route");
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let input = match effects.apply_route(&ingresses, &command).await {
+                            Ok(confirmed) => {
+                                latency.observe(started.elapsed().as_secs_f64());
+                                let ack = confirmed.acks.first().cloned().unwrap_or_default();
+                                Input::RouteConfirmed {
+                                    seq,
+                                    observed: ObservedSplit {
+                                        canary_weight: u8::try_from(ack.canary_weight).unwrap_or(100),
+                                        primary_weight: u8::try_from(ack.primary_weight).unwrap_or(0),
+                                        mirror_percent: u8::try_from(ack.mirror_percent).unwrap_or(0),
+                                    },
+                                }
+                            }
+                            Err(failed) => Input::RouteFailed { seq, reason: failed.0 },
+                        };
+                        let _ = inputs.send(input).await;
+                    });
+                }
+                Action::RequestAnalysis(request) => {
+                    let pb_request = convert::analysis_request(&record, &request);
+                    let effects = self.shared.effects.clone();
+                    let inputs = self.inputs.clone();
+                    let seq = request.seq;
+                    tokio::spawn(async move {
+                        let input = match effects.analyze(&pb_request).await {
+                            Ok(verdict) => Input::Verdict(convert::verdict(seq, &verdict)),
+                            Err(BusError::Timeout { .. }) => Input::AnalysisTimeout { seq },
+                            Err(error) => Input::Verdict(error_verdict(seq, &error)),
+                        };
+                        let _ = inputs.send(input).await;
+                    });
+                }
+                Action::CheckGate { seq, gate, webhooks } => {
+                    let effects = self.shared.effects.clone();
+                    let inputs = self.inputs.clone();
+                    let request = convert::webhook_request(&record, seq, &webhooks);
+                    tokio::spawn(async move {
+                        // A gate with no webhooks is held by the API alone (Approve opens it).
+                        let open = !webhooks.is_empty()
+                            && matches!(effects.analyze(&request).await,
+                                Ok(v) if v.outcome == aviary_proto::Outcome::Pass as i32);
+                        let _ = inputs.send(Input::GateResult { seq, gate, open }).await;
+                    });
+                }
+                Action::RunHooks { hook, webhooks } => {
+                    let effects = self.shared.effects.clone();
+                    let seq = record.status.seq;
+                    let request = convert::webhook_request(&record, seq, &webhooks);
+                    tokio::spawn(async move {
+                        if let Err(error) = effects.analyze(&request).await {
+                            warn!(hook = hook.as_str(), %error, "hooks failed");
+                        }
+                    });
+                }
+                Action::Finalise { seq } => {
+                    let command = convert::finalise_command(&record, seq);
+                    let effects = self.shared.effects.clone();
+                    let inputs = self.inputs.clone();
+                    let ingresses = record.ingresses();
+                    tokio::spawn(async move {
+                        match effects.apply_route(&ingresses, &command).await {
+                            Ok(_) => {
+                                let _ = inputs.send(Input::Finalised { seq }).await;
+                            }
+                            // The machine sends Finalise again at its next tick.
+                            Err(failed) => warn!(reason = %failed, "finalising failed"),
+                        }
+                    });
+                }
+            }
+        }
+        self.publish_outbox().await;
+    }
+
+    /// Publishes undelivered audit events in order; stops at the first failure (the rest stay
+    /// in the outbox and go out after the next decision or on takeover).
+    async fn publish_outbox(&mut self) {
+        for event in &self.entry.value.outbox {
+            if self.published.contains(&event.id) {
+                continue;
+            }
+            match self.shared.effects.publish_event(event).await {
+                Ok(()) => {
+                    self.published.insert(event.id.clone());
+                }
+                Err(error) => {
+                    warn!(%error, id = %event.id, "audit event not published yet");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn error_verdict(seq: u64, error: &BusError) -> aviary_core::machine::Verdict {
+    aviary_core::machine::Verdict {
+        seq,
+        outcome: aviary_core::machine::Outcome::Error,
+        checks: vec![aviary_core::machine::CheckResult {
+            name: "analyzer".into(),
+            outcome: aviary_core::machine::Outcome::Error,
+            value: None,
+            message: error.to_string(),
+        }],
+        fail_fast: false,
+        rollback_requested: false,
+    }
+}

@@ -1,0 +1,155 @@
+//! Which rollouts this replica drives: watches the rollouts bucket, takes the leases of rollouts
+//! that need an owner and have none (or an expired one), and runs a driver for each.
+//!
+//! Every replica scans at least once per third of a lease period, so a dead replica's rollouts
+//! are taken over within two lease periods: one for its lease to expire, less than one to notice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use aviary_bus::names;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::convert::now_ms;
+use crate::driver::{self, Exit, Handle, Shared};
+use crate::metrics::{PhaseLabel, RolloutLabel};
+use crate::record::RolloutRecord;
+
+/// What the watch has seen of each rollout: whether it needs an owner.
+type Index = Arc<Mutex<HashMap<String, bool>>>;
+
+/// Runs until `shutdown`: the watch, the wake-up listener and the scan loop.
+///
+/// Fails when the bucket cannot be watched or the wake subject subscribed.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let index: Index = Arc::default();
+    let drivers: Arc<Mutex<HashMap<String, Handle>>> = Arc::default();
+    let (exits_tx, mut exits) = tokio::sync::mpsc::unbounded_channel::<(String, Exit)>();
+    let scan_now = Arc::new(tokio::sync::Notify::new());
+
+    let mut watch = shared.records.store().watch_with_history(">").await?;
+    let watcher = {
+        let index = index.clone();
+        let scan_now = scan_now.clone();
+        let drivers = drivers.clone();
+        let metrics = shared.metrics.clone();
+        let shutdown = shutdown.clone();
+        let mut phases: HashMap<String, String> = HashMap::new();
+        tokio::spawn(async move {
+            loop {
+                let entry = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                let Some(Ok(entry)) = entry else {
+                    warn!("rollouts watch ended");
+                    return;
+                };
+                let key = entry.key.clone();
+                let needs = match entry.operation {
+                    kv::Operation::Put => match serde_json::from_slice::<RolloutRecord>(&entry.value) {
+                        Ok(record) => {
+                            let phase = record.status.phase.to_string();
+                            if let Some(old) = phases.insert(key.clone(), phase.clone()) {
+                                metrics.rollouts.get_or_create(&PhaseLabel { phase: old }).dec();
+                            }
+                            metrics.rollouts.get_or_create(&PhaseLabel { phase }).inc();
+                            metrics
+                                .canary_weight
+                                .get_or_create(&RolloutLabel { rollout: format!("{}/{}", record.namespace(), record.name()) })
+                                .set(i64::from(record.status.canary_weight));
+                            record.needs_driver()
+                        }
+                        Err(error) => {
+                            warn!(%key, %error, "unreadable rollout record skipped");
+                            false
+                        }
+                    },
+                    _ => false,
+                };
+                let was = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), needs);
+                let driven = drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).map(|h| h.wake.clone());
+                if let Some(wake) = driven {
+                    let _ = wake.try_send(());
+                } else if needs && was != Some(true) {
+                    scan_now.notify_one();
+                }
+            }
+        })
+    };
+
+    let mut wakes = shared.effects.client().subscribe(names::WAKE_ALL).await?;
+    let waker = {
+        let drivers = drivers.clone();
+        let scan_now = scan_now.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    message = wakes.next() => message,
+                };
+                let Some(message) = message else { return };
+                let Some(rest) = message.subject.as_str().strip_prefix(&format!("{}.", names::WAKE_PREFIX)) else {
+                    continue;
+                };
+                let wake = drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(rest).map(|h| h.wake.clone());
+                match wake {
+                    Some(wake) => {
+                        let _ = wake.try_send(());
+                    }
+                    None => scan_now.notify_one(),
+                }
+            }
+        })
+    };
+
+    let period = Duration::from_millis(shared.leases.ttl_ms() / 3).max(Duration::from_millis(50));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+            () = scan_now.notified() => {}
+            Some((key, exit)) = exits.recv() => {
+                debug!(%key, ?exit, "driver stopped");
+                drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+                shared.metrics.owned.dec();
+                continue;
+            }
+        }
+        let candidates: Vec<String> = {
+            let index = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let driven = drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            index.iter().filter(|(k, needs)| **needs && !driven.contains_key(*k)).map(|(k, _)| k.clone()).collect()
+        };
+        for key in candidates {
+            match shared.leases.acquire(&key, now_ms()).await {
+                Ok(held) => {
+                    info!(rollout = %key, "lease acquired");
+                    let (handle, task) = driver::spawn(key.clone(), shared.clone(), held, shutdown.child_token());
+                    drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), handle);
+                    shared.metrics.owned.inc();
+                    let exits = exits_tx.clone();
+                    tasks.spawn(async move {
+                        let exit = task.await.unwrap_or(Exit::Gone);
+                        let _ = exits.send((key, exit));
+                    });
+                }
+                Err(crate::lease::LeaseError::Taken { .. }) => {}
+                Err(error) => warn!(rollout = %key, %error, "cannot take lease"),
+            }
+        }
+    }
+    // Drivers see the same token and release their leases.
+    while tasks.join_next().await.is_some() {}
+    watcher.abort();
+    waker.abort();
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! The rollout record: one JSON value per rollout in the rollouts bucket, written only by CAS.
+
+use aviary_core::Rollout;
+use aviary_core::machine::{Command, RolloutStatus};
+use aviary_proto::events::AuditEvent;
+use serde::{Deserialize, Serialize};
+
+/// A control-API command waiting for the owner to act on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedCommand {
+    /// Unique id (the API replica's clock and a random suffix).
+    pub id: String,
+    /// The command.
+    pub command: Command,
+    /// Who asked (recorded in the audit stream).
+    pub actor: String,
+    /// When it was accepted, epoch milliseconds.
+    pub at_ms: u64,
+}
+
+/// Everything stored about one rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    /// The manifest as applied (YAML or JSON text).
+    pub manifest: String,
+    /// The parsed, valid spec.
+    pub rollout: Rollout,
+    /// Bumped by every `Apply` that changes the spec.
+    pub generation: u64,
+    /// The state machine's status.
+    pub status: RolloutStatus,
+    /// Commands accepted by the API and not yet acted on.
+    #[serde(default)]
+    pub commands: Vec<QueuedCommand>,
+    /// Audit events decided but not yet confirmed on the events stream.
+    #[serde(default)]
+    pub outbox: Vec<AuditEvent>,
+    /// Events ever emitted for this rollout (their ids are `<ns>/<name>/<sequence>`).
+    #[serde(default)]
+    pub event_seq: u64,
+}
+
+impl RolloutRecord {
+    /// The rollout's namespace.
+    pub fn namespace(&self) -> &str {
+        self.rollout.namespace()
+    }
+
+    /// The rollout's name.
+    pub fn name(&self) -> &str {
+        &self.rollout.metadata.name
+    }
+
+    /// Whether an owner has anything to do: the run is not over, a command waits, or the spec
+    /// changed since the status was decided.
+    pub fn needs_driver(&self) -> bool {
+        !self.status.phase.is_terminal() || !self.commands.is_empty() || self.generation != self.status.generation
+    }
+
+    /// The ingress names this rollout drives.
+    pub fn ingresses(&self) -> Vec<String> {
+        self.rollout.spec.ingresses.iter().map(|i| i.name.clone()).collect()
+    }
+}
