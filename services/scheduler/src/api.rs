@@ -32,23 +32,48 @@ pub struct Api {
 
 impl Api {
     /// An API over `records`, nudging owners through `effects`, authenticating with `tokens`.
-    pub fn new(records: Bucket<RolloutRecord>, effects: Effects, tokens: Tokens, metrics: Metrics) -> Self {
-        Self { records, effects, tokens: Arc::new(tokens), metrics }
+    pub fn new(
+        records: Bucket<RolloutRecord>,
+        effects: Effects,
+        tokens: Tokens,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            records,
+            effects,
+            tokens: Arc::new(tokens),
+            metrics,
+        }
     }
 
-    fn authorize<T>(&self, request: &Request<T>, method: &'static str, needs: Role) -> Result<Caller, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.tokens.authorize(header, method, needs).map_err(|error| {
-            self.metrics.refused_calls.inc();
-            warn!(method, %error, "call refused");
-            match error {
-                AuthError::Unauthenticated => Status::unauthenticated(error.to_string()),
-                AuthError::PermissionDenied { .. } => Status::permission_denied(error.to_string()),
-            }
-        })
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        needs: Role,
+    ) -> Result<Caller, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.tokens
+            .authorize(header, method, needs)
+            .map_err(|error| {
+                self.metrics.refused_calls.inc();
+                warn!(method, %error, "call refused");
+                match error {
+                    AuthError::Unauthenticated => Status::unauthenticated(error.to_string()),
+                    AuthError::PermissionDenied { .. } => {
+                        Status::permission_denied(error.to_string())
+                    }
+                }
+            })
     }
 
-    async fn load(&self, reference: Option<&pb::RolloutRef>) -> Result<aviary_bus::kv::Entry<RolloutRecord>, Status> {
+    async fn load(
+        &self,
+        reference: Option<&pb::RolloutRef>,
+    ) -> Result<aviary_bus::kv::Entry<RolloutRecord>, Status> {
         let reference = reference.ok_or_else(|| Status::invalid_argument("ref: required"))?;
         let key = names::rollout_key(&reference.namespace, &reference.name)
             .map_err(|e| Status::invalid_argument(format!("ref: {e}")))?;
@@ -60,7 +85,12 @@ impl Api {
     }
 
     /// Checks `command` against the current phase, queues it by CAS and wakes the owner.
-    async fn command(&self, reference: Option<&pb::RolloutRef>, command: Command, caller: Caller) -> Result<Response<pb::Rollout>, Status> {
+    async fn command(
+        &self,
+        reference: Option<&pb::RolloutRef>,
+        command: Command,
+        caller: Caller,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let entry = self.load(reference).await?;
         let key = entry.key.clone();
         let mut refusal = None;
@@ -75,14 +105,33 @@ impl Api {
                 let machine = Machine::new(&record.rollout.spec).ok()?;
                 let mut status: RolloutStatus = record.status.clone();
                 for queued in &record.commands {
-                    if let Ok(d) = machine.step(&status, Input::Command(queued.command), Env { now_ms: now, random: 0 }) {
+                    if let Ok(d) = machine.step(
+                        &status,
+                        Input::Command(queued.command),
+                        Env {
+                            now_ms: now,
+                            random: 0,
+                        },
+                    ) {
                         status = d.status;
                     }
                 }
-                match machine.step(&status, Input::Command(command), Env { now_ms: now, random: 0 }) {
+                match machine.step(
+                    &status,
+                    Input::Command(command),
+                    Env {
+                        now_ms: now,
+                        random: 0,
+                    },
+                ) {
                     Ok(_) => {
                         refusal = None;
-                        record.commands.push(QueuedCommand { id: id.clone(), command, actor: caller.identity.clone(), at_ms: now });
+                        record.commands.push(QueuedCommand {
+                            id: id.clone(),
+                            command,
+                            actor: caller.identity.clone(),
+                            at_ms: now,
+                        });
                         Some(record)
                     }
                     Err(error) => {
@@ -95,14 +144,23 @@ impl Api {
             .map_err(internal)?;
         if let Some(error) = refusal {
             return Err(match error {
-                CommandError::InvalidInPhase { .. } => Status::failed_precondition(error.to_string()),
-                CommandError::InvalidWeight(_) => Status::invalid_argument(format!("weight: {error}")),
+                CommandError::InvalidInPhase { .. } => {
+                    Status::failed_precondition(error.to_string())
+                }
+                CommandError::InvalidWeight(_) => {
+                    Status::invalid_argument(format!("weight: {error}"))
+                }
             });
         }
         let entry = written.ok_or_else(|| Status::not_found("rollout vanished"))?;
         info!(rollout = %key, command = command.name(), actor = %caller.identity, "command queued");
-        self.effects.wake(entry.value.namespace(), entry.value.name()).await;
-        Ok(Response::new(convert::rollout(&entry.value, entry.revision)))
+        self.effects
+            .wake(entry.value.namespace(), entry.value.name())
+            .await;
+        Ok(Response::new(convert::rollout(
+            &entry.value,
+            entry.revision,
+        )))
     }
 }
 
@@ -114,7 +172,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + S
 
 #[tonic::async_trait]
 impl RolloutService for Api {
-    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
         let caller = self.authorize(&request, "Apply", Role::Operator)?;
         let manifest = request.into_inner().manifest;
         let rollout = aviary_core::parse_rollout(&manifest).map_err(|errors| {
@@ -156,23 +217,36 @@ impl RolloutService for Api {
         let entry = written.ok_or_else(|| Status::unavailable("rollout vanished during apply"))?;
         if changed {
             info!(rollout = %key, generation = entry.value.generation, actor = %caller.identity, "applied");
-            self.effects.wake(entry.value.namespace(), entry.value.name()).await;
+            self.effects
+                .wake(entry.value.namespace(), entry.value.name())
+                .await;
         }
-        Ok(Response::new(pb::ApplyResponse { rollout: Some(convert::rollout(&entry.value, entry.revision)), changed }))
+        Ok(Response::new(pb::ApplyResponse {
+            rollout: Some(convert::rollout(&entry.value, entry.revision)),
+            changed,
+        }))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Rollout>, Status> {
         self.authorize(&request, "Get", Role::Read)?;
         let entry = self.load(request.get_ref().r#ref.as_ref()).await?;
-        Ok(Response::new(convert::rollout(&entry.value, entry.revision)))
+        Ok(Response::new(convert::rollout(
+            &entry.value,
+            entry.revision,
+        )))
     }
 
-    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         self.authorize(&request, "List", Role::Read)?;
         let filter = request.into_inner();
         let mut rollouts = Vec::new();
         for key in self.records.keys().await.map_err(internal)? {
-            let Ok(Some(entry)) = self.records.get(&key).await else { continue };
+            let Ok(Some(entry)) = self.records.get(&key).await else {
+                continue;
+            };
             let rollout = convert::rollout(&entry.value, entry.revision);
             let phase = rollout.status.as_ref().map_or(0, |s| s.phase);
             if (!filter.namespace.is_empty() && entry.value.namespace() != filter.namespace)
@@ -182,25 +256,50 @@ impl RolloutService for Api {
             }
             rollouts.push(rollout);
         }
-        rollouts.sort_by(|a, b| a.r#ref.as_ref().map(ToString::to_string).cmp(&b.r#ref.as_ref().map(ToString::to_string)));
+        rollouts.sort_by(|a, b| {
+            a.r#ref
+                .as_ref()
+                .map(ToString::to_string)
+                .cmp(&b.r#ref.as_ref().map(ToString::to_string))
+        });
         Ok(Response::new(pb::ListResponse { rollouts }))
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         self.authorize(&request, "Watch", Role::Read)?;
         let entry = self.load(request.get_ref().r#ref.as_ref()).await?;
-        let (namespace, name) = (entry.value.namespace().to_owned(), entry.value.name().to_owned());
-        let status_updates = self.records.store().watch(&entry.key).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let (namespace, name) = (
+            entry.value.namespace().to_owned(),
+            entry.value.name().to_owned(),
+        );
+        let status_updates = self
+            .records
+            .store()
+            .watch(&entry.key)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let statuses = status_updates.filter_map(|update| async move {
             let update = update.ok()?;
             let record: RolloutRecord = serde_json::from_slice(&update.value).ok()?;
-            Some(Ok(pb::WatchEvent { kind: Some(pb::watch_event::Kind::Rollout(convert::rollout(&record, update.revision))) }))
+            Some(Ok(pb::WatchEvent {
+                kind: Some(pb::watch_event::Kind::Rollout(convert::rollout(
+                    &record,
+                    update.revision,
+                ))),
+            }))
         });
-        let subject = names::events_subject(&namespace, &name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let subject = names::events_subject(&namespace, &name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let js = self.effects.jetstream().clone();
-        let stream = js.get_stream(names::STREAM_EVENTS).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let stream = js
+            .get_stream(names::STREAM_EVENTS)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let consumer = stream
             .create_consumer(push::OrderedConfig {
                 filter_subject: subject,
@@ -210,56 +309,106 @@ impl RolloutService for Api {
             })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let messages = consumer.messages().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let events = messages.filter_map(|message| async move {
             let message = message.ok()?;
             let text = String::from_utf8(message.payload.to_vec()).ok()?;
-            Some(Ok(pb::WatchEvent { kind: Some(pb::watch_event::Kind::AuditEvent(text)) }))
+            Some(Ok(pb::WatchEvent {
+                kind: Some(pb::watch_event::Kind::AuditEvent(text)),
+            }))
         });
         let first = futures::stream::once(async move {
-            Ok(pb::WatchEvent { kind: Some(pb::watch_event::Kind::Rollout(convert::rollout(&entry.value, entry.revision))) })
+            Ok(pb::WatchEvent {
+                kind: Some(pb::watch_event::Kind::Rollout(convert::rollout(
+                    &entry.value,
+                    entry.revision,
+                ))),
+            })
         });
-        Ok(Response::new(Box::pin(first.chain(futures::stream::select(statuses, events)))))
+        Ok(Response::new(Box::pin(
+            first.chain(futures::stream::select(statuses, events)),
+        )))
     }
 
-    async fn pause(&self, request: Request<pb::CommandRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn pause(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.authorize(&request, "Pause", Role::Operator)?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Pause, caller).await
+        self.command(request.get_ref().r#ref.as_ref(), Command::Pause, caller)
+            .await
     }
 
-    async fn resume(&self, request: Request<pb::CommandRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn resume(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.authorize(&request, "Resume", Role::Operator)?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Resume, caller).await
+        self.command(request.get_ref().r#ref.as_ref(), Command::Resume, caller)
+            .await
     }
 
-    async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.authorize(&request, "Promote", Role::Operator)?;
         let full = request.get_ref().full;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Promote { full }, caller).await
+        self.command(
+            request.get_ref().r#ref.as_ref(),
+            Command::Promote { full },
+            caller,
+        )
+        .await
     }
 
-    async fn abort(&self, request: Request<pb::CommandRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn abort(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.authorize(&request, "Abort", Role::Operator)?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Abort, caller).await
+        self.command(request.get_ref().r#ref.as_ref(), Command::Abort, caller)
+            .await
     }
 
-    async fn approve(&self, request: Request<pb::CommandRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn approve(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.authorize(&request, "Approve", Role::Operator)?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Approve, caller).await
+        self.command(request.get_ref().r#ref.as_ref(), Command::Approve, caller)
+            .await
     }
 
-    async fn retry(&self, request: Request<pb::CommandRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn retry(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.authorize(&request, "Retry", Role::Operator)?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Retry, caller).await
+        self.command(request.get_ref().r#ref.as_ref(), Command::Retry, caller)
+            .await
     }
 
-    async fn set_weight(&self, request: Request<pb::SetWeightRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn set_weight(
+        &self,
+        request: Request<pb::SetWeightRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.authorize(&request, "SetWeight", Role::Operator)?;
         let weight = request.get_ref().weight;
         let weight = u8::try_from(weight)
             .ok()
             .filter(|w| *w <= 100)
-            .ok_or_else(|| Status::invalid_argument(format!("weight: {weight} is out of range 0..=100")))?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::SetWeight(weight), caller).await
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("weight: {weight} is out of range 0..=100"))
+            })?;
+        self.command(
+            request.get_ref().r#ref.as_ref(),
+            Command::SetWeight(weight),
+            caller,
+        )
+        .await
     }
 }

@@ -67,7 +67,9 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens").field("count", &self.by_token.len()).finish()
+        f.debug_struct("Tokens")
+            .field("count", &self.by_token.len())
+            .finish()
     }
 }
 
@@ -89,9 +91,13 @@ impl Tokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let syntax = |message: &str| TokensFileError::Syntax { line: index + 1, message: message.to_owned() };
+            let syntax = |message: &str| TokensFileError::Syntax {
+                line: index + 1,
+                message: message.to_owned(),
+            };
             let mut parts = line.split_whitespace();
-            let (Some(token), Some(role), Some(identity), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(token), Some(role), Some(identity), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 return Err(syntax("expected `<token> <role> <identity>`"));
             };
@@ -100,7 +106,13 @@ impl Tokens {
                 "operator" => Role::Operator,
                 _ => return Err(syntax("role must be `read` or `operator`")),
             };
-            by_token.insert(token.to_owned(), Caller { identity: identity.to_owned(), role });
+            by_token.insert(
+                token.to_owned(),
+                Caller {
+                    identity: identity.to_owned(),
+                    role,
+                },
+            );
         }
         Ok(Self { by_token })
     }
@@ -114,9 +126,17 @@ impl Tokens {
     ///
     /// Errors: [`AuthError::Unauthenticated`] for a missing or unknown token,
     /// [`AuthError::PermissionDenied`] when a read-only caller calls a mutating method.
-    pub fn authorize(&self, authorization: Option<&str>, method: &'static str, needs: Role) -> Result<Caller, AuthError> {
+    pub fn authorize(
+        &self,
+        authorization: Option<&str>,
+        method: &'static str,
+        needs: Role,
+    ) -> Result<Caller, AuthError> {
         if !self.enabled() {
-            return Ok(Caller { identity: "anonymous".to_owned(), role: Role::Operator });
+            return Ok(Caller {
+                identity: "anonymous".to_owned(),
+                role: Role::Operator,
+            });
         }
         let presented = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
@@ -129,7 +149,11 @@ impl Tokens {
             .map(|(_, caller)| caller.clone())
             .ok_or(AuthError::Unauthenticated)?;
         if caller.role < needs {
-            return Err(AuthError::PermissionDenied { identity: caller.identity, role: caller.role, method });
+            return Err(AuthError::PermissionDenied {
+                identity: caller.identity,
+                role: caller.role,
+                method,
+            });
         }
         Ok(caller)
     }
@@ -152,26 +176,55 @@ mod tests {
     fn roles_gate_methods() {
         let tokens = Tokens::parse(FILE).unwrap();
         assert!(tokens.enabled());
-        let reader = tokens.authorize(Some("Bearer r3ad-token"), "Get", Role::Read).unwrap();
-        assert_eq!(reader, Caller { identity: "auditor".into(), role: Role::Read });
+        let reader = tokens
+            .authorize(Some("Bearer r3ad-token"), "Get", Role::Read)
+            .unwrap();
+        assert_eq!(
+            reader,
+            Caller {
+                identity: "auditor".into(),
+                role: Role::Read
+            }
+        );
         assert_eq!(
             tokens.authorize(Some("Bearer r3ad-token"), "Abort", Role::Operator),
-            Err(AuthError::PermissionDenied { identity: "auditor".into(), role: Role::Read, method: "Abort" })
+            Err(AuthError::PermissionDenied {
+                identity: "auditor".into(),
+                role: Role::Read,
+                method: "Abort"
+            })
         );
-        assert_eq!(tokens.authorize(Some("Bearer op-token"), "Abort", Role::Operator).unwrap().identity, "alice");
+        assert_eq!(
+            tokens
+                .authorize(Some("Bearer op-token"), "Abort", Role::Operator)
+                .unwrap()
+                .identity,
+            "alice"
+        );
     }
 
     #[test]
     fn unknown_or_missing_tokens_are_unauthenticated() {
         let tokens = Tokens::parse(FILE).unwrap();
-        assert_eq!(tokens.authorize(None, "Get", Role::Read), Err(AuthError::Unauthenticated));
-        assert_eq!(tokens.authorize(Some("Bearer nope"), "Get", Role::Read), Err(AuthError::Unauthenticated));
-        assert_eq!(tokens.authorize(Some("op-token"), "Get", Role::Read), Err(AuthError::Unauthenticated));
+        assert_eq!(
+            tokens.authorize(None, "Get", Role::Read),
+            Err(AuthError::Unauthenticated)
+        );
+        assert_eq!(
+            tokens.authorize(Some("Bearer nope"), "Get", Role::Read),
+            Err(AuthError::Unauthenticated)
+        );
+        assert_eq!(
+            tokens.authorize(Some("op-token"), "Get", Role::Read),
+            Err(AuthError::Unauthenticated)
+        );
     }
 
     #[test]
     fn malformed_lines_name_the_line_not_the_token() {
-        let err = Tokens::parse("good operator bob\nsecret-value admin eve\n").err().unwrap();
+        let err = Tokens::parse("good operator bob\nsecret-value admin eve\n")
+            .err()
+            .unwrap();
         let message = err.to_string();
         assert!(message.contains("line 2"), "{message}");
         assert!(!message.contains("secret-value"), "{message}");
@@ -180,6 +233,12 @@ mod tests {
     #[test]
     fn no_file_means_open_api() {
         let tokens = Tokens::default();
-        assert_eq!(tokens.authorize(None, "Abort", Role::Operator).unwrap().role, Role::Operator);
+        assert_eq!(
+            tokens
+                .authorize(None, "Abort", Role::Operator)
+                .unwrap()
+                .role,
+            Role::Operator
+        );
     }
 }

@@ -3,7 +3,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aviary_core::machine::{self, CheckResult, EventKind as CoreKind, Outcome, Phase, RolloutStatus};
+use aviary_core::machine::{
+    self, CheckResult, EventKind as CoreKind, Outcome, Phase, RolloutStatus,
+};
 use aviary_core::plan::Plan;
 use aviary_core::spec::{MatchRule, RolloutSpec, StringMatch, Target, Webhook};
 use aviary_proto as pb;
@@ -13,7 +15,10 @@ use crate::record::RolloutRecord;
 
 /// Wall-clock time in epoch milliseconds.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// RFC 3339 (UTC, millisecond precision) for an epoch-millisecond time.
@@ -31,7 +36,10 @@ pub fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+        ms % 1000
+    )
 }
 
 /// The protobuf phase of a machine phase.
@@ -81,7 +89,10 @@ fn outcome_from(o: i32) -> Outcome {
 }
 
 fn backend(target: &Target) -> pb::Backend {
-    pb::Backend { name: target.name.clone(), endpoints: target.endpoints.clone() }
+    pb::Backend {
+        name: target.name.clone(),
+        endpoints: target.endpoints.clone(),
+    }
 }
 
 fn string_match(m: &StringMatch) -> pb::StringMatch {
@@ -106,14 +117,22 @@ fn match_rule(rule: &MatchRule) -> pb::MatchRule {
         name: name.clone(),
         value: Some(string_match(m)),
     });
-    pb::MatchRule { conditions: headers.chain(cookies).collect() }
+    pb::MatchRule {
+        conditions: headers.chain(cookies).collect(),
+    }
 }
 
 /// The route command for a machine route: every ingress gets the same split.
 pub fn route_command(record: &RolloutRecord, route: &machine::DesiredRoute) -> pb::RouteCommand {
     let spec = &record.rollout.spec;
     let rollout = pb::RolloutRef::new(record.namespace(), record.name());
-    let key = format!("{}/{}/{}/r{}", record.namespace(), record.name(), record.generation, route.seq);
+    let key = format!(
+        "{}/{}/{}/r{}",
+        record.namespace(),
+        record.name(),
+        record.generation,
+        route.seq
+    );
     pb::RouteCommand {
         idempotency_key: key,
         generation: record.generation,
@@ -127,12 +146,15 @@ pub fn route_command(record: &RolloutRecord, route: &machine::DesiredRoute) -> p
             canary_weight: u32::from(route.canary_weight),
             mirror_percent: u32::from(route.mirror_percent),
             matches: route.matches.iter().map(match_rule).collect(),
-            session_affinity: route.session_affinity.as_ref().map(|a| pb::SessionAffinity {
-                cookie_name: a.cookie_name.clone(),
-                cookie_value: a.cookie_value.clone(),
-                max_age_seconds: u32::try_from(a.max_age_seconds.max(0)).unwrap_or(u32::MAX),
-                expired: a.max_age_seconds < 0,
-            }),
+            session_affinity: route
+                .session_affinity
+                .as_ref()
+                .map(|a| pb::SessionAffinity {
+                    cookie_name: a.cookie_name.clone(),
+                    cookie_value: a.cookie_value.clone(),
+                    max_age_seconds: u32::try_from(a.max_age_seconds.max(0)).unwrap_or(u32::MAX),
+                    expired: a.max_age_seconds < 0,
+                }),
         }),
     }
 }
@@ -154,7 +176,12 @@ pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
         r.primary = Some(backend(&spec.canary));
         r.canary = Some(backend(&spec.canary));
     }
-    command.idempotency_key = format!("{}/{}/{}/f{seq}", record.namespace(), record.name(), record.generation);
+    command.idempotency_key = format!(
+        "{}/{}/{}/f{seq}",
+        record.namespace(),
+        record.name(),
+        record.generation
+    );
     command
 }
 
@@ -178,14 +205,29 @@ fn variables(record: &RolloutRecord) -> std::collections::HashMap<String, String
     vars.insert("name".into(), record.name().to_owned());
     vars.insert("canary".into(), spec.canary.name.clone());
     vars.insert("primary".into(), spec.primary.name.clone());
-    vars.insert("canary_cluster".into(), aviary_proto::naming::cluster_name(ns, &spec.canary.name));
-    vars.insert("primary_cluster".into(), aviary_proto::naming::cluster_name(ns, &spec.primary.name));
-    vars.insert("ingress".into(), spec.ingresses.first().map(|i| i.name.clone()).unwrap_or_default());
+    vars.insert(
+        "canary_cluster".into(),
+        aviary_proto::naming::cluster_name(ns, &spec.canary.name),
+    );
+    vars.insert(
+        "primary_cluster".into(),
+        aviary_proto::naming::cluster_name(ns, &spec.primary.name),
+    );
+    vars.insert(
+        "ingress".into(),
+        spec.ingresses
+            .first()
+            .map(|i| i.name.clone())
+            .unwrap_or_default(),
+    );
     vars
 }
 
 /// The analysis request for a machine request.
-pub fn analysis_request(record: &RolloutRecord, request: &machine::AnalysisRequest) -> pb::AnalysisRequest {
+pub fn analysis_request(
+    record: &RolloutRecord,
+    request: &machine::AnalysisRequest,
+) -> pb::AnalysisRequest {
     let interval_ms = record.rollout.spec.analysis.interval().as_millis();
     let metrics = request
         .metrics
@@ -197,16 +239,36 @@ pub fn analysis_request(record: &RolloutRecord, request: &machine::AnalysisReque
             max: m.threshold_range.as_ref().and_then(|r| r.max),
             max_delta: m.max_delta,
             max_ratio: m.max_ratio,
-            on_no_data: serde_json::to_value(m.on_no_data).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            on_no_data: serde_json::to_value(m.on_no_data)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             min_requests: m.min_requests.unwrap_or(0),
-            provider_type: m.provider.as_ref().map(|p| p.kind.clone()).unwrap_or_default(),
-            provider_address: m.provider.as_ref().and_then(|p| p.address.clone()).unwrap_or_default(),
-            judge: serde_json::to_value(m.judge).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            provider_type: m
+                .provider
+                .as_ref()
+                .map(|p| p.kind.clone())
+                .unwrap_or_default(),
+            provider_address: m
+                .provider
+                .as_ref()
+                .and_then(|p| p.address.clone())
+                .unwrap_or_default(),
+            judge: serde_json::to_value(m.judge)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             interval_ms: m.interval.map_or(interval_ms, |i| i.as_millis()),
         })
         .collect();
     pb::AnalysisRequest {
-        idempotency_key: format!("{}/{}/{}/a{}", record.namespace(), record.name(), record.generation, request.seq),
+        idempotency_key: format!(
+            "{}/{}/{}/a{}",
+            record.namespace(),
+            record.name(),
+            record.generation,
+            request.seq
+        ),
         rollout: Some(pb::RolloutRef::new(record.namespace(), record.name())),
         generation: record.generation,
         step: u32::try_from(request.step).unwrap_or(u32::MAX),
@@ -221,10 +283,19 @@ pub fn analysis_request(record: &RolloutRecord, request: &machine::AnalysisReque
 }
 
 /// A webhook-only request (gates and hooks).
-pub fn webhook_request(record: &RolloutRecord, seq: u64, webhooks: &[Webhook]) -> pb::AnalysisRequest {
+pub fn webhook_request(
+    record: &RolloutRecord,
+    seq: u64,
+    webhooks: &[Webhook],
+) -> pb::AnalysisRequest {
     let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
     pb::AnalysisRequest {
-        idempotency_key: format!("{}/{}/{}/g{seq}", record.namespace(), record.name(), record.generation),
+        idempotency_key: format!(
+            "{}/{}/{}/g{seq}",
+            record.namespace(),
+            record.name(),
+            record.generation
+        ),
         rollout: Some(pb::RolloutRef::new(record.namespace(), record.name())),
         generation: record.generation,
         step: u32::try_from(record.status.step).unwrap_or(u32::MAX),
@@ -243,7 +314,12 @@ pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
     let mut checks: Vec<CheckResult> = v
         .metrics
         .iter()
-        .map(|m| CheckResult { name: m.name.clone(), outcome: outcome_from(m.outcome), value: m.value, message: m.reason.clone() })
+        .map(|m| CheckResult {
+            name: m.name.clone(),
+            outcome: outcome_from(m.outcome),
+            value: m.value,
+            message: m.reason.clone(),
+        })
         .collect();
     let mut rollback_requested = false;
     for w in &v.webhooks {
@@ -262,11 +338,23 @@ pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
     if !v.error.is_empty() && folded == Outcome::Pass {
         folded = Outcome::Error;
     }
-    machine::Verdict { seq, outcome: folded, fail_fast: v.decisive && folded == Outcome::Fail, checks, rollback_requested }
+    machine::Verdict {
+        seq,
+        outcome: folded,
+        fail_fast: v.decisive && folded == Outcome::Fail,
+        checks,
+        rollback_requested,
+    }
 }
 
 /// The CloudEvent for a machine audit event.
-pub fn audit_event(record: &RolloutRecord, sequence: u64, event: &machine::AuditEvent, actor: &str, at_ms: u64) -> AuditEvent {
+pub fn audit_event(
+    record: &RolloutRecord,
+    sequence: u64,
+    event: &machine::AuditEvent,
+    actor: &str,
+    at_ms: u64,
+) -> AuditEvent {
     let kind = match event.kind {
         CoreKind::Initialized | CoreKind::NewRevision => EventKind::Created,
         CoreKind::Progressing => EventKind::Started,
@@ -275,20 +363,32 @@ pub fn audit_event(record: &RolloutRecord, sequence: u64, event: &machine::Audit
         CoreKind::GateOpened | CoreKind::Approved => EventKind::GateOpened,
         CoreKind::GateClosed | CoreKind::Halted => EventKind::Halted,
         CoreKind::AnalysisPassed | CoreKind::CheckFailed => EventKind::Verdict,
-        CoreKind::Paused | CoreKind::Resumed | CoreKind::WeightSet | CoreKind::ManualPromotion | CoreKind::Aborted | CoreKind::Retried => {
-            EventKind::Command
-        }
+        CoreKind::Paused
+        | CoreKind::Resumed
+        | CoreKind::WeightSet
+        | CoreKind::ManualPromotion
+        | CoreKind::Aborted
+        | CoreKind::Retried => EventKind::Command,
         CoreKind::Promoting | CoreKind::Finalising => EventKind::Promoting,
         CoreKind::Succeeded => EventKind::Succeeded,
         CoreKind::RolledBack => EventKind::RolledBack,
     };
-    let kind = if event.kind == CoreKind::RolledBack && event.reason.contains("deadline") { EventKind::DeadlineExceeded } else { kind };
+    let kind = if event.kind == CoreKind::RolledBack && event.reason.contains("deadline") {
+        EventKind::DeadlineExceeded
+    } else {
+        kind
+    };
     let spec = &record.rollout.spec;
     let metrics = record
         .status
         .last_verdict
         .as_ref()
-        .filter(|_| matches!(kind, EventKind::Verdict | EventKind::RolledBack | EventKind::Halted))
+        .filter(|_| {
+            matches!(
+                kind,
+                EventKind::Verdict | EventKind::RolledBack | EventKind::Halted
+            )
+        })
         .map(|_| verdict_metrics(&event.details))
         .unwrap_or_default();
     let mut reason = event.reason.clone();
@@ -321,7 +421,12 @@ fn verdict_metrics(details: &std::collections::BTreeMap<String, String>) -> Vec<
         .iter()
         .filter_map(|(k, v)| {
             let name = k.strip_prefix("metric.")?;
-            Some(MetricValue { name: name.to_owned(), value: v.parse().ok(), outcome: String::new(), ..Default::default() })
+            Some(MetricValue {
+                name: name.to_owned(),
+                value: v.parse().ok(),
+                outcome: String::new(),
+                ..Default::default()
+            })
         })
         .collect()
 }
@@ -331,7 +436,9 @@ pub fn rollout(record: &RolloutRecord, revision: u64) -> pb::Rollout {
     let plan = Plan::build(&record.rollout.spec).ok();
     pb::Rollout {
         r#ref: Some(pb::RolloutRef::new(record.namespace(), record.name())),
-        strategy: plan.as_ref().map_or(pb::Strategy::Unspecified, |p| strategy(p.strategy)) as i32,
+        strategy: plan
+            .as_ref()
+            .map_or(pb::Strategy::Unspecified, |p| strategy(p.strategy)) as i32,
         manifest: record.manifest.clone(),
         status: Some(status(&record.status)),
         plan: plan.map(|p| planned(&p)).unwrap_or_default(),
@@ -368,8 +475,12 @@ fn status(s: &RolloutStatus) -> pb::RolloutStatus {
         failed_checks: s.failed_checks,
         iterations: s.iterations_done,
         halt_reason: s.halt_reason.clone().unwrap_or_default(),
-        step_started_at_ms: s.step_started_at_ms.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
-        next_tick_at_ms: s.next_tick_at_ms.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+        step_started_at_ms: s
+            .step_started_at_ms
+            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+        next_tick_at_ms: s
+            .next_tick_at_ms
+            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
         last_transition_at_ms: 0,
         last_verdict: s.last_verdict.as_ref().map(|v| pb::Verdict {
             step: u32::try_from(v.step).unwrap_or(u32::MAX),
@@ -401,9 +512,16 @@ mod tests {
 
     #[test]
     fn unspecified_outcomes_never_pass() {
-        let v = pb::Verdict { outcome: pb::Outcome::Unspecified as i32, ..Default::default() };
+        let v = pb::Verdict {
+            outcome: pb::Outcome::Unspecified as i32,
+            ..Default::default()
+        };
         assert_eq!(verdict(1, &v).outcome, Outcome::Error);
-        let v = pb::Verdict { outcome: pb::Outcome::Pass as i32, error: "boom".into(), ..Default::default() };
+        let v = pb::Verdict {
+            outcome: pb::Outcome::Pass as i32,
+            error: "boom".into(),
+            ..Default::default()
+        };
         assert_eq!(verdict(1, &v).outcome, Outcome::Error);
     }
 
@@ -412,7 +530,11 @@ mod tests {
         let v = pb::Verdict {
             outcome: pb::Outcome::Fail as i32,
             decisive: true,
-            webhooks: vec![pb::WebhookResult { r#type: "rollback".into(), status_code: 200, ..Default::default() }],
+            webhooks: vec![pb::WebhookResult {
+                r#type: "rollback".into(),
+                status_code: 200,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let folded = verdict(7, &v);

@@ -76,7 +76,10 @@ pub fn spawn(
 ) -> (Handle, tokio::task::JoinHandle<Exit>) {
     let (wake_tx, wake_rx) = mpsc::channel(4);
     let span = tracing::info_span!("driver", rollout = %key);
-    let task = tokio::spawn(tracing::Instrument::instrument(run(key, shared, held, cancel, wake_rx), span));
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        run(key, shared, held, cancel, wake_rx),
+        span,
+    ));
     (Handle { wake: wake_tx }, task)
 }
 
@@ -105,7 +108,15 @@ async fn run(
         }
     };
     let (inputs, mut input_rx) = mpsc::channel(64);
-    let mut driver = Driver { key, shared, held, entry, machine, inputs, published: HashSet::new() };
+    let mut driver = Driver {
+        key,
+        shared,
+        held,
+        entry,
+        machine,
+        inputs,
+        published: HashSet::new(),
+    };
     info!(phase = %driver.entry.value.status.phase, "took ownership");
     driver.publish_outbox().await;
     // Resume: a spec change first, then queued commands, then a tick that re-issues whatever was
@@ -116,7 +127,8 @@ async fn run(
     if let Err(exit) = driver.handle(Input::Tick, None).await {
         return exit;
     }
-    let renew_every = Duration::from_millis(driver.shared.leases.ttl_ms() / 3).max(Duration::from_millis(50));
+    let renew_every =
+        Duration::from_millis(driver.shared.leases.ttl_ms() / 3).max(Duration::from_millis(50));
     let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,7 +161,12 @@ async fn run(
 impl Driver {
     fn next_tick(&self) -> Instant {
         let now = now_ms();
-        let due = self.entry.value.status.next_tick_at_ms.unwrap_or(now + 60_000);
+        let due = self
+            .entry
+            .value
+            .status
+            .next_tick_at_ms
+            .unwrap_or(now + 60_000);
         Instant::now() + Duration::from_millis(due.saturating_sub(now))
     }
 
@@ -175,7 +192,8 @@ impl Driver {
             self.handle(Input::SpecChanged { generation }, None).await?;
         }
         while let Some(queued) = self.entry.value.commands.first().cloned() {
-            self.handle(Input::Command(queued.command), Some(&queued)).await?;
+            self.handle(Input::Command(queued.command), Some(&queued))
+                .await?;
         }
         Ok(())
     }
@@ -186,7 +204,9 @@ impl Driver {
                 if entry.value.rollout.spec != self.entry.value.rollout.spec {
                     match Machine::new(&entry.value.rollout.spec) {
                         Ok(machine) => self.machine = machine,
-                        Err(errors) => warn!(%errors, "new spec does not validate; keeping the old one"),
+                        Err(errors) => {
+                            warn!(%errors, "new spec does not validate; keeping the old one")
+                        }
                     }
                 }
                 self.entry = entry;
@@ -202,7 +222,11 @@ impl Driver {
 
     /// Decides on `input`, stores the decision by CAS (re-deciding after a lost race), then
     /// carries out the actions. `command` is the queued command this input consumes.
-    async fn handle(&mut self, input: Input, command: Option<&crate::record::QueuedCommand>) -> Result<(), Exit> {
+    async fn handle(
+        &mut self,
+        input: Input,
+        command: Option<&crate::record::QueuedCommand>,
+    ) -> Result<(), Exit> {
         for _ in 0..aviary_bus::kv::UPDATE_WITH_ATTEMPTS {
             let now = now_ms();
             if self.held.expires_at_ms <= now {
@@ -218,7 +242,10 @@ impl Driver {
                     return Ok(()); // consumed by an earlier decision
                 }
             }
-            let env = Env { now_ms: now, random: rand::random() };
+            let env = Env {
+                now_ms: now,
+                random: rand::random(),
+            };
             let (status, actions) = match self.machine.step(&record.status, input.clone(), env) {
                 Ok(decision) if decision.ignored.is_some() && command.is_none() => {
                     debug!(why = decision.ignored, "input ignored");
@@ -237,13 +264,28 @@ impl Driver {
             for action in &actions {
                 if let Action::Emit(event) = action {
                     next.event_seq += 1;
-                    next.outbox.push(convert::audit_event(&next, next.event_seq, event, actor, now));
+                    next.outbox.push(convert::audit_event(
+                        &next,
+                        next.event_seq,
+                        event,
+                        actor,
+                        now,
+                    ));
                 }
             }
-            match self.shared.records.update(&self.key, &next, self.entry.revision).await {
+            match self
+                .shared
+                .records
+                .update(&self.key, &next, self.entry.revision)
+                .await
+            {
                 Ok(revision) => {
                     self.observe(&record.status, &next.status);
-                    self.entry = Entry { key: self.key.clone(), value: next, revision };
+                    self.entry = Entry {
+                        key: self.key.clone(),
+                        value: next,
+                        revision,
+                    };
                     self.execute(actions).await;
                     return Ok(());
                 }
@@ -274,12 +316,14 @@ impl Driver {
             m.halts.inc();
         }
         if after.failed_checks > before.failed_checks {
-            m.failed_checks.inc_by(u64::from(after.failed_checks - before.failed_checks));
+            m.failed_checks
+                .inc_by(u64::from(after.failed_checks - before.failed_checks));
         }
         if after.step != before.step
             && let Some(started) = before.step_started_at_ms
         {
-            m.step_duration.observe(now_ms().saturating_sub(started) as f64 / 1000.0);
+            m.step_duration
+                .observe(now_ms().saturating_sub(started) as f64 / 1000.0);
         }
     }
 
@@ -295,7 +339,12 @@ impl Driver {
                     let ingresses = record.ingresses();
                     let latency = self.shared.metrics.ack_latency.clone();
                     let seq = route.seq;
-                    info!(seq, canary = route.canary_weight, primary = route.primary_weight, "applying route");
+                    info!(
+                        seq,
+                        canary = route.canary_weight,
+                        primary = route.primary_weight,
+                        "applying route"
+                    );
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let input = match effects.apply_route(&ingresses, &command).await {
@@ -305,13 +354,19 @@ impl Driver {
                                 Input::RouteConfirmed {
                                     seq,
                                     observed: ObservedSplit {
-                                        canary_weight: u8::try_from(ack.canary_weight).unwrap_or(100),
-                                        primary_weight: u8::try_from(ack.primary_weight).unwrap_or(0),
-                                        mirror_percent: u8::try_from(ack.mirror_percent).unwrap_or(0),
+                                        canary_weight: u8::try_from(ack.canary_weight)
+                                            .unwrap_or(100),
+                                        primary_weight: u8::try_from(ack.primary_weight)
+                                            .unwrap_or(0),
+                                        mirror_percent: u8::try_from(ack.mirror_percent)
+                                            .unwrap_or(0),
                                     },
                                 }
                             }
-                            Err(failed) => Input::RouteFailed { seq, reason: failed.0 },
+                            Err(failed) => Input::RouteFailed {
+                                seq,
+                                reason: failed.0,
+                            },
                         };
                         let _ = inputs.send(input).await;
                     });
@@ -330,7 +385,11 @@ impl Driver {
                         let _ = inputs.send(input).await;
                     });
                 }
-                Action::CheckGate { seq, gate, webhooks } => {
+                Action::CheckGate {
+                    seq,
+                    gate,
+                    webhooks,
+                } => {
                     let effects = self.shared.effects.clone();
                     let inputs = self.inputs.clone();
                     let request = convert::webhook_request(&record, seq, &webhooks);

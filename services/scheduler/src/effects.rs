@@ -48,10 +48,20 @@ impl Effects {
     /// Effects over `client`, with the routes bucket opened and the given timeouts.
     ///
     /// Fails when the routes bucket cannot be opened.
-    pub async fn new(client: Client, route_timeout: Duration, analysis_timeout: Duration) -> Result<Self, BusError> {
+    pub async fn new(
+        client: Client,
+        route_timeout: Duration,
+        analysis_timeout: Duration,
+    ) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
         let routes = Bucket::open(&js, names::BUCKET_ROUTES).await?;
-        Ok(Self { client, js, routes, route_timeout, analysis_timeout })
+        Ok(Self {
+            client,
+            js,
+            routes,
+            route_timeout,
+            analysis_timeout,
+        })
     }
 
     /// The NATS client.
@@ -69,7 +79,11 @@ impl Effects {
     ///
     /// Errors: [`RouteFailed`] naming each ingress that did not confirm and why (no agent, timeout,
     /// an apply error, or an observed split that differs from the one asked for).
-    pub async fn apply_route(&self, ingresses: &[String], command: &RouteCommand) -> Result<RouteConfirmed, RouteFailed> {
+    pub async fn apply_route(
+        &self,
+        ingresses: &[String],
+        command: &RouteCommand,
+    ) -> Result<RouteConfirmed, RouteFailed> {
         let Some(route) = command.route.as_ref() else {
             return Err(RouteFailed("route command without a route".into()));
         };
@@ -80,7 +94,9 @@ impl Effects {
             if let Some(route) = command.route.as_mut() {
                 route.ingress = ingress.clone();
             }
-            let result = self.send_route(ingress, &rollout.namespace, &rollout.name, &command).await;
+            let result = self
+                .send_route(ingress, &rollout.namespace, &rollout.name, &command)
+                .await;
             (ingress.clone(), result)
         });
         let mut failures = Vec::new();
@@ -88,10 +104,16 @@ impl Effects {
         for (ingress, result) in join_all(sends).await {
             match result {
                 Ok(ack) if !ack.ok => failures.push(format!("{ingress}: {}", ack.error)),
-                Ok(ack) if ack.canary_weight != route.canary_weight || ack.primary_weight != route.primary_weight => {
+                Ok(ack)
+                    if ack.canary_weight != route.canary_weight
+                        || ack.primary_weight != route.primary_weight =>
+                {
                     failures.push(format!(
                         "{ingress}: observed {}/{} instead of {}/{}",
-                        ack.primary_weight, ack.canary_weight, route.primary_weight, route.canary_weight
+                        ack.primary_weight,
+                        ack.canary_weight,
+                        route.primary_weight,
+                        route.canary_weight
                     ));
                 }
                 Ok(ack) => acks.push(ack),
@@ -101,11 +123,24 @@ impl Effects {
         if !failures.is_empty() {
             return Err(RouteFailed(failures.join("; ")));
         }
-        let confirmed_at_ms = acks.iter().map(|a| a.confirmed_at_ms).max().unwrap_or_default();
-        Ok(RouteConfirmed { confirmed_at_ms, acks })
+        let confirmed_at_ms = acks
+            .iter()
+            .map(|a| a.confirmed_at_ms)
+            .max()
+            .unwrap_or_default();
+        Ok(RouteConfirmed {
+            confirmed_at_ms,
+            acks,
+        })
     }
 
-    async fn send_route(&self, ingress: &str, namespace: &str, name: &str, command: &RouteCommand) -> Result<RouteAck, BusError> {
+    async fn send_route(
+        &self,
+        ingress: &str,
+        namespace: &str,
+        name: &str,
+        command: &RouteCommand,
+    ) -> Result<RouteAck, BusError> {
         let key = names::route_key(ingress, namespace, name)?;
         if let Some(route) = &command.route {
             // Single writer: only the lease holder of this rollout writes its routes.
@@ -129,7 +164,13 @@ impl Effects {
     /// Errors: [`BusError::NoResponders`] when no analyzer runs, [`BusError::Timeout`] when none
     /// answered in time, [`BusError::Remote`] when the analyzer refused the request.
     pub async fn analyze(&self, request: &AnalysisRequest) -> Result<Verdict, BusError> {
-        typed::request(&self.client, names::ANALYSIS_REQUEST, request, self.analysis_timeout).await
+        typed::request(
+            &self.client,
+            names::ANALYSIS_REQUEST,
+            request,
+            self.analysis_timeout,
+        )
+        .await
     }
 
     /// Appends an audit event to the events stream (de-duplicated by its id).
@@ -137,7 +178,9 @@ impl Effects {
     /// Errors: as [`typed::publish_dedup_json`].
     pub async fn publish_event(&self, event: &AuditEvent) -> Result<(), BusError> {
         let subject = names::events_subject(&event.data.namespace, &event.data.name)?;
-        typed::publish_dedup_json(&self.js, &subject, &event.id, event).await.map(|_| ())
+        typed::publish_dedup_json(&self.js, &subject, &event.id, event)
+            .await
+            .map(|_| ())
     }
 
     /// Nudges the owner of a rollout to re-read its record (after a control-API command).

@@ -56,7 +56,11 @@ pub struct Leases {
 impl Leases {
     /// Leases in `bucket` held under the replica id `owner`, each valid `ttl_ms` after a write.
     pub fn new(bucket: Bucket<LeaseValue>, owner: impl Into<String>, ttl_ms: u64) -> Self {
-        Self { bucket, owner: owner.into(), ttl_ms }
+        Self {
+            bucket,
+            owner: owner.into(),
+            ttl_ms,
+        }
     }
 
     /// This replica's id.
@@ -73,13 +77,20 @@ impl Leases {
     ///
     /// Errors: [`LeaseError::Taken`] when someone else holds it or wins the race for it.
     pub async fn acquire(&self, key: &str, now_ms: u64) -> Result<Held, LeaseError> {
-        let value = LeaseValue { owner: self.owner.clone(), expires_at_ms: now_ms + self.ttl_ms };
+        let value = LeaseValue {
+            owner: self.owner.clone(),
+            expires_at_ms: now_ms + self.ttl_ms,
+        };
         let written = match self.bucket.get(key).await {
             Ok(Some(current)) => {
                 let lease = &current.value;
-                let free = lease.owner.is_empty() || lease.owner == self.owner || lease.expires_at_ms <= now_ms;
+                let free = lease.owner.is_empty()
+                    || lease.owner == self.owner
+                    || lease.expires_at_ms <= now_ms;
                 if !free {
-                    return Err(LeaseError::Taken { key: key.to_owned() });
+                    return Err(LeaseError::Taken {
+                        key: key.to_owned(),
+                    });
                 }
                 self.bucket.update(key, &value, current.revision).await
             }
@@ -87,7 +98,14 @@ impl Leases {
             // An unreadable lease is overwritten by whoever gets there first, rather than
             // blocking the rollout forever.
             Err(BusError::Decode { .. }) => {
-                let revision = self.bucket.store().entry(key).await.ok().flatten().map(|e| e.revision);
+                let revision = self
+                    .bucket
+                    .store()
+                    .entry(key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|e| e.revision);
                 match revision {
                     Some(revision) => self.bucket.update(key, &value, revision).await,
                     None => self.bucket.create(key, &value).await,
@@ -102,7 +120,10 @@ impl Leases {
     ///
     /// Errors: [`LeaseError::Taken`] when the revision moved on: the lease was lost.
     pub async fn renew(&self, held: &Held, now_ms: u64) -> Result<Held, LeaseError> {
-        let value = LeaseValue { owner: self.owner.clone(), expires_at_ms: now_ms + self.ttl_ms };
+        let value = LeaseValue {
+            owner: self.owner.clone(),
+            expires_at_ms: now_ms + self.ttl_ms,
+        };
         let written = self.bucket.update(&held.key, &value, held.revision).await;
         self.held(&held.key, written, value.expires_at_ms)
     }
@@ -110,14 +131,28 @@ impl Leases {
     /// Gives a lease up (on shutdown or when the rollout has nothing left to do), so another
     /// replica need not wait for it to expire. Losing the race is fine: someone else has it.
     pub async fn release(&self, held: &Held) {
-        let value = LeaseValue { owner: String::new(), expires_at_ms: 0 };
+        let value = LeaseValue {
+            owner: String::new(),
+            expires_at_ms: 0,
+        };
         let _ = self.bucket.update(&held.key, &value, held.revision).await;
     }
 
-    fn held(&self, key: &str, written: Result<u64, BusError>, expires_at_ms: u64) -> Result<Held, LeaseError> {
+    fn held(
+        &self,
+        key: &str,
+        written: Result<u64, BusError>,
+        expires_at_ms: u64,
+    ) -> Result<Held, LeaseError> {
         match written {
-            Ok(revision) => Ok(Held { key: key.to_owned(), revision, expires_at_ms }),
-            Err(BusError::Conflict { .. }) => Err(LeaseError::Taken { key: key.to_owned() }),
+            Ok(revision) => Ok(Held {
+                key: key.to_owned(),
+                revision,
+                expires_at_ms,
+            }),
+            Err(BusError::Conflict { .. }) => Err(LeaseError::Taken {
+                key: key.to_owned(),
+            }),
             Err(e) => Err(e.into()),
         }
     }

@@ -33,7 +33,11 @@ use tracing::info;
 
 /// The scheduler's flags.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aviary-scheduler", version, about = "Aviary scheduler: drives rollouts, serves the control API")]
+#[command(
+    name = "aviary-scheduler",
+    version,
+    about = "Aviary scheduler: drives rollouts, serves the control API"
+)]
 pub struct Config {
     /// Flags every service shares.
     #[command(flatten)]
@@ -80,10 +84,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let bus_metrics = aviary_bus::BusMetrics::register(&mut registry);
     let _ = bus_metrics;
     let ready = Readiness::default();
-    AdminServer::spawn(config.common.admin_addr, registry, ready.clone(), shutdown.clone()).await?;
+    AdminServer::spawn(
+        config.common.admin_addr,
+        registry,
+        ready.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     let tokens = match &config.tokens_file {
-        Some(path) => auth::Tokens::load(path).with_context(|| format!("tokens file {}", path.display()))?,
+        Some(path) => {
+            auth::Tokens::load(path).with_context(|| format!("tokens file {}", path.display()))?
+        }
         None => {
             tracing::warn!("no tokens file: the control API accepts every caller as operator");
             auth::Tokens::default()
@@ -135,7 +147,9 @@ async fn grpc_server(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<aviary_proto::rollout_service_server::RolloutServiceServer<api::Api>>().await;
+    health_reporter
+        .set_serving::<aviary_proto::rollout_service_server::RolloutServiceServer<api::Api>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(aviary_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -155,13 +169,18 @@ async fn grpc_server(
         .add_service(reflection)
         .add_service(aviary_proto::rollout_service_server::RolloutServiceServer::new(api));
     Ok(tokio::spawn(async move {
-        if let Err(error) = router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await {
+        if let Err(error) = router
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+        {
             tracing::error!(%error, "gRPC server failed");
         }
     }))
 }
 
 fn default_replica_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "scheduler".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "scheduler".into());
     format!("{host}-{}", std::process::id())
 }

@@ -70,22 +70,62 @@ impl Metrics {
             tick_lag: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             refused_calls: Counter::default(),
         };
-        registry.register("scheduler_rollouts", "Rollouts by phase", m.rollouts.clone());
-        registry.register("scheduler_canary_weight", "Canary weight per rollout", m.canary_weight.clone());
-        registry.register("scheduler_owned_rollouts", "Rollouts driven by this replica", m.owned.clone());
-        registry.register("scheduler_failed_checks", "Failed checks counted", m.failed_checks.clone());
+        registry.register(
+            "scheduler_rollouts",
+            "Rollouts by phase",
+            m.rollouts.clone(),
+        );
+        registry.register(
+            "scheduler_canary_weight",
+            "Canary weight per rollout",
+            m.canary_weight.clone(),
+        );
+        registry.register(
+            "scheduler_owned_rollouts",
+            "Rollouts driven by this replica",
+            m.owned.clone(),
+        );
+        registry.register(
+            "scheduler_failed_checks",
+            "Failed checks counted",
+            m.failed_checks.clone(),
+        );
         registry.register("scheduler_halts", "Halts started", m.halts.clone());
-        registry.register("scheduler_rollbacks", "Rollouts rolled back", m.rollbacks.clone());
-        registry.register("scheduler_promotions", "Rollouts promoted", m.promotions.clone());
-        registry.register("scheduler_leases_lost", "Leases lost to another replica", m.leases_lost.clone());
-        registry.register("scheduler_step_duration_seconds", "How long each step lasted", m.step_duration.clone());
+        registry.register(
+            "scheduler_rollbacks",
+            "Rollouts rolled back",
+            m.rollbacks.clone(),
+        );
+        registry.register(
+            "scheduler_promotions",
+            "Rollouts promoted",
+            m.promotions.clone(),
+        );
+        registry.register(
+            "scheduler_leases_lost",
+            "Leases lost to another replica",
+            m.leases_lost.clone(),
+        );
+        registry.register(
+            "scheduler_step_duration_seconds",
+            "How long each step lasted",
+            m.step_duration.clone(),
+        );
         registry.register(
             "scheduler_route_ack_latency_seconds",
             "Route decision to every ingress's ack",
             m.ack_latency.clone(),
         );
-        registry.register("scheduler_tick_lag_seconds", "Tick due time to handling", m.tick_lag.clone());
-        registry.register("scheduler_refused_calls", "Control-API calls refused by auth", m.refused_calls.clone());
+        registry.register(
+            "scheduler_tick_lag_seconds",
+            "Tick due time to handling",
+            m.tick_lag.clone(),
+        );
+        registry.register(
+            "scheduler_refused_calls",
+            "Control-API calls refused by auth",
+            m.refused_calls.clone(),
+        );
         m
     }
 }

@@ -51,28 +51,46 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 };
                 let key = entry.key.clone();
                 let needs = match entry.operation {
-                    kv::Operation::Put => match serde_json::from_slice::<RolloutRecord>(&entry.value) {
-                        Ok(record) => {
-                            let phase = record.status.phase.to_string();
-                            if let Some(old) = phases.insert(key.clone(), phase.clone()) {
-                                metrics.rollouts.get_or_create(&PhaseLabel { phase: old }).dec();
+                    kv::Operation::Put => {
+                        match serde_json::from_slice::<RolloutRecord>(&entry.value) {
+                            Ok(record) => {
+                                let phase = record.status.phase.to_string();
+                                if let Some(old) = phases.insert(key.clone(), phase.clone()) {
+                                    metrics
+                                        .rollouts
+                                        .get_or_create(&PhaseLabel { phase: old })
+                                        .dec();
+                                }
+                                metrics.rollouts.get_or_create(&PhaseLabel { phase }).inc();
+                                metrics
+                                    .canary_weight
+                                    .get_or_create(&RolloutLabel {
+                                        rollout: format!(
+                                            "{}/{}",
+                                            record.namespace(),
+                                            record.name()
+                                        ),
+                                    })
+                                    .set(i64::from(record.status.canary_weight));
+                                record.needs_driver()
                             }
-                            metrics.rollouts.get_or_create(&PhaseLabel { phase }).inc();
-                            metrics
-                                .canary_weight
-                                .get_or_create(&RolloutLabel { rollout: format!("{}/{}", record.namespace(), record.name()) })
-                                .set(i64::from(record.status.canary_weight));
-                            record.needs_driver()
+                            Err(error) => {
+                                warn!(%key, %error, "unreadable rollout record skipped");
+                                false
+                            }
                         }
-                        Err(error) => {
-                            warn!(%key, %error, "unreadable rollout record skipped");
-                            false
-                        }
-                    },
+                    }
                     _ => false,
                 };
-                let was = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), needs);
-                let driven = drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).map(|h| h.wake.clone());
+                let was = index
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.clone(), needs);
+                let driven = drivers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&key)
+                    .map(|h| h.wake.clone());
                 if let Some(wake) = driven {
                     let _ = wake.try_send(());
                 } else if needs && was != Some(true) {
@@ -94,10 +112,18 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                     message = wakes.next() => message,
                 };
                 let Some(message) = message else { return };
-                let Some(rest) = message.subject.as_str().strip_prefix(&format!("{}.", names::WAKE_PREFIX)) else {
+                let Some(rest) = message
+                    .subject
+                    .as_str()
+                    .strip_prefix(&format!("{}.", names::WAKE_PREFIX))
+                else {
                     continue;
                 };
-                let wake = drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(rest).map(|h| h.wake.clone());
+                let wake = drivers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(rest)
+                    .map(|h| h.wake.clone());
                 match wake {
                     Some(wake) => {
                         let _ = wake.try_send(());
@@ -125,16 +151,28 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             }
         }
         let candidates: Vec<String> = {
-            let index = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let driven = drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            index.iter().filter(|(k, needs)| **needs && !driven.contains_key(*k)).map(|(k, _)| k.clone()).collect()
+            let index = index
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let driven = drivers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            index
+                .iter()
+                .filter(|(k, needs)| **needs && !driven.contains_key(*k))
+                .map(|(k, _)| k.clone())
+                .collect()
         };
         for key in candidates {
             match shared.leases.acquire(&key, now_ms()).await {
                 Ok(held) => {
                     info!(rollout = %key, "lease acquired");
-                    let (handle, task) = driver::spawn(key.clone(), shared.clone(), held, shutdown.child_token());
-                    drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), handle);
+                    let (handle, task) =
+                        driver::spawn(key.clone(), shared.clone(), held, shutdown.child_token());
+                    drivers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(key.clone(), handle);
                     shared.metrics.owned.inc();
                     let exits = exits_tx.clone();
                     tasks.spawn(async move {

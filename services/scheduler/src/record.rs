@@ -56,11 +56,18 @@ impl RolloutRecord {
     /// Whether an owner has anything to do: the run is not over, a command waits, or the spec
     /// changed since the status was decided.
     pub fn needs_driver(&self) -> bool {
-        !self.status.phase.is_terminal() || !self.commands.is_empty() || self.generation != self.status.generation
+        !self.status.phase.is_terminal()
+            || !self.commands.is_empty()
+            || self.generation != self.status.generation
     }
 
     /// The ingress names this rollout drives.
     pub fn ingresses(&self) -> Vec<String> {
-        self.rollout.spec.ingresses.iter().map(|i| i.name.clone()).collect()
+        self.rollout
+            .spec
+            .ingresses
+            .iter()
+            .map(|i| i.name.clone())
+            .collect()
     }
 }

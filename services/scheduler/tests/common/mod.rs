@@ -1,0 +1,218 @@
+//! Shared fixtures for the scheduler tests: a real nats-server, in-process router-agent and
+//! analyzer responders that answer like the real services, and a control-API client.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aviary_bus::names;
+use aviary_proto as pb;
+use aviary_proto::rollout_service_client::RolloutServiceClient;
+use futures::StreamExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// What the fake data plane was asked to serve, in order: (primary backend, primary weight,
+/// canary weight).
+pub type Routes = Arc<Mutex<Vec<(String, u32, u32)>>>;
+
+/// Answers route commands for `ingress` with an ack of exactly the split asked for.
+pub async fn route_responder(client: async_nats::Client, ingress: &str) -> Routes {
+    let routes: Routes = Arc::default();
+    let mut sub = client
+        .subscribe(names::route_subject(ingress).unwrap())
+        .await
+        .unwrap();
+    let seen = routes.clone();
+    tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            let Ok(command) = pb::RouteCommand::decode(message.payload.clone()) else {
+                continue;
+            };
+            let route = command.route.unwrap_or_default();
+            let primary = route.primary.map(|b| b.name).unwrap_or_default();
+            seen.lock()
+                .unwrap()
+                .push((primary, route.primary_weight, route.canary_weight));
+            let ack = pb::RouteAck {
+                idempotency_key: command.idempotency_key,
+                ingress: route.ingress,
+                ok: true,
+                primary_weight: route.primary_weight,
+                canary_weight: route.canary_weight,
+                mirror_percent: route.mirror_percent,
+                error: String::new(),
+                confirmed_at_ms: i64::try_from(aviary_scheduler::convert::now_ms()).unwrap(),
+            };
+            if let Some(reply) = message.reply {
+                let _ = client.publish(reply, ack.encode_to_vec().into()).await;
+            }
+        }
+    });
+    routes
+}
+
+/// Answers analysis requests with `outcome` for every metric; counts the requests.
+pub async fn analyzer_responder(
+    client: async_nats::Client,
+    outcome: pb::Outcome,
+    stop: CancellationToken,
+) -> Arc<Mutex<u32>> {
+    let count = Arc::new(Mutex::new(0));
+    let mut sub = client
+        .queue_subscribe(names::ANALYSIS_REQUEST, names::QUEUE_ANALYZER.into())
+        .await
+        .unwrap();
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => return,
+                m = sub.next() => m,
+            };
+            let Some(message) = message else { return };
+            let Ok(request) = pb::AnalysisRequest::decode(message.payload.clone()) else {
+                continue;
+            };
+            *seen.lock().unwrap() += 1;
+            let metrics = request
+                .metrics
+                .iter()
+                .map(|m| pb::MetricResult {
+                    name: m.name.clone(),
+                    value: Some(if outcome == pb::Outcome::Pass {
+                        100.0
+                    } else {
+                        80.0
+                    }),
+                    min: m.min,
+                    max: m.max,
+                    outcome: outcome as i32,
+                    ..Default::default()
+                })
+                .collect();
+            let verdict = pb::Verdict {
+                rollout: request.rollout,
+                generation: request.generation,
+                step: request.step,
+                outcome: outcome as i32,
+                metrics,
+                ..Default::default()
+            };
+            if let Some(reply) = message.reply {
+                let _ = client.publish(reply, verdict.encode_to_vec().into()).await;
+            }
+        }
+    });
+    count
+}
+
+/// A canary manifest with short intervals.
+pub fn canary_manifest(name: &str, step_weight: u32, max_weight: u32, threshold: u32) -> String {
+    format!(
+        r#"apiVersion: aviary.dev/v1alpha1
+kind: Rollout
+metadata: {{ name: {name}, namespace: test }}
+spec:
+  ingresses: [{{ name: edge }}]
+  primary: {{ name: app-v1, endpoints: ["127.0.0.1:9001"] }}
+  canary: {{ name: app-v2, endpoints: ["127.0.0.1:9002"] }}
+  progressDeadlineSeconds: 60
+  analysis:
+    interval: 300ms
+    threshold: {threshold}
+    maxWeight: {max_weight}
+    stepWeight: {step_weight}
+    metrics:
+      - name: request-success-rate
+        thresholdRange: {{ min: 99 }}
+"#
+    )
+}
+
+/// Scheduler flags for a test replica.
+pub fn config(
+    nats_url: &str,
+    grpc_port: u16,
+    replica: &str,
+    extra: &[&str],
+) -> aviary_scheduler::Config {
+    use clap::Parser as _;
+    let grpc = format!("127.0.0.1:{grpc_port}");
+    let mut args = vec![
+        "aviary-scheduler",
+        "--nats-url",
+        nats_url,
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        &grpc,
+        "--replica-id",
+        replica,
+        "--lease-ttl-ms",
+        "1500",
+        "--route-timeout-ms",
+        "2000",
+        "--analysis-timeout-ms",
+        "2000",
+    ];
+    args.extend_from_slice(extra);
+    aviary_scheduler::Config::parse_from(args)
+}
+
+/// A control-API client, retried until the server listens.
+pub async fn api(grpc_port: u16) -> RolloutServiceClient<Channel> {
+    let url = format!("http://127.0.0.1:{grpc_port}");
+    aviary_testkit::eventually(Duration::from_secs(10), "control API listening", || {
+        let url = url.clone();
+        async move { RolloutServiceClient::connect(url).await.ok() }
+    })
+    .await
+}
+
+/// The phase of `test/<name>`.
+pub async fn phase(api: &mut RolloutServiceClient<Channel>, name: &str) -> pb::Phase {
+    let rollout = api
+        .get(pb::GetRequest {
+            r#ref: Some(pb::RolloutRef::new("test", name)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    pb::Phase::try_from(rollout.status.unwrap_or_default().phase).unwrap_or(pb::Phase::Unspecified)
+}
+
+/// Waits until `test/<name>` reaches `want`.
+pub async fn wait_phase(
+    api: &RolloutServiceClient<Channel>,
+    name: &str,
+    want: pb::Phase,
+    deadline: Duration,
+) {
+    aviary_testkit::eventually(deadline, &format!("{name} reaches {want:?}"), || {
+        let mut api = api.clone();
+        async move { (phase(&mut api, name).await == want).then_some(()) }
+    })
+    .await;
+}
+
+/// Every audit event stored for `test/<name>`, in order, as JSON.
+pub async fn audit_events(client: &async_nats::Client, name: &str) -> Vec<serde_json::Value> {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(names::STREAM_EVENTS).await.unwrap();
+    let subject = names::events_subject("test", name).unwrap();
+    let mut events = Vec::new();
+    let mut seq = 1;
+    let last = stream.clone().info().await.unwrap().state.last_sequence;
+    while seq <= last {
+        if let Ok(message) = stream.get_raw_message(seq).await
+            && message.subject.as_str() == subject
+        {
+            events.push(serde_json::from_slice(&message.payload).unwrap());
+        }
+        seq += 1;
+    }
+    events
+}

@@ -1,0 +1,215 @@
+//! The scheduler drives rollouts end to end over a real nats-server, with router-agent and
+//! analyzer responders answering on the real subjects.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use aviary_proto as pb;
+use aviary_testkit::{NatsServer, free_port};
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn healthy_canary_is_promoted_and_every_transition_is_audited_once() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let routes = route_responder(client.clone(), "edge").await;
+    let _verdicts =
+        analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
+    let port = free_port().unwrap();
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(aviary_scheduler::run(
+        config(&nats.url(), port, "a", &[]),
+        shutdown.clone(),
+    ));
+    let mut api = api(port).await;
+
+    let applied = api
+        .apply(pb::ApplyRequest {
+            manifest: canary_manifest("podinfo", 20, 50, 2),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(applied.changed);
+    let again = api
+        .apply(pb::ApplyRequest {
+            manifest: canary_manifest("podinfo", 20, 50, 2),
+        })
+        .await
+        .unwrap();
+    assert!(
+        !again.into_inner().changed,
+        "applying the same spec twice changes nothing"
+    );
+
+    wait_phase(
+        &api,
+        "podinfo",
+        pb::Phase::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // 20, 40, 60 (the documented overshoot), then promotion to 100 and the canary finalised
+    // as the new primary.
+    let seen: Vec<_> = routes.lock().unwrap().clone();
+    let canary_weights: Vec<u32> = seen
+        .iter()
+        .filter(|(p, _, _)| p == "app-v1")
+        .map(|(_, _, c)| *c)
+        .collect();
+    let mut steps = canary_weights.clone();
+    steps.dedup();
+    assert_eq!(
+        steps,
+        vec![0, 20, 40, 60, 100],
+        "routes asked for: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().unwrap(),
+        &("app-v2".to_owned(), 100, 0),
+        "canary finalised as primary"
+    );
+
+    let events = audit_events(&client, "podinfo").await;
+    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "no event twice");
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types.first(),
+        Some(&"dev.aviary.rollout.created"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.last(),
+        Some(&"dev.aviary.rollout.succeeded"),
+        "{types:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["specversion"] == "1.0" && e["subject"] == "test/podinfo")
+    );
+
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn failing_canary_is_rolled_back_at_threshold() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let routes = route_responder(client.clone(), "edge").await;
+    let verdicts =
+        analyzer_responder(client.clone(), pb::Outcome::Fail, CancellationToken::new()).await;
+    let port = free_port().unwrap();
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(aviary_scheduler::run(
+        config(&nats.url(), port, "a", &[]),
+        shutdown.clone(),
+    ));
+    let mut api = api(port).await;
+    api.apply(pb::ApplyRequest {
+        manifest: canary_manifest("bad", 10, 50, 2),
+    })
+    .await
+    .unwrap();
+
+    wait_phase(&api, "bad", pb::Phase::Failed, Duration::from_secs(30)).await;
+    assert_eq!(
+        *verdicts.lock().unwrap(),
+        2,
+        "rolled back after exactly threshold failed checks"
+    );
+    let last = routes.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last,
+        ("app-v1".to_owned(), 100, 0),
+        "all traffic back on the primary"
+    );
+    let status = api
+        .get(pb::GetRequest {
+            r#ref: Some(pb::RolloutRef::new("test", "bad")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.failed_checks, 2);
+    let events = audit_events(&client, "bad").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "dev.aviary.rollout.rolled-back"),
+        "{events:#?}"
+    );
+
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn analyzer_down_halts_and_never_promotes_then_resumes() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let _routes = route_responder(client.clone(), "edge").await;
+    let port = free_port().unwrap();
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(aviary_scheduler::run(
+        config(&nats.url(), port, "a", &[]),
+        shutdown.clone(),
+    ));
+    let mut api = api(port).await;
+    api.apply(pb::ApplyRequest {
+        manifest: canary_manifest("halted", 50, 50, 1),
+    })
+    .await
+    .unwrap();
+
+    // No analyzer: the rollout halts with a reason and stays in Progressing.
+    let halted = aviary_testkit::eventually(Duration::from_secs(20), "halt reported", || {
+        let mut api = api.clone();
+        async move {
+            let status = api
+                .get(pb::GetRequest {
+                    r#ref: Some(pb::RolloutRef::new("test", "halted")),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            (!status.halt_reason.is_empty()).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(
+        pb::Phase::try_from(halted.phase).unwrap(),
+        pb::Phase::Progressing
+    );
+    assert_eq!(halted.failed_checks, 0, "a halt is not a failed check");
+
+    // The analyzer comes back: the rollout resumes and is promoted.
+    let _verdicts =
+        analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
+    wait_phase(
+        &api,
+        "halted",
+        pb::Phase::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+    let events = audit_events(&client, "halted").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "dev.aviary.rollout.halted"),
+        "{events:#?}"
+    );
+
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
+}
