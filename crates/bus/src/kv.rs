@@ -213,10 +213,7 @@ impl<T, C: Codec<T>> Bucket<T, C> {
             let current = self.get(key).await?;
             let revision = current.as_ref().map(|e| e.revision);
             let Some(next) = decide(current.map(|e| e.value)) else {
-                return self.get(key).await.map(|now| {
-                    // Report what the decision was based on if nothing moved since.
-                    now.filter(|e| Some(e.revision) >= revision)
-                });
+                return self.get(key).await;
             };
             let written = match revision {
                 Some(revision) => self.update(key, &next, revision).await,
