@@ -1,0 +1,217 @@
+//! The durable pull consumer of `AVIARY_EVENTS`: decode each event, decide whether and where
+//! it is posted, hand one job per provider to the provider workers, and acknowledge the event
+//! only when every job settled (delivered, already delivered, or dead-lettered). Unsettled
+//! (shutdown, NATS trouble) → negative ack, so it comes back.
+//!
+//! ```text
+//! AVIARY_EVENTS ─► decode ─► classify ─► route ─► Job per provider ─► … ─► all settled ─► ack
+//!                    │ bad: log + count + ack      │ not posted: ack
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::message::{AckKind, Acker};
+use aviary_proto::events::AuditEvent;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::{Job, Outcome};
+use crate::metrics::Metrics;
+use crate::notification::{Notification, classify};
+use crate::settings::Settings;
+
+/// What the loop needs besides the consumer.
+pub(crate) struct Pipeline {
+    pub settings: Arc<Settings>,
+    pub queues: Vec<mpsc::Sender<Job>>,
+    pub metrics: Metrics,
+    pub cluster: String,
+    pub ack_wait: Duration,
+    pub batch: usize,
+    pub abandon: CancellationToken,
+}
+
+/// How long an event that could not be settled waits before it is redelivered: long enough
+/// not to spin on a NATS hiccup, short enough that nothing waits long after a restart.
+const NAK_DELAY: Duration = Duration::from_secs(1);
+
+/// Reads events until `shutdown`, then stops fetching and returns the tasks still settling.
+pub(crate) async fn consume(
+    consumer: PullConsumer,
+    pipeline: Pipeline,
+    shutdown: CancellationToken,
+) -> JoinSet<()> {
+    let mut settling = JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    'outer: while !shutdown.is_cancelled() {
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(pipeline.batch)
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, ?backoff, "cannot pull events; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break 'outer,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            // Reap settled tasks as we go so the set stays small.
+            while settling.try_join_next().is_some() {}
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    hand_back(&mut messages, pipeline.batch).await;
+                    break 'outer;
+                }
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    if let Some(task) = dispatch(message, &pipeline).await {
+                        settling.spawn(task);
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling events failed");
+                }
+                None => {
+                    tracing::warn!("event stream ended; pulling again");
+                    continue 'outer;
+                }
+            }
+        }
+    }
+    settling
+}
+
+/// Negatively acknowledges what was already pulled but not dispatched, so another notifier
+/// (or the next one) gets it at once instead of after the ack wait.
+async fn hand_back(messages: &mut pull::Stream, limit: usize) {
+    for _ in 0..limit {
+        match tokio::time::timeout(Duration::from_millis(20), messages.next()).await {
+            Ok(Some(Ok(message))) => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+            _ => break,
+        }
+    }
+}
+
+/// Decodes and routes one message; returns the task that waits for its jobs and acks it.
+async fn dispatch(
+    message: async_nats::jetstream::Message,
+    p: &Pipeline,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let (message, acker) = message.split();
+    let subject = message.subject.to_string();
+    let event: AuditEvent = match serde_json::from_slice(&message.payload) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%subject, %error, "skipping an event that does not decode");
+            p.metrics.invalid("json");
+            ack(&acker, &subject).await;
+            return None;
+        }
+    };
+    let Some(kind) = event.kind() else {
+        tracing::warn!(%subject, id = %event.id, ty = %event.ty, "skipping an event of unknown type");
+        p.metrics.invalid("unknown_type");
+        ack(&acker, &subject).await;
+        return None;
+    };
+    let d = &event.data;
+    let targets = classify(kind, &d.reason, p.settings.notify_step_advanced)
+        .map(|severity| {
+            let rollout = format!("{}/{}", d.namespace, d.name);
+            (severity, p.settings.targets(&rollout, severity))
+        })
+        .filter(|(_, targets)| !targets.is_empty());
+    let Some((severity, targets)) = targets else {
+        tracing::debug!(%subject, id = %event.id, ?kind, "not posted");
+        p.metrics.event("ignored");
+        ack(&acker, &subject).await;
+        return None;
+    };
+    p.metrics.event("notified");
+    let notification = Arc::new(Notification::new(&event, kind, severity, &p.cluster));
+    let mut waits = Vec::with_capacity(targets.len());
+    for target in targets {
+        let (done, wait) = oneshot::channel();
+        let job = Job {
+            notification: notification.clone(),
+            raw: message.payload.clone(),
+            subject: subject.clone(),
+            done,
+        };
+        let Some(queue) = p.queues.get(target) else {
+            continue;
+        };
+        // A full queue holds the consumer here: back-pressure instead of unbounded memory.
+        let sent = tokio::select! {
+            biased;
+            () = p.abandon.cancelled() => false,
+            sent = queue.send(job) => sent.is_ok(),
+        };
+        if !sent {
+            let _ = acker.ack_with(AckKind::Nak(Some(NAK_DELAY))).await;
+            return None;
+        }
+        waits.push(wait);
+    }
+    let ack_wait = p.ack_wait;
+    let id = event.id.clone();
+    Some(async move { settle(acker, waits, ack_wait, subject, id).await })
+}
+
+async fn ack(acker: &Acker, subject: &str) {
+    if let Err(error) = acker.ack().await {
+        tracing::warn!(%subject, %error, "ack failed; the event will be redelivered");
+    }
+}
+
+/// Waits for every job of one event, telling JetStream the event is still being worked on
+/// meanwhile (retries can outlast the ack wait), then acks — or naks if any job is unsettled.
+async fn settle(
+    acker: Acker,
+    waits: Vec<oneshot::Receiver<Outcome>>,
+    ack_wait: Duration,
+    subject: String,
+    id: String,
+) {
+    let all = futures::future::join_all(waits);
+    tokio::pin!(all);
+    let mut progress = tokio::time::interval(ack_wait / 3);
+    progress.tick().await;
+    let outcomes = loop {
+        tokio::select! {
+            outcomes = &mut all => break outcomes,
+            _ = progress.tick() => {
+                let _ = acker.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    let settled = outcomes.iter().all(|o| {
+        matches!(
+            o,
+            Ok(Outcome::Delivered | Outcome::Duplicate | Outcome::DeadLettered)
+        )
+    });
+    if settled {
+        ack(&acker, &subject).await;
+    } else {
+        tracing::info!(%subject, %id, "event not settled; handing it back for redelivery");
+        let _ = acker.ack_with(AckKind::Nak(Some(NAK_DELAY))).await;
+    }
+}
