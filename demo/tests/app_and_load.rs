@@ -1,6 +1,8 @@
 //! The demo app answers with its version, fails the share it is told to, and the load generator
 //! counts exactly what came back.
 
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
 use aviary_demo::app::{AppConfig, serve};
 use aviary_demo::load::{LoadConfig, run};
 use tokio_util::sync::CancellationToken;

@@ -392,10 +392,10 @@ pub fn audit_event(
         .map(|_| verdict_metrics(&event.details))
         .unwrap_or_default();
     let mut reason = event.reason.clone();
-    if let Ok(core_kind) = serde_json::to_value(event.kind) {
-        if let Some(name) = core_kind.as_str() {
-            reason = format!("{name}: {reason}");
-        }
+    if let Ok(core_kind) = serde_json::to_value(event.kind)
+        && let Some(name) = core_kind.as_str()
+    {
+        reason = format!("{name}: {reason}");
     }
     let data = EventData {
         namespace: record.namespace().to_owned(),

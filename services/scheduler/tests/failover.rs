@@ -1,6 +1,8 @@
 //! Faults mid-rollout: the owning replica is SIGKILLed, nats-server restarts, a replica is
 //! asked to stop. Rollouts still end right, with each step audited once.
 
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
 mod common;
 
 use std::collections::HashMap;
