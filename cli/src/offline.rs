@@ -13,7 +13,7 @@ use aviary_core::{Rollout, ValidationErrors, parse_rollout};
 
 use crate::args::{FileArg, Output, PlanArgs, ValidateArgs};
 
-fn read(input: &FileArg) -> anyhow::Result<String> {
+pub(crate) fn read(input: &FileArg) -> anyhow::Result<String> {
     if input.file.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin()

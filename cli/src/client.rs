@@ -1,0 +1,114 @@
+//! The control-API connection: endpoint, TLS, bearer token, and how a failed call is reported.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use aviary_proto::rollout_service_client::RolloutServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+use crate::args::ApiArgs;
+
+/// A control-API client that sends the bearer token, if any, with every call.
+pub type Client = RolloutServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <token>` to each request.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+fn token(args: &ApiArgs) -> anyhow::Result<Option<MetadataValue<Ascii>>> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => token.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        return Ok(None);
+    }
+    // The token itself stays out of the error: it may be a secret with one bad character.
+    let value = MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| anyhow::anyhow!("the token has characters not allowed in a header"))?;
+    Ok(Some(value))
+}
+
+/// Connects to `--server`, with TLS when `--ca-file` is given or the URL is `https://`.
+///
+/// # Errors
+/// The URL is malformed, the CA or token file cannot be read, or no server answers within
+/// `--connect-timeout`.
+pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
+    let mut endpoint = Endpoint::from_shared(args.server.clone())
+        .with_context(|| format!("invalid server address {:?}", args.server))?
+        .connect_timeout(args.connect_timeout)
+        // Keeps a `watch` from hanging forever on a server that vanished without closing.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    if args.ca_file.is_some() || args.server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(path) = &args.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read CA file {}", path.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).context("cannot configure TLS")?;
+    }
+    let token = BearerToken(token(args)?);
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", args.server))?;
+    Ok(RolloutServiceClient::with_interceptor(channel, token))
+}
+
+/// The text `main` prints for a failed call: `<code>: <message>`, and for `InvalidArgument` one
+/// field error per line (the server joins them with newlines).
+pub fn describe_status(status: &Status) -> String {
+    let code = format!("{:?}", status.code());
+    let message = status.message().trim();
+    if message.contains('\n') {
+        let lines: Vec<&str> = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        format!("{code}:\n  {}", lines.join("\n  "))
+    } else {
+        format!("{code}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_the_code_and_splits_field_errors() {
+        let status = Status::failed_precondition("pause is not allowed in phase Succeeded");
+        assert_eq!(
+            describe_status(&status),
+            "FailedPrecondition: pause is not allowed in phase Succeeded"
+        );
+        let status = Status::invalid_argument("spec.a: bad\nspec.b: worse");
+        assert_eq!(
+            describe_status(&status),
+            "InvalidArgument:\n  spec.a: bad\n  spec.b: worse"
+        );
+    }
+}
