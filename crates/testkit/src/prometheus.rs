@@ -291,15 +291,17 @@ mod tests {
     #[tokio::test]
     async fn scrapes_itself() {
         let port_hint = ScrapeTarget::new("self", "127.0.0.1:1");
-        let prom = Prometheus::start(&[port_hint]).await.unwrap();
-        let answer = prom.query("1+1").await.unwrap();
+        let prom = Prometheus::start(&[port_hint])
+            .await
+            .expect("prometheus starts");
+        let answer = prom.query("1+1").await.expect("query answers");
         assert_eq!(answer["status"], "success", "{answer}");
         assert_eq!(answer["data"]["result"][1], "2", "{answer}");
         // The unreachable target still yields an `up` series (value 0) once scraped.
         let up = prom
             .wait_for_data("up{job=\"self\"}", Duration::from_secs(30))
             .await
-            .unwrap();
+            .expect("up series appears");
         assert_eq!(up[0]["value"][1], "0", "{up:?}");
         assert!(data_dir(&prom).exists());
     }

@@ -3,10 +3,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Demo app: reports its version; configurable errors and latency"
-)]
+#[command(about = "Demo app: reports its version; configurable errors and latency")]
 struct Cli {
     #[command(flatten)]
     app: aviary_demo::app::AppConfig,

@@ -1,1 +1,400 @@
-//! placeholder
+//! The analyzer: stateless workers in the `aviary-analyzer` queue group that answer each
+//! analysis request with a [`Verdict`](aviary_proto::Verdict) — one result per metric (query a
+//! metrics backend over the step's window, compare to thresholds or to the primary) and per
+//! webhook (gates and hooks), folded into one outcome.
+//!
+//! Flow: NATS request → decode (or answer an error verdict) → [`analysis::Analyzer::analyze`]
+//! → [`template`] + [`builtin`] render queries → [`provider`] (de-duplicated by [`dedupe`]) →
+//! [`judge`] → [`webhook`] → fold → reply.
+//!
+//! The same crate holds the durable gate service ([`gate`], binary `aviary-gate`).
+
+pub mod analysis;
+pub mod builtin;
+pub mod dedupe;
+pub mod gate;
+pub mod judge;
+pub mod metrics;
+pub mod provider;
+pub mod template;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aviary_bus::NatsArgs;
+use aviary_bus::names;
+use aviary_proto::AnalysisRequest;
+use aviary_runtime::CommonArgs;
+use aviary_runtime::admin::{AdminServer, Readiness};
+use futures::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::analysis::{Analyzer, AnalyzerOptions, error_verdict};
+use crate::builtin::Mesh;
+use crate::metrics::AnalyzerMetrics;
+use crate::provider::prometheus::PrometheusConfig;
+use crate::provider::{Auth, Secret};
+use crate::webhook::WebhookClient;
+
+/// The analyzer's flags. Every one also reads an `AVIARY_…` environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "aviary-analyzer",
+    version,
+    about = "Aviary analyzer: metric and webhook verdicts"
+)]
+pub struct Config {
+    /// Admin server, logging, tracing, drain deadline.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// Default metrics backend (Prometheus HTTP API; VictoriaMetrics works too).
+    #[arg(
+        long,
+        env = "AVIARY_PROMETHEUS_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub prometheus_url: String,
+
+    /// Basic-auth user for the default backend.
+    #[arg(long, env = "AVIARY_PROMETHEUS_USER")]
+    pub prometheus_user: Option<String>,
+
+    /// Basic-auth password (prefer --prometheus-password-file).
+    #[arg(long, env = "AVIARY_PROMETHEUS_PASSWORD", hide_env_values = true)]
+    pub prometheus_password: Option<Secret>,
+
+    /// File holding the basic-auth password.
+    #[arg(
+        long,
+        env = "AVIARY_PROMETHEUS_PASSWORD_FILE",
+        conflicts_with = "prometheus_password"
+    )]
+    pub prometheus_password_file: Option<PathBuf>,
+
+    /// Bearer token for the default backend (prefer --prometheus-bearer-token-file).
+    #[arg(
+        long,
+        env = "AVIARY_PROMETHEUS_BEARER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "prometheus_user"
+    )]
+    pub prometheus_bearer_token: Option<Secret>,
+
+    /// File holding the bearer token.
+    #[arg(long, env = "AVIARY_PROMETHEUS_BEARER_TOKEN_FILE", conflicts_with_all = ["prometheus_user", "prometheus_bearer_token"])]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+
+    /// Extra header `Name=Value` on every backend request (repeatable; comma-separated in env).
+    #[arg(
+        long = "prometheus-header",
+        env = "AVIARY_PROMETHEUS_HEADERS",
+        value_delimiter = ','
+    )]
+    pub prometheus_headers: Vec<String>,
+
+    /// Extra CA certificates (PEM) to trust for the backend.
+    #[arg(long, env = "AVIARY_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+
+    /// Skip TLS verification of the backend (test set-ups only).
+    #[arg(
+        long,
+        env = "AVIARY_PROMETHEUS_INSECURE_SKIP_VERIFY",
+        default_value_t = false
+    )]
+    pub prometheus_insecure_skip_verify: bool,
+
+    /// Deadline of one backend query, connection included.
+    #[arg(long, env = "AVIARY_QUERY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub query_timeout_ms: u64,
+
+    /// Backend queries in flight per backend at most.
+    #[arg(long, env = "AVIARY_MAX_QUERIES_PER_BACKEND", default_value_t = 16)]
+    pub max_queries_per_backend: usize,
+
+    /// Data plane whose metrics the built-in metrics read: envoy, istio, linkerd, nginx,
+    /// contour, gatewayapi. A request's `mesh` variable overrides it.
+    #[arg(long, env = "AVIARY_MESH", default_value = "envoy")]
+    pub mesh: Mesh,
+
+    /// Secret for signing webhook bodies (`X-Aviary-Signature`); prefer the file flag.
+    #[arg(long, env = "AVIARY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
+    /// File holding the webhook signing secret.
+    #[arg(
+        long,
+        env = "AVIARY_WEBHOOK_SECRET_FILE",
+        conflicts_with = "webhook_secret"
+    )]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Analysis requests handled at once by this worker; more wait in NATS's buffer.
+    #[arg(long, env = "AVIARY_MAX_CONCURRENT_ANALYSES", default_value_t = 64)]
+    pub max_concurrent_analyses: usize,
+}
+
+impl Config {
+    /// The analyzer options these flags describe; reads the credential files.
+    ///
+    /// # Errors
+    /// When a credential file cannot be read or a header is not `Name=Value`.
+    pub fn analyzer_options(&self) -> anyhow::Result<AnalyzerOptions> {
+        let read = |path: &PathBuf, what: &str| {
+            Secret::from_file(path)
+                .with_context(|| format!("reading {what} from {}", path.display()))
+        };
+        let password = match (&self.prometheus_password, &self.prometheus_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => Some(read(path, "the Prometheus password")?),
+            (None, None) => None,
+        };
+        let token = match (
+            &self.prometheus_bearer_token,
+            &self.prometheus_bearer_token_file,
+        ) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => Some(read(path, "the Prometheus bearer token")?),
+            (None, None) => None,
+        };
+        let auth = match (&self.prometheus_user, password, token) {
+            (Some(user), password, None) => Auth::Basic {
+                username: user.clone(),
+                password: password.unwrap_or_else(|| Secret::new("")),
+            },
+            (None, None, Some(token)) => Auth::Bearer(token),
+            (None, None, None) => Auth::None,
+            (None, Some(_), _) => anyhow::bail!("a Prometheus password needs --prometheus-user"),
+            (Some(_), _, Some(_)) => anyhow::bail!("use basic auth or a bearer token, not both"),
+        };
+        let headers = self
+            .prometheus_headers
+            .iter()
+            .map(|h| {
+                h.split_once('=')
+                    .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                    .with_context(|| format!("header `{h}` is not Name=Value"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let secret = match (&self.webhook_secret, &self.webhook_secret_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(path)) => Some(read(path, "the webhook secret")?),
+            (None, None) => None,
+        };
+        Ok(AnalyzerOptions {
+            prometheus: PrometheusConfig {
+                url: self.prometheus_url.clone(),
+                auth,
+                headers,
+                timeout: Duration::from_millis(self.query_timeout_ms),
+                ca_file: self.prometheus_ca_file.clone(),
+                insecure_skip_verify: self.prometheus_insecure_skip_verify,
+            },
+            mesh: self.mesh,
+            max_in_flight_per_backend: self.max_queries_per_backend,
+            webhooks: WebhookClient::new(secret),
+        })
+    }
+}
+
+/// A started worker: where its admin server listens, and the task serving requests.
+#[derive(Debug)]
+pub struct Running {
+    /// The admin server's bound address (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the worker has drained and stopped.
+    ///
+    /// # Errors
+    /// When serving failed, or the task panicked.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("analyzer task panicked")?
+    }
+}
+
+/// Runs the analyzer until `shutdown` fires, then drains.
+///
+/// # Errors
+/// When the options are invalid, the admin address cannot be bound or NATS cannot be reached.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// Connects, subscribes and starts serving in the background; returns once ready.
+///
+/// # Errors
+/// As [`run`].
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let mut registry = aviary_runtime::admin::registry();
+    let metrics = AnalyzerMetrics::register(&mut registry);
+    let analyzer = Arc::new(
+        Analyzer::new(config.analyzer_options()?, metrics).context("configuring the backend")?,
+    );
+    let ready = Readiness::default();
+    // The admin server outlives the drain, so /readyz reports "not ready" while draining.
+    let admin_shutdown = CancellationToken::new();
+    let admin_addr = AdminServer::spawn(
+        config.common.admin_addr,
+        registry,
+        ready.clone(),
+        admin_shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the admin server on {}", config.common.admin_addr))?;
+    let client = match config.nats.connect("aviary-analyzer").await {
+        Ok(client) => client,
+        Err(e) => {
+            admin_shutdown.cancel();
+            return Err(e).context("connecting to NATS");
+        }
+    };
+    let subscription = client
+        .queue_subscribe(names::ANALYSIS_REQUEST, names::QUEUE_ANALYZER.to_owned())
+        .await
+        .context("subscribing to analysis requests")?;
+    // Round-trip so the subscription is registered at the server before we report ready.
+    client.flush().await.context("flushing the subscription")?;
+    ready.set(true);
+    tracing::info!(
+        subject = names::ANALYSIS_REQUEST,
+        queue = names::QUEUE_ANALYZER,
+        "analyzer ready"
+    );
+    let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let limit = Arc::new(Semaphore::new(config.max_concurrent_analyses.max(1)));
+    let task = tokio::spawn(async move {
+        let result = serve(
+            subscription,
+            client,
+            analyzer,
+            limit,
+            shutdown,
+            ready,
+            drain,
+        )
+        .await;
+        admin_shutdown.cancel();
+        result
+    });
+    Ok(Running { admin_addr, task })
+}
+
+async fn serve(
+    mut subscription: async_nats::Subscriber,
+    client: async_nats::Client,
+    analyzer: Arc<Analyzer>,
+    limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    ready: Readiness,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let mut tasks = JoinSet::new();
+    let mut draining = false;
+    // Armed when draining starts; until then far enough away never to fire.
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(10 * 365 * 24 * 3600));
+    tokio::pin!(drain_deadline);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled(), if !draining => {
+                tracing::info!(in_flight = tasks.len(), "draining");
+                draining = true;
+                ready.set(false);
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + drain);
+                // Stop new deliveries; messages already buffered are still handled.
+                if let Err(error) = subscription.drain().await {
+                    tracing::warn!(%error, "draining the subscription");
+                }
+            }
+            () = &mut drain_deadline => {
+                tracing::warn!(in_flight = tasks.len(), "drain deadline passed; abandoning requests");
+                tasks.abort_all();
+                break;
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(error) = done {
+                    tracing::error!(%error, "analysis task failed");
+                }
+            }
+            message = subscription.next() => {
+                let Some(message) = message else {
+                    // Subscription closed (drained, or the client closed): finish in-flight.
+                    while let Some(done) = tokio::select! {
+                        d = tasks.join_next() => d,
+                        () = &mut drain_deadline => { tasks.abort_all(); None }
+                    } {
+                        if let Err(error) = done {
+                            tracing::error!(%error, "analysis task failed");
+                        }
+                    }
+                    break;
+                };
+                let permit = limit.clone().acquire_owned().await?;
+                let (analyzer, client) = (analyzer.clone(), client.clone());
+                tasks.spawn(async move {
+                    handle(&analyzer, &client, message).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    if let Err(error) = client.flush().await {
+        tracing::warn!(%error, "flushing replies");
+    }
+    tracing::info!("analyzer stopped");
+    Ok(())
+}
+
+/// Answers one request message: a verdict, or an error verdict when it does not decode.
+async fn handle(analyzer: &Analyzer, client: &async_nats::Client, message: async_nats::Message) {
+    let span = tracing::info_span!("analysis", key = tracing::field::Empty);
+    aviary_bus::trace::set_parent_from(&span, message.headers.as_ref());
+    async {
+        let verdict = match AnalysisRequest::decode(message.payload.clone()) {
+            Ok(request) => {
+                tracing::Span::current().record("key", request.idempotency_key.as_str());
+                analyzer.analyze(&request).await
+            }
+            Err(error) => {
+                analyzer.metrics().malformed.inc();
+                tracing::warn!(subject = %message.subject, %error, "undecodable analysis request");
+                error_verdict(None, &format!("undecodable analysis request: {error}"))
+            }
+        };
+        tracing::info!(
+            outcome = metrics::outcome_label(verdict.outcome()),
+            metrics = verdict.metrics.len(),
+            webhooks = verdict.webhooks.len(),
+            "verdict"
+        );
+        let Some(reply) = message.reply else {
+            tracing::warn!(subject = %message.subject, "analysis request without a reply subject; verdict not sent");
+            return;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        aviary_bus::trace::inject_current(&mut headers);
+        if let Err(error) = client
+            .publish_with_headers(reply, headers, verdict.encode_to_vec().into())
+            .await
+        {
+            tracing::warn!(%error, "sending the verdict");
+        }
+    }
+    .instrument(span)
+    .await;
+}

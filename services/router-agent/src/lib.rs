@@ -1,1 +1,160 @@
-//! placeholder
+//! Aviary router agent: applies traffic splits to real data planes and acknowledges what it
+//! observed.
+//!
+//! Owns one or more ingresses (see [`config::IngressFile`]), each served by a provider:
+//! Envoy over ADS ([`provider::envoy`], the default), NGINX ([`provider::nginx`]) or HAProxy
+//! ([`provider::haproxy`]). Consumes `RouteCommand`s on `aviary.route.<ingress>` and the
+//! desired routes in the `aviary_routes` KV bucket; produces `RouteAck` replies, the applied
+//! route in KV and its capabilities in `aviary_agents`.
+//!
+//! Flow: command → validate → apply → read back → ack; and on start and every
+//! `--reconcile-interval-ms`, KV desired route → data plane (level-triggered).
+
+pub mod agent;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod provider;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aviary_bus::kv::Bucket;
+use aviary_bus::typed::Proto;
+use aviary_bus::{BusMetrics, names};
+use aviary_proto::{AgentCapabilities, DesiredRoute};
+use aviary_runtime::admin::{AdminServer, Readiness};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+use crate::config::{IngressFile, ProviderConfig};
+use crate::metrics::Metrics;
+use crate::model::Route;
+use crate::provider::Provider;
+use crate::provider::envoy::EnvoyProvider;
+use crate::provider::haproxy::HaproxyProvider;
+use crate::provider::nginx::NginxProvider;
+
+/// Runs the agent until `shutdown` fires, then drains (bounded by `--drain-timeout-ms`).
+///
+/// Errors: a bad ingress file, an xDS address that cannot be bound, NATS unreachable or its
+/// buckets missing at start.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let file = IngressFile::load(&config.config_file)?;
+    let mut registry = aviary_runtime::admin::registry();
+    let bus_metrics = BusMetrics::register(&mut registry);
+    let metrics = Metrics::register(&mut registry);
+    let ready = Readiness::default();
+    // Bound now so a taken port fails the start, not a background task.
+    let mut xds_listeners = Vec::new();
+    let mut providers = Vec::new();
+    for ingress in &file.ingresses {
+        let provider = match &ingress.provider {
+            ProviderConfig::Envoy(settings) => {
+                let listener = TcpListener::bind(settings.xds_addr)
+                    .await
+                    .with_context(|| format!("binding the xDS address {}", settings.xds_addr))?;
+                xds_listeners.push((ingress.name.clone(), listener));
+                let name = settings
+                    .route_config_name
+                    .clone()
+                    .unwrap_or_else(|| ingress.name.clone());
+                Provider::Envoy(EnvoyProvider::with_gauge(
+                    name,
+                    config.apply_timeout(),
+                    metrics.xds_gauge(&ingress.name),
+                ))
+            }
+            ProviderConfig::Nginx(settings) => {
+                Provider::Nginx(NginxProvider::new(settings.clone(), config.apply_timeout()))
+            }
+            ProviderConfig::Haproxy(settings) => Provider::Haproxy(HaproxyProvider::new(
+                settings.clone(),
+                config.apply_timeout(),
+            )),
+        };
+        providers.push((ingress.name.clone(), provider));
+    }
+    let admin = AdminServer::spawn(
+        config.common.admin_addr,
+        registry,
+        ready.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the admin server")?;
+    tracing::info!(%admin, ingresses = providers.len(), "router agent starting");
+
+    let client = config.nats.connect("aviary-router-agent").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    aviary_bus::setup::ensure_all(&js).await?;
+    let routes: Bucket<DesiredRoute, Proto> = Bucket::open(&js, names::BUCKET_ROUTES).await?;
+    let agents: Bucket<AgentCapabilities, Proto> = Bucket::open(&js, names::BUCKET_AGENTS).await?;
+
+    let mut tasks = JoinSet::new();
+    for (name, provider) in providers {
+        let capabilities = provider.capabilities().to_proto(&name, provider.kind());
+        agents.put(&names::agent_key(&name)?, &capabilities).await?;
+        let ingress = Arc::new(agent::Ingress::new(
+            name.clone(),
+            provider,
+            routes.clone(),
+            metrics.clone(),
+        ));
+        if let Provider::Envoy(envoy) = &ingress.provider {
+            // Seed before serving: a reconnecting Envoy must get the stored route, never an
+            // empty configuration that would drop its traffic.
+            let stored = ingress.desired().await?;
+            let route = stored.as_ref().and_then(|d| match Route::try_from(d) {
+                Ok(route) => Some(route),
+                Err(error) => {
+                    tracing::warn!(ingress = %name, %error, "ignoring an invalid stored route");
+                    None
+                }
+            });
+            envoy.seed(route.as_ref());
+            if let Some(index) = xds_listeners.iter().position(|(n, _)| *n == name) {
+                let (_, listener) = xds_listeners.swap_remove(index);
+                let (serving, token) = (ingress.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    if let Provider::Envoy(envoy) = &serving.provider
+                        && let Err(error) = envoy.serve(listener, token).await
+                    {
+                        tracing::error!(ingress = %serving.name, %error, "xDS server failed");
+                    }
+                });
+            }
+        }
+        let (client, bus_metrics, token) = (client.clone(), bus_metrics.clone(), shutdown.clone());
+        let interval = config.reconcile_interval();
+        tasks.spawn(async move {
+            let name = ingress.name.clone();
+            if let Err(error) = ingress.serve(client, bus_metrics, interval, token).await {
+                tracing::error!(ingress = %name, %error, "ingress loop failed");
+            }
+        });
+    }
+    ready.set(true);
+    tracing::info!("router agent ready");
+
+    shutdown.cancelled().await;
+    ready.set(false);
+    let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let drained =
+        tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            ?drain,
+            "drain deadline passed; aborting the remaining tasks"
+        );
+        tasks.abort_all();
+    }
+    if let Err(error) = client.flush().await {
+        tracing::warn!(%error, "flushing NATS on shutdown");
+    }
+    tracing::info!("router agent stopped");
+    Ok(())
+}

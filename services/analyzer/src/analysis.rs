@@ -1,0 +1,543 @@
+//! One analysis request in, one [`Verdict`] out: render each metric's queries for the
+//! request's window, ask the backend (de-duplicated, bounded per backend), judge, call the
+//! webhooks, fold.
+//!
+//! Window: every query is evaluated at `window_end` with a range of `window_end -
+//! window_start` (or the metric's own `interval`, when shorter), so the window starts no
+//! earlier than the step's confirmed start and never mixes two steps.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aviary_proto::naming::cluster_name;
+use aviary_proto::{AnalysisRequest, MetricCheck, MetricResult, Outcome, Verdict, WebhookResult};
+use futures::future::join_all;
+
+use crate::builtin::{Builtin, Mesh, request_count_template};
+use crate::dedupe::{PerBackendLimit, SingleFlight};
+use crate::judge::{Criteria, Measured, NoDataPolicy, Observation, fold, judge};
+use crate::metrics::{
+    AnalyzerMetrics, OutcomeLabels, ProviderLabels, QueryLabels, WebhookLabels, outcome_label,
+};
+use crate::provider::ProviderError;
+use crate::provider::prometheus::{Prometheus, PrometheusConfig};
+use crate::template::{Variables, prometheus_duration, render};
+use crate::webhook::{Hook, HookType, Payload, WebhookClient};
+
+/// Webhook timeout when the request gives none (Flagger's default is longer; a gate that takes
+/// more than this to answer is better reported than waited on).
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the analyzer is set up.
+#[derive(Debug, Clone)]
+pub struct AnalyzerOptions {
+    /// The default metrics backend (used when a metric names no address); the only one that
+    /// gets the configured credentials.
+    pub prometheus: PrometheusConfig,
+    /// Data plane whose metrics the built-ins read, unless the request's `mesh` variable says.
+    pub mesh: Mesh,
+    /// Calls in flight per backend at most.
+    pub max_in_flight_per_backend: usize,
+    /// Webhook client (signing secret, backoff).
+    pub webhooks: WebhookClient,
+}
+
+type QueryKey = (String, String, i64);
+
+/// Judges analysis requests. Cheap to share (`Arc`); stateless between requests.
+#[derive(Debug)]
+pub struct Analyzer {
+    default: Prometheus,
+    defaults: PrometheusConfig,
+    others: Mutex<HashMap<String, Prometheus>>,
+    mesh: Mesh,
+    flight: SingleFlight<QueryKey, Measured>,
+    limits: PerBackendLimit,
+    webhooks: WebhookClient,
+    metrics: AnalyzerMetrics,
+}
+
+/// Why a request is not judged at all (answered with an error verdict).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// A required field is missing or out of range.
+    #[error("invalid field `{field}`: {reason}")]
+    Field {
+        /// The field's path in the request.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Analyzer {
+    /// Builds an analyzer.
+    ///
+    /// # Errors
+    /// When the default backend's client cannot be built (bad URL, header, CA file).
+    pub fn new(
+        options: AnalyzerOptions,
+        metrics: AnalyzerMetrics,
+    ) -> Result<Self, crate::provider::prometheus::BuildError> {
+        Ok(Self {
+            default: Prometheus::new(&options.prometheus)?,
+            defaults: options.prometheus,
+            others: Mutex::new(HashMap::new()),
+            mesh: options.mesh,
+            flight: SingleFlight::default(),
+            limits: PerBackendLimit::new(options.max_in_flight_per_backend),
+            webhooks: options.webhooks,
+            metrics,
+        })
+    }
+
+    /// The analyzer's metrics.
+    pub fn metrics(&self) -> &AnalyzerMetrics {
+        &self.metrics
+    }
+
+    /// Judges one request. Never fails: an invalid request gets an error verdict naming the
+    /// field.
+    pub async fn analyze(&self, request: &AnalysisRequest) -> Verdict {
+        let verdict = match validate(request) {
+            Ok(()) => self.judge_request(request).await,
+            Err(e) => {
+                self.metrics.malformed.inc();
+                tracing::warn!(key = %request.idempotency_key, error = %e, "invalid analysis request");
+                error_verdict(Some(request), &e.to_string())
+            }
+        };
+        self.metrics
+            .verdicts
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome_label(verdict.outcome()).to_owned(),
+            })
+            .inc();
+        verdict
+    }
+
+    async fn judge_request(&self, request: &AnalysisRequest) -> Verdict {
+        let metrics = join_all(request.metrics.iter().map(|m| self.metric(request, m)));
+        let hooks = join_all(request.webhooks.iter().map(|h| self.webhook(request, h)));
+        let (metrics, webhooks): (Vec<MetricResult>, Vec<WebhookResult>) =
+            futures::join!(metrics, hooks);
+        let folded_hooks = webhooks.iter().filter(|w| {
+            w.r#type
+                .parse::<HookType>()
+                .map(HookType::folded)
+                .unwrap_or(true)
+        });
+        let outcome = fold(
+            metrics
+                .iter()
+                .map(MetricResult::outcome)
+                .chain(folded_hooks.map(WebhookResult::outcome)),
+        );
+        let decisive = webhooks
+            .iter()
+            .any(|w| w.r#type == "rollback" && w.outcome() == Outcome::Fail);
+        Verdict {
+            rollout: request.rollout.clone(),
+            generation: request.generation,
+            step: request.step,
+            outcome: outcome as i32,
+            metrics,
+            webhooks,
+            decisive,
+            error: String::new(),
+        }
+    }
+
+    async fn metric(&self, request: &AnalysisRequest, check: &MetricCheck) -> MetricResult {
+        match self.metric_inner(request, check).await {
+            Ok(result) => result,
+            Err(reason) => MetricResult {
+                name: check.name.clone(),
+                value: None,
+                min: check.min,
+                max: check.max,
+                primary_value: None,
+                outcome: Outcome::Error as i32,
+                reason,
+            },
+        }
+    }
+
+    async fn metric_inner(
+        &self,
+        request: &AnalysisRequest,
+        check: &MetricCheck,
+    ) -> Result<MetricResult, String> {
+        let on_no_data: NoDataPolicy = check.on_no_data.parse()?;
+        match check.judge.as_str() {
+            "" | "threshold" | "primary" => {}
+            other => return Err(format!("unsupported judge `{other}`")),
+        }
+        let provider = match check.provider_type.to_ascii_lowercase().as_str() {
+            "" | "prometheus" => "prometheus",
+            "victoriametrics" => "victoriametrics",
+            other => return Err(format!("unsupported metrics provider `{other}`")),
+        };
+        let builtin = Builtin::from_name(&check.name);
+        let mesh = match request.variables.get("mesh") {
+            Some(mesh) => mesh.parse::<Mesh>()?,
+            None => self.mesh,
+        };
+        let template = if !check.query.is_empty() {
+            check.query.clone()
+        } else if let Some(builtin) = builtin {
+            builtin.template(mesh)
+        } else {
+            return Err(format!(
+                "metric `{}` is not built in and has no query",
+                check.name
+            ));
+        };
+        let criteria = Criteria {
+            min: check.min,
+            max: check.max,
+            max_delta: check.max_delta,
+            max_ratio: check.max_ratio,
+            on_no_data,
+            min_requests: check.min_requests,
+            lower_is_worse: builtin.is_some_and(Builtin::lower_is_worse),
+        };
+
+        let window_ms = (request.window_end_ms - request.window_start_ms).unsigned_abs();
+        let range_ms = if check.interval_ms > 0 {
+            check.interval_ms.min(window_ms)
+        } else {
+            window_ms
+        };
+        let canary_vars = variables(request, range_ms)?;
+        let canary_query = render(&template, &canary_vars).map_err(|e| e.to_string())?;
+        let primary_query = if criteria.relative() {
+            let vars = as_primary(&canary_vars)?;
+            Some(render(&template, &vars).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let requests_query = if criteria.min_requests > 0 {
+            Some(render(&request_count_template(mesh), &canary_vars).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+
+        let backend = self.backend(&check.provider_address)?;
+        let at = request.window_end_ms;
+        let (canary, primary, requests) = futures::join!(
+            self.sample(&backend, provider, &canary_query, at),
+            async {
+                match &primary_query {
+                    Some(q) => Some(self.sample(&backend, provider, q, at).await),
+                    None => None,
+                }
+            },
+            async {
+                match &requests_query {
+                    Some(q) => Some(self.sample(&backend, provider, q, at).await),
+                    None => None,
+                }
+            },
+        );
+        let obs = Observation {
+            canary,
+            primary,
+            requests,
+        };
+        let result = judge(&check.name, &criteria, &obs);
+        tracing::debug!(
+            metric = %check.name,
+            query = %canary_query,
+            value = ?result.value,
+            outcome = outcome_label(result.outcome()),
+            reason = %result.reason,
+            "metric judged"
+        );
+        Ok(result)
+    }
+
+    fn backend(&self, address: &str) -> Result<Prometheus, String> {
+        if address.is_empty()
+            || address.trim_end_matches('/') == self.defaults.url.trim_end_matches('/')
+        {
+            return Ok(self.default.clone());
+        }
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = others.get(address) {
+            return Ok(client.clone());
+        }
+        // Another address gets the same timeout and TLS settings but not the credentials:
+        // a request must not be able to send the default backend's secret elsewhere.
+        let config = PrometheusConfig {
+            url: address.to_owned(),
+            auth: crate::provider::Auth::None,
+            headers: Vec::new(),
+            ..self.defaults.clone()
+        };
+        let client = Prometheus::new(&config).map_err(|e| e.to_string())?;
+        others.insert(address.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    async fn sample(&self, backend: &Prometheus, provider: &str, query: &str, at: i64) -> Measured {
+        let key = (backend.endpoint().to_owned(), query.to_owned(), at);
+        let (measured, ran) = self
+            .flight
+            .run(key, || async {
+                let semaphore = self.limits.semaphore(backend.endpoint());
+                let _permit = semaphore.acquire_owned().await;
+                let labels = ProviderLabels {
+                    provider: provider.to_owned(),
+                };
+                self.metrics.backend_calls.get_or_create(&labels).inc();
+                let started = Instant::now();
+                let result = backend.query(query, at).await;
+                self.metrics
+                    .query_seconds
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                result.map_err(|e: ProviderError| e.to_string())
+            })
+            .await;
+        if !ran {
+            self.metrics.deduplicated.inc();
+        }
+        let outcome = match &measured {
+            Ok(crate::judge::Sample::Value(_)) => "value",
+            Ok(crate::judge::Sample::NoData) => "no_data",
+            Err(_) => "error",
+        };
+        self.metrics
+            .queries
+            .get_or_create(&QueryLabels {
+                provider: provider.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        measured
+    }
+
+    async fn webhook(
+        &self,
+        request: &AnalysisRequest,
+        check: &aviary_proto::WebhookCheck,
+    ) -> WebhookResult {
+        let hook = Hook {
+            name: check.name.clone(),
+            kind: check.r#type.clone(),
+            url: check.url.clone(),
+            timeout: if check.timeout_ms == 0 {
+                DEFAULT_WEBHOOK_TIMEOUT
+            } else {
+                Duration::from_millis(check.timeout_ms)
+            },
+            retries: check.retries,
+            metadata: check
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let rollout = request.rollout.clone().unwrap_or_default();
+        let payload = Payload {
+            name: &rollout.name,
+            namespace: &rollout.namespace,
+            phase: &request.phase,
+            checksum: &request.checksum,
+            metadata: &hook.metadata,
+        };
+        let result = self.webhooks.call(&hook, &payload).await;
+        let kind = check
+            .r#type
+            .parse::<HookType>()
+            .map(|t| t.as_str())
+            .unwrap_or("unknown");
+        self.metrics
+            .webhooks
+            .get_or_create(&WebhookLabels {
+                r#type: kind.to_owned(),
+                outcome: outcome_label(result.outcome()).to_owned(),
+            })
+            .inc();
+        result
+    }
+}
+
+/// Checks what every judgement needs.
+///
+/// # Errors
+/// [`InvalidRequest::Field`] naming the first bad field.
+pub fn validate(request: &AnalysisRequest) -> Result<(), InvalidRequest> {
+    let field = |field, reason: &str| InvalidRequest::Field {
+        field,
+        reason: reason.to_owned(),
+    };
+    let Some(rollout) = &request.rollout else {
+        return Err(field("rollout", "missing"));
+    };
+    if rollout.namespace.is_empty() {
+        return Err(field("rollout.namespace", "empty"));
+    }
+    if rollout.name.is_empty() {
+        return Err(field("rollout.name", "empty"));
+    }
+    if !request.metrics.is_empty() && request.window_end_ms <= request.window_start_ms {
+        return Err(InvalidRequest::Field {
+            field: "window_end_ms",
+            reason: format!(
+                "window end {} is not after its start {}",
+                request.window_end_ms, request.window_start_ms
+            ),
+        });
+    }
+    for (i, m) in request.metrics.iter().enumerate() {
+        if m.name.is_empty() {
+            return Err(InvalidRequest::Field {
+                field: "metrics.name",
+                reason: format!("metric #{i} has no name"),
+            });
+        }
+    }
+    for (i, w) in request.webhooks.iter().enumerate() {
+        if w.url.is_empty() {
+            return Err(InvalidRequest::Field {
+                field: "webhooks.url",
+                reason: format!("webhook #{i} ({}) has no URL", w.name),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a request that could not be judged: outcome error, with the reason.
+/// `request` is `None` when it did not even decode.
+pub fn error_verdict(request: Option<&AnalysisRequest>, reason: &str) -> Verdict {
+    Verdict {
+        rollout: request.and_then(|r| r.rollout.clone()),
+        generation: request.map_or(0, |r| r.generation),
+        step: request.map_or(0, |r| r.step),
+        outcome: Outcome::Error as i32,
+        metrics: Vec::new(),
+        webhooks: Vec::new(),
+        decisive: false,
+        error: reason.to_owned(),
+    }
+}
+
+/// The template variables of a request for a window of `range_ms`.
+fn variables(request: &AnalysisRequest, range_ms: u64) -> Result<Variables, String> {
+    let mut vars: Variables = request
+        .variables
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(rollout) = &request.rollout {
+        vars.insert("namespace".into(), rollout.namespace.clone());
+        vars.insert("name".into(), rollout.name.clone());
+    }
+    let duration = prometheus_duration(range_ms);
+    vars.insert("interval".into(), duration.clone());
+    vars.insert("window".into(), duration);
+    let namespace = vars.get("namespace").cloned().unwrap_or_default();
+    for side in ["canary", "primary"] {
+        let cluster_var = format!("{side}_cluster");
+        if let Some(backend) = vars.get(side).cloned()
+            && !vars.contains_key(&cluster_var)
+        {
+            vars.insert(cluster_var, cluster_name(&namespace, &backend));
+        }
+    }
+    // Values land inside PromQL string literals: a quote or backslash would change the query.
+    for (k, v) in &vars {
+        if v.contains(['"', '\\', '\n', '`']) {
+            return Err(format!(
+                "variable `{k}` contains a quote, backslash or newline"
+            ));
+        }
+    }
+    Ok(vars)
+}
+
+/// The variables with the primary's names where the canary's were, for measuring the primary
+/// with the canary's template.
+fn as_primary(vars: &Variables) -> Result<Variables, String> {
+    let mut vars = vars.clone();
+    let primary = vars
+        .get("primary")
+        .cloned()
+        .ok_or("judged against the primary but the request has no `primary` variable")?;
+    let primary_cluster = vars.get("primary_cluster").cloned().unwrap_or_default();
+    vars.insert("canary".into(), primary);
+    vars.insert("canary_cluster".into(), primary_cluster);
+    Ok(vars)
+}
+
+/// Shares an analyzer between tasks.
+pub type SharedAnalyzer = Arc<Analyzer>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aviary_proto::RolloutRef;
+
+    fn request() -> AnalysisRequest {
+        AnalysisRequest {
+            rollout: Some(RolloutRef::new("test", "podinfo")),
+            window_start_ms: 1_000,
+            window_end_ms: 31_000,
+            variables: [("canary", "podinfo-v2"), ("primary", "podinfo-v1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..AnalysisRequest::default()
+        }
+    }
+
+    #[test]
+    fn variables_carry_names_clusters_and_window() {
+        let vars = variables(&request(), 30_000).unwrap();
+        assert_eq!(vars["namespace"], "test");
+        assert_eq!(vars["name"], "podinfo");
+        assert_eq!(vars["canary_cluster"], "test_podinfo-v2");
+        assert_eq!(vars["primary_cluster"], "test_podinfo-v1");
+        assert_eq!(vars["interval"], "30s");
+        assert_eq!(vars["window"], "30s");
+        let primary = as_primary(&vars).unwrap();
+        assert_eq!(primary["canary"], "podinfo-v1");
+        assert_eq!(primary["canary_cluster"], "test_podinfo-v1");
+        let mut bad = request();
+        bad.variables.insert("x".into(), "a\"b".into());
+        assert!(variables(&bad, 1000).is_err());
+    }
+
+    #[test]
+    fn invalid_requests_name_the_field() {
+        let mut r = request();
+        r.rollout = None;
+        assert!(matches!(
+            validate(&r),
+            Err(InvalidRequest::Field {
+                field: "rollout",
+                ..
+            })
+        ));
+        let mut r = request();
+        r.metrics.push(MetricCheck {
+            name: "request-success-rate".into(),
+            ..MetricCheck::default()
+        });
+        r.window_end_ms = r.window_start_ms;
+        assert!(matches!(
+            validate(&r),
+            Err(InvalidRequest::Field {
+                field: "window_end_ms",
+                ..
+            })
+        ));
+        let v = error_verdict(Some(&r), "bad");
+        assert_eq!(v.outcome(), Outcome::Error);
+        assert_eq!(v.error, "bad");
+    }
+}

@@ -1,0 +1,444 @@
+//! Judging one metric over one window, and folding many outcomes into one. Pure: values in,
+//! [`MetricResult`] out.
+//!
+//! Fail-safe by construction: a metric passes only when a value was measured and every bound
+//! that was set holds. No data is inconclusive unless `onNoData` says otherwise; a provider
+//! error is an error; too few canary requests is inconclusive; a metric with no bound at all is
+//! an error.
+
+use std::fmt;
+use std::str::FromStr;
+
+use aviary_proto::{MetricResult, Outcome};
+
+/// What one query measured: a number, or nothing (empty vector, NaN, ±Inf).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sample {
+    /// A finite value.
+    Value(f64),
+    /// No series, or a value that is not a finite number.
+    NoData,
+}
+
+impl Sample {
+    /// A sample from a raw value: NaN and infinities are no data.
+    pub fn from_f64(value: f64) -> Self {
+        if value.is_finite() {
+            Self::Value(value)
+        } else {
+            Self::NoData
+        }
+    }
+
+    fn value(self) -> Option<f64> {
+        match self {
+            Self::Value(v) => Some(v),
+            Self::NoData => None,
+        }
+    }
+}
+
+/// What a query produced: a sample, or why the provider could not give one.
+pub type Measured = Result<Sample, String>;
+
+/// What a metric with no data in the window is judged as (`onNoData`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoDataPolicy {
+    /// Neither promotes nor counts as a failed check (the default).
+    #[default]
+    Inconclusive,
+    /// Counts as a failed check.
+    Fail,
+    /// Counts as a pass (for metrics that are legitimately empty, e.g. error counters).
+    Pass,
+}
+
+impl FromStr for NoDataPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "inconclusive" => Ok(Self::Inconclusive),
+            "fail" => Ok(Self::Fail),
+            "pass" => Ok(Self::Pass),
+            other => Err(format!(
+                "onNoData `{other}` is not one of inconclusive, fail, pass"
+            )),
+        }
+    }
+}
+
+impl NoDataPolicy {
+    fn outcome(self) -> Outcome {
+        match self {
+            Self::Inconclusive => Outcome::Inconclusive,
+            Self::Fail => Outcome::Fail,
+            Self::Pass => Outcome::Pass,
+        }
+    }
+}
+
+impl fmt::Display for NoDataPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Inconclusive => "inconclusive",
+            Self::Fail => "fail",
+            Self::Pass => "pass",
+        })
+    }
+}
+
+/// The bounds a metric is judged against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Criteria {
+    /// Canary value must be at least this (`thresholdRange.min`).
+    pub min: Option<f64>,
+    /// Canary value must be at most this (`thresholdRange.max`).
+    pub max: Option<f64>,
+    /// The canary may be worse than the primary by at most this much (absolute).
+    pub max_delta: Option<f64>,
+    /// The canary may be worse than the primary by at most this factor.
+    pub max_ratio: Option<f64>,
+    /// What no data means.
+    pub on_no_data: NoDataPolicy,
+    /// Fewer canary requests than this in the window is inconclusive; 0 = no minimum.
+    pub min_requests: u64,
+    /// Whether lower values are worse (success rate) instead of higher ones (latency, errors).
+    pub lower_is_worse: bool,
+}
+
+impl Criteria {
+    /// Whether the metric is judged against the primary.
+    pub fn relative(&self) -> bool {
+        self.max_delta.is_some() || self.max_ratio.is_some()
+    }
+
+    fn has_bound(&self) -> bool {
+        self.min.is_some() || self.max.is_some() || self.relative()
+    }
+}
+
+/// What was measured for one metric in one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The canary's value.
+    pub canary: Measured,
+    /// The primary's value, when the metric is judged against it.
+    pub primary: Option<Measured>,
+    /// The canary's request count, when `minRequests` is set.
+    pub requests: Option<Measured>,
+}
+
+/// Judges one metric. Every value measured is put in the result, with the reason.
+pub fn judge(name: &str, criteria: &Criteria, obs: &Observation) -> MetricResult {
+    let mut result = MetricResult {
+        name: name.to_owned(),
+        value: obs.canary.as_ref().ok().and_then(|s| s.value()),
+        min: criteria.min,
+        max: criteria.max,
+        primary_value: obs
+            .primary
+            .as_ref()
+            .and_then(|p| p.as_ref().ok())
+            .and_then(|s| s.value()),
+        outcome: Outcome::Unspecified as i32,
+        reason: String::new(),
+    };
+    let (outcome, reason) = decide(criteria, obs);
+    result.outcome = outcome as i32;
+    result.reason = reason;
+    result
+}
+
+fn decide(c: &Criteria, obs: &Observation) -> (Outcome, String) {
+    if !c.has_bound() {
+        return (
+            Outcome::Error,
+            "no thresholdRange, maxDelta or maxRatio set: nothing passes by default".into(),
+        );
+    }
+    if let Err(e) = &obs.canary {
+        return (Outcome::Error, format!("canary query failed: {e}"));
+    }
+    if let Some(Err(e)) = &obs.primary {
+        return (Outcome::Error, format!("primary query failed: {e}"));
+    }
+    if c.min_requests > 0 {
+        match &obs.requests {
+            Some(Err(e)) => {
+                return (Outcome::Error, format!("request count query failed: {e}"));
+            }
+            None => {
+                return (
+                    Outcome::Error,
+                    "minRequests set but no request count measured".into(),
+                );
+            }
+            Some(Ok(sample)) => {
+                let count = sample.value().unwrap_or(0.0);
+                if count < c.min_requests as f64 {
+                    return (
+                        Outcome::Inconclusive,
+                        format!(
+                            "{count:.0} canary requests in the window, fewer than minRequests {}",
+                            c.min_requests
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let Ok(Sample::Value(value)) = obs.canary else {
+        return (
+            c.on_no_data.outcome(),
+            format!(
+                "no data for the canary in the window (onNoData: {})",
+                c.on_no_data
+            ),
+        );
+    };
+    if let Some(min) = c.min
+        && value < min
+    {
+        return (Outcome::Fail, format!("{value} is below min {min}"));
+    }
+    if let Some(max) = c.max
+        && value > max
+    {
+        return (Outcome::Fail, format!("{value} is above max {max}"));
+    }
+    if c.relative() {
+        let primary = match &obs.primary {
+            Some(Ok(Sample::Value(p))) => *p,
+            Some(Ok(Sample::NoData)) => {
+                return (
+                    c.on_no_data.outcome(),
+                    format!(
+                        "canary {value}, but no data for the primary in the window (onNoData: {})",
+                        c.on_no_data
+                    ),
+                );
+            }
+            _ => {
+                return (
+                    Outcome::Error,
+                    "judged against the primary but the primary was not measured".into(),
+                );
+            }
+        };
+        // How much worse the canary is: positive when worse, whatever the metric's direction.
+        let (worse_by, ratio) = if c.lower_is_worse {
+            (primary - value, ratio(primary, value))
+        } else {
+            (value - primary, ratio(value, primary))
+        };
+        if let Some(max_delta) = c.max_delta
+            && worse_by > max_delta
+        {
+            return (
+                Outcome::Fail,
+                format!(
+                    "canary {value} vs primary {primary}: worse by {worse_by}, more than maxDelta {max_delta}"
+                ),
+            );
+        }
+        if let Some(max_ratio) = c.max_ratio
+            && ratio > max_ratio
+        {
+            return (
+                Outcome::Fail,
+                format!(
+                    "canary {value} vs primary {primary}: {ratio:.4}x worse, more than maxRatio {max_ratio}"
+                ),
+            );
+        }
+        return (
+            Outcome::Pass,
+            format!("canary {value} vs primary {primary}: within bounds"),
+        );
+    }
+    (Outcome::Pass, format!("{value} is within bounds"))
+}
+
+/// `worse / better`, where 0/0 is 1 (equal) and x/0 is infinitely worse.
+fn ratio(worse: f64, better: f64) -> f64 {
+    if better == 0.0 {
+        if worse == 0.0 { 1.0 } else { f64::INFINITY }
+    } else {
+        worse / better
+    }
+}
+
+/// Folds outcomes: any fail → fail; else any error → error; else any inconclusive →
+/// inconclusive; else pass. An unspecified outcome counts as an error. No outcomes → pass.
+pub fn fold(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
+    let (mut fail, mut error, mut inconclusive) = (false, false, false);
+    for o in outcomes {
+        match o {
+            Outcome::Fail => fail = true,
+            Outcome::Error | Outcome::Unspecified => error = true,
+            Outcome::Inconclusive => inconclusive = true,
+            Outcome::Pass => {}
+        }
+    }
+    if fail {
+        Outcome::Fail
+    } else if error {
+        Outcome::Error
+    } else if inconclusive {
+        Outcome::Inconclusive
+    } else {
+        Outcome::Pass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(min: Option<f64>, max: Option<f64>) -> Criteria {
+        Criteria {
+            min,
+            max,
+            ..Criteria::default()
+        }
+    }
+
+    fn canary(v: Measured) -> Observation {
+        Observation {
+            canary: v,
+            primary: None,
+            requests: None,
+        }
+    }
+
+    fn outcome(c: &Criteria, o: &Observation) -> Outcome {
+        judge("m", c, o).outcome()
+    }
+
+    #[test]
+    fn threshold_range() {
+        let c = range(Some(99.0), None);
+        assert_eq!(outcome(&c, &canary(Ok(Sample::Value(99.5)))), Outcome::Pass);
+        assert_eq!(outcome(&c, &canary(Ok(Sample::Value(99.0)))), Outcome::Pass);
+        let r = judge("sr", &c, &canary(Ok(Sample::Value(90.0))));
+        assert_eq!(r.outcome(), Outcome::Fail);
+        assert_eq!(r.value, Some(90.0));
+        assert_eq!(r.min, Some(99.0));
+        assert!(r.reason.contains("below min 99"), "{}", r.reason);
+        let c = range(None, Some(500.0));
+        assert_eq!(
+            outcome(&c, &canary(Ok(Sample::Value(501.0)))),
+            Outcome::Fail
+        );
+        assert_eq!(outcome(&c, &canary(Ok(Sample::Value(10.0)))), Outcome::Pass);
+    }
+
+    #[test]
+    fn nothing_passes_by_default() {
+        let r = judge("m", &Criteria::default(), &canary(Ok(Sample::Value(1.0))));
+        assert_eq!(r.outcome(), Outcome::Error);
+    }
+
+    #[test]
+    fn no_data_follows_the_policy() {
+        let mut c = range(Some(99.0), None);
+        assert_eq!(
+            Sample::from_f64(f64::NAN),
+            Sample::NoData,
+            "NaN (0/0) is no data"
+        );
+        assert_eq!(
+            outcome(&c, &canary(Ok(Sample::NoData))),
+            Outcome::Inconclusive
+        );
+        c.on_no_data = NoDataPolicy::Fail;
+        assert_eq!(outcome(&c, &canary(Ok(Sample::NoData))), Outcome::Fail);
+        c.on_no_data = NoDataPolicy::Pass;
+        assert_eq!(outcome(&c, &canary(Ok(Sample::NoData))), Outcome::Pass);
+        assert_eq!("FAIL".parse::<NoDataPolicy>(), Ok(NoDataPolicy::Fail));
+        assert!("maybe".parse::<NoDataPolicy>().is_err());
+    }
+
+    #[test]
+    fn provider_errors_are_errors() {
+        let c = range(Some(99.0), None);
+        let r = judge("m", &c, &canary(Err("timed out after 1s".into())));
+        assert_eq!(r.outcome(), Outcome::Error);
+        assert!(r.reason.contains("timed out"), "{}", r.reason);
+    }
+
+    #[test]
+    fn too_few_requests_is_inconclusive() {
+        let c = Criteria {
+            min: Some(99.0),
+            min_requests: 100,
+            ..Criteria::default()
+        };
+        let mut o = canary(Ok(Sample::Value(50.0)));
+        o.requests = Some(Ok(Sample::Value(42.0)));
+        let r = judge("m", &c, &o);
+        assert_eq!(r.outcome(), Outcome::Inconclusive, "{}", r.reason);
+        assert_eq!(r.value, Some(50.0), "the value is still reported");
+        o.requests = Some(Ok(Sample::NoData));
+        assert_eq!(outcome(&c, &o), Outcome::Inconclusive);
+        o.requests = Some(Ok(Sample::Value(100.0)));
+        assert_eq!(outcome(&c, &o), Outcome::Fail);
+        o.requests = Some(Err("boom".into()));
+        assert_eq!(outcome(&c, &o), Outcome::Error);
+    }
+
+    #[test]
+    fn relative_to_primary() {
+        // Latency: higher is worse.
+        let c = Criteria {
+            max_ratio: Some(1.2),
+            ..Criteria::default()
+        };
+        let obs = |canary: f64, primary: Sample| Observation {
+            canary: Ok(Sample::Value(canary)),
+            primary: Some(Ok(primary)),
+            requests: None,
+        };
+        assert_eq!(
+            outcome(&c, &obs(110.0, Sample::Value(100.0))),
+            Outcome::Pass
+        );
+        let r = judge("d", &c, &obs(130.0, Sample::Value(100.0)));
+        assert_eq!(r.outcome(), Outcome::Fail);
+        assert_eq!(r.primary_value, Some(100.0));
+        assert_eq!(outcome(&c, &obs(5.0, Sample::Value(0.0))), Outcome::Fail);
+        assert_eq!(outcome(&c, &obs(0.0, Sample::Value(0.0))), Outcome::Pass);
+        assert_eq!(
+            outcome(&c, &obs(100.0, Sample::NoData)),
+            Outcome::Inconclusive
+        );
+        // Success rate: lower is worse; a better canary passes.
+        let c = Criteria {
+            max_delta: Some(1.0),
+            lower_is_worse: true,
+            ..Criteria::default()
+        };
+        assert_eq!(outcome(&c, &obs(99.5, Sample::Value(100.0))), Outcome::Pass);
+        assert_eq!(outcome(&c, &obs(98.0, Sample::Value(100.0))), Outcome::Fail);
+        assert_eq!(outcome(&c, &obs(100.0, Sample::Value(90.0))), Outcome::Pass);
+        // A primary that could not be measured is an error.
+        let o = Observation {
+            canary: Ok(Sample::Value(1.0)),
+            primary: Some(Err("down".into())),
+            requests: None,
+        };
+        assert_eq!(outcome(&c, &o), Outcome::Error);
+    }
+
+    #[test]
+    fn folding() {
+        use Outcome::*;
+        assert_eq!(fold([Pass, Inconclusive, Error, Fail]), Fail);
+        assert_eq!(fold([Pass, Inconclusive, Error]), Error);
+        assert_eq!(fold([Pass, Inconclusive]), Inconclusive);
+        assert_eq!(fold([Pass, Pass]), Pass);
+        assert_eq!(fold([Pass, Unspecified]), Error);
+        assert_eq!(fold([]), Pass);
+    }
+}

@@ -1,0 +1,294 @@
+//! Webhooks: Flagger's eight hook types, called with Flagger's payload
+//! (`{name, namespace, phase, checksum, metadata}`), judged on the HTTP status.
+//!
+//! | type | 2xx | not 2xx |
+//! |---|---|---|
+//! | `confirm-rollout`, `confirm-traffic-increase`, `confirm-promotion` | pass (gate open) | inconclusive: the gate is closed, which halts but is not a failed check |
+//! | `pre-rollout`, `rollout` | pass | fail (counts toward `threshold`) |
+//! | `rollback` | fail, decisive: roll back now | pass (no rollback asked) |
+//! | `post-rollout`, `event` | pass | error, reported but not folded (informational) |
+//!
+//! A hook that cannot be reached within its timeout after its retries is an error. Retries
+//! (with exponential backoff) happen on transport errors, timeouts and 5xx; a 4xx is an answer.
+//! With a secret set, the body is signed: `X-Aviary-Signature: sha256=<hex HMAC-SHA256>`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use aviary_proto::{Outcome, WebhookResult};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::provider::Secret;
+
+/// The header carrying the body's signature.
+pub const SIGNATURE_HEADER: &str = "X-Aviary-Signature";
+
+/// Flagger's webhook types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookType {
+    /// Gate before the rollout starts.
+    ConfirmRollout,
+    /// Runs before traffic moves; failure counts as a failed check.
+    PreRollout,
+    /// Runs every step; failure counts as a failed check.
+    Rollout,
+    /// Gate before each weight increase.
+    ConfirmTrafficIncrease,
+    /// Gate before promotion.
+    ConfirmPromotion,
+    /// Runs after the rollout; informational.
+    PostRollout,
+    /// A 2xx asks for an immediate rollback.
+    Rollback,
+    /// Receives every event; informational.
+    Event,
+}
+
+impl FromStr for HookType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "confirm-rollout" => Self::ConfirmRollout,
+            "pre-rollout" => Self::PreRollout,
+            // Flagger's default type when none is given.
+            "rollout" | "" => Self::Rollout,
+            "confirm-traffic-increase" => Self::ConfirmTrafficIncrease,
+            "confirm-promotion" => Self::ConfirmPromotion,
+            "post-rollout" => Self::PostRollout,
+            "rollback" => Self::Rollback,
+            "event" => Self::Event,
+            other => return Err(format!("unknown webhook type `{other}`")),
+        })
+    }
+}
+
+impl HookType {
+    /// The type's name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConfirmRollout => "confirm-rollout",
+            Self::PreRollout => "pre-rollout",
+            Self::Rollout => "rollout",
+            Self::ConfirmTrafficIncrease => "confirm-traffic-increase",
+            Self::ConfirmPromotion => "confirm-promotion",
+            Self::PostRollout => "post-rollout",
+            Self::Rollback => "rollback",
+            Self::Event => "event",
+        }
+    }
+
+    /// Whether the hook's result takes part in the folded verdict.
+    pub fn folded(self) -> bool {
+        !matches!(self, Self::PostRollout | Self::Event)
+    }
+
+    fn judge(self, status: u16) -> (Outcome, String) {
+        let ok = (200..300).contains(&status);
+        match (self, ok) {
+            (Self::Rollback, true) => (Outcome::Fail, format!("HTTP {status}: rollback requested")),
+            (Self::Rollback, false) => (
+                Outcome::Pass,
+                format!("HTTP {status}: no rollback requested"),
+            ),
+            (_, true) => (Outcome::Pass, format!("HTTP {status}")),
+            (
+                Self::ConfirmRollout | Self::ConfirmTrafficIncrease | Self::ConfirmPromotion,
+                false,
+            ) => (Outcome::Inconclusive, format!("HTTP {status}: gate closed")),
+            (Self::PreRollout | Self::Rollout, false) => {
+                (Outcome::Fail, format!("HTTP {status}: check failed"))
+            }
+            (Self::PostRollout | Self::Event, false) => (
+                Outcome::Error,
+                format!("HTTP {status}: not delivered (informational)"),
+            ),
+        }
+    }
+}
+
+/// Flagger's webhook payload.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Payload<'a> {
+    /// Rollout name.
+    pub name: &'a str,
+    /// Rollout namespace.
+    pub namespace: &'a str,
+    /// Phase, e.g. `Progressing`.
+    pub phase: &'a str,
+    /// Checksum of the canary's revision.
+    pub checksum: &'a str,
+    /// The hook's metadata, verbatim.
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+/// One hook to call.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// Its name in the spec.
+    pub name: String,
+    /// The type as written (kept for the result even when unknown).
+    pub kind: String,
+    /// Where to POST.
+    pub url: String,
+    /// Per-attempt deadline.
+    pub timeout: Duration,
+    /// Extra attempts after the first on transport errors, timeouts and 5xx.
+    pub retries: u32,
+    /// Sent in the payload.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Calls webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+    secret: Option<Secret>,
+    backoff: Duration,
+}
+
+/// The first retry waits this long; each later one twice as long, up to [`MAX_BACKOFF`].
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(200);
+/// Backoff cap: a hook that is down for longer is reported, not waited on.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl WebhookClient {
+    /// A client that signs bodies with `secret` when one is given.
+    pub fn new(secret: Option<Secret>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            secret,
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+
+    /// Sets the first retry's backoff (tests use a short one).
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Calls `hook` and judges the answer by its type. Never fails: every problem is in the
+    /// result's outcome and reason.
+    pub async fn call(&self, hook: &Hook, payload: &Payload<'_>) -> WebhookResult {
+        let mut result = WebhookResult {
+            name: hook.name.clone(),
+            r#type: hook.kind.clone(),
+            status_code: 0,
+            outcome: Outcome::Error as i32,
+            reason: String::new(),
+        };
+        let kind = match hook.kind.parse::<HookType>() {
+            Ok(kind) => kind,
+            Err(e) => {
+                result.reason = e;
+                return result;
+            }
+        };
+        let body = match serde_json::to_vec(payload) {
+            Ok(body) => body,
+            Err(e) => {
+                result.reason = format!("encoding the payload: {e}");
+                return result;
+            }
+        };
+        let signature = self.secret.as_ref().map(|s| sign(s, &body));
+        let mut delay = self.backoff;
+        let mut attempt = 0;
+        loop {
+            let mut request = self
+                .http
+                .post(&hook.url)
+                .timeout(hook.timeout)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if let Some(sig) = &signature {
+                request = request.header(SIGNATURE_HEADER, sig);
+            }
+            let retryable = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    result.status_code = u32::from(status);
+                    let (outcome, reason) = kind.judge(status);
+                    result.outcome = outcome as i32;
+                    result.reason = reason;
+                    response.status().is_server_error()
+                }
+                Err(e) => {
+                    result.status_code = 0;
+                    result.outcome = Outcome::Error as i32;
+                    result.reason = if e.is_timeout() {
+                        format!("no answer within {:?}", hook.timeout)
+                    } else {
+                        format!("unreachable: {}", e.without_url())
+                    };
+                    true
+                }
+            };
+            if !retryable || attempt >= hook.retries {
+                if attempt > 0 {
+                    result.reason = format!("{} (after {} attempts)", result.reason, attempt + 1);
+                }
+                return result;
+            }
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub fn sign(secret: &Secret, body: &[u8]) -> String {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.expose().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + digest.len() * 2);
+    out.push_str("sha256=");
+    for byte in digest {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flagger_type_parses_and_is_judged() {
+        use Outcome::*;
+        let cases = [
+            ("confirm-rollout", Pass, Inconclusive),
+            ("pre-rollout", Pass, Fail),
+            ("rollout", Pass, Fail),
+            ("confirm-traffic-increase", Pass, Inconclusive),
+            ("confirm-promotion", Pass, Inconclusive),
+            ("post-rollout", Pass, Error),
+            ("rollback", Fail, Pass),
+            ("event", Pass, Error),
+        ];
+        for (name, ok, not_ok) in cases {
+            let kind: HookType = name.parse().unwrap();
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(kind.judge(200).0, ok, "{name} 200");
+            assert_eq!(kind.judge(403).0, not_ok, "{name} 403");
+        }
+        assert!("nope".parse::<HookType>().is_err());
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        let sig = sign(&Secret::new("Jefe"), b"what do ya want for nothing?");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The analyzer against a real Prometheus scraping an in-test target whose rates the test
+//! sets, so every expected value is known exactly.
+#![allow(clippy::unwrap_used)] // test fixtures stop at the first broken step
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aviary_analyzer::judge::Sample;
+use aviary_analyzer::provider::prometheus::{Prometheus as PromClient, PrometheusConfig};
+use aviary_analyzer::provider::{Auth, ProviderError, Secret};
+use aviary_proto::{MetricCheck, Outcome};
+use aviary_testkit::prometheus::{Prometheus, ScrapeTarget};
+use common::*;
+
+const CANARY: &str = "test_podinfo-v2";
+const PRIMARY: &str = "test_podinfo-v1";
+
+async fn stack(canary: Rates, primary: Rates) -> (FakeEnvoyMetrics, Prometheus) {
+    let fake = FakeEnvoyMetrics::start(&[(CANARY, canary), (PRIMARY, primary)]).await;
+    let prom = Prometheus::start(&[ScrapeTarget::new("envoy", fake.addr.to_string())])
+        .await
+        .unwrap();
+    // Enough samples for rate() over a few seconds.
+    prom.wait_for_data(
+        &format!("count_over_time(envoy_cluster_upstream_rq_xx{{envoy_cluster_name=\"{CANARY}\",envoy_response_code_class=\"2\"}}[1m]) >= 5"),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    (fake, prom)
+}
+
+fn close(actual: Option<f64>, expected: f64) -> bool {
+    actual.is_some_and(|a| (a - expected).abs() < 1e-6)
+}
+
+#[tokio::test]
+async fn builtins_measure_the_canary_and_judge_it() {
+    let (_fake, prom) = stack(Rates::new(1000.0, 2.0), Rates::new(1000.0, 0.0)).await;
+    let analyzer = analyzer(&prom.url());
+    let end = now_ms();
+    let verdict = analyzer
+        .analyze(&request(
+            end - 4_000,
+            end,
+            vec![
+                success_rate_min(99.0),
+                duration_max(500.0),
+                MetricCheck {
+                    name: "request-success-rate".into(),
+                    max_delta: Some(1.0),
+                    ..MetricCheck::default()
+                },
+                MetricCheck {
+                    name: "request-success-rate".into(),
+                    max_delta: Some(5.0),
+                    ..MetricCheck::default()
+                },
+            ],
+        ))
+        .await;
+    let m = &verdict.metrics;
+    assert_eq!(m.len(), 4, "{verdict:?}");
+    // 98 % success: below min 99.
+    assert!(close(m[0].value, 98.0), "{:?}", m[0]);
+    assert_eq!(m[0].outcome(), Outcome::Fail, "{:?}", m[0]);
+    // p99 is exactly halfway into the (50, 100] bucket.
+    assert!(close(m[1].value, 75.0), "{:?}", m[1]);
+    assert_eq!(m[1].outcome(), Outcome::Pass, "{:?}", m[1]);
+    // Against the primary (100 %): 2 points worse.
+    assert!(close(m[2].primary_value, 100.0), "{:?}", m[2]);
+    assert_eq!(m[2].outcome(), Outcome::Fail, "{:?}", m[2]);
+    assert_eq!(m[3].outcome(), Outcome::Pass, "{:?}", m[3]);
+    assert_eq!(verdict.outcome(), Outcome::Fail);
+    assert_eq!(verdict.rollout.as_ref().unwrap().name, "podinfo");
+
+    // The healthy primary, measured as if it were the canary, passes.
+    let mut req = request(
+        end - 4_000,
+        end,
+        vec![success_rate_min(99.0), duration_max(500.0)],
+    );
+    req.variables.insert("canary".into(), "podinfo-v1".into());
+    let verdict = analyzer.analyze(&req).await;
+    assert_eq!(verdict.outcome(), Outcome::Pass, "{verdict:?}");
+    assert!(close(verdict.metrics[0].value, 100.0), "{verdict:?}");
+}
+
+#[tokio::test]
+async fn a_canary_failing_every_request_is_zero_percent_not_no_data() {
+    let (_fake, prom) = stack(Rates::new(100.0, 100.0), Rates::new(100.0, 0.0)).await;
+    let end = now_ms();
+    let verdict = analyzer(&prom.url())
+        .analyze(&request(end - 4_000, end, vec![success_rate_min(99.0)]))
+        .await;
+    assert!(close(verdict.metrics[0].value, 0.0), "{verdict:?}");
+    assert_eq!(verdict.outcome(), Outcome::Fail);
+}
+
+#[tokio::test]
+async fn windows_never_mix_steps() {
+    let (fake, prom) = stack(Rates::new(1000.0, 2.0), Rates::new(1000.0, 0.0)).await;
+    fake.wait_scrapes(2).await;
+    fake.set_rates(CANARY, Rates::new(1000.0, 50.0));
+    // Every sample stamped after this holds only the new rates' increments.
+    let switched = now_ms();
+    fake.wait_scrapes(5).await;
+    // At least four samples after the switch are in Prometheus; the window ends after them.
+    prom.wait_for_data(
+        &format!(
+            "count_over_time(envoy_cluster_upstream_rq_xx{{envoy_cluster_name=\"{CANARY}\",envoy_response_code_class=\"5\"}}[{}ms]) >= 4",
+            now_ms() - switched
+        ),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let end = now_ms();
+    let analyzer = analyzer(&prom.url());
+    let after = analyzer
+        .analyze(&request(switched, end, vec![success_rate_min(99.0)]))
+        .await;
+    assert!(close(after.metrics[0].value, 50.0), "{after:?}");
+    let before = analyzer
+        .analyze(&request(
+            switched - 6_000,
+            switched - 1_000,
+            vec![success_rate_min(90.0)],
+        ))
+        .await;
+    assert!(close(before.metrics[0].value, 98.0), "{before:?}");
+    assert_eq!(before.outcome(), Outcome::Pass);
+}
+
+#[tokio::test]
+async fn no_data_too_few_requests_and_unusable_results() {
+    let (_fake, prom) = stack(Rates::new(100.0, 0.0), Rates::new(100.0, 0.0)).await;
+    let analyzer = analyzer(&prom.url());
+    let end = now_ms();
+
+    // A canary nobody has sent traffic to: no series.
+    let mut req = request(end - 4_000, end, vec![success_rate_min(99.0)]);
+    req.variables.insert("canary".into(), "podinfo-v3".into());
+    let v = analyzer.analyze(&req).await;
+    assert_eq!(v.metrics[0].outcome(), Outcome::Inconclusive, "{v:?}");
+    assert_eq!(v.metrics[0].value, None);
+    assert_eq!(v.outcome(), Outcome::Inconclusive);
+    req.metrics[0].on_no_data = "fail".into();
+    assert_eq!(analyzer.analyze(&req).await.outcome(), Outcome::Fail);
+
+    // ~400 requests in the window, fewer than asked for.
+    let mut check = success_rate_min(99.0);
+    check.min_requests = 1_000_000;
+    let v = analyzer
+        .analyze(&request(end - 4_000, end, vec![check.clone()]))
+        .await;
+    assert_eq!(v.metrics[0].outcome(), Outcome::Inconclusive, "{v:?}");
+    assert!(v.metrics[0].reason.contains("minRequests"), "{v:?}");
+    check.min_requests = 100;
+    let v = analyzer
+        .analyze(&request(end - 4_000, end, vec![check]))
+        .await;
+    assert_eq!(v.metrics[0].outcome(), Outcome::Pass, "{v:?}");
+
+    // A custom query returning one series per cluster and class is an error, with the reason.
+    let many = MetricCheck {
+        name: "raw".into(),
+        query: "envoy_cluster_upstream_rq_xx".into(),
+        max: Some(1.0),
+        ..MetricCheck::default()
+    };
+    let matrix = MetricCheck {
+        name: "matrix".into(),
+        query: "envoy_cluster_upstream_rq_xx[{{ interval }}]".into(),
+        max: Some(1.0),
+        ..MetricCheck::default()
+    };
+    let missing = MetricCheck {
+        name: "missing".into(),
+        query: "sum(x{a=\"{{ nope }}\"})".into(),
+        max: Some(1.0),
+        ..MetricCheck::default()
+    };
+    let custom = MetricCheck {
+        name: "errors".into(),
+        query: "sum(increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name=\"{{ canary_cluster }}\",envoy_response_code_class=\"5\"}[{{ window }}]))".into(),
+        max: Some(0.0),
+        ..MetricCheck::default()
+    };
+    let v = analyzer
+        .analyze(&request(
+            end - 4_000,
+            end,
+            vec![many, matrix, missing, custom],
+        ))
+        .await;
+    assert_eq!(v.metrics[0].outcome(), Outcome::Error);
+    assert!(v.metrics[0].reason.contains("series"), "{v:?}");
+    assert_eq!(v.metrics[1].outcome(), Outcome::Error);
+    assert!(v.metrics[1].reason.contains("matrix"), "{v:?}");
+    assert_eq!(v.metrics[2].outcome(), Outcome::Error);
+    assert!(v.metrics[2].reason.contains("nope"), "{v:?}");
+    assert_eq!(v.metrics[3].outcome(), Outcome::Pass, "{v:?}");
+    assert_eq!(v.metrics[3].value, Some(0.0));
+    assert_eq!(v.outcome(), Outcome::Error);
+}
+
+#[tokio::test]
+async fn unreachable_backends_are_errors_within_the_timeout() {
+    // Closed port: refused at once.
+    let closed = aviary_testkit::free_port().unwrap();
+    let end = now_ms();
+    let v = analyzer(&format!("http://127.0.0.1:{closed}"))
+        .analyze(&request(end - 4_000, end, vec![success_rate_min(99.0)]))
+        .await;
+    assert_eq!(v.outcome(), Outcome::Error, "{v:?}");
+    assert!(v.metrics[0].reason.contains("transport"), "{v:?}");
+
+    // A backend that accepts connections and never answers: the timeout ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = PrometheusConfig::new(format!("http://{}", silent.local_addr().unwrap()));
+    config.timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let v = analyzer_with(config)
+        .analyze(&request(end - 4_000, end, vec![success_rate_min(99.0)]))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(v.outcome(), Outcome::Error, "{v:?}");
+    assert!(v.metrics[0].reason.contains("no answer within"), "{v:?}");
+}
+
+#[tokio::test]
+async fn the_client_sends_auth_and_headers_and_reads_real_answers() {
+    let (_fake, prom) = stack(Rates::new(100.0, 0.0), Rates::new(100.0, 0.0)).await;
+    // Prometheus ignores credentials it does not require: this checks they do not break the
+    // real API; the exact headers are checked against a recording server below.
+    let mut config = PrometheusConfig::new(prom.url());
+    config.auth = Auth::Bearer(Secret::new("t0ken"));
+    config.headers = vec![("X-Scope-OrgID".into(), "team-a".into())];
+    let client = PromClient::new(&config).unwrap();
+    assert_eq!(
+        client.query("1 + 1", now_ms()).await,
+        Ok(Sample::Value(2.0))
+    );
+    assert!(matches!(
+        client.query("sum(", now_ms()).await,
+        Err(ProviderError::Query { .. })
+    ));
+}

@@ -1,0 +1,230 @@
+//! The agent's configuration: flags (clap, `AVIARY_…` env) and the ingress file (YAML).
+//!
+//! ```yaml
+//! ingresses:
+//!   - name: edge
+//!     provider: envoy
+//!     xds_addr: 127.0.0.1:18000
+//!   - name: web
+//!     provider: nginx
+//!     main_conf: /etc/nginx/nginx.conf
+//!     include_path: /etc/nginx/aviary/web.conf
+//!     listen: 127.0.0.1:8080
+//!   - name: lb
+//!     provider: haproxy
+//!     stats_socket: /run/haproxy/admin.sock
+//!     backend: app
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aviary_bus::NatsArgs;
+use aviary_runtime::CommonArgs;
+
+use crate::provider::envoy::EnvoySettings;
+use crate::provider::haproxy::HaproxySettings;
+use crate::provider::nginx::NginxSettings;
+
+/// Flags of `aviary-router-agent`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "aviary-router-agent", version, about)]
+pub struct Config {
+    /// Admin server, logging, tracing, drain.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// The ingress file (YAML) listing the ingresses this agent owns.
+    #[arg(long, env = "AVIARY_ROUTER_CONFIG")]
+    pub config_file: PathBuf,
+
+    /// How often every ingress is reconciled to the desired route in KV (level-triggered).
+    #[arg(long, env = "AVIARY_RECONCILE_INTERVAL_MS", default_value_t = 30_000)]
+    pub reconcile_interval_ms: u64,
+
+    /// How long an apply may wait for the data plane to confirm the new split.
+    #[arg(long, env = "AVIARY_APPLY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub apply_timeout_ms: u64,
+}
+
+impl Config {
+    /// [`Config::reconcile_interval_ms`] as a duration.
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_millis(self.reconcile_interval_ms.max(1))
+    }
+
+    /// [`Config::apply_timeout_ms`] as a duration.
+    pub fn apply_timeout(&self) -> Duration {
+        Duration::from_millis(self.apply_timeout_ms)
+    }
+}
+
+/// The ingress file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressFile {
+    /// Every ingress this agent owns.
+    pub ingresses: Vec<IngressConfig>,
+}
+
+/// One ingress and its data plane.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IngressConfig {
+    /// Ingress name, as rollouts name it in `spec.ingresses`.
+    pub name: String,
+    /// Data plane and its settings.
+    #[serde(flatten)]
+    pub provider: ProviderConfig,
+}
+
+/// Which data plane serves an ingress, with its settings.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "provider", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    /// Envoy over ADS (the default data plane).
+    Envoy(EnvoySettings),
+    /// NGINX with a rendered include and reloads.
+    Nginx(NginxSettings),
+    /// HAProxy through its runtime API.
+    Haproxy(HaproxySettings),
+}
+
+/// Why the ingress file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It does not parse.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// It parses but is not usable.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl IngressFile {
+    /// Reads and checks the file at `path`.
+    ///
+    /// Errors: [`ConfigError`] naming the file and the problem.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            ConfigError::Invalid { reason, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks YAML text.
+    ///
+    /// Errors: [`ConfigError::Parse`] or [`ConfigError::Invalid`] (with an empty path).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let file: Self = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: PathBuf::new(),
+            reason,
+        };
+        if file.ingresses.is_empty() {
+            return Err(invalid("no ingresses".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for ingress in &file.ingresses {
+            aviary_bus::names::agent_key(&ingress.name)
+                .map_err(|e| invalid(format!("ingress {:?}: {e}", ingress.name)))?;
+            if !seen.insert(ingress.name.as_str()) {
+                return Err(invalid(format!("ingress {:?} listed twice", ingress.name)));
+            }
+        }
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_provider() {
+        let file = IngressFile::parse(
+            r#"
+ingresses:
+  - name: edge
+    provider: envoy
+    xds_addr: 127.0.0.1:18000
+  - name: web
+    provider: nginx
+    main_conf: /etc/nginx/nginx.conf
+    include_path: /etc/nginx/aviary/web.conf
+    listen: 127.0.0.1:8080
+  - name: lb
+    provider: haproxy
+    stats_socket: /run/haproxy/admin.sock
+    backend: app
+"#,
+        )
+        .unwrap();
+        assert_eq!(file.ingresses.len(), 3);
+        assert!(matches!(
+            file.ingresses[0].provider,
+            ProviderConfig::Envoy(_)
+        ));
+        let ProviderConfig::Haproxy(h) = &file.ingresses[2].provider else {
+            panic!("not haproxy")
+        };
+        assert_eq!(h.primary_server, "primary");
+    }
+
+    #[test]
+    fn rejects_duplicates_and_bad_names() {
+        let dup = "ingresses:\n  - {name: a, provider: envoy, xds_addr: '127.0.0.1:1'}\n  - {name: a, provider: envoy, xds_addr: '127.0.0.1:2'}\n";
+        assert!(matches!(
+            IngressFile::parse(dup),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let bad = "ingresses:\n  - {name: a.b, provider: envoy, xds_addr: '127.0.0.1:1'}\n";
+        assert!(matches!(
+            IngressFile::parse(bad),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let unknown = "ingresses:\n  - {name: a, provider: traefik}\n";
+        assert!(matches!(
+            IngressFile::parse(unknown),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

@@ -1,0 +1,157 @@
+//! Data-plane providers: each applies a [`Route`] to a real data plane, reads it back, and
+//! says what it can express.
+//!
+//! apply = check capabilities → push/render → wait until the data plane confirms → [`Observed`].
+
+pub mod envoy;
+pub mod haproxy;
+pub mod nginx;
+
+use std::time::Duration;
+
+use crate::model::{Observed, Route};
+
+/// What a provider can express; published to the agents KV so the scheduler can refuse specs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Weighted primary/canary split.
+    pub weights: bool,
+    /// A/B routing on request headers.
+    pub header_match: bool,
+    /// A/B routing on cookies.
+    pub cookie_match: bool,
+    /// Traffic mirroring to the canary.
+    pub mirror: bool,
+    /// Session affinity cookies.
+    pub session_affinity: bool,
+}
+
+impl Capabilities {
+    /// Why `route` cannot be expressed, if it cannot.
+    pub fn check(&self, provider: &str, route: &Route) -> Result<(), ApplyError> {
+        let missing = if !self.weights && !route.canary_weight.is_multiple_of(100) {
+            Some("weighted splits")
+        } else if !self.header_match && route.uses_header_match() {
+            Some("header matches")
+        } else if !self.cookie_match && route.uses_cookie_match() {
+            Some("cookie matches")
+        } else if !self.mirror && route.mirror_percent > 0 {
+            Some("traffic mirroring")
+        } else if !self.session_affinity && route.affinity.is_some() {
+            Some("session affinity")
+        } else {
+            None
+        };
+        match missing {
+            Some(feature) => Err(ApplyError::Unsupported {
+                provider: provider.to_owned(),
+                feature,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// As the protobuf published to the agents KV.
+    pub fn to_proto(self, ingress: &str, provider: &str) -> aviary_proto::AgentCapabilities {
+        aviary_proto::AgentCapabilities {
+            ingress: ingress.to_owned(),
+            provider: provider.to_owned(),
+            weights: self.weights,
+            header_match: self.header_match,
+            cookie_match: self.cookie_match,
+            mirror: self.mirror,
+            session_affinity: self.session_affinity,
+        }
+    }
+}
+
+/// Why an apply failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The provider cannot express part of the route.
+    #[error("{provider} cannot express {feature}")]
+    Unsupported {
+        /// Provider kind.
+        provider: String,
+        /// What it cannot do.
+        feature: &'static str,
+    },
+    /// The data plane rejected the configuration (Envoy NACK, `nginx -t`, HAProxy CLI error).
+    #[error("{provider} rejected the configuration: {detail}")]
+    Rejected {
+        /// Provider kind.
+        provider: String,
+        /// The data plane's own message.
+        detail: String,
+    },
+    /// The data plane did not confirm the new configuration in time.
+    #[error("{provider} did not confirm the configuration within {after:?}: {detail}")]
+    Unconfirmed {
+        /// Provider kind.
+        provider: String,
+        /// The deadline.
+        after: Duration,
+        /// What was still missing.
+        detail: String,
+    },
+    /// Talking to the data plane failed (process, socket, file).
+    #[error("{provider}: {detail}")]
+    Io {
+        /// Provider kind.
+        provider: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// One ingress's data plane.
+pub enum Provider {
+    /// Envoy over ADS.
+    Envoy(envoy::EnvoyProvider),
+    /// NGINX: rendered include + reload.
+    Nginx(nginx::NginxProvider),
+    /// HAProxy: runtime API weights.
+    Haproxy(haproxy::HaproxyProvider),
+}
+
+impl Provider {
+    /// `envoy`, `nginx` or `haproxy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Envoy(_) => "envoy",
+            Self::Nginx(_) => "nginx",
+            Self::Haproxy(_) => "haproxy",
+        }
+    }
+
+    /// What this provider can express.
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Self::Envoy(_) => envoy::CAPABILITIES,
+            Self::Nginx(_) => nginx::CAPABILITIES,
+            Self::Haproxy(_) => haproxy::CAPABILITIES,
+        }
+    }
+
+    /// Applies `route` and returns the split read back from the data plane.
+    ///
+    /// Errors: [`ApplyError::Unsupported`] before touching the data plane when the route needs
+    /// something the provider cannot express; otherwise what the data plane said.
+    pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
+        self.capabilities().check(self.kind(), route)?;
+        match self {
+            Self::Envoy(p) => p.apply(route).await,
+            Self::Nginx(p) => p.apply(route).await,
+            Self::Haproxy(p) => p.apply(route).await,
+        }
+    }
+
+    /// Whether the data plane is confirmed serving `route` (false means drift to correct).
+    pub async fn in_sync(&self, route: &Route) -> bool {
+        match self {
+            Self::Envoy(p) => p.in_sync(route),
+            Self::Nginx(p) => p.in_sync(route).await,
+            Self::Haproxy(p) => p.in_sync(route).await,
+        }
+    }
+}
