@@ -172,9 +172,11 @@ pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
         session_affinity: None,
     };
     let mut command = route_command(record, &route);
+    // The roles swap: the canary serves everything as the primary, and the old primary stays
+    // configured at weight 0 until the next rollout replaces it.
     if let Some(r) = command.route.as_mut() {
         r.primary = Some(backend(&spec.canary));
-        r.canary = Some(backend(&spec.canary));
+        r.canary = Some(backend(&spec.primary));
     }
     command.idempotency_key = format!(
         "{}/{}/{}/f{seq}",
