@@ -78,6 +78,18 @@ pub struct MetricValue {
     pub reason: String,
 }
 
+/// A rollout's alert route, copied into its events so notifiers route by the rollout's own spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRoute {
+    /// Alert name (unique within the rollout).
+    pub name: String,
+    /// Lowest severity sent: `info`, `warn` or `error`.
+    pub severity: String,
+    /// Name of a provider configured in the notifier.
+    pub provider: String,
+}
+
 /// The `data` of an audit event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -111,6 +123,9 @@ pub struct EventData {
     /// Primary version (backend name).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub primary: String,
+    /// The rollout's `analysis.alerts`: where notifications for it go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertRoute>,
 }
 
 /// A CloudEvents 1.0 event in structured JSON mode.

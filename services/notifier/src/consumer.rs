@@ -135,7 +135,11 @@ async fn dispatch(
     let targets = classify(kind, &d.reason, p.settings.notify_step_advanced)
         .map(|severity| {
             let rollout = format!("{}/{}", d.namespace, d.name);
-            (severity, p.settings.targets(&rollout, severity))
+            (
+                severity,
+                p.settings
+                    .targets_with_alerts(&rollout, severity, &d.alerts),
+            )
         })
         .filter(|(_, targets)| !targets.is_empty());
     let Some((severity, targets)) = targets else {

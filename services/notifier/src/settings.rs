@@ -453,6 +453,26 @@ impl Settings {
     /// rollout's routes whose severity filter lets it through, plus the default provider;
     /// each provider at most once, in provider order.
     pub fn targets(&self, rollout: &str, severity: Severity) -> Vec<usize> {
+        self.targets_with_alerts(rollout, severity, &[])
+    }
+
+    /// [`Settings::targets`] plus the rollout's own `alerts` carried in the event: each names a
+    /// provider configured here and a severity filter. An alert naming an unknown provider is
+    /// skipped (and logged), never posted elsewhere.
+    pub fn targets_with_alerts(
+        &self,
+        rollout: &str,
+        severity: Severity,
+        alerts: &[aviary_proto::events::AlertRoute],
+    ) -> Vec<usize> {
+        let from_alerts = alerts.iter().filter_map(|alert| {
+            let Some(index) = self.providers.iter().position(|p| p.name == alert.provider) else {
+                tracing::warn!(%rollout, alert = %alert.name, provider = %alert.provider, "alert names an unknown provider");
+                return None;
+            };
+            let filter: Severity = serde_json::from_value(serde_json::Value::String(alert.severity.clone())).unwrap_or_default();
+            filter.admits(severity).then_some(index)
+        });
         let mut targets: Vec<usize> = self
             .rollouts
             .get(rollout)
@@ -460,6 +480,7 @@ impl Settings {
             .flatten()
             .filter(|route| route.severity.admits(severity))
             .map(|route| route.provider)
+            .chain(from_alerts)
             .collect();
         if let Some(default) = self.default_provider
             && self.default_severity.admits(severity)
@@ -594,6 +615,25 @@ rollouts:
         assert_eq!(s.targets("test/podinfo", Severity::Warn), vec![0, 2]);
         assert_eq!(s.targets("test/podinfo", Severity::Error), vec![0, 1, 2]);
         assert_eq!(s.targets("other/app", Severity::Error), vec![0]);
+    }
+
+    #[test]
+    fn rollout_alerts_route_by_their_own_severity() {
+        let s = load(BASE).expect("loads");
+        let alert = |severity: &str, provider: &str| aviary_proto::events::AlertRoute {
+            name: "on-call".into(),
+            severity: severity.into(),
+            provider: provider.into(),
+        };
+        let alerts = [alert("error", "oncall"), alert("info", "nowhere")];
+        assert_eq!(
+            s.targets_with_alerts("other/app", Severity::Warn, &alerts),
+            vec![0]
+        );
+        assert_eq!(
+            s.targets_with_alerts("other/app", Severity::Error, &alerts),
+            vec![0, 1]
+        );
     }
 
     #[test]

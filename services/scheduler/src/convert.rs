@@ -215,6 +215,10 @@ fn variables(record: &RolloutRecord) -> std::collections::HashMap<String, String
         "primary_cluster".into(),
         aviary_proto::naming::cluster_name(ns, &spec.primary.name),
     );
+    if let Some(started) = record.status.started_at_ms {
+        // The sequential judge counts from the run's start, not the step's.
+        vars.insert("run_start_ms".into(), started.to_string());
+    }
     vars.insert(
         "ingress".into(),
         spec.ingresses
@@ -344,6 +348,7 @@ pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
         seq,
         outcome: folded,
         fail_fast: v.decisive && folded == Outcome::Fail,
+        early_promote: v.decisive && folded == Outcome::Pass,
         checks,
         rollback_requested,
     }
@@ -412,6 +417,19 @@ pub fn audit_event(
         actor: actor.to_owned(),
         canary: spec.canary.name.clone(),
         primary: spec.primary.name.clone(),
+        alerts: spec
+            .analysis
+            .alerts
+            .iter()
+            .map(|a| aviary_proto::events::AlertRoute {
+                name: a.name.clone(),
+                severity: serde_json::to_value(a.severity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                provider: a.provider_ref.name.clone(),
+            })
+            .collect(),
     };
     let id = format!("{}/{}/{}", record.namespace(), record.name(), sequence);
     AuditEvent::new(kind, id, rfc3339(at_ms), data)
