@@ -361,6 +361,7 @@ pub fn audit_event(
     event: &machine::AuditEvent,
     actor: &str,
     at_ms: u64,
+    verdict: Option<&machine::Verdict>,
 ) -> AuditEvent {
     let kind = match event.kind {
         CoreKind::Initialized | CoreKind::NewRevision => EventKind::Created,
@@ -386,18 +387,24 @@ pub fn audit_event(
         kind
     };
     let spec = &record.rollout.spec;
-    let metrics = record
-        .status
-        .last_verdict
-        .as_ref()
+    // Events decided on a verdict carry every check's value and bounds, so the audit stream
+    // (and every notification) shows why.
+    let metrics = verdict
         .filter(|_| {
             matches!(
                 kind,
                 EventKind::Verdict | EventKind::RolledBack | EventKind::Halted
             )
         })
-        .map(|_| verdict_metrics(&event.details))
+        .map(|v| verdict_metrics(spec, v))
         .unwrap_or_default();
+    // A step-started event announces the split it asks for, not the one still served.
+    let canary_weight = event
+        .details
+        .get("canaryWeight")
+        .and_then(|w| w.parse::<u8>().ok())
+        .unwrap_or(event.canary_weight)
+        .min(100);
     let mut reason = event.reason.clone();
     if let Ok(core_kind) = serde_json::to_value(event.kind)
         && let Some(name) = core_kind.as_str()
@@ -410,8 +417,8 @@ pub fn audit_event(
         generation: record.generation,
         step: u32::try_from(event.step).unwrap_or(u32::MAX),
         phase: event.phase.to_string(),
-        canary_weight: u32::from(event.canary_weight),
-        primary_weight: 100 - u32::from(event.canary_weight.min(100)),
+        canary_weight: u32::from(canary_weight),
+        primary_weight: 100 - u32::from(canary_weight),
         reason,
         metrics,
         actor: actor.to_owned(),
@@ -435,18 +442,29 @@ pub fn audit_event(
     AuditEvent::new(kind, id, rfc3339(at_ms), data)
 }
 
-/// Metric values recorded by the machine in an event's details (`metric.<name>` = value).
-fn verdict_metrics(details: &std::collections::BTreeMap<String, String>) -> Vec<MetricValue> {
-    details
+/// Each check of a verdict with its value and, for metrics, the bounds from the spec.
+fn verdict_metrics(spec: &RolloutSpec, verdict: &machine::Verdict) -> Vec<MetricValue> {
+    verdict
+        .checks
         .iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("metric.")?;
-            Some(MetricValue {
-                name: name.to_owned(),
-                value: v.parse().ok(),
-                outcome: String::new(),
-                ..Default::default()
-            })
+        .map(|check| {
+            let range = spec
+                .analysis
+                .metrics
+                .iter()
+                .find(|m| m.name == check.name)
+                .and_then(|m| m.threshold_range.as_ref());
+            MetricValue {
+                name: check.name.clone(),
+                value: check.value,
+                min: range.and_then(|r| r.min),
+                max: range.and_then(|r| r.max),
+                outcome: serde_json::to_value(check.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                reason: check.message.clone(),
+            }
         })
         .collect()
 }

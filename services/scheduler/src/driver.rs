@@ -49,10 +49,15 @@ pub enum Exit {
     Gone,
 }
 
-/// A running driver's handle: inputs go in through `inputs`, wake-ups through `wake`.
+/// A running driver's handle.
 pub struct Handle {
-    /// Nudges the driver to re-read its record (commands, spec changes).
+    /// Nudges the driver to re-read its record (a control-API command was queued).
     pub wake: mpsc::Sender<()>,
+    /// The latest revision of the record the watch has seen. The driver re-reads only when it
+    /// is newer than the one it holds: most writes are its own, and re-reading each of them
+    /// would cost a KV read and a full decode per decision. A watch channel keeps only the
+    /// latest value, so a burst of writes never crowds out the one that matters.
+    pub seen: tokio::sync::watch::Sender<u64>,
 }
 
 struct Driver {
@@ -75,12 +80,19 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> (Handle, tokio::task::JoinHandle<Exit>) {
     let (wake_tx, wake_rx) = mpsc::channel(4);
+    let (seen_tx, seen_rx) = tokio::sync::watch::channel(0);
     let span = tracing::info_span!("driver", rollout = %key);
     let task = tokio::spawn(tracing::Instrument::instrument(
-        run(key, shared, held, cancel, wake_rx),
+        run(key, shared, held, cancel, wake_rx, seen_rx),
         span,
     ));
-    (Handle { wake: wake_tx }, task)
+    (
+        Handle {
+            wake: wake_tx,
+            seen: seen_tx,
+        },
+        task,
+    )
 }
 
 async fn run(
@@ -89,6 +101,7 @@ async fn run(
     held: Held,
     cancel: CancellationToken,
     mut wake: mpsc::Receiver<()>,
+    mut seen: tokio::sync::watch::Receiver<u64>,
 ) -> Exit {
     let entry = match shared.records.get(&key).await {
         Ok(Some(entry)) => entry,
@@ -145,11 +158,15 @@ async fn run(
             }
             Some(input) = input_rx.recv() => driver.handle(input, None).await,
             Some(()) = wake.recv() => driver.reload().await,
-            () = tokio::time::sleep_until(tick_at) => {
-                let lag = now_ms().saturating_sub(driver.entry.value.status.next_tick_at_ms.unwrap_or(0));
-                driver.shared.metrics.tick_lag.observe(lag as f64 / 1000.0);
-                driver.handle(Input::Tick, None).await
+            Ok(()) = seen.changed() => {
+                let revision = *seen.borrow_and_update();
+                if revision > driver.entry.revision {
+                    driver.reload().await
+                } else {
+                    Ok(())
+                }
             }
+            () = tokio::time::sleep_until(tick_at) => driver.handle(Input::Tick, None).await,
             _ = renew.tick() => driver.renew().await,
         };
         if let Err(exit) = step {
@@ -270,6 +287,10 @@ impl Driver {
                         event,
                         actor,
                         now,
+                        match &input {
+                            Input::Verdict(v) => Some(v),
+                            _ => None,
+                        },
                     ));
                 }
             }
@@ -280,6 +301,12 @@ impl Driver {
                 .await
             {
                 Ok(revision) => {
+                    if matches!(input, Input::Tick)
+                        && let Some(due) = record.status.next_tick_at_ms
+                    {
+                        let lag = now_ms().saturating_sub(due);
+                        self.shared.metrics.tick_lag.observe(lag as f64 / 1000.0);
+                    }
                     self.observe(&record.status, &next.status);
                     self.entry = Entry {
                         key: self.key.clone(),
@@ -462,6 +489,7 @@ fn error_verdict(seq: u64, error: &BusError) -> aviary_core::machine::Verdict {
             message: error.to_string(),
         }],
         fail_fast: false,
+        early_promote: false,
         rollback_requested: false,
     }
 }

@@ -141,12 +141,15 @@ async fn failing_canary_is_rolled_back_at_threshold() {
         .unwrap();
     assert_eq!(status.failed_checks, 2);
     let events = audit_events(&client, "bad").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e["type"] == "dev.aviary.rollout.rolled-back"),
-        "{events:#?}"
-    );
+    let rolled_back = events
+        .iter()
+        .find(|e| e["type"] == "dev.aviary.rollout.rolled-back")
+        .expect("rolled-back event");
+    let metric = &rolled_back["data"]["metrics"][0];
+    assert_eq!(metric["name"], "request-success-rate", "{rolled_back:#}");
+    assert_eq!(metric["value"], 80.0, "the failing value is recorded");
+    assert_eq!(metric["min"], 99.0, "with its threshold");
+    assert_eq!(metric["outcome"], "fail");
 
     shutdown.cancel();
     scheduler.await.unwrap().unwrap();
