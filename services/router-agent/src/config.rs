@@ -14,6 +14,11 @@
 //!     provider: haproxy
 //!     stats_socket: /run/haproxy/admin.sock
 //!     backend: app
+//!   - name: mesh
+//!     provider: gateway-api          # or istio, smi, nginx-ingress
+//!     namespace: test
+//!     route: podinfo
+//!     port: 9898
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -24,6 +29,7 @@ use aviary_runtime::CommonArgs;
 
 use crate::provider::envoy::EnvoySettings;
 use crate::provider::haproxy::HaproxySettings;
+use crate::provider::kube::{KubeKind, KubeSettings};
 use crate::provider::nginx::NginxSettings;
 
 /// Flags of `aviary-router-agent`.
@@ -91,6 +97,29 @@ pub enum ProviderConfig {
     Nginx(NginxSettings),
     /// HAProxy through its runtime API.
     Haproxy(HaproxySettings),
+    /// A Gateway API `HTTPRoute`.
+    #[serde(rename = "gateway-api")]
+    GatewayApi(KubeSettings),
+    /// An Istio `VirtualService`.
+    Istio(KubeSettings),
+    /// An SMI `TrafficSplit`.
+    Smi(KubeSettings),
+    /// NGINX-ingress canary annotations on a cloned `Ingress`.
+    #[serde(rename = "nginx-ingress")]
+    NginxIngress(KubeSettings),
+}
+
+impl ProviderConfig {
+    /// The Kubernetes object kind and its settings, for the Kubernetes providers.
+    pub fn kube(&self) -> Option<(KubeKind, &KubeSettings)> {
+        match self {
+            Self::GatewayApi(s) => Some((KubeKind::GatewayApi, s)),
+            Self::Istio(s) => Some((KubeKind::Istio, s)),
+            Self::Smi(s) => Some((KubeKind::Smi, s)),
+            Self::NginxIngress(s) => Some((KubeKind::NginxIngress, s)),
+            Self::Envoy(_) | Self::Nginx(_) | Self::Haproxy(_) => None,
+        }
+    }
 }
 
 /// Why the ingress file cannot be used.
@@ -195,10 +224,25 @@ ingresses:
     provider: haproxy
     stats_socket: /run/haproxy/admin.sock
     backend: app
+  - name: mesh
+    provider: gateway-api
+    namespace: test
+    route: podinfo
+    port: 9898
+  - name: ing
+    provider: nginx-ingress
+    namespace: test
+    route: podinfo
 "#,
         )
         .unwrap();
-        assert_eq!(file.ingresses.len(), 3);
+        assert_eq!(file.ingresses.len(), 5);
+        let (kind, settings) = file.ingresses[3].provider.kube().unwrap();
+        assert_eq!((kind, settings.port), (KubeKind::GatewayApi, Some(9898)));
+        assert!(matches!(
+            file.ingresses[4].provider,
+            ProviderConfig::NginxIngress(_)
+        ));
         assert!(matches!(
             file.ingresses[0].provider,
             ProviderConfig::Envoy(_)

@@ -2,8 +2,9 @@
 //! observed.
 //!
 //! Owns one or more ingresses (see [`config::IngressFile`]), each served by a provider:
-//! Envoy over ADS ([`provider::envoy`], the default), NGINX ([`provider::nginx`]) or HAProxy
-//! ([`provider::haproxy`]). Consumes `RouteCommand`s on `aviary.route.<ingress>` and the
+//! Envoy over ADS ([`provider::envoy`], the default), NGINX ([`provider::nginx`]), HAProxy
+//! ([`provider::haproxy`]) or a Kubernetes object ([`provider::kube`]: Gateway API, Istio,
+//! SMI, NGINX-ingress). Consumes `RouteCommand`s on `aviary.route.<ingress>` and the
 //! desired routes in the `aviary_routes` KV bucket; produces `RouteAck` replies, the applied
 //! route in KV and its capabilities in `aviary_agents`.
 //!
@@ -36,6 +37,7 @@ use crate::model::Route;
 use crate::provider::Provider;
 use crate::provider::envoy::EnvoyProvider;
 use crate::provider::haproxy::HaproxyProvider;
+use crate::provider::kube::KubeProvider;
 use crate::provider::nginx::NginxProvider;
 
 /// Runs the agent until `shutdown` fires, then drains (bounded by `--drain-timeout-ms`).
@@ -75,6 +77,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 settings.clone(),
                 config.apply_timeout(),
             )),
+            other => {
+                let (kind, settings) = other.kube().context("a provider without a constructor")?;
+                Provider::Kube(
+                    KubeProvider::connect(kind, settings.clone(), config.apply_timeout())
+                        .await
+                        .with_context(|| format!("ingress {}", ingress.name))?,
+                )
+            }
         };
         providers.push((ingress.name.clone(), provider));
     }

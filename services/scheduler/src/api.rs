@@ -1,12 +1,14 @@
 //! The gRPC control API. Any replica serves it: reads come from the rollouts bucket; `Apply`
 //! writes a new generation by CAS; commands are checked against the current phase, queued in the
-//! record by CAS and acted on by the owner, which is nudged at once.
+//! record by CAS and acted on by the owner, which is nudged at once. `Apply` also refuses a spec
+//! that an ingress's router agent has published it cannot express ([`crate::capabilities`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use aviary_bus::kv::Bucket;
+use aviary_bus::typed::Proto;
 use aviary_bus::{BusError, names};
 use aviary_core::machine::{Command, CommandError, Env, Input, Machine, RolloutStatus};
 use aviary_proto as pb;
@@ -16,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::auth::{AuthError, Caller, Role, Tokens};
+use crate::capabilities::{self, CheckError};
 use crate::convert::{self, now_ms};
 use crate::effects::Effects;
 use crate::metrics::Metrics;
@@ -28,6 +31,8 @@ pub struct Api {
     effects: Effects,
     tokens: Arc<Tokens>,
     metrics: Metrics,
+    /// Router-agent capabilities, opened on the first `Apply`.
+    agents: Arc<tokio::sync::OnceCell<Bucket<pb::AgentCapabilities, Proto>>>,
 }
 
 impl Api {
@@ -43,7 +48,23 @@ impl Api {
             effects,
             tokens: Arc::new(tokens),
             metrics,
+            agents: Arc::default(),
         }
+    }
+
+    /// Refuses `spec` when an ingress's published capabilities cannot serve it.
+    async fn check_capabilities(&self, spec: &aviary_core::RolloutSpec) -> Result<(), Status> {
+        let agents = self
+            .agents
+            .get_or_try_init(|| Bucket::open(self.effects.jetstream(), names::BUCKET_AGENTS))
+            .await
+            .map_err(internal)?;
+        capabilities::check_published(agents, spec)
+            .await
+            .map_err(|error| match error {
+                CheckError::Unsupported(refusal) => Status::invalid_argument(refusal.to_string()),
+                CheckError::Bus(error) => internal(error),
+            })
     }
 
     fn authorize<T>(
@@ -184,6 +205,7 @@ impl RolloutService for Api {
         })?;
         let key = names::rollout_key(rollout.namespace(), &rollout.metadata.name)
             .map_err(|e| Status::invalid_argument(format!("metadata: {e}")))?;
+        self.check_capabilities(&rollout.spec).await?;
         let mut changed = false;
         let written = self
             .records

@@ -5,6 +5,7 @@
 
 pub mod envoy;
 pub mod haproxy;
+pub mod kube;
 pub mod nginx;
 
 use std::time::Duration;
@@ -112,15 +113,18 @@ pub enum Provider {
     Nginx(nginx::NginxProvider),
     /// HAProxy: runtime API weights.
     Haproxy(haproxy::HaproxyProvider),
+    /// A Kubernetes object: Gateway API, Istio, SMI or NGINX-ingress.
+    Kube(kube::KubeProvider),
 }
 
 impl Provider {
-    /// `envoy`, `nginx` or `haproxy`.
+    /// `envoy`, `nginx`, `haproxy`, `gateway-api`, `istio`, `smi` or `nginx-ingress`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Envoy(_) => "envoy",
             Self::Nginx(_) => "nginx",
             Self::Haproxy(_) => "haproxy",
+            Self::Kube(p) => p.kind().name(),
         }
     }
 
@@ -130,6 +134,7 @@ impl Provider {
             Self::Envoy(_) => envoy::CAPABILITIES,
             Self::Nginx(_) => nginx::CAPABILITIES,
             Self::Haproxy(_) => haproxy::CAPABILITIES,
+            Self::Kube(p) => p.kind().capabilities(),
         }
     }
 
@@ -143,6 +148,7 @@ impl Provider {
             Self::Envoy(p) => p.apply(route).await,
             Self::Nginx(p) => p.apply(route).await,
             Self::Haproxy(p) => p.apply(route).await,
+            Self::Kube(p) => p.apply(route).await,
         }
     }
 
@@ -152,6 +158,7 @@ impl Provider {
             Self::Envoy(p) => p.in_sync(route),
             Self::Nginx(p) => p.in_sync(route).await,
             Self::Haproxy(p) => p.in_sync(route).await,
+            Self::Kube(p) => p.in_sync(route).await,
         }
     }
 }

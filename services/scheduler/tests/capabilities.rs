@@ -1,0 +1,101 @@
+//! `Apply` refuses a spec that an ingress's router agent published it cannot express, naming
+//! the field; an ingress without a published agent is accepted.
+
+mod common;
+
+use aviary_bus::kv::Bucket;
+use aviary_bus::names;
+use aviary_bus::typed::Proto;
+use aviary_proto as pb;
+use aviary_testkit::{NatsServer, free_port};
+use common::*;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+fn mirror_manifest(name: &str, ingress: &str) -> String {
+    format!(
+        r#"apiVersion: aviary.dev/v1alpha1
+kind: Rollout
+metadata: {{ name: {name}, namespace: test }}
+spec:
+  ingresses: [{{ name: {ingress} }}]
+  primary: {{ name: app-v1, endpoints: ["127.0.0.1:9001"] }}
+  canary: {{ name: app-v2, endpoints: ["127.0.0.1:9002"] }}
+  analysis:
+    interval: 1m
+    threshold: 2
+    iterations: 5
+    mirror: true
+"#
+    )
+}
+
+#[tokio::test]
+async fn apply_refuses_what_the_ingress_cannot_express() {
+    let nats = NatsServer::start().await.unwrap();
+    let port = free_port().unwrap();
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(aviary_scheduler::run(
+        config(&nats.url(), port, "a", &[]),
+        shutdown.clone(),
+    ));
+    let mut api = api(port).await;
+
+    // What the HAProxy router agent publishes at start (protobuf, key = ingress).
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let agents: Bucket<pb::AgentCapabilities, Proto> =
+        Bucket::open(&js, names::BUCKET_AGENTS).await.unwrap();
+    agents
+        .put(
+            &names::agent_key("lb").unwrap(),
+            &pb::AgentCapabilities {
+                ingress: "lb".into(),
+                provider: "haproxy".into(),
+                weights: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let error = api
+        .apply(pb::ApplyRequest {
+            manifest: mirror_manifest("mirrored", "lb"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(
+        error.message(),
+        r#"spec.analysis.mirror: ingress "lb" (haproxy) cannot mirror traffic"#
+    );
+    let missing = api
+        .get(pb::GetRequest {
+            r#ref: Some(pb::RolloutRef::new("test", "mirrored")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.code(),
+        Code::NotFound,
+        "a refused spec is not stored"
+    );
+
+    // A weighted canary is within HAProxy's means.
+    api.apply(pb::ApplyRequest {
+        manifest: canary_manifest("weighted", 10, 50, 1).replace("name: edge", "name: lb"),
+    })
+    .await
+    .unwrap();
+
+    // No agent has published for "edge": accepted (the agent refuses at apply time instead).
+    api.apply(pb::ApplyRequest {
+        manifest: mirror_manifest("unregistered", "edge"),
+    })
+    .await
+    .unwrap();
+
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
+}
