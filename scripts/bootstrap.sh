@@ -16,6 +16,8 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 # --- Debian packages -------------------------------------------------------------------------
 debs=()
 command -v protoc >/dev/null 2>&1 || debs+=(protobuf-compiler)
+command -v openssl >/dev/null 2>&1 || debs+=(openssl)
+command -v curl >/dev/null 2>&1 || debs+=(curl)
 [ -x /usr/bin/prometheus ] || debs+=(prometheus)
 [ -x /usr/sbin/nginx ] || debs+=(nginx)
 [ -x /usr/sbin/haproxy ] || debs+=(haproxy)

@@ -61,6 +61,8 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
     if args.ca_file.is_some() || args.server.starts_with("https://") {
+        // Two rustls back-ends are linked (ring for tonic, aws-lc-rs for reqwest): pick one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut tls = ClientTlsConfig::new();
         if let Some(path) = &args.ca_file {
             let pem = std::fs::read(path)

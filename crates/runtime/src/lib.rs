@@ -10,6 +10,15 @@ pub mod admin;
 pub mod shutdown;
 pub mod telemetry;
 
+/// Selects rustls' `ring` provider for the whole process.
+///
+/// The dependency tree enables two rustls crypto back-ends (tonic uses `ring`, reqwest brings
+/// `aws-lc-rs`), and rustls then refuses to guess; every process that serves or dials TLS calls
+/// this first. Calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 use std::net::SocketAddr;
 
 /// Flags every service takes, flattened into its own clap struct.

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod capabilities;
 pub mod convert;
 pub mod driver;
 pub mod effects;
@@ -79,6 +80,7 @@ pub struct Config {
 /// Fails when NATS, the admin port or the gRPC port cannot be reached or bound, or a TLS or
 /// tokens file cannot be read.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    aviary_runtime::install_crypto_provider();
     let mut registry = aviary_runtime::admin::registry();
     let metrics = metrics::Metrics::register(&mut registry);
     let bus_metrics = aviary_bus::BusMetrics::register(&mut registry);
