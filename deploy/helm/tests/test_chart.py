@@ -27,17 +27,17 @@ ROUTER_PROVIDER_RULES = {
     "gatewayApi": {
         "apiGroups": ["gateway.networking.k8s.io"],
         "resources": ["httproutes"],
-        "verbs": ["get", "list", "watch", "patch"],
+        "verbs": ["create", "get", "list", "watch", "patch"],
     },
     "istio": {
         "apiGroups": ["networking.istio.io"],
         "resources": ["virtualservices"],
-        "verbs": ["get", "list", "watch", "patch"],
+        "verbs": ["create", "get", "list", "watch", "patch"],
     },
     "smi": {
         "apiGroups": ["split.smi-spec.io"],
         "resources": ["trafficsplits"],
-        "verbs": ["get", "list", "watch", "patch"],
+        "verbs": ["create", "get", "list", "watch", "patch"],
     },
     "nginxIngress": {
         "apiGroups": ["networking.k8s.io"],
@@ -332,7 +332,7 @@ def test_gateway_api_adds_exactly_httproute_rules(chart: helm.Chart) -> None:
         {
             "apiGroups": ["gateway.networking.k8s.io"],
             "resources": ["httproutes"],
-            "verbs": ["get", "list", "watch", "patch"],
+            "verbs": ["create", "get", "list", "watch", "patch"],
         }
     ]
     groups = {g for rule in router_rules(after) for g in rule["apiGroups"]}
