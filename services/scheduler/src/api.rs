@@ -91,6 +91,55 @@ impl Api {
             })
     }
 
+    /// [`Api::authorize`] for a call about one rollout: a refusal is also written to that
+    /// rollout's audit stream, with the identity when the token was known.
+    async fn authorize_for<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        needs: Role,
+        reference: Option<&pb::RolloutRef>,
+    ) -> Result<Caller, Status> {
+        let refused = match self.authorize(request, method, needs) {
+            Ok(caller) => return Ok(caller),
+            Err(status) => status,
+        };
+        if let Some(reference) = reference {
+            let now = now_ms();
+            let data = aviary_proto::events::EventData {
+                namespace: reference.namespace.clone(),
+                name: reference.name.clone(),
+                reason: format!("{method} refused: {}", refused.message()),
+                actor: match refused.code() {
+                    tonic::Code::PermissionDenied => refused
+                        .message()
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                    _ => "unauthenticated".to_owned(),
+                },
+                ..Default::default()
+            };
+            let id = format!(
+                "{}/{}/refused-{now}-{:08x}",
+                reference.namespace,
+                reference.name,
+                rand::random::<u32>()
+            );
+            let event = aviary_proto::events::AuditEvent::new(
+                aviary_proto::events::EventKind::Refused,
+                id,
+                convert::rfc3339(now),
+                data,
+            );
+            if let Err(error) = self.effects.publish_event(&event).await {
+                warn!(%error, "refusal not audited");
+            }
+        }
+        Err(refused)
+    }
+
     async fn load(
         &self,
         reference: Option<&pb::RolloutRef>,
@@ -250,7 +299,13 @@ impl RolloutService for Api {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Rollout>, Status> {
-        self.authorize(&request, "Get", Role::Read)?;
+        self.authorize_for(
+            &request,
+            "Get",
+            Role::Read,
+            request.get_ref().r#ref.as_ref(),
+        )
+        .await?;
         let entry = self.load(request.get_ref().r#ref.as_ref()).await?;
         Ok(Response::new(convert::rollout(
             &entry.value,
@@ -293,7 +348,13 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.authorize(&request, "Watch", Role::Read)?;
+        self.authorize_for(
+            &request,
+            "Watch",
+            Role::Read,
+            request.get_ref().r#ref.as_ref(),
+        )
+        .await?;
         let entry = self.load(request.get_ref().r#ref.as_ref()).await?;
         let (namespace, name) = (
             entry.value.namespace().to_owned(),
@@ -359,7 +420,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self.authorize(&request, "Pause", Role::Operator)?;
+        let caller = self
+            .authorize_for(
+                &request,
+                "Pause",
+                Role::Operator,
+                request.get_ref().r#ref.as_ref(),
+            )
+            .await?;
         self.command(request.get_ref().r#ref.as_ref(), Command::Pause, caller)
             .await
     }
@@ -368,7 +436,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self.authorize(&request, "Resume", Role::Operator)?;
+        let caller = self
+            .authorize_for(
+                &request,
+                "Resume",
+                Role::Operator,
+                request.get_ref().r#ref.as_ref(),
+            )
+            .await?;
         self.command(request.get_ref().r#ref.as_ref(), Command::Resume, caller)
             .await
     }
@@ -377,7 +452,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self.authorize(&request, "Promote", Role::Operator)?;
+        let caller = self
+            .authorize_for(
+                &request,
+                "Promote",
+                Role::Operator,
+                request.get_ref().r#ref.as_ref(),
+            )
+            .await?;
         let full = request.get_ref().full;
         self.command(
             request.get_ref().r#ref.as_ref(),
@@ -391,7 +473,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self.authorize(&request, "Abort", Role::Operator)?;
+        let caller = self
+            .authorize_for(
+                &request,
+                "Abort",
+                Role::Operator,
+                request.get_ref().r#ref.as_ref(),
+            )
+            .await?;
         self.command(request.get_ref().r#ref.as_ref(), Command::Abort, caller)
             .await
     }
@@ -400,7 +489,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self.authorize(&request, "Approve", Role::Operator)?;
+        let caller = self
+            .authorize_for(
+                &request,
+                "Approve",
+                Role::Operator,
+                request.get_ref().r#ref.as_ref(),
+            )
+            .await?;
         self.command(request.get_ref().r#ref.as_ref(), Command::Approve, caller)
             .await
     }
@@ -409,7 +505,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self.authorize(&request, "Retry", Role::Operator)?;
+        let caller = self
+            .authorize_for(
+                &request,
+                "Retry",
+                Role::Operator,
+                request.get_ref().r#ref.as_ref(),
+            )
+            .await?;
         self.command(request.get_ref().r#ref.as_ref(), Command::Retry, caller)
             .await
     }
@@ -418,7 +521,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::SetWeightRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self.authorize(&request, "SetWeight", Role::Operator)?;
+        let caller = self
+            .authorize_for(
+                &request,
+                "SetWeight",
+                Role::Operator,
+                request.get_ref().r#ref.as_ref(),
+            )
+            .await?;
         let weight = request.get_ref().weight;
         let weight = u8::try_from(weight)
             .ok()

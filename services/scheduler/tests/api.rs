@@ -157,6 +157,32 @@ async fn tokens_gate_the_api_by_role() {
         .insert("authorization", "Bearer operator-token".parse().unwrap());
     assert!(client.apply(apply).await.unwrap().into_inner().changed);
 
+    // A reader may not abort; the refusal is on the rollout's audit stream with who tried.
+    let mut abort = tonic::Request::new(pb::CommandRequest {
+        r#ref: Some(pb::RolloutRef::new("test", "podinfo")),
+        reason: String::new(),
+    });
+    abort
+        .metadata_mut()
+        .insert("authorization", "Bearer reader-token".parse().unwrap());
+    assert_eq!(
+        client.abort(abort).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let nats_client = nats.client().await.unwrap();
+    let refused =
+        aviary_testkit::eventually(std::time::Duration::from_secs(5), "refusal audited", || {
+            let nats_client = nats_client.clone();
+            async move {
+                audit_events(&nats_client, "podinfo")
+                    .await
+                    .into_iter()
+                    .find(|e| e["type"] == "dev.aviary.rollout.refused")
+            }
+        })
+        .await;
+    assert_eq!(refused["data"]["actor"], "auditor", "{refused:#}");
+
     shutdown.cancel();
     scheduler.await.unwrap().unwrap();
 }
