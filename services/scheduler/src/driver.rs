@@ -146,6 +146,7 @@ async fn run(
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if !driver.entry.value.needs_driver() {
+            driver.settle_outbox().await;
             driver.shared.leases.release(&driver.held).await;
             info!(phase = %driver.entry.value.status.phase, "rollout settled; released");
             return Exit::Done;
@@ -456,6 +457,34 @@ impl Driver {
             }
         }
         self.publish_outbox().await;
+    }
+
+    /// Drops published events from the stored outbox before letting the rollout go, so a later
+    /// owner (perhaps long after the stream's duplicate window) never publishes them again.
+    async fn settle_outbox(&mut self) {
+        let mut next = self.entry.value.clone();
+        let before = next.outbox.len();
+        next.outbox.retain(|e| !self.published.contains(&e.id));
+        if next.outbox.len() == before {
+            return;
+        }
+        match self
+            .shared
+            .records
+            .update(&self.key, &next, self.entry.revision)
+            .await
+        {
+            Ok(revision) => {
+                self.entry = Entry {
+                    key: self.key.clone(),
+                    value: next,
+                    revision,
+                }
+            }
+            // Someone changed the record (a new Apply): the next owner sees the outbox and the
+            // stream de-duplicates what it re-sends within the window.
+            Err(error) => debug!(%error, "outbox not trimmed"),
+        }
     }
 
     /// Publishes undelivered audit events in order; stops at the first failure (the rest stay

@@ -94,6 +94,26 @@ async fn healthy_canary_is_promoted_and_every_transition_is_audited_once() {
             .all(|e| e["specversion"] == "1.0" && e["subject"] == "test/podinfo")
     );
 
+    // Once settled, the stored outbox holds nothing already published, so no later owner can
+    // publish an event twice.
+    let js = async_nats::jetstream::new(client.clone());
+    let records = js
+        .get_key_value(aviary_bus::names::BUCKET_ROLLOUTS)
+        .await
+        .unwrap();
+    aviary_testkit::eventually(Duration::from_secs(10), "outbox trimmed", || {
+        let records = records.clone();
+        async move {
+            let raw = records.get("test.podinfo").await.ok()??;
+            let record: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+            record["outbox"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+                .then_some(())
+        }
+    })
+    .await;
+
     shutdown.cancel();
     scheduler.await.unwrap().unwrap();
 }
