@@ -21,6 +21,7 @@ command -v curl >/dev/null 2>&1 || debs+=(curl)
 [ -x /usr/bin/prometheus ] || debs+=(prometheus)
 [ -x /usr/sbin/nginx ] || debs+=(nginx)
 [ -x /usr/sbin/haproxy ] || debs+=(haproxy)
+[ -x /usr/bin/victoria-metrics ] || debs+=(victoria-metrics)
 if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     log "need root (or sudo) to install: ${debs[*]}"; exit 1

@@ -10,6 +10,7 @@
 pub mod decode;
 pub mod duration;
 pub mod error;
+pub mod judge;
 pub mod machine;
 pub mod plan;
 pub mod spec;

@@ -19,6 +19,7 @@ pub mod nginx;
 mod process;
 pub mod prometheus;
 mod service;
+pub mod victoria;
 
 use std::future::Future;
 use std::path::PathBuf;

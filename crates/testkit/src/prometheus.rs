@@ -41,9 +41,9 @@ pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 /// Something for Prometheus to scrape.
 #[derive(Debug, Clone)]
 pub struct ScrapeTarget {
-    job: String,
-    address: String,
-    metrics_path: String,
+    pub(crate) job: String,
+    pub(crate) address: String,
+    pub(crate) metrics_path: String,
 }
 
 impl ScrapeTarget {
@@ -223,7 +223,7 @@ fn is_port_clash(error: &TestkitError) -> bool {
 
 /// A minimal HTTP/1.0 GET (the server closes the connection, so the body is the rest of the
 /// stream): the testkit needs no HTTP client dependency for two endpoints.
-async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+pub(crate) async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let fetch = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream
@@ -247,7 +247,7 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
         .unwrap_or_else(|_| Err(std::io::Error::other("timed out")))
 }
 
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for byte in s.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

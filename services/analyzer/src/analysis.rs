@@ -14,14 +14,18 @@ use aviary_proto::naming::cluster_name;
 use aviary_proto::{AnalysisRequest, MetricCheck, MetricResult, Outcome, Verdict, WebhookResult};
 use futures::future::join_all;
 
-use crate::builtin::{Builtin, Mesh, request_count_template};
+use aviary_core::judge::{AlphaBudget, Counts, DEFAULT_RATE_TOLERANCE, Decision};
+
+use crate::builtin::{Builtin, Mesh, request_count_template, run_count_templates};
 use crate::dedupe::{PerBackendLimit, SingleFlight};
-use crate::judge::{Criteria, Measured, NoDataPolicy, Observation, fold, judge};
+use crate::judge::{
+    Criteria, Measured, NoDataPolicy, Observation, Sample, fold, judge, sequential_rates,
+};
 use crate::metrics::{
     AnalyzerMetrics, OutcomeLabels, ProviderLabels, QueryLabels, WebhookLabels, outcome_label,
 };
-use crate::provider::ProviderError;
 use crate::provider::prometheus::{Prometheus, PrometheusConfig};
+use crate::provider::{Backend, ProviderError, VendorConfig, Vendors, Window};
 use crate::template::{Variables, prometheus_duration, render};
 use crate::webhook::{Hook, HookType, Payload, WebhookClient};
 
@@ -43,7 +47,7 @@ pub struct AnalyzerOptions {
     pub webhooks: WebhookClient,
 }
 
-type QueryKey = (String, String, i64);
+type QueryKey = (String, String, Window);
 
 /// Judges analysis requests. Cheap to share (`Arc`); stateless between requests.
 #[derive(Debug)]
@@ -51,6 +55,7 @@ pub struct Analyzer {
     default: Prometheus,
     defaults: PrometheusConfig,
     others: Mutex<HashMap<String, Prometheus>>,
+    vendors: Vendors,
     mesh: Mesh,
     flight: SingleFlight<QueryKey, Measured>,
     limits: PerBackendLimit,
@@ -84,12 +89,20 @@ impl Analyzer {
             default: Prometheus::new(&options.prometheus)?,
             defaults: options.prometheus,
             others: Mutex::new(HashMap::new()),
+            vendors: Vendors::default(),
             mesh: options.mesh,
             flight: SingleFlight::default(),
             limits: PerBackendLimit::new(options.max_in_flight_per_backend),
             webhooks: options.webhooks,
             metrics,
         })
+    }
+
+    /// Sets up the Datadog, New Relic and Graphite clients (credentials, default URLs).
+    #[must_use]
+    pub fn with_vendors(mut self, vendors: VendorConfig) -> Self {
+        self.vendors = Vendors::new(vendors);
+        self
     }
 
     /// The analyzer's metrics.
@@ -119,9 +132,14 @@ impl Analyzer {
 
     async fn judge_request(&self, request: &AnalysisRequest) -> Verdict {
         let metrics = join_all(request.metrics.iter().map(|m| self.metric(request, m)));
+        let metrics = async {
+            let judged: Vec<(MetricResult, Option<Decision>)> = metrics.await;
+            judged
+        };
         let hooks = join_all(request.webhooks.iter().map(|h| self.webhook(request, h)));
-        let (metrics, webhooks): (Vec<MetricResult>, Vec<WebhookResult>) =
-            futures::join!(metrics, hooks);
+        let (judged, webhooks) = futures::join!(metrics, hooks);
+        let decisions: Vec<Option<Decision>> = judged.iter().map(|(_, d)| *d).collect();
+        let metrics: Vec<MetricResult> = judged.into_iter().map(|(m, _)| m).collect();
         let folded_hooks = webhooks.iter().filter(|w| {
             w.r#type
                 .parse::<HookType>()
@@ -134,9 +152,7 @@ impl Analyzer {
                 .map(MetricResult::outcome)
                 .chain(folded_hooks.map(WebhookResult::outcome)),
         );
-        let decisive = webhooks
-            .iter()
-            .any(|w| w.r#type == "rollback" && w.outcome() == Outcome::Fail);
+        let decisive = decisive(outcome, &decisions, &webhooks);
         Verdict {
             rollout: request.rollout.clone(),
             generation: request.generation,
@@ -149,18 +165,25 @@ impl Analyzer {
         }
     }
 
-    async fn metric(&self, request: &AnalysisRequest, check: &MetricCheck) -> MetricResult {
+    async fn metric(
+        &self,
+        request: &AnalysisRequest,
+        check: &MetricCheck,
+    ) -> (MetricResult, Option<Decision>) {
         match self.metric_inner(request, check).await {
-            Ok(result) => result,
-            Err(reason) => MetricResult {
-                name: check.name.clone(),
-                value: None,
-                min: check.min,
-                max: check.max,
-                primary_value: None,
-                outcome: Outcome::Error as i32,
-                reason,
-            },
+            Ok(judged) => judged,
+            Err(reason) => (
+                MetricResult {
+                    name: check.name.clone(),
+                    value: None,
+                    min: check.min,
+                    max: check.max,
+                    primary_value: None,
+                    outcome: Outcome::Error as i32,
+                    reason,
+                },
+                None,
+            ),
         }
     }
 
@@ -168,17 +191,14 @@ impl Analyzer {
         &self,
         request: &AnalysisRequest,
         check: &MetricCheck,
-    ) -> Result<MetricResult, String> {
+    ) -> Result<(MetricResult, Option<Decision>), String> {
         let on_no_data: NoDataPolicy = check.on_no_data.parse()?;
-        match check.judge.as_str() {
-            "" | "threshold" | "primary" => {}
+        let sequential = match check.judge.as_str() {
+            "" | "threshold" | "primary" => false,
+            "sequential" => true,
             other => return Err(format!("unsupported judge `{other}`")),
-        }
-        let provider = match check.provider_type.to_ascii_lowercase().as_str() {
-            "" | "prometheus" => "prometheus",
-            "victoriametrics" => "victoriametrics",
-            other => return Err(format!("unsupported metrics provider `{other}`")),
         };
+        let provider = crate::provider::kind(check)?;
         let builtin = Builtin::from_name(&check.name);
         let mesh = match request.variables.get("mesh") {
             Some(mesh) => mesh.parse::<Mesh>()?,
@@ -203,6 +223,19 @@ impl Analyzer {
             min_requests: check.min_requests,
             lower_is_worse: builtin.is_some_and(Builtin::lower_is_worse),
         };
+        let decision = if sequential {
+            let (result, decision) = self
+                .sequential(request, check, builtin, mesh, provider)
+                .await?;
+            // `continue` neither promotes early nor halts: the window's threshold part (if
+            // any) decides this step, as it would without the sequential judge.
+            if decision != Decision::Continue || !criteria.has_bound() {
+                return Ok((result, Some(decision)));
+            }
+            Some(decision)
+        } else {
+            None
+        };
 
         let window_ms = (request.window_end_ms - request.window_start_ms).unsigned_abs();
         let range_ms = if check.interval_ms > 0 {
@@ -224,8 +257,11 @@ impl Analyzer {
             None
         };
 
-        let backend = self.backend(&check.provider_address)?;
-        let at = request.window_end_ms;
+        let backend = self.backend(provider, &check.provider_address)?;
+        let at = Window {
+            start_ms: request.window_end_ms.saturating_sub_unsigned(range_ms),
+            end_ms: request.window_end_ms,
+        };
         let (canary, primary, requests) = futures::join!(
             self.sample(&backend, provider, &canary_query, at),
             async {
@@ -255,18 +291,108 @@ impl Analyzer {
             reason = %result.reason,
             "metric judged"
         );
-        Ok(result)
+        Ok((result, decision))
     }
 
-    fn backend(&self, address: &str) -> Result<Prometheus, String> {
+    /// Judges a `judge: sequential` metric on counts since the run started.
+    async fn sequential(
+        &self,
+        request: &AnalysisRequest,
+        check: &MetricCheck,
+        builtin: Option<Builtin>,
+        mesh: Mesh,
+        provider: &str,
+    ) -> Result<(MetricResult, Decision), String> {
+        if builtin != Some(Builtin::RequestSuccessRate) || !check.query.is_empty() {
+            return Err(format!(
+                "judge: sequential is supported for the built-in request-success-rate only, not `{}`",
+                check.name
+            ));
+        }
+        let run_start: i64 = request
+            .variables
+            .get("run_start_ms")
+            .ok_or("judge: sequential needs the run's start (variable run_start_ms)")?
+            .parse()
+            .map_err(|_| "variable run_start_ms is not a number".to_owned())?;
+        if run_start >= request.window_end_ms {
+            return Err(format!(
+                "run start {run_start} is not before the window end {}",
+                request.window_end_ms
+            ));
+        }
+        let alpha = match request.variables.get("judge_alpha") {
+            Some(a) => a
+                .parse::<f64>()
+                .ok()
+                .and_then(AlphaBudget::new)
+                .ok_or_else(|| format!("judge_alpha `{a}` is not in (0, 1)"))?,
+            None => AlphaBudget::default(),
+        };
+        let sequential_metrics = request
+            .metrics
+            .iter()
+            .filter(|m| m.judge == "sequential")
+            .count();
+        let alpha = alpha.per_metric(sequential_metrics);
+        let tolerance = check
+            .max_delta
+            .map_or(DEFAULT_RATE_TOLERANCE, |points| points / 100.0);
+        let range_ms = (request.window_end_ms - run_start).unsigned_abs();
+        let mut canary_vars = variables(request, range_ms)?;
+        canary_vars.insert("run".into(), prometheus_duration(range_ms));
+        let primary_vars = as_primary(&canary_vars)?;
+        let (all, failed) = run_count_templates(mesh);
+        let render = |t: &str, v: &Variables| render(t, v).map_err(|e| e.to_string());
+        let queries = [
+            render(&all, &canary_vars)?,
+            render(&failed, &canary_vars)?,
+            render(&all, &primary_vars)?,
+            render(&failed, &primary_vars)?,
+        ];
+        let backend = self.backend(provider, &check.provider_address)?;
+        let at = Window {
+            start_ms: request.window_end_ms.saturating_sub_unsigned(range_ms),
+            end_ms: request.window_end_ms,
+        };
+        let measured = join_all(
+            queries
+                .iter()
+                .map(|q| self.sample(&backend, provider, q, at)),
+        )
+        .await;
+        let mut counts = [0u64; 4];
+        for (i, m) in measured.into_iter().enumerate() {
+            counts[i] = match m.map_err(|e| format!("counting query failed: {e}"))? {
+                // increase() extrapolates: counts come back fractional.
+                Sample::Value(v) => v.max(0.0).round() as u64,
+                Sample::NoData => 0,
+            };
+        }
+        Ok(sequential_rates(
+            &check.name,
+            Counts::new(counts[0], counts[1]),
+            Counts::new(counts[2], counts[3]),
+            tolerance,
+            alpha,
+        ))
+    }
+
+    fn backend(&self, provider: &str, address: &str) -> Result<Backend, String> {
+        if !crate::provider::speaks_promql(provider) {
+            return self
+                .vendors
+                .client(provider, address)
+                .map_err(|e| e.to_string());
+        }
         if address.is_empty()
             || address.trim_end_matches('/') == self.defaults.url.trim_end_matches('/')
         {
-            return Ok(self.default.clone());
+            return Ok(Backend::Prometheus(self.default.clone()));
         }
         let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = others.get(address) {
-            return Ok(client.clone());
+            return Ok(Backend::Prometheus(client.clone()));
         }
         // Another address gets the same timeout and TLS settings but not the credentials:
         // a request must not be able to send the default backend's secret elsewhere.
@@ -278,10 +404,10 @@ impl Analyzer {
         };
         let client = Prometheus::new(&config).map_err(|e| e.to_string())?;
         others.insert(address.to_owned(), client.clone());
-        Ok(client)
+        Ok(Backend::Prometheus(client))
     }
 
-    async fn sample(&self, backend: &Prometheus, provider: &str, query: &str, at: i64) -> Measured {
+    async fn sample(&self, backend: &Backend, provider: &str, query: &str, at: Window) -> Measured {
         let key = (backend.endpoint().to_owned(), query.to_owned(), at);
         let (measured, ran) = self
             .flight
@@ -362,6 +488,24 @@ impl Analyzer {
             })
             .inc();
         result
+    }
+}
+
+/// Whether the verdict is for the whole run: a failure that a sequential judge (or a
+/// `rollback` webhook) made decisive, or a pass where every metric is sequential and passed
+/// decisively (and there was at least one).
+fn decisive(outcome: Outcome, decisions: &[Option<Decision>], webhooks: &[WebhookResult]) -> bool {
+    match outcome {
+        Outcome::Fail => {
+            decisions.contains(&Some(Decision::Fail))
+                || webhooks
+                    .iter()
+                    .any(|w| w.r#type == "rollback" && w.outcome() == Outcome::Fail)
+        }
+        Outcome::Pass => {
+            !decisions.is_empty() && decisions.iter().all(|d| *d == Some(Decision::Pass))
+        }
+        _ => false,
     }
 }
 
@@ -510,6 +654,18 @@ mod tests {
         let mut bad = request();
         bad.variables.insert("x".into(), "a\"b".into());
         assert!(variables(&bad, 1000).is_err());
+    }
+
+    #[test]
+    fn decisive_needs_every_metric_sequential_for_a_pass() {
+        use Decision::*;
+        assert!(decisive(Outcome::Fail, &[None, Some(Fail)], &[]));
+        assert!(!decisive(Outcome::Fail, &[None, Some(Continue)], &[]));
+        assert!(decisive(Outcome::Pass, &[Some(Pass), Some(Pass)], &[]));
+        assert!(!decisive(Outcome::Pass, &[Some(Pass), None], &[]));
+        assert!(!decisive(Outcome::Pass, &[Some(Pass), Some(Continue)], &[]));
+        assert!(!decisive(Outcome::Pass, &[], &[]));
+        assert!(!decisive(Outcome::Inconclusive, &[Some(Pass)], &[]));
     }
 
     #[test]

@@ -113,6 +113,26 @@ pub fn request_count_template(mesh: Mesh) -> String {
     )
 }
 
+/// The query templates counting the canary's requests and failed requests (5xx) since the
+/// run started (`{{ run }}`), for the sequential judge: cumulative counts, so no request is
+/// counted twice across looks.
+pub fn run_count_templates(mesh: Mesh) -> (String, String) {
+    let s = selectors(mesh);
+    (
+        format!(
+            "sum(increase({total}{{{sel}}}[{{{{ run }}}}]))",
+            total = s.requests,
+            sel = s.selector
+        ),
+        format!(
+            "sum(increase({total}{{{sel},{fail}}}[{{{{ run }}}}])) or vector(0)",
+            total = s.requests,
+            sel = s.selector,
+            fail = s.failure,
+        ),
+    )
+}
+
 struct Selectors {
     requests: &'static str,
     selector: &'static str,
@@ -216,6 +236,16 @@ mod tests {
             let d = render(&Builtin::RequestDuration.template(mesh), &vars()).unwrap();
             assert!(d.starts_with("histogram_quantile(0.99, "), "{mesh}: {d}");
             let n = render(&request_count_template(mesh), &vars()).unwrap();
+            let mut run_vars = vars();
+            run_vars.insert("run".into(), "25m".into());
+            let (all, failed) = run_count_templates(mesh);
+            let all = render(&all, &run_vars).unwrap();
+            let failed = render(&failed, &run_vars).unwrap();
+            assert!(
+                all.starts_with("sum(increase(") && all.ends_with("[25m]))"),
+                "{all}"
+            );
+            assert!(failed.ends_with("[25m])) or vector(0)"), "{failed}");
             assert!(n.starts_with("sum(increase("), "{mesh}: {n}");
             assert_eq!(mesh.to_string().parse::<Mesh>().unwrap(), mesh);
         }

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use aviary_core::judge::{Counts, Decision, compare_rates};
 use aviary_proto::{MetricResult, Outcome};
 
 /// What one query measured: a number, or nothing (empty vector, NaN, ±Inf).
@@ -113,7 +114,8 @@ impl Criteria {
         self.max_delta.is_some() || self.max_ratio.is_some()
     }
 
-    fn has_bound(&self) -> bool {
+    /// Whether any bound is set (a sequential metric without one passes while it continues).
+    pub fn has_bound(&self) -> bool {
         self.min.is_some() || self.max.is_some() || self.relative()
     }
 }
@@ -258,6 +260,46 @@ fn decide(c: &Criteria, obs: &Observation) -> (Outcome, String) {
         );
     }
     (Outcome::Pass, format!("{value} is within bounds"))
+}
+
+/// Judges a `judge: sequential` error-rate metric on cumulative counts since the run started
+/// (see [`aviary_core::judge::rate`]). `tolerance` is a proportion (0.005 = half a point of
+/// success rate); `alpha` is this metric's share of the rollout's budget.
+///
+/// Returns the result and the judge's decision: `Fail` and `Pass` are decisive (for the whole
+/// run); on `Continue` the caller judges the window's threshold part, if any.
+pub fn sequential_rates(
+    name: &str,
+    canary: Counts,
+    primary: Counts,
+    tolerance: f64,
+    alpha: f64,
+) -> (MetricResult, Decision) {
+    let j = compare_rates(canary, primary, tolerance, alpha);
+    let percent = |c: Counts| (c.trials > 0).then(|| 100.0 * (1.0 - c.rate()));
+    let (lo, hi) = (100.0 * j.difference.lower, 100.0 * j.difference.upper);
+    let tol = 100.0 * tolerance;
+    let (outcome, verdict) = match j.decision {
+        Decision::Fail => (Outcome::Fail, "canary worse by more than the tolerance"),
+        Decision::Pass => (Outcome::Pass, "canary not worse than the tolerance"),
+        Decision::Continue => (Outcome::Pass, "no decision yet"),
+    };
+    let reason = format!(
+        "sequential: {verdict}: canary error rate minus primary's in [{lo:.3}, {hi:.3}] points \
+         (tolerance {tol} points, α {alpha}); {} of {} canary and {} of {} primary requests \
+         failed since the run started",
+        canary.events, canary.trials, primary.events, primary.trials
+    );
+    let result = MetricResult {
+        name: name.to_owned(),
+        value: percent(canary),
+        min: None,
+        max: None,
+        primary_value: percent(primary),
+        outcome: outcome as i32,
+        reason,
+    };
+    (result, j.decision)
 }
 
 /// `worse / better`, where 0/0 is 1 (equal) and x/0 is infinitely worse.
@@ -429,6 +471,36 @@ mod tests {
             requests: None,
         };
         assert_eq!(outcome(&c, &o), Outcome::Error);
+    }
+
+    #[test]
+    fn sequential_rates_decide_for_the_run() {
+        let (r, d) = sequential_rates(
+            "request-success-rate",
+            Counts::new(20_000, 1_100),
+            Counts::new(200_000, 1_000),
+            0.005,
+            0.01,
+        );
+        assert_eq!(
+            (r.outcome(), d),
+            (Outcome::Fail, Decision::Fail),
+            "{}",
+            r.reason
+        );
+        assert!((r.value.unwrap() - 94.5).abs() < 1e-9);
+        assert!((r.primary_value.unwrap() - 99.5).abs() < 1e-9);
+        let (r, d) = sequential_rates("m", Counts::new(30, 1), Counts::new(300, 1), 0.005, 0.01);
+        assert_eq!((r.outcome(), d), (Outcome::Pass, Decision::Continue));
+        assert!(r.reason.contains("no decision yet"), "{}", r.reason);
+        let (_, d) = sequential_rates(
+            "m",
+            Counts::new(100_000, 500),
+            Counts::new(400_000, 2_000),
+            0.005,
+            0.01,
+        );
+        assert_eq!(d, Decision::Pass);
     }
 
     #[test]

@@ -145,6 +145,148 @@ pub struct Config {
     /// Analysis requests handled at once by this worker; more wait in NATS's buffer.
     #[arg(long, env = "AVIARY_MAX_CONCURRENT_ANALYSES", default_value_t = 64)]
     pub max_concurrent_analyses: usize,
+
+    /// Datadog, New Relic and Graphite (metrics with `providerType` set to one of them).
+    #[command(flatten)]
+    pub vendors: VendorArgs,
+}
+
+/// Flags of the non-PromQL metrics vendors. Credentials are sent only to the URL given here.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VendorArgs {
+    /// Datadog API base URL (the site: api.datadoghq.eu, api.us5.datadoghq.com, …).
+    #[arg(long, env = "AVIARY_DATADOG_URL", default_value = provider::datadog::DEFAULT_URL)]
+    pub datadog_url: String,
+
+    /// Datadog API key (`DD-API-KEY`); prefer --datadog-api-key-file.
+    #[arg(long, env = "AVIARY_DATADOG_API_KEY", hide_env_values = true)]
+    pub datadog_api_key: Option<Secret>,
+
+    /// File holding the Datadog API key.
+    #[arg(
+        long,
+        env = "AVIARY_DATADOG_API_KEY_FILE",
+        conflicts_with = "datadog_api_key"
+    )]
+    pub datadog_api_key_file: Option<PathBuf>,
+
+    /// Datadog application key (`DD-APPLICATION-KEY`); prefer the file flag.
+    #[arg(long, env = "AVIARY_DATADOG_APPLICATION_KEY", hide_env_values = true)]
+    pub datadog_application_key: Option<Secret>,
+
+    /// File holding the Datadog application key.
+    #[arg(
+        long,
+        env = "AVIARY_DATADOG_APPLICATION_KEY_FILE",
+        conflicts_with = "datadog_application_key"
+    )]
+    pub datadog_application_key_file: Option<PathBuf>,
+
+    /// NerdGraph base URL (EU: https://api.eu.newrelic.com).
+    #[arg(long, env = "AVIARY_NEWRELIC_URL", default_value = provider::newrelic::DEFAULT_URL)]
+    pub newrelic_url: String,
+
+    /// New Relic account whose data NRQL queries read.
+    #[arg(long, env = "AVIARY_NEWRELIC_ACCOUNT_ID")]
+    pub newrelic_account_id: Option<u64>,
+
+    /// New Relic user API key (`API-Key`); prefer --newrelic-api-key-file.
+    #[arg(long, env = "AVIARY_NEWRELIC_API_KEY", hide_env_values = true)]
+    pub newrelic_api_key: Option<Secret>,
+
+    /// File holding the New Relic user API key.
+    #[arg(
+        long,
+        env = "AVIARY_NEWRELIC_API_KEY_FILE",
+        conflicts_with = "newrelic_api_key"
+    )]
+    pub newrelic_api_key_file: Option<PathBuf>,
+
+    /// graphite-web base URL, for metrics that name no address.
+    #[arg(long, env = "AVIARY_GRAPHITE_URL")]
+    pub graphite_url: Option<String>,
+
+    /// Basic-auth user for Graphite.
+    #[arg(long, env = "AVIARY_GRAPHITE_USER")]
+    pub graphite_user: Option<String>,
+
+    /// Basic-auth password for Graphite; prefer --graphite-password-file.
+    #[arg(long, env = "AVIARY_GRAPHITE_PASSWORD", hide_env_values = true)]
+    pub graphite_password: Option<Secret>,
+
+    /// File holding the Graphite password.
+    #[arg(
+        long,
+        env = "AVIARY_GRAPHITE_PASSWORD_FILE",
+        conflicts_with = "graphite_password"
+    )]
+    pub graphite_password_file: Option<PathBuf>,
+}
+
+impl VendorArgs {
+    /// The vendor clients' settings; reads the credential files.
+    ///
+    /// # Errors
+    /// When a credential file cannot be read (the error names the file, never its content).
+    pub fn vendor_config(&self, timeout: Duration) -> anyhow::Result<provider::VendorConfig> {
+        fn secret(
+            value: Option<&Secret>,
+            file: Option<&PathBuf>,
+            what: &str,
+        ) -> anyhow::Result<Option<Secret>> {
+            match (value, file) {
+                (Some(v), _) => Ok(Some(v.clone())),
+                (None, Some(path)) => Secret::from_file(path)
+                    .map(Some)
+                    .with_context(|| format!("reading {what} from {}", path.display())),
+                (None, None) => Ok(None),
+            }
+        }
+        let graphite_password = secret(
+            self.graphite_password.as_ref(),
+            self.graphite_password_file.as_ref(),
+            "the Graphite password",
+        )?;
+        let graphite_auth = match (&self.graphite_user, graphite_password) {
+            (Some(user), password) => Auth::Basic {
+                username: user.clone(),
+                password: password.unwrap_or_else(|| Secret::new("")),
+            },
+            (None, None) => Auth::None,
+            (None, Some(_)) => anyhow::bail!("a Graphite password needs --graphite-user"),
+        };
+        Ok(provider::VendorConfig {
+            datadog: provider::datadog::DatadogConfig {
+                url: self.datadog_url.clone(),
+                api_key: secret(
+                    self.datadog_api_key.as_ref(),
+                    self.datadog_api_key_file.as_ref(),
+                    "the Datadog API key",
+                )?,
+                application_key: secret(
+                    self.datadog_application_key.as_ref(),
+                    self.datadog_application_key_file.as_ref(),
+                    "the Datadog application key",
+                )?,
+                timeout,
+            },
+            newrelic: provider::newrelic::NewRelicConfig {
+                url: self.newrelic_url.clone(),
+                account_id: self.newrelic_account_id,
+                api_key: secret(
+                    self.newrelic_api_key.as_ref(),
+                    self.newrelic_api_key_file.as_ref(),
+                    "the New Relic API key",
+                )?,
+                timeout,
+            },
+            graphite: provider::graphite::GraphiteConfig {
+                url: self.graphite_url.clone().unwrap_or_default(),
+                auth: graphite_auth,
+                timeout,
+            },
+        })
+    }
 }
 
 impl Config {
@@ -243,8 +385,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let mut registry = aviary_runtime::admin::registry();
     let metrics = AnalyzerMetrics::register(&mut registry);
+    let vendors = config
+        .vendors
+        .vendor_config(Duration::from_millis(config.query_timeout_ms))?;
     let analyzer = Arc::new(
-        Analyzer::new(config.analyzer_options()?, metrics).context("configuring the backend")?,
+        Analyzer::new(config.analyzer_options()?, metrics)
+            .context("configuring the backend")?
+            .with_vendors(vendors),
     );
     let ready = Readiness::default();
     // The admin server outlives the drain, so /readyz reports "not ready" while draining.

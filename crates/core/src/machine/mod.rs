@@ -574,6 +574,16 @@ impl Cx<'_> {
                 self.clear_halt();
                 self.st.iterations_done += 1;
                 self.st.passed_steps.push(self.st.step);
+                if v.early_promote && self.m.spec.analysis.early_promotion {
+                    self.emit(
+                        EventKind::AnalysisPassed,
+                        format!(
+                            "step {} analysis passed decisively: early promotion",
+                            self.st.step + 1
+                        ),
+                    );
+                    return self.begin_promotion();
+                }
                 self.emit(
                     EventKind::AnalysisPassed,
                     format!("step {} analysis passed", self.st.step + 1),

@@ -170,6 +170,7 @@ fn verdict(seq: u64, outcome: Outcome) -> Verdict {
             message: String::new(),
         }],
         fail_fast: false,
+        early_promote: false,
         rollback_requested: false,
     }
 }
@@ -1160,4 +1161,70 @@ proptest! {
         let back: RolloutStatus = serde_json::from_str(&json).expect("deserialize");
         prop_assert_eq!(back, sim.st);
     }
+}
+
+/// Drives the simulation to the first outstanding verdict and returns its seq.
+fn first_verdict_seq(sim: &mut Sim) -> u64 {
+    sim.input(Input::Tick);
+    loop {
+        match sim.st.wait.clone() {
+            Wait::Verdict { seq, .. } => return seq,
+            Wait::Route { seq, .. } => {
+                let r = sim.st.route.clone().expect("route");
+                sim.input(Input::RouteConfirmed {
+                    seq,
+                    observed: ObservedSplit {
+                        canary_weight: r.canary_weight,
+                        primary_weight: r.primary_weight,
+                        mirror_percent: 0,
+                    },
+                });
+            }
+            _ => {
+                sim.now = sim.st.next_tick_at_ms.expect("tick");
+                sim.input(Input::Tick);
+            }
+        }
+    }
+}
+
+#[test]
+fn decisive_pass_promotes_early_only_when_the_spec_allows() {
+    for allowed in [true, false] {
+        let mut spec = canary(50, 10, 5);
+        spec.analysis.early_promotion = allowed;
+        let mut sim = Sim::new(spec);
+        let seq = first_verdict_seq(&mut sim);
+        assert_eq!(sim.st.step, 0);
+        let mut v = verdict(seq, Outcome::Pass);
+        v.early_promote = true;
+        sim.input(Input::Verdict(v));
+        if allowed {
+            assert_eq!(sim.st.phase, Phase::Promoting, "skips steps 2..5");
+            assert!(matches!(sim.routes().last(), Some(r) if r.canary_weight == 100));
+        } else {
+            assert_eq!(sim.st.phase, Phase::Progressing);
+            assert_eq!(sim.st.step, 1, "walks to the next step as usual");
+        }
+    }
+    // A plain pass never promotes early, even when allowed.
+    let mut spec = canary(50, 10, 5);
+    spec.analysis.early_promotion = true;
+    let mut sim = Sim::new(spec);
+    let seq = first_verdict_seq(&mut sim);
+    sim.input(Input::Verdict(verdict(seq, Outcome::Pass)));
+    assert_eq!(sim.st.phase, Phase::Progressing);
+    assert_eq!(sim.st.step, 1);
+}
+
+#[test]
+fn early_promotion_still_asks_the_confirm_promotion_gate() {
+    let mut spec = canary(50, 10, 5).webhook("ship", WebhookType::ConfirmPromotion);
+    spec.analysis.early_promotion = true;
+    let mut sim = Sim::new(spec);
+    let seq = first_verdict_seq(&mut sim);
+    let mut v = verdict(seq, Outcome::Pass);
+    v.early_promote = true;
+    sim.input(Input::Verdict(v));
+    assert_eq!(sim.st.phase, Phase::WaitingPromotion);
 }

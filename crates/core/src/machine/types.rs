@@ -200,6 +200,10 @@ pub struct Verdict {
     /// The sequential judge is confident the canary is worse: roll back now.
     #[serde(default)]
     pub fail_fast: bool,
+    /// The sequential judge is confident the canary is not worse than its tolerance on every
+    /// metric: with `earlyPromotion: true`, promote without walking the remaining steps.
+    #[serde(default)]
+    pub early_promote: bool,
     /// A `rollback` webhook answered 2xx: roll back now.
     #[serde(default)]
     pub rollback_requested: bool,
