@@ -86,13 +86,22 @@ impl Builtin {
     pub fn template(self, mesh: Mesh) -> String {
         let s = selectors(mesh);
         match self {
-            Self::RequestSuccessRate => format!(
-                "100 * (1 - ((sum(rate({total}{{{sel},{fail}}}[{{{{ interval }}}}])) or vector(0)) \
-                 / sum(rate({total}{{{sel}}}[{{{{ interval }}}}]))))",
-                total = s.requests,
-                sel = s.selector,
-                fail = s.failure,
-            ),
+            Self::RequestSuccessRate => match s.completed {
+                Some(completed) => format!(
+                    "100 * ((sum(rate({total}{{{sel},{ok}}}[{{{{ interval }}}}])) or vector(0)) \
+                     / sum(rate({completed}{{{sel}}}[{{{{ interval }}}}])))",
+                    total = s.requests,
+                    sel = s.selector,
+                    ok = s.failure.replacen('=', "!=", 1),
+                ),
+                None => format!(
+                    "100 * (1 - ((sum(rate({total}{{{sel},{fail}}}[{{{{ interval }}}}])) or vector(0)) \
+                     / sum(rate({total}{{{sel}}}[{{{{ interval }}}}]))))",
+                    total = s.requests,
+                    sel = s.selector,
+                    fail = s.failure,
+                ),
+            },
             Self::RequestDuration => format!(
                 "histogram_quantile(0.99, sum by (le) (rate({bucket}{{{sel}}}[{{{{ interval }}}}]))){scale}",
                 bucket = s.bucket,
@@ -108,7 +117,7 @@ pub fn request_count_template(mesh: Mesh) -> String {
     let s = selectors(mesh);
     format!(
         "sum(increase({total}{{{sel}}}[{{{{ interval }}}}]))",
-        total = s.requests,
+        total = s.completed.unwrap_or(s.requests),
         sel = s.selector
     )
 }
@@ -118,23 +127,44 @@ pub fn request_count_template(mesh: Mesh) -> String {
 /// counted twice across looks.
 pub fn run_count_templates(mesh: Mesh) -> (String, String) {
     let s = selectors(mesh);
-    (
-        format!(
-            "sum(increase({total}{{{sel}}}[{{{{ run }}}}]))",
-            total = s.requests,
-            sel = s.selector
+    match s.completed {
+        // Failures are what completed without a non-5xx answer, for the reason on `completed`.
+        Some(completed) => (
+            format!(
+                "sum(increase({completed}{{{sel}}}[{{{{ run }}}}]))",
+                sel = s.selector
+            ),
+            format!(
+                "clamp_min(sum(increase({completed}{{{sel}}}[{{{{ run }}}}])) \
+                 - (sum(increase({total}{{{sel},{ok}}}[{{{{ run }}}}])) or vector(0)), 0)",
+                total = s.requests,
+                sel = s.selector,
+                ok = s.failure.replacen('=', "!=", 1),
+            ),
         ),
-        format!(
-            "sum(increase({total}{{{sel},{fail}}}[{{{{ run }}}}])) or vector(0)",
-            total = s.requests,
-            sel = s.selector,
-            fail = s.failure,
+        None => (
+            format!(
+                "sum(increase({total}{{{sel}}}[{{{{ run }}}}]))",
+                total = s.requests,
+                sel = s.selector
+            ),
+            format!(
+                "sum(increase({total}{{{sel},{fail}}}[{{{{ run }}}}])) or vector(0)",
+                total = s.requests,
+                sel = s.selector,
+                fail = s.failure,
+            ),
         ),
-    )
+    }
 }
 
 struct Selectors {
     requests: &'static str,
+    /// A counter of every completed request that exists from the moment the backend does
+    /// (Envoy's `upstream_rq_completed`). Per-class counters such as the 5xx one appear only
+    /// with their first request, so a 5xx series born inside a window has too few samples for
+    /// `rate()`; dividing the successes by this counter instead never hides those errors.
+    completed: Option<&'static str>,
     selector: &'static str,
     failure: &'static str,
     bucket: &'static str,
@@ -145,6 +175,7 @@ fn selectors(mesh: Mesh) -> Selectors {
     match mesh {
         Mesh::Envoy => Selectors {
             requests: "envoy_cluster_upstream_rq_xx",
+            completed: Some("envoy_cluster_upstream_rq_completed"),
             selector: r#"envoy_cluster_name="{{ canary_cluster }}""#,
             failure: r#"envoy_response_code_class="5""#,
             bucket: "envoy_cluster_upstream_rq_time_bucket",
@@ -152,6 +183,7 @@ fn selectors(mesh: Mesh) -> Selectors {
         },
         Mesh::Contour | Mesh::GatewayApi => Selectors {
             requests: "envoy_cluster_upstream_rq_xx",
+            completed: Some("envoy_cluster_upstream_rq_completed"),
             // Service names are DNS labels (no `_`), so `<ns>_<svc>_` cannot match another
             // service that merely starts with the same name.
             selector: r#"envoy_cluster_name=~"{{ namespace }}_{{ canary }}_[0-9a-zA-Z_-]+""#,
@@ -161,6 +193,7 @@ fn selectors(mesh: Mesh) -> Selectors {
         },
         Mesh::Istio => Selectors {
             requests: "istio_requests_total",
+            completed: None,
             selector: r#"reporter="destination",destination_workload_namespace="{{ namespace }}",destination_workload="{{ canary }}""#,
             failure: r#"response_code=~"5..""#,
             bucket: "istio_request_duration_milliseconds_bucket",
@@ -168,6 +201,7 @@ fn selectors(mesh: Mesh) -> Selectors {
         },
         Mesh::Linkerd => Selectors {
             requests: "response_total",
+            completed: None,
             selector: r#"namespace="{{ namespace }}",deployment="{{ canary }}",direction="inbound""#,
             failure: r#"status_code=~"5..""#,
             bucket: "response_latency_ms_bucket",
@@ -175,6 +209,7 @@ fn selectors(mesh: Mesh) -> Selectors {
         },
         Mesh::Nginx => Selectors {
             requests: "nginx_ingress_controller_requests",
+            completed: None,
             // By upstream service: the canary's traffic goes through a separate canary
             // ingress object, so the `ingress` label would split it from the primary's.
             selector: r#"namespace="{{ namespace }}",service="{{ canary }}""#,
@@ -207,7 +242,7 @@ mod tests {
         let q = render(&Builtin::RequestSuccessRate.template(Mesh::Envoy), &vars()).unwrap();
         assert_eq!(
             q,
-            r#"100 * (1 - ((sum(rate(envoy_cluster_upstream_rq_xx{envoy_cluster_name="test_podinfo-v2",envoy_response_code_class="5"}[30s])) or vector(0)) / sum(rate(envoy_cluster_upstream_rq_xx{envoy_cluster_name="test_podinfo-v2"}[30s]))))"#
+            r#"100 * ((sum(rate(envoy_cluster_upstream_rq_xx{envoy_cluster_name="test_podinfo-v2",envoy_response_code_class!="5"}[30s])) or vector(0)) / sum(rate(envoy_cluster_upstream_rq_completed{envoy_cluster_name="test_podinfo-v2"}[30s])))"#
         );
     }
 
@@ -231,7 +266,7 @@ mod tests {
             Mesh::GatewayApi,
         ] {
             let sr = render(&Builtin::RequestSuccessRate.template(mesh), &vars()).unwrap();
-            assert!(sr.starts_with("100 * (1 - ((sum(rate("), "{mesh}: {sr}");
+            assert!(sr.starts_with("100 * ("), "{mesh}: {sr}");
             assert!(sr.contains("or vector(0)"), "{mesh}: {sr}");
             let d = render(&Builtin::RequestDuration.template(mesh), &vars()).unwrap();
             assert!(d.starts_with("histogram_quantile(0.99, "), "{mesh}: {d}");
@@ -245,7 +280,11 @@ mod tests {
                 all.starts_with("sum(increase(") && all.ends_with("[25m]))"),
                 "{all}"
             );
-            assert!(failed.ends_with("[25m])) or vector(0)"), "{failed}");
+            assert!(
+                failed.ends_with("[25m])) or vector(0)")
+                    || failed.ends_with("[25m])) or vector(0)), 0)"),
+                "{failed}"
+            );
             assert!(n.starts_with("sum(increase("), "{mesh}: {n}");
             assert_eq!(mesh.to_string().parse::<Mesh>().unwrap(), mesh);
         }

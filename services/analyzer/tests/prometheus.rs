@@ -133,6 +133,39 @@ async fn windows_never_mix_steps() {
     assert_eq!(before.outcome(), Outcome::Pass);
 }
 
+/// Envoy creates a cluster's 5xx counter with its first 5xx: a window in which errors begin
+/// holds too few samples of that series for `rate()`. The success rate must still see them
+/// (it divides successes by the always-present completed counter), never read 100 %.
+#[tokio::test]
+async fn errors_that_begin_inside_the_window_are_not_hidden() {
+    let (fake, prom) = stack(Rates::new(1000.0, 0.0), Rates::new(1000.0, 0.0)).await;
+    fake.wait_scrapes(2).await;
+    let switched = now_ms();
+    fake.set_rates(CANARY, Rates::new(1000.0, 50.0));
+    // The first sample of the new 5xx series has arrived: exactly the case `rate()` cannot see.
+    prom.wait_for_data(
+        &format!(
+            "count_over_time(envoy_cluster_upstream_rq_xx{{envoy_cluster_name=\"{CANARY}\",envoy_response_code_class=\"5\"}}[1m]) >= 1"
+        ),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let end = now_ms();
+    let verdict = analyzer(&prom.url())
+        .analyze(&request(
+            switched - 3_000,
+            end,
+            vec![success_rate_min(99.0)],
+        ))
+        .await;
+    assert!(
+        verdict.metrics[0].value.is_some_and(|v| v < 99.0),
+        "{verdict:?}"
+    );
+    assert_eq!(verdict.outcome(), Outcome::Fail, "{verdict:?}");
+}
+
 #[tokio::test]
 async fn no_data_too_few_requests_and_unusable_results() {
     let (_fake, prom) = stack(Rates::new(100.0, 0.0), Rates::new(100.0, 0.0)).await;
@@ -184,7 +217,8 @@ async fn no_data_too_few_requests_and_unusable_results() {
     };
     let custom = MetricCheck {
         name: "errors".into(),
-        query: "sum(increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name=\"{{ canary_cluster }}\",envoy_response_code_class=\"5\"}[{{ window }}]))".into(),
+        // Envoy has no 5xx series until the first 5xx, so "no errors" is written with a default.
+        query: "sum(increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name=\"{{ canary_cluster }}\",envoy_response_code_class=\"5\"}[{{ window }}])) or vector(0)".into(),
         max: Some(0.0),
         ..MetricCheck::default()
     };

@@ -142,9 +142,19 @@ async fn render(State(state): State<Arc<Mutex<FakeState>>>) -> String {
             "envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"2\",envoy_cluster_name=\"{name}\"}} {}\n",
             c.ok
         ));
+        // Like Envoy, the 5xx series exists only once a 5xx happened.
+        if c.err > 0.0 {
+            out.push_str(&format!(
+                "envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",envoy_cluster_name=\"{name}\"}} {}\n",
+                c.err
+            ));
+        }
+    }
+    out.push_str("# TYPE envoy_cluster_upstream_rq_completed counter\n");
+    for (name, c) in &s.clusters {
         out.push_str(&format!(
-            "envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",envoy_cluster_name=\"{name}\"}} {}\n",
-            c.err
+            "envoy_cluster_upstream_rq_completed{{envoy_cluster_name=\"{name}\"}} {}\n",
+            c.ok + c.err
         ));
     }
     out.push_str("# TYPE envoy_cluster_upstream_rq_time histogram\n");
