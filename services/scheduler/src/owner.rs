@@ -12,12 +12,15 @@ use async_nats::jetstream::kv;
 use aviary_bus::names;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::convert::now_ms;
 use crate::driver::{self, Exit, Handle, Shared};
 use crate::metrics::{PhaseLabel, RolloutLabel};
-use crate::record::RolloutRecord;
+use crate::record::RecordSummary;
+
+/// Lease acquisitions in flight at once during a scan.
+const ACQUIRE_CONCURRENCY: usize = 64;
 
 /// What the watch has seen of each rollout: whether it needs an owner.
 type Index = Arc<Mutex<HashMap<String, bool>>>;
@@ -52,7 +55,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 let key = entry.key.clone();
                 let needs = match entry.operation {
                     kv::Operation::Put => {
-                        match serde_json::from_slice::<RolloutRecord>(&entry.value) {
+                        match serde_json::from_slice::<RecordSummary>(&entry.value) {
                             Ok(record) => {
                                 let phase = record.status.phase.to_string();
                                 if let Some(old) = phases.insert(key.clone(), phase.clone()) {
@@ -65,11 +68,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                                 metrics
                                     .canary_weight
                                     .get_or_create(&RolloutLabel {
-                                        rollout: format!(
-                                            "{}/{}",
-                                            record.namespace(),
-                                            record.name()
-                                        ),
+                                        // Keys are `<namespace>.<name>`, neither with a dot.
+                                        rollout: key.replacen('.', "/", 1),
                                     })
                                     .set(i64::from(record.status.canary_weight));
                                 record.needs_driver()
@@ -90,9 +90,16 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .get(&key)
-                    .map(|h| h.wake.clone());
-                if let Some(wake) = driven {
-                    let _ = wake.try_send(());
+                    .map(|h| h.seen.clone());
+                if let Some(seen) = driven {
+                    let revision = entry.revision;
+                    seen.send_if_modified(|latest| {
+                        let newer = revision > *latest;
+                        if newer {
+                            *latest = revision;
+                        }
+                        newer
+                    });
                 } else if needs && was != Some(true) {
                     scan_now.notify_one();
                 }
@@ -163,10 +170,22 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .map(|(k, _)| k.clone())
                 .collect()
         };
-        for key in candidates {
-            match shared.leases.acquire(&key, now_ms()).await {
+        // Leases are taken concurrently: after a replica dies, the survivors must take over
+        // thousands of rollouts within a lease period, which one round trip at a time cannot.
+        let now = now_ms();
+        let mut acquired = futures::stream::iter(candidates)
+            .map(|key| {
+                let shared = shared.clone();
+                async move {
+                    let result = shared.leases.acquire(&key, now).await;
+                    (key, result)
+                }
+            })
+            .buffer_unordered(ACQUIRE_CONCURRENCY);
+        while let Some((key, result)) = acquired.next().await {
+            match result {
                 Ok(held) => {
-                    info!(rollout = %key, "lease acquired");
+                    debug!(rollout = %key, "lease acquired");
                     let (handle, task) =
                         driver::spawn(key.clone(), shared.clone(), held, shutdown.child_token());
                     drivers

@@ -1,7 +1,7 @@
 //! The rollout record: one JSON value per rollout in the rollouts bucket, written only by CAS.
 
 use aviary_core::Rollout;
-use aviary_core::machine::{Command, RolloutStatus};
+use aviary_core::machine::{Command, Phase, RolloutStatus};
 use aviary_proto::events::AuditEvent;
 use serde::{Deserialize, Serialize};
 
@@ -56,9 +56,12 @@ impl RolloutRecord {
     /// Whether an owner has anything to do: the run is not over, a command waits, or the spec
     /// changed since the status was decided.
     pub fn needs_driver(&self) -> bool {
-        !self.status.phase.is_terminal()
-            || !self.commands.is_empty()
-            || self.generation != self.status.generation
+        needs_driver(
+            self.status.phase,
+            !self.commands.is_empty(),
+            self.generation,
+            self.status.generation,
+        )
     }
 
     /// The ingress names this rollout drives.
@@ -69,5 +72,48 @@ impl RolloutRecord {
             .iter()
             .map(|i| i.name.clone())
             .collect()
+    }
+}
+
+fn needs_driver(phase: Phase, commands_waiting: bool, generation: u64, decided: u64) -> bool {
+    !phase.is_terminal() || commands_waiting || generation != decided
+}
+
+/// The few fields of a [`RolloutRecord`] the ownership watch needs, decoded without building
+/// the spec, the manifest or the outbox: the watch sees every write of every rollout, so at
+/// thousands of rollouts a full decode there costs as much as the decisions themselves.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordSummary {
+    /// As [`RolloutRecord::generation`].
+    pub generation: u64,
+    /// The parts of the status the watch reports.
+    pub status: StatusSummary,
+    /// Commands waiting (their content is not needed, only whether there are any).
+    #[serde(default)]
+    pub commands: Vec<serde::de::IgnoredAny>,
+}
+
+/// The parts of a [`RolloutStatus`] the ownership watch reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusSummary {
+    /// The generation the status was decided for.
+    pub generation: u64,
+    /// The phase.
+    pub phase: Phase,
+    /// The canary's weight.
+    pub canary_weight: u8,
+}
+
+impl RecordSummary {
+    /// As [`RolloutRecord::needs_driver`].
+    pub fn needs_driver(&self) -> bool {
+        needs_driver(
+            self.status.phase,
+            !self.commands.is_empty(),
+            self.generation,
+            self.status.generation,
+        )
     }
 }
