@@ -225,6 +225,7 @@ async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) {
                     commands: Vec::new(),
                     outbox: Vec::new(),
                     event_seq: 0,
+                    last_checks: Vec::new(),
                 };
                 let key = names::rollout_key("bench", &name).unwrap();
                 records.create(&key, &record).await.unwrap();

@@ -269,6 +269,7 @@ impl RolloutService for Api {
                         commands: Vec::new(),
                         outbox: Vec::new(),
                         event_seq: 0,
+                        last_checks: Vec::new(),
                     })
                 }
                 Some(record) if convert::same_spec(&record.rollout.spec, &rollout.spec) => {

@@ -443,7 +443,7 @@ pub fn audit_event(
 }
 
 /// Each check of a verdict with its value and, for metrics, the bounds from the spec.
-fn verdict_metrics(spec: &RolloutSpec, verdict: &machine::Verdict) -> Vec<MetricValue> {
+pub fn verdict_metrics(spec: &RolloutSpec, verdict: &machine::Verdict) -> Vec<MetricValue> {
     verdict
         .checks
         .iter()
@@ -478,7 +478,7 @@ pub fn rollout(record: &RolloutRecord, revision: u64) -> pb::Rollout {
             .as_ref()
             .map_or(pb::Strategy::Unspecified, |p| strategy(p.strategy)) as i32,
         manifest: record.manifest.clone(),
-        status: Some(status(&record.status)),
+        status: Some(status(&record.status, &record.last_checks)),
         plan: plan.map(|p| planned(&p)).unwrap_or_default(),
         revision,
     }
@@ -497,7 +497,7 @@ fn planned(plan: &Plan) -> Vec<pb::PlannedStep> {
         .collect()
 }
 
-fn status(s: &RolloutStatus) -> pb::RolloutStatus {
+fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
     let waiting_gates = match &s.wait {
         machine::Wait::Gate { gate, .. } => vec![gate.as_str().to_owned()],
         machine::Wait::Approval => vec!["approval".to_owned()],
@@ -524,6 +524,23 @@ fn status(s: &RolloutStatus) -> pb::RolloutStatus {
             step: u32::try_from(v.step).unwrap_or(u32::MAX),
             outcome: outcome(v.outcome) as i32,
             error: v.not_passed.join(", "),
+            metrics: checks
+                .iter()
+                .map(|c| pb::MetricResult {
+                    name: c.name.clone(),
+                    value: c.value,
+                    min: c.min,
+                    max: c.max,
+                    primary_value: None,
+                    outcome: match c.outcome.as_str() {
+                        "pass" => pb::Outcome::Pass,
+                        "fail" => pb::Outcome::Fail,
+                        "inconclusive" => pb::Outcome::Inconclusive,
+                        _ => pb::Outcome::Error,
+                    } as i32,
+                    reason: c.reason.clone(),
+                })
+                .collect(),
             ..Default::default()
         }),
         affinity_cookie: s.session_cookie.clone().unwrap_or_default(),

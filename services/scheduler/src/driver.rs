@@ -277,6 +277,9 @@ impl Driver {
                 }
             };
             next.status = status;
+            if let Input::Verdict(v) = &input {
+                next.last_checks = convert::verdict_metrics(&next.rollout.spec, v);
+            }
             next.outbox.retain(|e| !self.published.contains(&e.id));
             let actor = command.map_or("", |c| c.actor.as_str());
             for action in &actions {

@@ -1,8 +1,8 @@
 //! The rollout record: one JSON value per rollout in the rollouts bucket, written only by CAS.
 
 use aviary_core::Rollout;
-use aviary_core::machine::{Command, Phase, RolloutStatus};
-use aviary_proto::events::AuditEvent;
+use aviary_core::machine::{Command, Phase, RolloutStatus, Wait};
+use aviary_proto::events::{AuditEvent, MetricValue};
 use serde::{Deserialize, Serialize};
 
 /// A control-API command waiting for the owner to act on it.
@@ -37,6 +37,9 @@ pub struct RolloutRecord {
     /// Audit events decided but not yet confirmed on the events stream.
     #[serde(default)]
     pub outbox: Vec<AuditEvent>,
+    /// Every check of the last verdict with its value and bounds (the status keeps only names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_checks: Vec<MetricValue>,
     /// Events ever emitted for this rollout (their ids are `<ns>/<name>/<sequence>`).
     #[serde(default)]
     pub event_seq: u64,
@@ -58,6 +61,7 @@ impl RolloutRecord {
     pub fn needs_driver(&self) -> bool {
         needs_driver(
             self.status.phase,
+            &self.status.wait,
             !self.commands.is_empty(),
             self.generation,
             self.status.generation,
@@ -75,8 +79,19 @@ impl RolloutRecord {
     }
 }
 
-fn needs_driver(phase: Phase, commands_waiting: bool, generation: u64, decided: u64) -> bool {
-    !phase.is_terminal() || commands_waiting || generation != decided
+/// A finished run still needs its owner while its last route (the rollback to the primary, or
+/// the finalising one) is unconfirmed: a route is never fire-and-forget.
+fn needs_driver(
+    phase: Phase,
+    wait: &Wait,
+    commands_waiting: bool,
+    generation: u64,
+    decided: u64,
+) -> bool {
+    !phase.is_terminal()
+        || matches!(wait, Wait::Route { .. } | Wait::Finalise { .. })
+        || commands_waiting
+        || generation != decided
 }
 
 /// The few fields of a [`RolloutRecord`] the ownership watch needs, decoded without building
@@ -104,6 +119,9 @@ pub struct StatusSummary {
     pub phase: Phase,
     /// The canary's weight.
     pub canary_weight: u8,
+    /// What the rollout waits for.
+    #[serde(default)]
+    pub wait: Wait,
 }
 
 impl RecordSummary {
@@ -111,6 +129,7 @@ impl RecordSummary {
     pub fn needs_driver(&self) -> bool {
         needs_driver(
             self.status.phase,
+            &self.status.wait,
             !self.commands.is_empty(),
             self.generation,
             self.status.generation,
