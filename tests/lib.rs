@@ -742,6 +742,25 @@ impl Stack {
             .as_u16()
     }
 
+    /// Runs `aviary gate ACTION <ns>/<name>` against this stack's gate service; returns the
+    /// exit code and what it printed.
+    pub async fn gate_cli(&self, action: &str, name: &str) -> (i32, String) {
+        let output = tokio::process::Command::new(bin("aviary"))
+            .args([
+                "gate",
+                action,
+                &format!("{NS}/{name}"),
+                "--gate-url",
+                &self.gate_url(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code().unwrap_or(-1), text)
+    }
+
     // ---- faults ---------------------------------------------------------------------------
 
     /// The replica id holding rollout `name`'s lease, if any.

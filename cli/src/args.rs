@@ -47,6 +47,43 @@ pub enum Command {
     SetWeight(SetWeightArgs),
     /// Print audit events from the NATS events stream (`--follow` keeps printing).
     Events(EventsArgs),
+    /// Open, close or check a rollout's gate on an `aviary-gate` service.
+    Gate(GateArgs),
+}
+
+/// What `aviary gate` does to a rollout's gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GateAction {
+    /// Let `confirm-*` webhooks pointing at `/gate/check` pass.
+    Open,
+    /// Hold them again.
+    Close,
+    /// Print whether the gate is open (exit 0) or closed (exit 1).
+    Check,
+    /// Ask for a rollback through `rollback` webhooks pointing at `/rollback/check`.
+    RollbackOpen,
+    /// Withdraw that request.
+    RollbackClose,
+    /// Print whether a rollback is requested (exit 0) or not (exit 1).
+    RollbackCheck,
+}
+
+/// `aviary gate`.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// What to do.
+    #[arg(value_enum)]
+    pub action: GateAction,
+    /// The rollout.
+    #[command(flatten)]
+    pub target: RefArg,
+    /// Base URL of the `aviary-gate` service.
+    #[arg(
+        long = "gate-url",
+        env = "AVIARY_GATE_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub url: String,
 }
 
 /// A rollout file to read (`-` for standard input).

@@ -8,6 +8,7 @@
 
 mod args;
 mod client;
+mod gate;
 mod offline;
 mod online;
 mod view;
@@ -70,6 +71,7 @@ fn run_online(command: &Command, out: &mut dyn Write) -> anyhow::Result<ExitCode
             Command::Retry(a) => online::command(Verb::Retry, a, out).await,
             Command::SetWeight(a) => online::set_weight(a, out).await,
             Command::Events(a) => online::events(a, out).await,
+            Command::Gate(a) => gate::run(a, out).await,
         }
     })
 }

@@ -34,7 +34,7 @@ const FINAL_EVENT_GRACE: Duration = Duration::from_secs(2);
 const EXIT_TIMEOUT: u8 = 2;
 
 /// Splits `NS/NAME` (or `NAME` with `-n NS`) into a reference.
-fn parse_ref(namespace: Option<&str>, target: &str) -> anyhow::Result<pb::RolloutRef> {
+pub(crate) fn parse_ref(namespace: Option<&str>, target: &str) -> anyhow::Result<pb::RolloutRef> {
     let (ns, name) = match target.split_once('/') {
         Some((ns, name)) => {
             if let Some(flag) = namespace

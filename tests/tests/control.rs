@@ -85,7 +85,9 @@ async fn confirm_rollout_gate_holds_until_opened() {
         "{while_held:?}"
     );
 
-    assert_eq!(stack.gate_call("/gate/open", "podinfo").await, 200);
+    // Opened the way an operator would: `aviary gate open`.
+    let (code, out) = stack.gate_cli("open", "podinfo").await;
+    assert_eq!(code, 0, "{out}");
     stack
         .wait_phase("podinfo", pb::Phase::Succeeded, Duration::from_secs(45))
         .await;
