@@ -572,6 +572,21 @@ impl Stack {
             })
             .await
             .unwrap_or_else(|e| panic!("apply refused: {e}\n{manifest}"));
+        // In endpoint mode the ingress has no route until the rollout's first one (100 % to the
+        // primary) is confirmed; scenarios measure traffic from then on.
+        let url = self.url();
+        eventually(
+            Duration::from_secs(30),
+            "the ingress serving a route",
+            || {
+                let url = url.clone();
+                async move {
+                    let response = http().get(&url).send().await.ok()?;
+                    (response.status().as_u16() != 404).then_some(())
+                }
+            },
+        )
+        .await;
         response.into_inner().rollout.expect("applied rollout")
     }
 
