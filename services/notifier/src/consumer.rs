@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::message::{AckKind, Acker};
@@ -79,8 +80,17 @@ pub(crate) async fn consume(
             };
             match next {
                 Some(Ok(message)) => {
-                    if let Some(task) = dispatch(message, &pipeline).await {
-                        settling.spawn(task);
+                    // Each event's posts join the trace of the decision that emitted it (the
+                    // scheduler puts `traceparent` in the stream message's headers).
+                    let span = tracing::info_span!(
+                        "notify",
+                        otel.kind = "consumer",
+                        messaging.destination.name = %message.subject,
+                    );
+                    aviary_bus::trace::set_parent_from(&span, message.headers.as_ref());
+                    if let Some(task) = dispatch(message, &pipeline).instrument(span.clone()).await
+                    {
+                        settling.spawn(task.instrument(span));
                     }
                 }
                 Some(Err(error)) => {
