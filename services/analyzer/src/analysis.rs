@@ -1,6 +1,6 @@
 //! One analysis request in, one [`Verdict`] out: render each metric's queries for the
-//! request's window, ask the backend (de-duplicated, bounded per backend), judge, call the
-//! webhooks, fold.
+//! request's window, ask the backend (cached per window, de-duplicated, bounded per backend),
+//! judge, call the webhooks, fold.
 //!
 //! Window: every query is evaluated at `window_end` with a range of `window_end -
 //! window_start` (or the metric's own `interval`, when shorter), so the window starts no
@@ -14,12 +14,17 @@ use aviary_proto::naming::cluster_name;
 use aviary_proto::{AnalysisRequest, MetricCheck, MetricResult, Outcome, Verdict, WebhookResult};
 use futures::future::join_all;
 
-use aviary_core::judge::{AlphaBudget, Counts, DEFAULT_RATE_TOLERANCE, Decision};
+use aviary_core::judge::{AlphaBudget, Counts, DEFAULT_RATE_TOLERANCE, Decision, tail_tolerance};
 
-use crate::builtin::{Builtin, Mesh, request_count_template, run_count_templates};
+use crate::builtin::{
+    Builtin, DURATION_QUANTILE, Mesh, request_count_template, run_bucket_template,
+    run_count_templates,
+};
+use crate::cache::ResultCache;
 use crate::dedupe::{PerBackendLimit, SingleFlight};
 use crate::judge::{
-    Criteria, Measured, NoDataPolicy, Observation, Sample, fold, judge, sequential_rates,
+    Criteria, Measured, NoDataPolicy, Observation, Sample, fold, histogram_from_buckets, judge,
+    sequential_rates, sequential_tails,
 };
 use crate::metrics::{
     AnalyzerMetrics, OutcomeLabels, ProviderLabels, QueryLabels, WebhookLabels, outcome_label,
@@ -47,9 +52,19 @@ pub struct AnalyzerOptions {
     pub webhooks: WebhookClient,
 }
 
-type QueryKey = (String, String, Window);
+/// Backend endpoint, rendered query, window (its end is the evaluation instant), and the label
+/// the answer is read by (`None`: one number).
+type QueryKey = (String, String, Window, Option<&'static str>);
 
-/// Judges analysis requests. Cheap to share (`Arc`); stateless between requests.
+/// What a backend answered: one number, or a vector keyed by a label.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    One(Sample),
+    ByLabel(Vec<(String, f64)>),
+}
+
+/// Judges analysis requests. Cheap to share (`Arc`); between requests it keeps only a bounded
+/// cache of backend answers (see [`crate::cache`]).
 #[derive(Debug)]
 pub struct Analyzer {
     default: Prometheus,
@@ -57,7 +72,8 @@ pub struct Analyzer {
     others: Mutex<HashMap<String, Prometheus>>,
     vendors: Vendors,
     mesh: Mesh,
-    flight: SingleFlight<QueryKey, Measured>,
+    flight: SingleFlight<QueryKey, Result<Answer, String>>,
+    cache: ResultCache<QueryKey, Answer>,
     limits: PerBackendLimit,
     webhooks: WebhookClient,
     metrics: AnalyzerMetrics,
@@ -92,6 +108,7 @@ impl Analyzer {
             vendors: Vendors::default(),
             mesh: options.mesh,
             flight: SingleFlight::default(),
+            cache: ResultCache::default(),
             limits: PerBackendLimit::new(options.max_in_flight_per_backend),
             webhooks: options.webhooks,
             metrics,
@@ -303,12 +320,16 @@ impl Analyzer {
         mesh: Mesh,
         provider: &str,
     ) -> Result<(MetricResult, Decision), String> {
-        if builtin != Some(Builtin::RequestSuccessRate) || !check.query.is_empty() {
-            return Err(format!(
-                "judge: sequential is supported for the built-in request-success-rate only, not `{}`",
-                check.name
-            ));
-        }
+        let builtin = match builtin {
+            Some(b) if check.query.is_empty() => b,
+            _ => {
+                return Err(format!(
+                    "judge: sequential is supported for the built-in request-success-rate and \
+                     request-duration only, not `{}`",
+                    check.name
+                ));
+            }
+        };
         let run_start: i64 = request
             .variables
             .get("run_start_ms")
@@ -335,26 +356,50 @@ impl Analyzer {
             .filter(|m| m.judge == "sequential")
             .count();
         let alpha = alpha.per_metric(sequential_metrics);
-        let tolerance = check
-            .max_delta
-            .map_or(DEFAULT_RATE_TOLERANCE, |points| points / 100.0);
         let range_ms = (request.window_end_ms - run_start).unsigned_abs();
         let mut canary_vars = variables(request, range_ms)?;
         canary_vars.insert("run".into(), prometheus_duration(range_ms));
         let primary_vars = as_primary(&canary_vars)?;
-        let (all, failed) = run_count_templates(mesh);
         let render = |t: &str, v: &Variables| render(t, v).map_err(|e| e.to_string());
+        let backend = self.backend(provider, &check.provider_address)?;
+        let at = Window {
+            start_ms: request.window_end_ms.saturating_sub_unsigned(range_ms),
+            end_ms: request.window_end_ms,
+        };
+        if builtin == Builtin::RequestDuration {
+            // The share of requests slower than the primary's p99 bucket may exceed the
+            // primary's 1 % by (maxRatio − 1) × 1 % (docs/judge.md).
+            let tolerance = tail_tolerance(DURATION_QUANTILE, check.max_ratio);
+            let template = run_bucket_template(mesh);
+            let (canary_query, primary_query) = (
+                render(&template, &canary_vars)?,
+                render(&template, &primary_vars)?,
+            );
+            let (canary, primary) = futures::join!(
+                self.buckets(&backend, provider, &canary_query, at),
+                self.buckets(&backend, provider, &primary_query, at),
+            );
+            let canary = canary.map_err(|e| format!("canary histogram query failed: {e}"))?;
+            let primary = primary.map_err(|e| format!("primary histogram query failed: {e}"))?;
+            return sequential_tails(
+                &check.name,
+                histogram_from_buckets(&canary)?,
+                histogram_from_buckets(&primary)?,
+                DURATION_QUANTILE,
+                tolerance,
+                alpha,
+            );
+        }
+        let tolerance = check
+            .max_delta
+            .map_or(DEFAULT_RATE_TOLERANCE, |points| points / 100.0);
+        let (all, failed) = run_count_templates(mesh);
         let queries = [
             render(&all, &canary_vars)?,
             render(&failed, &canary_vars)?,
             render(&all, &primary_vars)?,
             render(&failed, &primary_vars)?,
         ];
-        let backend = self.backend(provider, &check.provider_address)?;
-        let at = Window {
-            start_ms: request.window_end_ms.saturating_sub_unsigned(range_ms),
-            end_ms: request.window_end_ms,
-        };
         let measured = join_all(
             queries
                 .iter()
@@ -407,11 +452,25 @@ impl Analyzer {
         Ok(Backend::Prometheus(client))
     }
 
-    async fn sample(&self, backend: &Backend, provider: &str, query: &str, at: Window) -> Measured {
-        let key = (backend.endpoint().to_owned(), query.to_owned(), at);
-        let (measured, ran) = self
+    /// Asks the backend `query` over `at` (read by `by`, when given): a cached answer for the
+    /// same backend, query and window if there is one, else the answer of an identical call in
+    /// flight, else a call of its own (bounded per backend), whose answer is then cached.
+    async fn fetch(
+        &self,
+        backend: &Backend,
+        provider: &str,
+        query: &str,
+        at: Window,
+        by: Option<&'static str>,
+    ) -> Result<Answer, String> {
+        let key = (backend.endpoint().to_owned(), query.to_owned(), at, by);
+        if let Some(answer) = self.cache.get(&key) {
+            self.metrics.cache_hits.inc();
+            return Ok(answer);
+        }
+        let (answer, ran) = self
             .flight
-            .run(key, || async {
+            .run(key.clone(), || async {
                 let semaphore = self.limits.semaphore(backend.endpoint());
                 let _permit = semaphore.acquire_owned().await;
                 let labels = ProviderLabels {
@@ -419,7 +478,13 @@ impl Analyzer {
                 };
                 self.metrics.backend_calls.get_or_create(&labels).inc();
                 let started = Instant::now();
-                let result = backend.query(query, at).await;
+                let result = match by {
+                    None => backend.query(query, at).await.map(Answer::One),
+                    Some(label) => backend
+                        .query_by_label(query, at, label)
+                        .await
+                        .map(Answer::ByLabel),
+                };
                 self.metrics
                     .query_seconds
                     .get_or_create(&labels)
@@ -429,12 +494,51 @@ impl Analyzer {
             .await;
         if !ran {
             self.metrics.deduplicated.inc();
+        } else if let Ok(answer) = &answer {
+            self.cache.insert(key, answer.clone());
         }
+        answer
+    }
+
+    /// One number: `query` over `at`.
+    async fn sample(&self, backend: &Backend, provider: &str, query: &str, at: Window) -> Measured {
+        let measured = match self.fetch(backend, provider, query, at, None).await {
+            Ok(Answer::One(sample)) => Ok(sample),
+            Ok(Answer::ByLabel(_)) => Err("a vector answer where one number was expected".into()),
+            Err(e) => Err(e),
+        };
         let outcome = match &measured {
             Ok(crate::judge::Sample::Value(_)) => "value",
             Ok(crate::judge::Sample::NoData) => "no_data",
             Err(_) => "error",
         };
+        self.count_query(provider, outcome);
+        measured
+    }
+
+    /// A histogram's buckets: `query` over `at`, by `le`.
+    async fn buckets(
+        &self,
+        backend: &Backend,
+        provider: &str,
+        query: &str,
+        at: Window,
+    ) -> Result<Vec<(String, f64)>, String> {
+        let measured = match self.fetch(backend, provider, query, at, Some("le")).await {
+            Ok(Answer::ByLabel(buckets)) => Ok(buckets),
+            Ok(Answer::One(_)) => Err("one number where buckets by `le` were expected".into()),
+            Err(e) => Err(e),
+        };
+        let outcome = match &measured {
+            Ok(b) if b.is_empty() => "no_data",
+            Ok(_) => "value",
+            Err(_) => "error",
+        };
+        self.count_query(provider, outcome);
+        measured
+    }
+
+    fn count_query(&self, provider: &str, outcome: &str) {
         self.metrics
             .queries
             .get_or_create(&QueryLabels {
@@ -442,7 +546,6 @@ impl Analyzer {
                 outcome: outcome.to_owned(),
             })
             .inc();
-        measured
     }
 
     async fn webhook(

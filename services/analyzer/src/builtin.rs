@@ -158,6 +158,23 @@ pub fn run_count_templates(mesh: Mesh) -> (String, String) {
     }
 }
 
+/// The quantile the built-in `request-duration` reports (p99), also the one its sequential
+/// judge compares the tails at.
+pub const DURATION_QUANTILE: f64 = 0.99;
+
+/// The query template reading the canary's latency histogram since the run started
+/// (`{{ run }}`), one series per bucket bound (`le`), for the sequential latency judge:
+/// cumulative counts per bucket, so no request is counted twice across looks. Bounds are in
+/// the data plane's own unit (only the shares slower than each bound are compared).
+pub fn run_bucket_template(mesh: Mesh) -> String {
+    let s = selectors(mesh);
+    format!(
+        "sum by (le) (increase({bucket}{{{sel}}}[{{{{ run }}}}]))",
+        bucket = s.bucket,
+        sel = s.selector
+    )
+}
+
 struct Selectors {
     requests: &'static str,
     /// A counter of every completed request that exists from the moment the backend does
@@ -286,6 +303,11 @@ mod tests {
                 "{failed}"
             );
             assert!(n.starts_with("sum(increase("), "{mesh}: {n}");
+            let buckets = render(&run_bucket_template(mesh), &run_vars).unwrap();
+            assert!(
+                buckets.starts_with("sum by (le) (increase(") && buckets.ends_with("[25m]))"),
+                "{buckets}"
+            );
             assert_eq!(mesh.to_string().parse::<Mesh>().unwrap(), mesh);
         }
         let nginx = render(&Builtin::RequestDuration.template(Mesh::Nginx), &vars()).unwrap();

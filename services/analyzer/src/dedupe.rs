@@ -3,8 +3,8 @@
 //!
 //! Many rollouts (and the canary-vs-primary pair of many metrics) ask the same backend the
 //! same query for the same instant at once; only the first caller runs it, the others wait for
-//! its result. A finished call is forgotten at once: this is not a cache, so a later request
-//! always sees fresh data.
+//! its result. A finished call is forgotten at once; reusing finished answers for the same
+//! window is [`crate::cache`]'s job.
 
 use std::collections::HashMap;
 use std::future::Future;

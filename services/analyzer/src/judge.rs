@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use aviary_core::judge::{Counts, Decision, compare_rates};
+use aviary_core::judge::{Counts, Decision, Histogram, compare_rates, compare_tails};
 use aviary_proto::{MetricResult, Outcome};
 
 /// What one query measured: a number, or nothing (empty vector, NaN, ±Inf).
@@ -302,6 +302,124 @@ pub fn sequential_rates(
     (result, j.decision)
 }
 
+/// A cumulative histogram from a `sum by (le) (increase(…_bucket[…]))` answer: `(le, count)`
+/// per bucket, in any order. Counts are rounded (`increase()` extrapolates) and made
+/// non-decreasing; the `+Inf` bucket is the total (without one, the largest count).
+///
+/// # Errors
+/// When a bound is not a number.
+pub fn histogram_from_buckets(buckets: &[(String, f64)]) -> Result<Histogram, String> {
+    let mut parsed = Vec::with_capacity(buckets.len());
+    for (le, count) in buckets {
+        let bound = le
+            .parse::<f64>()
+            .map_err(|_| format!("bucket bound le=`{le}` is not a number"))?;
+        if bound.is_nan() {
+            return Err(format!("bucket bound le=`{le}` is not a number"));
+        }
+        parsed.push((bound, count.max(0.0).round() as u64));
+    }
+    parsed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    parsed.dedup_by(|a, b| a.0 == b.0);
+    let mut h = Histogram::default();
+    let mut running = 0u64;
+    for (bound, count) in parsed {
+        running = running.max(count);
+        if bound.is_finite() {
+            h.bounds.push(bound);
+            h.cumulative.push(running);
+        }
+    }
+    h.total = running;
+    Ok(h)
+}
+
+/// Judges a `judge: sequential` latency metric on the cumulative histograms since the run
+/// started (see [`aviary_core::judge::latency`]): is the canary's share of requests slower
+/// than the primary's `quantile` bucket larger than the primary's by more than `tolerance` (a
+/// proportion)? `alpha` is this metric's share of the rollout's budget.
+///
+/// A side with no data at all is judged as no requests on the other side's bounds.
+///
+/// Returns the result (value and primary value: each side's percent of requests slower than
+/// the deciding bound) and the judge's decision, as [`sequential_rates`].
+///
+/// # Errors
+/// When the two histograms have different bucket bounds.
+pub fn sequential_tails(
+    name: &str,
+    canary: Histogram,
+    primary: Histogram,
+    quantile: f64,
+    tolerance: f64,
+    alpha: f64,
+) -> Result<(MetricResult, Decision), String> {
+    let empty_like = |other: &Histogram| Histogram {
+        bounds: other.bounds.clone(),
+        cumulative: vec![0; other.bounds.len()],
+        total: 0,
+    };
+    let (canary, primary) = match (canary.bounds.is_empty(), primary.bounds.is_empty()) {
+        (true, false) => (empty_like(&primary), primary),
+        (false, true) => {
+            let p = empty_like(&canary);
+            (canary, p)
+        }
+        _ => (canary, primary),
+    };
+    let j = compare_tails(&canary, &primary, quantile, tolerance, alpha)
+        .map_err(|e| format!("sequential latency: {e}"))?;
+    let (outcome, verdict) = match j.decision {
+        Decision::Fail => (
+            Outcome::Fail,
+            "canary's tail slower by more than the tolerance",
+        ),
+        Decision::Pass => (Outcome::Pass, "canary's tail not slower than the tolerance"),
+        Decision::Continue => (Outcome::Pass, "no decision yet"),
+    };
+    let slower_percent = |h: &Histogram, bound: f64| {
+        let i = h.bounds.iter().position(|&b| b == bound)?;
+        (h.total > 0).then(|| {
+            let slower = h.total - h.cumulative[i].min(h.total);
+            100.0 * slower as f64 / h.total as f64
+        })
+    };
+    let tol = 100.0 * tolerance;
+    let q = 100.0 * quantile;
+    let (value, primary_value, detail) = match j.deciding {
+        Some(b) => (
+            slower_percent(&canary, b.bound),
+            slower_percent(&primary, b.bound),
+            format!(
+                "at le={}: canary share slower minus primary's in [{:.3}, {:.3}] points",
+                b.bound,
+                100.0 * b.difference.lower,
+                100.0 * b.difference.upper
+            ),
+        ),
+        None => (
+            None,
+            None,
+            "the primary has no bucket at its p{q} yet".to_owned(),
+        ),
+    };
+    let reason = format!(
+        "sequential: {verdict}: {detail} (tolerance {tol:.3} points over the primary's p{q} \
+         bucket, α {alpha}); {} canary and {} primary requests since the run started",
+        canary.total, primary.total
+    );
+    let result = MetricResult {
+        name: name.to_owned(),
+        value,
+        min: None,
+        max: None,
+        primary_value,
+        outcome: outcome as i32,
+        reason,
+    };
+    Ok((result, j.decision))
+}
+
 /// `worse / better`, where 0/0 is 1 (equal) and x/0 is infinitely worse.
 fn ratio(worse: f64, better: f64) -> f64 {
     if better == 0.0 {
@@ -501,6 +619,72 @@ mod tests {
             0.01,
         );
         assert_eq!(d, Decision::Pass);
+    }
+
+    fn buckets(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+        pairs.iter().map(|(le, n)| ((*le).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn histograms_from_prometheus_buckets() {
+        let h = histogram_from_buckets(&buckets(&[
+            ("+Inf", 100.4),
+            ("50", 97.6),
+            ("10", 50.2),
+            // increase() extrapolation can make a bucket dip below the one before it.
+            ("25", 49.9),
+        ]))
+        .unwrap();
+        assert_eq!(h.bounds, vec![10.0, 25.0, 50.0]);
+        assert_eq!(h.cumulative, vec![50, 50, 98]);
+        assert_eq!(h.total, 100);
+        assert_eq!(histogram_from_buckets(&[]).unwrap(), Histogram::default());
+        assert!(histogram_from_buckets(&buckets(&[("fast", 1.0)])).is_err());
+    }
+
+    #[test]
+    fn sequential_tails_fail_pass_and_continue() {
+        let h = |pairs: &[(&str, f64)]| histogram_from_buckets(&buckets(pairs)).unwrap();
+        let primary = h(&[("50", 9_800.0), ("100", 10_000.0), ("+Inf", 10_000.0)]);
+        let slow = h(&[("50", 5_000.0), ("100", 8_000.0), ("+Inf", 10_000.0)]);
+        let (r, d) = sequential_tails("d", slow, primary.clone(), 0.99, 0.005, 0.01).unwrap();
+        assert_eq!(
+            (r.outcome(), d),
+            (Outcome::Fail, Decision::Fail),
+            "{}",
+            r.reason
+        );
+        let same = h(&[("50", 98_000.0), ("100", 100_000.0), ("+Inf", 100_000.0)]);
+        let (r, d) = sequential_tails("d", same, primary.clone(), 0.99, 0.005, 0.01).unwrap();
+        assert_eq!(
+            (r.outcome(), d),
+            (Outcome::Pass, Decision::Pass),
+            "{}",
+            r.reason
+        );
+        assert_eq!(
+            r.value,
+            Some(0.0),
+            "nobody slower than the primary's p99 bucket"
+        );
+        // No canary data yet: nothing to decide.
+        let (r, d) = sequential_tails(
+            "d",
+            Histogram::default(),
+            primary.clone(),
+            0.99,
+            0.005,
+            0.01,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.outcome(), d),
+            (Outcome::Pass, Decision::Continue),
+            "{}",
+            r.reason
+        );
+        let other = h(&[("60", 1.0), ("+Inf", 1.0)]);
+        assert!(sequential_tails("d", other, primary, 0.99, 0.005, 0.01).is_err());
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //! webhook (gates and hooks), folded into one outcome.
 //!
 //! Flow: NATS request → decode (or answer an error verdict) → [`analysis::Analyzer::analyze`]
-//! → [`template`] + [`builtin`] render queries → [`provider`] (de-duplicated by [`dedupe`]) →
-//! [`judge`] → [`webhook`] → fold → reply.
+//! → [`template`] + [`builtin`] render queries → [`provider`] (de-duplicated by [`dedupe`],
+//! answers reused within their window by [`cache`]) → [`judge`] → [`webhook`] → fold → reply.
 //!
 //! The same crate holds the durable gate service ([`gate`], binary `aviary-gate`).
 
 pub mod analysis;
 pub mod builtin;
+pub mod cache;
 pub mod dedupe;
 pub mod gate;
 pub mod judge;

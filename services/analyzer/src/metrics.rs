@@ -47,6 +47,8 @@ pub struct AnalyzerMetrics {
     pub backend_calls: Family<ProviderLabels, Counter>,
     /// Queries answered by joining an identical call in flight.
     pub deduplicated: Counter,
+    /// Queries answered from the cache of earlier answers for the same window.
+    pub cache_hits: Counter,
     /// Backend call latency, seconds.
     pub query_seconds: Family<ProviderLabels, Histogram>,
     /// Webhook calls by type and outcome.
@@ -71,6 +73,7 @@ impl AnalyzerMetrics {
             queries: Family::default(),
             backend_calls: Family::default(),
             deduplicated: Counter::default(),
+            cache_hits: Counter::default(),
             query_seconds: Family::new_with_constructor(latency_histogram),
             webhooks: Family::default(),
             verdicts: Family::default(),
@@ -91,6 +94,11 @@ impl AnalyzerMetrics {
             "queries_deduplicated",
             "Queries answered by an identical query already in flight",
             metrics.deduplicated.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Queries answered by an earlier answer to the same query for the same window",
+            metrics.cache_hits.clone(),
         );
         r.register(
             "query_duration_seconds",

@@ -198,6 +198,25 @@ impl Backend {
             Self::Graphite(b) => b.query(query, window).await,
         }
     }
+
+    /// Measures `query` at the window's end as an instant vector keyed by `label` (e.g. a
+    /// histogram's buckets by `le`). PromQL backends only.
+    ///
+    /// # Errors
+    /// As [`Self::query`]; [`ProviderError::Shape`] for a backend that does not speak PromQL.
+    pub async fn query_by_label(
+        &self,
+        query: &str,
+        window: Window,
+        label: &str,
+    ) -> Result<Vec<(String, f64)>, ProviderError> {
+        match self {
+            Self::Prometheus(b) => b.query_by_label(query, window.end_ms, label).await,
+            Self::Datadog(_) | Self::NewRelic(_) | Self::Graphite(_) => Err(ProviderError::Shape(
+                format!("series by `{label}` are read from PromQL backends only"),
+            )),
+        }
+    }
 }
 
 /// How the clients of the non-PromQL vendors are set up. A vendor's credentials are sent only

@@ -144,3 +144,32 @@ async fn identical_concurrent_queries_reach_the_backend_once() {
         .await;
     assert_eq!(rec.seen.lock().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_repeated_request_for_the_same_window_reuses_the_answer() {
+    let (rec, url) = recorder().await;
+    let analyzer = analyzer(&url);
+    let req = request(0, 60_000, vec![success_rate_min(99.0)]);
+    // A redelivery: the same request again, after the first has been answered.
+    let first = analyzer.analyze(&req).await;
+    let second = analyzer.analyze(&req).await;
+    assert_eq!(first.outcome(), Outcome::Pass, "{first:?}");
+    assert_eq!(second.metrics, first.metrics);
+    assert_eq!(rec.seen.lock().unwrap().len(), 1);
+    let calls = |a: &aviary_analyzer::analysis::Analyzer| {
+        a.metrics()
+            .backend_calls
+            .get_or_create(&aviary_analyzer::metrics::ProviderLabels {
+                provider: "prometheus".into(),
+            })
+            .get()
+    };
+    assert_eq!(calls(&analyzer), 1);
+    assert_eq!(analyzer.metrics().cache_hits.get(), 1);
+    assert_eq!(analyzer.metrics().deduplicated.get(), 0);
+    // The next step's window is a new question.
+    analyzer
+        .analyze(&request(0, 61_000, vec![success_rate_min(99.0)]))
+        .await;
+    assert_eq!(calls(&analyzer), 2);
+}

@@ -286,3 +286,81 @@ async fn the_client_sends_auth_and_headers_and_reads_real_answers() {
         Err(ProviderError::Query { .. })
     ));
 }
+
+/// The canary's latency shifted up: half its requests slower than 50 ms (the primary: 2 %),
+/// 20 % slower than the primary's p99 bucket (100 ms), where the primary has none.
+fn slow(total: f64) -> Rates {
+    Rates {
+        latency_per_s: [0.0, 0.0, total * 0.5, total * 0.3, total * 0.2],
+        ..Rates::new(total, 0.0)
+    }
+}
+
+fn sequential_duration(end: i64, run_start: i64) -> aviary_proto::AnalysisRequest {
+    let mut req = request(
+        end - 4_000,
+        end,
+        vec![MetricCheck {
+            name: "request-duration".into(),
+            judge: "sequential".into(),
+            ..MetricCheck::default()
+        }],
+    );
+    req.variables
+        .insert("run_start_ms".into(), run_start.to_string());
+    req
+}
+
+#[tokio::test]
+async fn sequential_latency_fails_a_slower_canary_at_once() {
+    let run_start = now_ms();
+    let (_fake, prom) = stack(slow(1000.0), Rates::new(1000.0, 0.0)).await;
+    let end = now_ms();
+    let v = analyzer(&prom.url())
+        .analyze(&sequential_duration(end, run_start))
+        .await;
+    let m = &v.metrics[0];
+    assert_eq!(m.outcome(), Outcome::Fail, "{v:?}");
+    assert!(v.decisive, "a sequential fail is decisive: {v:?}");
+    // The first tail bound decides: 50 % of the canary's requests are slower than 50 ms,
+    // 2 % of the primary's.
+    assert!(m.reason.contains("at le=50:"), "{v:?}");
+    assert!(m.value.is_some_and(|s| (s - 50.0).abs() < 1.0), "{v:?}");
+    assert!(
+        m.primary_value.is_some_and(|s| (s - 2.0).abs() < 0.5),
+        "{v:?}"
+    );
+}
+
+#[tokio::test]
+async fn sequential_latency_does_not_fail_equal_distributions() {
+    let run_start = now_ms();
+    let (fake, prom) = stack(Rates::new(1000.0, 0.0), Rates::new(1000.0, 0.0)).await;
+    // Thousands of requests a side: enough for the tail to be judged equal, not just "no
+    // evidence yet".
+    fake.wait_scrapes(3).await;
+    let analyzer = analyzer(&prom.url());
+    let end = now_ms();
+    let v = analyzer.analyze(&sequential_duration(end, run_start)).await;
+    let m = &v.metrics[0];
+    assert_ne!(m.outcome(), Outcome::Fail, "{v:?}");
+    assert!(m.reason.starts_with("sequential: "), "{v:?}");
+    assert!(close(m.primary_value, 0.0), "{v:?}");
+    assert!(close(m.value, 0.0), "{v:?}");
+
+    // A window threshold on the same metric judges the window while the judge continues, and
+    // a sequential success rate beside it shares α; neither fails equal versions.
+    let mut req = sequential_duration(end, run_start);
+    req.metrics[0].max = Some(500.0);
+    req.metrics.push(MetricCheck {
+        name: "request-success-rate".into(),
+        judge: "sequential".into(),
+        ..MetricCheck::default()
+    });
+    let v = analyzer.analyze(&req).await;
+    assert_ne!(v.outcome(), Outcome::Fail, "{v:?}");
+    assert!(
+        v.metrics.iter().all(|m| m.outcome() != Outcome::Error),
+        "{v:?}"
+    );
+}

@@ -142,6 +142,28 @@ impl Prometheus {
     /// reached in time; [`ProviderError::Query`] / [`ProviderError::Http`] when it rejects the
     /// query; [`ProviderError::Shape`] when the result is not a single number.
     pub async fn query(&self, query: &str, at_ms: i64) -> Result<Sample, ProviderError> {
+        let (status, body) = self.get(query, at_ms).await?;
+        parse_response(status, &body)
+    }
+
+    /// Evaluates `query` at `at_ms` and reads an instant vector keyed by the value of `label`
+    /// (e.g. `le` for `sum by (le) (…)`), one `(label value, value)` per series, in the
+    /// backend's order. An empty vector is an empty list.
+    ///
+    /// # Errors
+    /// As [`Self::query`]; [`ProviderError::Shape`] when the result is not an instant vector
+    /// or a series lacks `label`.
+    pub async fn query_by_label(
+        &self,
+        query: &str,
+        at_ms: i64,
+        label: &str,
+    ) -> Result<Vec<(String, f64)>, ProviderError> {
+        let (status, body) = self.get(query, at_ms).await?;
+        parse_vector_response(status, &body, label)
+    }
+
+    async fn get(&self, query: &str, at_ms: i64) -> Result<(u16, bytes::Bytes), ProviderError> {
         let mut url = self.endpoint.clone();
         url.query_pairs_mut()
             .append_pair("query", query)
@@ -163,7 +185,7 @@ impl Prometheus {
             .bytes()
             .await
             .map_err(|e| transport_error(e, self.timeout))?;
-        parse_response(status.as_u16(), &body)
+        Ok((status.as_u16(), body))
     }
 }
 
@@ -199,8 +221,8 @@ struct VectorSample {
     value: (serde_json::Value, String),
 }
 
-/// Decodes an API answer into one sample.
-pub(crate) fn parse_response(status: u16, body: &[u8]) -> Result<Sample, ProviderError> {
+/// Decodes an API answer into the `data` of a successful one.
+fn parse_data(status: u16, body: &[u8]) -> Result<ApiData, ProviderError> {
     let parsed: ApiResponse = match serde_json::from_slice(body) {
         Ok(parsed) => parsed,
         Err(e) if (200..300).contains(&status) => {
@@ -219,9 +241,48 @@ pub(crate) fn parse_response(status: u16, body: &[u8]) -> Result<Sample, Provide
             message: parsed.error.unwrap_or_default(),
         });
     }
-    let data = parsed
+    parsed
         .data
-        .ok_or_else(|| ProviderError::Decode("success without data".into()))?;
+        .ok_or_else(|| ProviderError::Decode("success without data".into()))
+}
+
+/// Decodes an API answer into an instant vector keyed by `label`; NaN and infinite values are
+/// left out (no data for that series).
+pub(crate) fn parse_vector_response(
+    status: u16,
+    body: &[u8],
+    label: &str,
+) -> Result<Vec<(String, f64)>, ProviderError> {
+    let data = parse_data(status, body)?;
+    if data.result_type != "vector" {
+        return Err(ProviderError::Shape(format!(
+            "the query returned a {}, not an instant vector by `{label}`",
+            data.result_type
+        )));
+    }
+    let samples: Vec<VectorSample> =
+        serde_json::from_value(data.result).map_err(|e| ProviderError::Decode(e.to_string()))?;
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let key = match s.metric.get(label) {
+            Some(serde_json::Value::String(v)) => v.clone(),
+            _ => {
+                return Err(ProviderError::Shape(format!(
+                    "a series without label `{label}` (aggregate with `sum by ({label})`): {}",
+                    serde_json::Value::Object(s.metric)
+                )));
+            }
+        };
+        if let Sample::Value(v) = parse_value(&s.value.1)? {
+            out.push((key, v));
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes an API answer into one sample.
+pub(crate) fn parse_response(status: u16, body: &[u8]) -> Result<Sample, ProviderError> {
+    let data = parse_data(status, body)?;
     match data.result_type.as_str() {
         "vector" => {
             let samples: Vec<VectorSample> = serde_json::from_value(data.result)
@@ -333,6 +394,30 @@ mod tests {
         assert!(matches!(
             parse_response(200, b"<html>"),
             Err(ProviderError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn vectors_are_read_by_label() {
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"le":"10"},"value":[1,"4.5"]},{"metric":{"le":"+Inf"},"value":[1,"9"]},{"metric":{"le":"25"},"value":[1,"NaN"]}]}}"#;
+        assert_eq!(
+            parse_vector_response(200, body.as_bytes(), "le"),
+            Ok(vec![("10".into(), 4.5), ("+Inf".into(), 9.0)])
+        );
+        let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(
+            parse_vector_response(200, empty.as_bytes(), "le"),
+            Ok(vec![])
+        );
+        let unlabelled = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#;
+        assert!(matches!(
+            parse_vector_response(200, unlabelled.as_bytes(), "le"),
+            Err(ProviderError::Shape(_))
+        ));
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"3"]}}"#;
+        assert!(matches!(
+            parse_vector_response(200, scalar.as_bytes(), "le"),
+            Err(ProviderError::Shape(_))
         ));
     }
 
