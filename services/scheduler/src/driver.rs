@@ -3,8 +3,9 @@
 //! the decided actions and feeds their outcomes back.
 //!
 //! One task per owned rollout; inputs are handled one at a time, so a rollout's decisions are
-//! serial. Before every write the driver checks that its lease is unexpired by its own clock, and
-//! a write that loses the CAS re-reads and re-decides. A lost lease ends the task at once.
+//! serial. Before every write the driver checks that its replica's lease (the epoch its rollout
+//! lease was taken under) is unexpired by its own clock, and a write that loses the CAS re-reads
+//! and re-decides. A lost replica lease ends every driver of the replica at once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -41,7 +42,8 @@ pub struct Shared {
 pub enum Exit {
     /// The rollout has nothing left to do; the lease was released.
     Done,
-    /// Another replica took the lease, or it expired before it could be renewed.
+    /// The replica lease was lost or expired before it could be renewed, or another replica
+    /// took the rollout lease.
     LostLease,
     /// The replica is shutting down; the lease was released.
     Shutdown,
@@ -140,10 +142,21 @@ async fn run(
     if let Err(exit) = driver.handle(Input::Tick, None).await {
         return exit;
     }
-    let renew_every =
-        Duration::from_millis(driver.shared.leases.ttl_ms() / 3).max(Duration::from_millis(50));
-    let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only against the bucket's max age: ownership itself is renewed by the replica lease.
+    let restamp_every = Duration::from_millis(
+        driver
+            .shared
+            .leases
+            .restamp_ms()
+            .unwrap_or(u64::MAX / 4)
+            .max(50),
+    );
+    // The first one at a random point of the second half, so rollouts taken together do not
+    // re-stamp together.
+    let first = restamp_every.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+    let mut restamp = tokio::time::interval_at(Instant::now() + first, restamp_every);
+    restamp.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lost = driver.held.epoch.lost().clone();
     loop {
         if !driver.entry.value.needs_driver() {
             driver.settle_outbox().await;
@@ -153,6 +166,11 @@ async fn run(
         }
         let tick_at = driver.next_tick();
         let step = tokio::select! {
+            () = lost.cancelled() => {
+                warn!("replica lease lost; stopping");
+                driver.shared.metrics.leases_lost.inc();
+                return Exit::LostLease;
+            }
             () = cancel.cancelled() => {
                 driver.shared.leases.release(&driver.held).await;
                 return Exit::Shutdown;
@@ -168,7 +186,7 @@ async fn run(
                 }
             }
             () = tokio::time::sleep_until(tick_at) => driver.handle(Input::Tick, None).await,
-            _ = renew.tick() => driver.renew().await,
+            _ = restamp.tick() => driver.restamp().await,
         };
         if let Err(exit) = step {
             return exit;
@@ -188,16 +206,21 @@ impl Driver {
         Instant::now() + Duration::from_millis(due.saturating_sub(now))
     }
 
-    async fn renew(&mut self) -> Result<(), Exit> {
-        match self.shared.leases.renew(&self.held, now_ms()).await {
+    async fn restamp(&mut self) -> Result<(), Exit> {
+        match self.shared.leases.restamp(&self.held).await {
             Ok(held) => {
                 self.held = held;
                 Ok(())
             }
-            Err(error) => {
-                warn!(%error, "lease lost");
+            Err(crate::lease::LeaseError::Taken { .. }) => {
+                warn!("rollout lease taken by another replica; stopping");
                 self.shared.metrics.leases_lost.inc();
                 Err(Exit::LostLease)
+            }
+            // Retried at the next re-stamp, well before the bucket's max age.
+            Err(error) => {
+                warn!(%error, "cannot re-stamp rollout lease");
+                Ok(())
             }
         }
     }
@@ -247,8 +270,9 @@ impl Driver {
     ) -> Result<(), Exit> {
         for _ in 0..aviary_bus::kv::UPDATE_WITH_ATTEMPTS {
             let now = now_ms();
-            if self.held.expires_at_ms <= now {
-                warn!("lease expired before it could be renewed; stopping");
+            if !self.held.epoch.valid(now) {
+                warn!("replica lease expired before it could be renewed; stopping");
+                self.shared.metrics.leases_lost.inc();
                 return Err(Exit::LostLease);
             }
             let record = &self.entry.value;

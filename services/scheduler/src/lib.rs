@@ -1,9 +1,10 @@
 //! The Aviary scheduler: owns rollouts.
 //!
 //! It runs each rollout's state machine (`aviary-core`), keeps the state in JetStream KV with
-//! compare-and-swap writes, holds a lease per rollout so exactly one replica drives it, commands
-//! the router agents, asks the analyzer for verdicts, writes every transition to the audit
-//! stream, and serves the gRPC control API.
+//! compare-and-swap writes, holds a replica lease (renewed) and a lease per rollout (written when
+//! taken) so exactly one replica drives each rollout, commands the router agents, asks the
+//! analyzer for verdicts, writes every transition to the audit stream, and serves the gRPC
+//! control API.
 //!
 //! Flow: [`owner`] takes leases → [`driver`] per rollout: input → machine → CAS write →
 //! [`effects`] (routes, analysis, audit) → outcome → input. [`api`] serves the control API.
@@ -108,7 +109,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let js = async_nats::jetstream::new(client.clone());
     aviary_bus::setup::ensure_all(&js).await?;
     let records: Bucket<record::RolloutRecord> = Bucket::open(&js, names::BUCKET_ROLLOUTS).await?;
-    let leases = Bucket::open(&js, names::BUCKET_LEASES).await?;
+    let leases: Bucket<lease::LeaseValue> = Bucket::open(&js, names::BUCKET_LEASES).await?;
+    let leases_max_age = leases.store().status().await?.max_age();
     let replica = config.replica_id.clone().unwrap_or_else(default_replica_id);
     let effects = effects::Effects::new(
         client.clone(),
@@ -118,7 +120,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await?;
     let shared = Arc::new(driver::Shared {
         records: records.clone(),
-        leases: lease::Leases::new(leases, replica.clone(), config.lease_ttl_ms),
+        leases: lease::Leases::new(leases, replica.clone(), config.lease_ttl_ms)
+            .with_bucket_max_age(leases_max_age),
         effects: effects.clone(),
         metrics: metrics.clone(),
     });

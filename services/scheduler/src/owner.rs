@@ -1,8 +1,10 @@
-//! Which rollouts this replica drives: watches the rollouts bucket, takes the leases of rollouts
-//! that need an owner and have none (or an expired one), and runs a driver for each.
+//! Which rollouts this replica drives: holds the replica lease (one task renews it), watches the
+//! rollouts bucket, takes the leases of rollouts that need an owner and have none (or one whose
+//! owner's replica lease is gone or expired), and runs a driver for each.
 //!
 //! Every replica scans at least once per third of a lease period, so a dead replica's rollouts
-//! are taken over within two lease periods: one for its lease to expire, less than one to notice.
+//! are taken over within two lease periods: one for its replica lease to expire, less than one
+//! to notice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -142,6 +144,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     };
 
     let period = Duration::from_millis(shared.leases.ttl_ms() / 3).max(Duration::from_millis(50));
+    let replica = tokio::spawn(hold_replica_lease(
+        shared.clone(),
+        period,
+        scan_now.clone(),
+        shutdown.clone(),
+    ));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = tokio::task::JoinSet::new();
@@ -173,11 +181,17 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         // Leases are taken concurrently: after a replica dies, the survivors must take over
         // thousands of rollouts within a lease period, which one round trip at a time cannot.
         let now = now_ms();
+        let Some(epoch) = shared.leases.epoch(now) else {
+            continue; // no replica lease: nothing may be taken until it is back
+        };
+        let owners = Arc::new(crate::lease::Owners::default());
         let mut acquired = futures::stream::iter(candidates)
             .map(|key| {
                 let shared = shared.clone();
+                let epoch = epoch.clone();
+                let owners = owners.clone();
                 async move {
-                    let result = shared.leases.acquire(&key, now).await;
+                    let result = shared.leases.acquire(&key, now, &epoch, &owners).await;
                     (key, result)
                 }
             })
@@ -204,9 +218,56 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             }
         }
     }
-    // Drivers see the same token and release their leases.
+    // Drivers see the same token and release their leases; the replica lease goes last.
     while tasks.join_next().await.is_some() {}
+    let _ = replica.await;
+    shared.leases.release_replica().await;
     watcher.abort();
     waker.abort();
     Ok(())
+}
+
+/// Takes the replica lease and renews it every `period` until `shutdown`; when it is lost (every
+/// driver of it stops at once), takes it again under a new epoch and asks for a scan.
+async fn hold_replica_lease(
+    shared: Arc<Shared>,
+    period: Duration,
+    scan_now: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let leases = &shared.leases;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epoch: Option<Arc<crate::lease::Epoch>> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = now_ms();
+        match &epoch {
+            Some(held) => match leases.renew_replica(held, now).await {
+                Ok(()) => {}
+                Err(crate::lease::LeaseError::Taken { .. }) => {
+                    warn!("replica lease lost; all drivers stop");
+                    epoch = None;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot renew replica lease");
+                    if !held.valid(now_ms()) {
+                        leases.lose(held);
+                        epoch = None;
+                    }
+                }
+            },
+            None => match leases.acquire_replica(now).await {
+                Ok(held) => {
+                    debug!(epoch = held.id(), "replica lease taken");
+                    epoch = Some(held);
+                    scan_now.notify_one();
+                }
+                Err(error) => warn!(%error, "cannot take replica lease"),
+            },
+        }
+    }
 }
