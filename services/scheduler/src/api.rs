@@ -140,6 +140,20 @@ impl Api {
         Err(refused)
     }
 
+    /// An operator command about one rollout: authorized (a refusal is audited), then queued.
+    async fn operator<T: Sync>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        reference: Option<&pb::RolloutRef>,
+        command: Command,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let caller = self
+            .authorize_for(request, method, Role::Operator, reference)
+            .await?;
+        self.command(reference, command, caller).await
+    }
+
     async fn load(
         &self,
         reference: Option<&pb::RolloutRef>,
@@ -421,15 +435,8 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self
-            .authorize_for(
-                &request,
-                "Pause",
-                Role::Operator,
-                request.get_ref().r#ref.as_ref(),
-            )
-            .await?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Pause, caller)
+        let reference = request.get_ref().r#ref.as_ref();
+        self.operator(&request, "Pause", reference, Command::Pause)
             .await
     }
 
@@ -437,15 +444,8 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self
-            .authorize_for(
-                &request,
-                "Resume",
-                Role::Operator,
-                request.get_ref().r#ref.as_ref(),
-            )
-            .await?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Resume, caller)
+        let reference = request.get_ref().r#ref.as_ref();
+        self.operator(&request, "Resume", reference, Command::Resume)
             .await
     }
 
@@ -453,36 +453,18 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self
-            .authorize_for(
-                &request,
-                "Promote",
-                Role::Operator,
-                request.get_ref().r#ref.as_ref(),
-            )
-            .await?;
+        let reference = request.get_ref().r#ref.as_ref();
         let full = request.get_ref().full;
-        self.command(
-            request.get_ref().r#ref.as_ref(),
-            Command::Promote { full },
-            caller,
-        )
-        .await
+        self.operator(&request, "Promote", reference, Command::Promote { full })
+            .await
     }
 
     async fn abort(
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self
-            .authorize_for(
-                &request,
-                "Abort",
-                Role::Operator,
-                request.get_ref().r#ref.as_ref(),
-            )
-            .await?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Abort, caller)
+        let reference = request.get_ref().r#ref.as_ref();
+        self.operator(&request, "Abort", reference, Command::Abort)
             .await
     }
 
@@ -490,15 +472,8 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self
-            .authorize_for(
-                &request,
-                "Approve",
-                Role::Operator,
-                request.get_ref().r#ref.as_ref(),
-            )
-            .await?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Approve, caller)
+        let reference = request.get_ref().r#ref.as_ref();
+        self.operator(&request, "Approve", reference, Command::Approve)
             .await
     }
 
@@ -506,15 +481,8 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let caller = self
-            .authorize_for(
-                &request,
-                "Retry",
-                Role::Operator,
-                request.get_ref().r#ref.as_ref(),
-            )
-            .await?;
-        self.command(request.get_ref().r#ref.as_ref(), Command::Retry, caller)
+        let reference = request.get_ref().r#ref.as_ref();
+        self.operator(&request, "Retry", reference, Command::Retry)
             .await
     }
 
