@@ -33,7 +33,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Attempts at finding a free port when another process takes it first.
-const PORT_ATTEMPTS: usize = 5;
+pub(crate) const PORT_ATTEMPTS: usize = 5;
 
 /// The scrape (and evaluation) interval: short, so tests wait seconds, not minutes.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
@@ -63,40 +63,61 @@ impl ScrapeTarget {
     }
 }
 
-/// A running Prometheus.
+/// A running metrics server with a Prometheus-compatible query API (Prometheus itself, or
+/// VictoriaMetrics): its process, port and temporary directory, and the queries tests need.
 #[derive(Debug)]
-pub struct Prometheus {
-    // Declared before `dir` so the process is killed before its TSDB is removed.
+pub struct QueryServer {
+    // Declared before `dir` so the process is killed before its storage is removed.
     process: Process,
     port: u16,
     dir: TempDir,
+    name: &'static str,
 }
 
-impl Prometheus {
-    /// Starts Prometheus scraping `targets` every [`SCRAPE_INTERVAL`], and waits until it is
-    /// ready.
-    ///
-    /// The binary is `$AVIARY_PROMETHEUS`, else `<workspace>/.tools/bin/prometheus`, else the
-    /// system's (Debian package `prometheus`).
-    ///
-    /// # Errors
-    /// [`TestkitError::ToolNotFound`] without a binary; [`TestkitError::Exited`] /
-    /// [`TestkitError::NotReady`] when it does not come up.
-    pub async fn start(targets: &[ScrapeTarget]) -> Result<Self> {
-        let bin = tool_path("prometheus")?;
+impl QueryServer {
+    /// Writes `config` as `<dir>/<config_name>` in a new temp dir and starts the server with
+    /// `launch(binary, port, config, data dir, log)` on a free port, trying another port when
+    /// one is taken between finding and binding it.
+    pub(crate) async fn start<F, Fut>(
+        name: &'static str,
+        tool: &str,
+        config_name: &str,
+        config: String,
+        launch: F,
+    ) -> Result<Self>
+    where
+        F: Fn(PathBuf, u16, PathBuf, PathBuf, PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<Process>>,
+    {
+        let bin = tool_path(tool)?;
         let dir = tempfile::Builder::new()
-            .prefix("aviary-prometheus-")
+            .prefix(&format!("aviary-{name}-"))
             .tempdir()
             .map_err(|e| TestkitError::io("creating a temp dir", e))?;
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, config_yaml(targets))
-            .map_err(|e| TestkitError::io("writing prometheus.yml", e))?;
+        let config_path = dir.path().join(config_name);
+        std::fs::write(&config_path, config)
+            .map_err(|e| TestkitError::io(format!("writing {config_name}"), e))?;
         let mut last_error = None;
         for attempt in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            let log = dir.path().join(format!("prometheus-{attempt}.log"));
-            match launch(&bin, port, &config, &dir.path().join("data"), &log).await {
-                Ok(process) => return Ok(Self { process, port, dir }),
+            let log = dir.path().join(format!("{name}-{attempt}.log"));
+            match launch(
+                bin.clone(),
+                port,
+                config_path.clone(),
+                dir.path().join("data"),
+                log,
+            )
+            .await
+            {
+                Ok(process) => {
+                    return Ok(Self {
+                        process,
+                        port,
+                        dir,
+                        name,
+                    });
+                }
                 Err(e @ TestkitError::Exited { .. }) if is_port_clash(&e) => last_error = Some(e),
                 Err(e) => return Err(e),
             }
@@ -109,7 +130,7 @@ impl Prometheus {
         }))
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`: the base URL of the query API.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -119,12 +140,12 @@ impl Prometheus {
         self.port
     }
 
-    /// The directory holding `prometheus.yml` and the TSDB.
+    /// The directory holding the config and the storage.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Everything Prometheus has logged so far.
+    /// Everything the server has logged so far.
     pub fn log(&self) -> String {
         self.process.log()
     }
@@ -146,11 +167,11 @@ impl Prometheus {
         })
     }
 
-    /// Polls `promql` until it returns at least one series, and returns the answer's
-    /// `data.result`.
+    /// Polls `promql` until it returns at least one series (scrapes take a moment to land),
+    /// and returns the series.
     ///
     /// # Errors
-    /// [`TestkitError::NotReady`] (with Prometheus's log) when `deadline` passes first.
+    /// [`TestkitError::NotReady`] with the server's log when `deadline` passes first.
     pub async fn wait_for_data(
         &self,
         promql: &str,
@@ -166,13 +187,42 @@ impl Prometheus {
             }
             if started.elapsed() >= deadline {
                 return Err(TestkitError::NotReady {
-                    name: format!("prometheus data for `{promql}`"),
+                    name: format!("{} data for `{promql}`", self.name),
                     after: deadline,
                     log: self.log(),
                 });
             }
             tokio::time::sleep(POLL_INTERVAL.max(Duration::from_millis(100))).await;
         }
+    }
+}
+
+/// A running Prometheus (see [`QueryServer`] for its methods).
+#[derive(Debug)]
+pub struct Prometheus(QueryServer);
+
+impl std::ops::Deref for Prometheus {
+    type Target = QueryServer;
+
+    fn deref(&self) -> &QueryServer {
+        &self.0
+    }
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `targets` every [`SCRAPE_INTERVAL`], and waits until it is
+    /// ready.
+    ///
+    /// # Errors
+    /// [`TestkitError::ToolNotFound`] without a binary; [`TestkitError::Exited`] /
+    /// [`TestkitError::NotReady`] when it does not come up.
+    pub async fn start(targets: &[ScrapeTarget]) -> Result<Self> {
+        let config = config_yaml(targets);
+        QueryServer::start("prometheus", "prometheus", "prometheus.yml", config, |bin, port, config, data, log| async move {
+            launch(&bin, port, &config, &data, &log).await
+        })
+        .await
+        .map(Self)
     }
 }
 
@@ -217,7 +267,7 @@ async fn launch(
     Ok(process)
 }
 
-fn is_port_clash(error: &TestkitError) -> bool {
+pub(crate) fn is_port_clash(error: &TestkitError) -> bool {
     matches!(error, TestkitError::Exited { log, .. } if log.contains("address already in use"))
 }
 

@@ -17,31 +17,29 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tempfile::TempDir;
-
-use crate::process::{Process, free_port, tool_path};
-use crate::prometheus::{ScrapeTarget, http_get, percent_encode};
-use crate::{POLL_INTERVAL, Result, TestkitError};
+use crate::Result;
+use crate::process::Process;
+use crate::prometheus::{QueryServer, ScrapeTarget, http_get};
 
 /// How long a starting VictoriaMetrics may take to be ready (well under a second; the margin is
 /// for a machine busy compiling).
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Attempts at finding a free port when another process takes it first.
-const PORT_ATTEMPTS: usize = 5;
-
 /// The scrape interval: short, so tests wait seconds, not minutes.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A running VictoriaMetrics.
+/// A running VictoriaMetrics (see [`QueryServer`] for its methods).
 #[derive(Debug)]
-pub struct VictoriaMetrics {
-    // Declared before `dir` so the process is killed before its storage is removed.
-    process: Process,
-    port: u16,
-    dir: TempDir,
+pub struct VictoriaMetrics(QueryServer);
+
+impl std::ops::Deref for VictoriaMetrics {
+    type Target = QueryServer;
+
+    fn deref(&self) -> &QueryServer {
+        &self.0
+    }
 }
 
 impl VictoriaMetrics {
@@ -55,96 +53,12 @@ impl VictoriaMetrics {
     /// [`TestkitError::ToolNotFound`] without a binary; [`TestkitError::Exited`] /
     /// [`TestkitError::NotReady`] when it does not come up.
     pub async fn start(targets: &[ScrapeTarget]) -> Result<Self> {
-        let bin = tool_path("victoria-metrics")?;
-        let dir = tempfile::Builder::new()
-            .prefix("aviary-victoria-")
-            .tempdir()
-            .map_err(|e| TestkitError::io("creating a temp dir", e))?;
-        let config = dir.path().join("scrape.yml");
-        std::fs::write(&config, config_yaml(targets))
-            .map_err(|e| TestkitError::io("writing scrape.yml", e))?;
-        let mut last_error = None;
-        for attempt in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            let log = dir.path().join(format!("victoria-{attempt}.log"));
-            match launch(&bin, port, &config, &dir.path().join("data"), &log).await {
-                Ok(process) => return Ok(Self { process, port, dir }),
-                Err(e @ TestkitError::Exited { .. }) if is_port_clash(&e) => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| {
-            TestkitError::io(
-                "finding a free port",
-                std::io::Error::other("no attempts made"),
-            )
-        }))
-    }
-
-    /// `http://127.0.0.1:<port>`: the base URL of its Prometheus-compatible API.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The HTTP port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The directory holding the scrape config and the storage.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Everything VictoriaMetrics has logged so far.
-    pub fn log(&self) -> String {
-        self.process.log()
-    }
-
-    /// Runs an instant query now and returns the API's JSON answer.
-    ///
-    /// # Errors
-    /// [`TestkitError::Io`] when the request fails or the answer is not JSON.
-    pub async fn query(&self, promql: &str) -> Result<serde_json::Value> {
-        let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let (status, body) = http_get(self.port, &path)
-            .await
-            .map_err(|e| TestkitError::io(format!("querying {promql}"), e))?;
-        serde_json::from_slice(&body).map_err(|e| {
-            TestkitError::io(
-                format!("decoding the answer (HTTP {status}) to {promql}"),
-                std::io::Error::other(e),
-            )
+        let config = config_yaml(targets);
+        QueryServer::start("victoria-metrics", "victoria-metrics", "scrape.yml", config, |bin, port, config, data, log| async move {
+            launch(&bin, port, &config, &data, &log).await
         })
-    }
-
-    /// Polls `promql` until it returns at least one series, and returns the answer's
-    /// `data.result`.
-    ///
-    /// # Errors
-    /// [`TestkitError::NotReady`] (with the log) when `deadline` passes first.
-    pub async fn wait_for_data(
-        &self,
-        promql: &str,
-        deadline: Duration,
-    ) -> Result<Vec<serde_json::Value>> {
-        let started = Instant::now();
-        loop {
-            if let Ok(answer) = self.query(promql).await
-                && let Some(result) = answer.pointer("/data/result").and_then(|r| r.as_array())
-                && !result.is_empty()
-            {
-                return Ok(result.clone());
-            }
-            if started.elapsed() >= deadline {
-                return Err(TestkitError::NotReady {
-                    name: format!("victoria-metrics data for `{promql}`"),
-                    after: deadline,
-                    log: self.log(),
-                });
-            }
-            tokio::time::sleep(POLL_INTERVAL.max(Duration::from_millis(100))).await;
-        }
+        .await
+        .map(Self)
     }
 }
 
@@ -192,10 +106,6 @@ async fn launch(
         })
         .await?;
     Ok(process)
-}
-
-fn is_port_clash(error: &TestkitError) -> bool {
-    matches!(error, TestkitError::Exited { log, .. } if log.contains("address already in use"))
 }
 
 #[cfg(test)]
