@@ -613,6 +613,7 @@ impl Stack {
     ) -> pb::RolloutStatus {
         let started = Instant::now();
         let mut last = None;
+        let mut terminal_since: Option<Instant> = None;
         loop {
             if let Ok(mut api) = self.try_api().await
                 && let Ok(rollout) = api
@@ -627,9 +628,13 @@ impl Stack {
                 }
                 let terminal = matches!(status.phase(), pb::Phase::Succeeded | pb::Phase::Failed);
                 if terminal {
-                    // A finished rollout never changes again: no point waiting.
-                    self.fail(name, &format!("{what}: rollout ended instead"), &status)
-                        .await;
+                    // A finished rollout changes only until its last route is confirmed
+                    // (milliseconds): after a grace, no point waiting.
+                    let since = *terminal_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(5) {
+                        self.fail(name, &format!("{what}: rollout ended instead"), &status)
+                            .await;
+                    }
                 }
                 last = Some(status);
             }
@@ -654,6 +659,16 @@ impl Stack {
     ) -> pb::RolloutStatus {
         self.wait_status(name, &format!("phase {phase:?}"), deadline, |s| {
             s.phase() == phase
+        })
+        .await
+    }
+
+    /// Waits until the rollout failed *and* every ingress confirmed the rollback split (100 %
+    /// primary): the phase is stored when the rollback is decided, a moment before the data
+    /// plane serves it.
+    pub async fn wait_rolled_back(&self, name: &str, deadline: Duration) -> pb::RolloutStatus {
+        self.wait_status(name, "rolled back and confirmed", deadline, |s| {
+            s.phase() == pb::Phase::Failed && s.canary_weight == 0 && s.primary_weight == 100
         })
         .await
     }

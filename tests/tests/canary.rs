@@ -86,7 +86,7 @@ async fn canary_failing_requests_is_rolled_back() {
     let traffic = Traffic::start(&stack.url(), 25, &[]);
 
     stack
-        .wait_phase("podinfo", pb::Phase::Failed, Duration::from_secs(40))
+        .wait_rolled_back("podinfo", Duration::from_secs(40))
         .await;
     let rolled_back = Instant::now();
     let after = traffic
@@ -186,7 +186,7 @@ async fn slow_canary_is_rolled_back_on_request_duration() {
     let traffic = Traffic::start(&stack.url(), 25, &[]);
 
     stack
-        .wait_phase("podinfo", pb::Phase::Failed, Duration::from_secs(40))
+        .wait_rolled_back("podinfo", Duration::from_secs(40))
         .await;
     let after = traffic
         .wait_answers(Instant::now(), 40, Duration::from_secs(10))

@@ -228,7 +228,7 @@ async fn abort_mid_rollout_rolls_back() {
         .await
         .unwrap();
     stack
-        .wait_phase("podinfo", pb::Phase::Failed, Duration::from_secs(10))
+        .wait_rolled_back("podinfo", Duration::from_secs(10))
         .await;
     let after = traffic
         .wait_answers(Instant::now(), 20, Duration::from_secs(10))
