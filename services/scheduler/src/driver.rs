@@ -72,6 +72,15 @@ struct Driver {
     published: HashSet<String>,
 }
 
+/// The fields of the held record a decision replaces, kept until the decision is stored.
+struct Undo {
+    status: RolloutStatus,
+    commands: Option<Vec<crate::record::QueuedCommand>>,
+    last_checks: Option<Vec<aviary_proto::events::MetricValue>>,
+    outbox: Vec<aviary_proto::events::AuditEvent>,
+    event_seq: u64,
+}
+
 /// Starts driving the rollout at `key` under the lease `held`.
 ///
 /// Returns the handle and the task's join handle, which yields why it stopped.
@@ -276,13 +285,10 @@ impl Driver {
                 return Err(Exit::LostLease);
             }
             let record = &self.entry.value;
-            let mut next = record.clone();
-            if let Some(queued) = command {
-                let before = next.commands.len();
-                next.commands.retain(|c| c.id != queued.id);
-                if next.commands.len() == before {
-                    return Ok(()); // consumed by an earlier decision
-                }
+            if let Some(queued) = command
+                && !record.commands.iter().any(|c| c.id == queued.id)
+            {
+                return Ok(()); // consumed by an earlier decision
             }
             let env = Env {
                 now_ms: now,
@@ -300,17 +306,43 @@ impl Driver {
                     (record.status.clone(), Vec::new())
                 }
             };
-            next.status = status;
-            if let Input::Verdict(v) = &input {
-                next.last_checks = convert::verdict_metrics(&next.rollout.spec, v);
-            }
-            next.outbox.retain(|e| !self.published.contains(&e.id));
+            // The decision is written over the held record in place: the manifest and the spec
+            // (most of its size) never change here, so only the fields that do are set aside,
+            // to be put back if the write fails.
+            let outbox: Vec<_> = record
+                .outbox
+                .iter()
+                .filter(|e| !self.published.contains(&e.id))
+                .cloned()
+                .collect();
+            let next = &mut self.entry.value;
+            let undo = Undo {
+                status: std::mem::replace(&mut next.status, status),
+                commands: command.map(|queued| {
+                    let kept = next
+                        .commands
+                        .iter()
+                        .filter(|c| c.id != queued.id)
+                        .cloned()
+                        .collect();
+                    std::mem::replace(&mut next.commands, kept)
+                }),
+                last_checks: match &input {
+                    Input::Verdict(v) => Some(std::mem::replace(
+                        &mut next.last_checks,
+                        convert::verdict_metrics(&next.rollout.spec, v),
+                    )),
+                    _ => None,
+                },
+                outbox: std::mem::replace(&mut next.outbox, outbox),
+                event_seq: next.event_seq,
+            };
             let actor = command.map_or("", |c| c.actor.as_str());
             for action in &actions {
                 if let Action::Emit(event) = action {
                     next.event_seq += 1;
-                    next.outbox.push(convert::audit_event(
-                        &next,
+                    let event = convert::audit_event(
+                        next,
                         next.event_seq,
                         event,
                         actor,
@@ -319,36 +351,36 @@ impl Driver {
                             Input::Verdict(v) => Some(v),
                             _ => None,
                         },
-                    ));
+                    );
+                    next.outbox.push(event);
                 }
             }
             match self
                 .shared
                 .records
-                .update(&self.key, &next, self.entry.revision)
+                .update(&self.key, &self.entry.value, self.entry.revision)
                 .await
             {
                 Ok(revision) => {
                     if matches!(input, Input::Tick)
-                        && let Some(due) = record.status.next_tick_at_ms
+                        && let Some(due) = undo.status.next_tick_at_ms
                     {
                         let lag = now_ms().saturating_sub(due);
                         self.shared.metrics.tick_lag.observe(lag as f64 / 1000.0);
                     }
-                    self.observe(&record.status, &next.status);
-                    self.entry = Entry {
-                        key: self.key.clone(),
-                        value: next,
-                        revision,
-                    };
+                    self.observe(&undo.status, &self.entry.value.status);
+                    self.entry.revision = revision;
+                    self.forget_trimmed();
                     self.execute(actions).await;
                     return Ok(());
                 }
                 Err(BusError::Conflict { .. }) => {
                     debug!("record changed under us; re-deciding");
+                    self.undo(undo);
                     self.refresh().await?;
                 }
                 Err(error) => {
+                    self.undo(undo);
                     warn!(%error, "cannot store decision; will retry at the next tick");
                     return Ok(());
                 }
@@ -356,6 +388,28 @@ impl Driver {
         }
         warn!("gave up storing a decision after repeated conflicts");
         Ok(())
+    }
+
+    /// Puts back what a decision that was not stored changed in the held record.
+    fn undo(&mut self, undo: Undo) {
+        let record = &mut self.entry.value;
+        record.status = undo.status;
+        if let Some(commands) = undo.commands {
+            record.commands = commands;
+        }
+        if let Some(last_checks) = undo.last_checks {
+            record.last_checks = last_checks;
+        }
+        record.outbox = undo.outbox;
+        record.event_seq = undo.event_seq;
+    }
+
+    /// Forgets published events no longer in the stored outbox: once trimmed from it they are
+    /// never seen again, so remembering them only grows the set for the rollout's whole run.
+    fn forget_trimmed(&mut self) {
+        let outbox = &self.entry.value.outbox;
+        self.published
+            .retain(|id| outbox.iter().any(|e| &e.id == id));
     }
 
     fn observe(&self, before: &RolloutStatus, after: &RolloutStatus) {
@@ -383,13 +437,14 @@ impl Driver {
     }
 
     async fn execute(&mut self, actions: Vec<Action>) {
-        let record = self.entry.value.clone();
+        // Each request is built here, from the held record; only what it needs goes to its task.
+        let record = &self.entry.value;
         for action in actions {
             match action {
                 Action::Emit(_) | Action::ScheduleTick { .. } => {}
                 Action::ApplyRoute(route) => {
-                    let command = convert::route_command(&record, &route);
-                    let effects = self.shared.effects.clone();
+                    let command = convert::route_command(record, &route);
+                    let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
                     let ingresses = record.ingresses();
                     let latency = self.shared.metrics.ack_latency.clone();
@@ -402,7 +457,7 @@ impl Driver {
                     );
                     tokio::spawn(async move {
                         let started = Instant::now();
-                        let input = match effects.apply_route(&ingresses, &command).await {
+                        let input = match shared.effects.apply_route(&ingresses, &command).await {
                             Ok(confirmed) => {
                                 latency.observe(started.elapsed().as_secs_f64());
                                 let ack = confirmed.acks.first().cloned().unwrap_or_default();
@@ -427,12 +482,12 @@ impl Driver {
                     });
                 }
                 Action::RequestAnalysis(request) => {
-                    let pb_request = convert::analysis_request(&record, &request);
-                    let effects = self.shared.effects.clone();
+                    let pb_request = convert::analysis_request(record, &request);
+                    let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
                     let seq = request.seq;
                     tokio::spawn(async move {
-                        let input = match effects.analyze(&pb_request).await {
+                        let input = match shared.effects.analyze(&pb_request).await {
                             Ok(verdict) => Input::Verdict(convert::verdict(seq, &verdict)),
                             Err(BusError::Timeout { .. }) => Input::AnalysisTimeout { seq },
                             Err(error) => Input::Verdict(error_verdict(seq, &error)),
@@ -445,34 +500,34 @@ impl Driver {
                     gate,
                     webhooks,
                 } => {
-                    let effects = self.shared.effects.clone();
+                    let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
-                    let request = convert::webhook_request(&record, seq, &webhooks);
+                    let request = convert::webhook_request(record, seq, &webhooks);
                     tokio::spawn(async move {
                         // A gate with no webhooks is held by the API alone (Approve opens it).
                         let open = !webhooks.is_empty()
-                            && matches!(effects.analyze(&request).await,
+                            && matches!(shared.effects.analyze(&request).await,
                                 Ok(v) if v.outcome == aviary_proto::Outcome::Pass as i32);
                         let _ = inputs.send(Input::GateResult { seq, gate, open }).await;
                     });
                 }
                 Action::RunHooks { hook, webhooks } => {
-                    let effects = self.shared.effects.clone();
+                    let shared = self.shared.clone();
                     let seq = record.status.seq;
-                    let request = convert::webhook_request(&record, seq, &webhooks);
+                    let request = convert::webhook_request(record, seq, &webhooks);
                     tokio::spawn(async move {
-                        if let Err(error) = effects.analyze(&request).await {
+                        if let Err(error) = shared.effects.analyze(&request).await {
                             warn!(hook = hook.as_str(), %error, "hooks failed");
                         }
                     });
                 }
                 Action::Finalise { seq } => {
-                    let command = convert::finalise_command(&record, seq);
-                    let effects = self.shared.effects.clone();
+                    let command = convert::finalise_command(record, seq);
+                    let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
                     let ingresses = record.ingresses();
                     tokio::spawn(async move {
-                        match effects.apply_route(&ingresses, &command).await {
+                        match shared.effects.apply_route(&ingresses, &command).await {
                             Ok(_) => {
                                 let _ = inputs.send(Input::Finalised { seq }).await;
                             }
