@@ -286,7 +286,7 @@ impl RolloutService for Api {
                         last_checks: Vec::new(),
                     })
                 }
-                Some(record) if convert::same_spec(&record.rollout.spec, &rollout.spec) => {
+                Some(record) if record.rollout.spec == rollout.spec => {
                     changed = false;
                     None
                 }

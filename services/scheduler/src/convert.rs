@@ -549,11 +549,6 @@ fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
     }
 }
 
-/// Whether a spec is the same as the stored one (ignoring formatting of the manifest).
-pub fn same_spec(a: &RolloutSpec, b: &RolloutSpec) -> bool {
-    a == b
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

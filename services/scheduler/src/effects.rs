@@ -150,15 +150,6 @@ impl Effects {
         typed::request(&self.client, &subject, command, self.route_timeout).await
     }
 
-    /// Removes the desired routes of a rollout that no longer exists.
-    pub async fn forget_routes(&self, ingresses: &[String], namespace: &str, name: &str) {
-        for ingress in ingresses {
-            if let Ok(key) = names::route_key(ingress, namespace, name) {
-                let _ = self.routes.delete(&key, None).await;
-            }
-        }
-    }
-
     /// Asks the analyzer queue group for a verdict.
     ///
     /// Errors: [`BusError::NoResponders`] when no analyzer runs, [`BusError::Timeout`] when none

@@ -84,8 +84,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     aviary_runtime::install_crypto_provider();
     let mut registry = aviary_runtime::admin::registry();
     let metrics = metrics::Metrics::register(&mut registry);
-    let bus_metrics = aviary_bus::BusMetrics::register(&mut registry);
-    let _ = bus_metrics;
     let ready = Readiness::default();
     AdminServer::spawn(
         config.common.admin_addr,

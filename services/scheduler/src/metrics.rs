@@ -1,6 +1,5 @@
 //! The scheduler's own metrics (all `aviary_`-prefixed through the service registry).
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -131,6 +130,3 @@ impl Metrics {
         m
     }
 }
-
-/// Shared handle.
-pub type SharedMetrics = Arc<Metrics>;
