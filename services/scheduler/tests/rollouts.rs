@@ -144,7 +144,12 @@ async fn failing_canary_is_rolled_back_at_threshold() {
         2,
         "rolled back after exactly threshold failed checks"
     );
-    let last = routes.lock().unwrap().last().cloned().unwrap();
+    // Failed is stored when the rollback is decided; the route back follows a moment later.
+    let last = aviary_testkit::eventually(Duration::from_secs(10), "the rollback route", || {
+        let last = routes.lock().unwrap().last().cloned();
+        async move { last.filter(|(_, primary, _)| *primary == 100) }
+    })
+    .await;
     assert_eq!(
         last,
         ("app-v1".to_owned(), 100, 0),
