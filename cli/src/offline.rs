@@ -112,7 +112,7 @@ fn write_table(rollout: &Rollout, plan: &Plan, out: &mut dyn Write) -> anyhow::R
         "STEP", "CANARY", "PRIMARY", "MIRROR", "MATCH", "ANALYSIS", "HOLD",
     ];
     let mut rows: Vec<[String; 7]> = Vec::new();
-    for (i, s) in plan.steps.iter().enumerate() {
+    for (i, s) in plan.steps().enumerate() {
         rows.push([
             (i + 1).to_string(),
             format!("{}%", s.canary_weight),
@@ -124,7 +124,7 @@ fn write_table(rollout: &Rollout, plan: &Plan, out: &mut dyn Write) -> anyhow::R
             },
             yes_no(s.matched()).into(),
             yes_no(s.analysis).into(),
-            hold(s),
+            hold(&s),
         ]);
     }
     for (i, w) in plan.promotion.weights.iter().enumerate() {

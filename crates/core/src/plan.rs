@@ -9,7 +9,9 @@
 //! steps) and `maxWeight: 50, stepWeight: 20` serves 20, 40 and 60 — the weight goes *above*
 //! maxWeight once, as documented upstream.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::duration::HumanDuration;
 use crate::error::ValidationErrors;
@@ -22,12 +24,62 @@ use crate::strategy::Strategy;
 pub struct Plan {
     /// The strategy in force.
     pub strategy: Strategy,
-    /// Steps before promotion, in order.
-    pub steps: Vec<PlannedStep>,
+    /// Steps before promotion, in order ([`Plan::steps`], [`Plan::step`]); serialised as the
+    /// list of [`PlannedStep`]s.
+    steps: Schedule,
     /// How promotion proceeds.
     pub promotion: PromotionPlan,
     /// How soon a failing canary is rolled back at the earliest.
     pub rollback: RollbackPlan,
+}
+
+/// The steps of a plan. A progressive canary's steps differ only in their weight, so they are
+/// kept as weights: a 1-point schedule has 99 steps, and a scheduler holds a plan for each of
+/// thousands of rollouts.
+#[derive(Clone, Debug)]
+enum Schedule {
+    /// Analysed, unmirrored, unmatched steps at these canary weights.
+    Weights(Vec<u8>),
+    /// Any other schedule, step by step.
+    Listed(Vec<PlannedStep>),
+}
+
+impl Schedule {
+    fn len(&self) -> usize {
+        match self {
+            Schedule::Weights(w) => w.len(),
+            Schedule::Listed(s) => s.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<Cow<'_, PlannedStep>> {
+        match self {
+            Schedule::Weights(w) => w.get(i).map(|&w| Cow::Owned(PlannedStep::weighted(w))),
+            Schedule::Listed(s) => s.get(i).map(Cow::Borrowed),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Cow<'_, PlannedStep>> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::deserialize(deserializer).map(Schedule::Listed)
+    }
 }
 
 /// One step of the schedule: the split it serves and what must happen before moving on.
@@ -122,7 +174,6 @@ impl Plan {
 
     fn build_unchecked(spec: &RolloutSpec, strategy: Strategy) -> Plan {
         let a = &spec.analysis;
-        let interval = a.interval().as_secs();
         let mut steps = Vec::new();
         let mut pauses = 0u64;
         match strategy {
@@ -132,6 +183,14 @@ impl Plan {
                     s.mirror = true;
                     s.mirror_weight = Some(a.mirror_weight());
                     steps.push(s);
+                }
+                if steps.is_empty() {
+                    return Self::finish(
+                        spec,
+                        strategy,
+                        Schedule::Weights(canary_weights(spec)),
+                        0,
+                    );
                 }
                 steps.extend(canary_weights(spec).into_iter().map(PlannedStep::weighted));
             }
@@ -184,8 +243,16 @@ impl Plan {
                 }
             }
         }
+        Self::finish(spec, strategy, Schedule::Listed(steps), pauses)
+    }
+
+    fn finish(spec: &RolloutSpec, strategy: Strategy, steps: Schedule, pauses: u64) -> Plan {
+        let a = &spec.analysis;
+        let interval = a.interval().as_secs();
         let analysed = steps.iter().filter(|s| s.analysis).count() as u64;
-        let last = steps.last().map_or(0, |s| s.canary_weight);
+        let last = steps
+            .get(steps.len().wrapping_sub(1))
+            .map_or(0, |s| s.canary_weight);
         Plan {
             strategy,
             promotion: PromotionPlan {
@@ -197,6 +264,21 @@ impl Plan {
             },
             steps,
         }
+    }
+
+    /// The steps before promotion, in order.
+    pub fn steps(&self) -> impl Iterator<Item = Cow<'_, PlannedStep>> + '_ {
+        self.steps.iter()
+    }
+
+    /// Step `i`, if the plan has that many.
+    pub fn step(&self, i: usize) -> Option<Cow<'_, PlannedStep>> {
+        self.steps.get(i)
+    }
+
+    /// How many steps come before promotion.
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
     }
 
     /// Seconds until promotion can start at the earliest.
@@ -211,7 +293,7 @@ impl Plan {
 
     /// The canary weights of the steps, in order.
     pub fn weights(&self) -> Vec<u8> {
-        self.steps.iter().map(|s| s.canary_weight).collect()
+        self.steps().map(|s| s.canary_weight).collect()
     }
 }
 
@@ -283,11 +365,7 @@ mod tests {
         assert_eq!(p.promotion.min_seconds, 1500);
         assert_eq!(p.rollback.min_seconds, 600);
         assert_eq!(p.promotion.weights, vec![100]);
-        assert!(
-            p.steps
-                .iter()
-                .all(|s| s.canary_weight + s.primary_weight == 100)
-        );
+        assert!(p.steps().all(|s| s.canary_weight + s.primary_weight == 100));
     }
 
     #[test]
@@ -295,8 +373,7 @@ mod tests {
         let p = plan(RolloutSpec::test().max_weight(50).step_weight(20));
         assert_eq!(p.weights(), vec![20, 40, 60]);
         let pairs: Vec<(u8, u8)> = p
-            .steps
-            .iter()
+            .steps()
             .map(|s| (s.canary_weight, s.primary_weight))
             .collect();
         assert_eq!(pairs, vec![(20, 80), (40, 60), (60, 40)]);
@@ -306,8 +383,7 @@ mod tests {
     fn stepweights_list() {
         let p = plan(RolloutSpec::test().step_weights(&[1, 2, 10, 80]));
         let pairs: Vec<(u8, u8)> = p
-            .steps
-            .iter()
+            .steps()
             .map(|s| (s.canary_weight, s.primary_weight))
             .collect();
         assert_eq!(pairs, vec![(1, 99), (2, 98), (10, 90), (80, 20)]);
@@ -341,22 +417,21 @@ mod tests {
                 .threshold(2),
         );
         assert_eq!(ab.strategy, Strategy::AbTesting);
-        assert_eq!(ab.steps.len(), 10);
-        assert!(ab.steps.iter().all(|s| s.canary_weight == 0 && s.matched()));
+        assert_eq!(ab.step_count(), 10);
+        assert!(ab.steps().all(|s| s.canary_weight == 0 && s.matched()));
         assert_eq!(ab.promotion.min_seconds, 600);
         assert_eq!(ab.rollback.min_seconds, 120);
 
         let bg = plan(RolloutSpec::test().iterations(5));
         assert_eq!(bg.strategy, Strategy::BlueGreen);
         assert_eq!(bg.weights(), vec![0; 5]);
-        assert!(bg.steps.iter().all(|s| !s.mirror));
+        assert!(bg.steps().all(|s| !s.mirror));
         assert_eq!(bg.promotion.weights, vec![100]);
 
         let m = plan(RolloutSpec::test().iterations(5).mirror(Some(50)));
         assert_eq!(m.strategy, Strategy::BlueGreenMirror);
         assert!(
-            m.steps
-                .iter()
+            m.steps()
                 .all(|s| s.mirror && s.mirror_weight == Some(50) && s.primary_weight == 100)
         );
     }
@@ -370,8 +445,8 @@ mod tests {
                 .mirror(None),
         );
         assert_eq!(p.weights(), vec![0, 10, 20]);
-        assert!(p.steps[0].mirror);
-        assert_eq!(p.steps[0].mirror_weight, Some(100));
+        assert!(p.step(0).expect("step").mirror);
+        assert_eq!(p.step(0).expect("step").mirror_weight, Some(100));
         assert_eq!(p.promotion.min_seconds, 180);
     }
 
@@ -388,7 +463,7 @@ mod tests {
         ]));
         assert_eq!(p.strategy, Strategy::Steps);
         assert_eq!(p.weights(), vec![5, 5, 5, 50, 50]);
-        assert_eq!(p.steps.iter().filter(|s| s.analysis).count(), 1);
+        assert_eq!(p.steps().filter(|s| s.analysis).count(), 1);
         assert_eq!(p.promotion.min_seconds, 360);
     }
 

@@ -4,8 +4,9 @@
 //!
 //! For each N: a fresh nats-server; N rollout records written straight to the rollouts bucket;
 //! the scheduler started; once it owns every rollout and a warm-up passed, a measurement window.
-//! Figures over the window: tick lag p50/p99 (due → decision stored, from the scheduler's own
-//! `tick_lag` histogram, interpolated within buckets), CPU seconds per 1 000 steps (utime+stime
+//! Figures over the window: tick lag p50/p99 (due → decided, including the CAS write for the
+//! decisions that are stored; from the scheduler's own `tick_lag` histogram, interpolated within
+//! buckets), CPU seconds per 1 000 steps (utime+stime
 //! from `/proc/<pid>/stat` against the `step_duration` count), and peak RSS (`VmHWM`). Also the
 //! raw NATS request round trip in the same run. Prints JSON lines `{"name", "value", "unit"}`.
 //!

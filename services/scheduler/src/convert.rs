@@ -485,8 +485,7 @@ pub fn rollout(record: &RolloutRecord, revision: u64) -> pb::Rollout {
 }
 
 fn planned(plan: &Plan) -> Vec<pb::PlannedStep> {
-    plan.steps
-        .iter()
+    plan.steps()
         .map(|s| pb::PlannedStep {
             canary_weight: u32::from(s.canary_weight),
             primary_weight: u32::from(s.primary_weight),

@@ -114,41 +114,20 @@ async fn run(
     mut wake: mpsc::Receiver<()>,
     mut seen: tokio::sync::watch::Receiver<u64>,
 ) -> Exit {
-    let entry = match shared.records.get(&key).await {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return Exit::Gone,
-        Err(error) => {
-            warn!(%error, "cannot read rollout record");
-            shared.leases.release(&held).await;
-            return Exit::Gone;
-        }
-    };
-    let machine = match Machine::new(&entry.value.rollout.spec) {
-        Ok(machine) => machine,
-        Err(errors) => {
-            warn!(%errors, "stored spec does not validate; not driving it");
-            shared.leases.release(&held).await;
-            return Exit::Gone;
-        }
-    };
     let (inputs, mut input_rx) = mpsc::channel(64);
-    let mut driver = Driver {
-        key,
-        shared,
-        held,
-        entry,
-        machine,
-        inputs,
-        published: HashSet::new(),
+    // Built in its own (boxed, short-lived) future, so this one never holds the record twice.
+    let mut driver = match Box::pin(Driver::load(key, shared, held, inputs)).await {
+        Ok(driver) => driver,
+        Err(exit) => return exit,
     };
     info!(phase = %driver.entry.value.status.phase, "took ownership");
-    driver.publish_outbox().await;
+    Box::pin(driver.publish_outbox()).await;
     // Resume: a spec change first, then queued commands, then a tick that re-issues whatever was
     // outstanding when the previous owner stopped.
-    if let Err(exit) = driver.reload().await {
+    if let Err(exit) = Box::pin(driver.reload()).await {
         return exit;
     }
-    if let Err(exit) = driver.handle(Input::Tick, None).await {
+    if let Err(exit) = Box::pin(driver.handle(Input::Tick, None)).await {
         return exit;
     }
     // Only against the bucket's max age: ownership itself is renewed by the replica lease.
@@ -168,12 +147,15 @@ async fn run(
     let lost = driver.held.epoch.lost().clone();
     loop {
         if !driver.entry.value.needs_driver() {
-            driver.settle_outbox().await;
-            driver.shared.leases.release(&driver.held).await;
+            Box::pin(driver.settle_outbox()).await;
+            Box::pin(driver.shared.leases.release(&driver.held)).await;
             info!(phase = %driver.entry.value.status.phase, "rollout settled; released");
             return Exit::Done;
         }
         let tick_at = driver.next_tick();
+        // Each branch's work is boxed: a select holds every branch's future inline, and a
+        // decision's future (a CAS write, the effects) is several kilobytes that thousands of
+        // idle drivers would otherwise each carry while they wait.
         let step = tokio::select! {
             () = lost.cancelled() => {
                 warn!("replica lease lost; stopping");
@@ -181,21 +163,21 @@ async fn run(
                 return Exit::LostLease;
             }
             () = cancel.cancelled() => {
-                driver.shared.leases.release(&driver.held).await;
+                Box::pin(driver.shared.leases.release(&driver.held)).await;
                 return Exit::Shutdown;
             }
-            Some(input) = input_rx.recv() => driver.handle(input, None).await,
-            Some(()) = wake.recv() => driver.reload().await,
+            Some(input) = input_rx.recv() => Box::pin(driver.handle(input, None)).await,
+            Some(()) = wake.recv() => Box::pin(driver.reload()).await,
             Ok(()) = seen.changed() => {
                 let revision = *seen.borrow_and_update();
                 if revision > driver.entry.revision {
-                    driver.reload().await
+                    Box::pin(driver.reload()).await
                 } else {
                     Ok(())
                 }
             }
-            () = tokio::time::sleep_until(tick_at) => driver.handle(Input::Tick, None).await,
-            _ = restamp.tick() => driver.restamp().await,
+            () = tokio::time::sleep_until(tick_at) => Box::pin(driver.handle(Input::Tick, None)).await,
+            _ = restamp.tick() => Box::pin(driver.restamp()).await,
         };
         if let Err(exit) = step {
             return exit;
@@ -204,6 +186,41 @@ async fn run(
 }
 
 impl Driver {
+    /// Reads the record and builds the machine; releases the lease when either fails.
+    async fn load(
+        key: String,
+        shared: Arc<Shared>,
+        held: Held,
+        inputs: mpsc::Sender<Input>,
+    ) -> Result<Self, Exit> {
+        let entry = match shared.records.get(&key).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Err(Exit::Gone),
+            Err(error) => {
+                warn!(%error, "cannot read rollout record");
+                shared.leases.release(&held).await;
+                return Err(Exit::Gone);
+            }
+        };
+        let machine = match Machine::new(&entry.value.rollout.spec) {
+            Ok(machine) => machine,
+            Err(errors) => {
+                warn!(%errors, "stored spec does not validate; not driving it");
+                shared.leases.release(&held).await;
+                return Err(Exit::Gone);
+            }
+        };
+        Ok(Self {
+            key,
+            shared,
+            held,
+            entry,
+            machine,
+            inputs,
+            published: HashSet::new(),
+        })
+    }
+
     fn next_tick(&self) -> Instant {
         let now = now_ms();
         let due = self
@@ -306,6 +323,20 @@ impl Driver {
                     (record.status.clone(), Vec::new())
                 }
             };
+            if command.is_none() && only_asks_for_analysis(&input, &actions) {
+                // Not stored: asking for analysis follows from the stored status alone (a due
+                // interval), so an owner taking over decides the same request at its first
+                // tick. Held in memory, it is stored with the verdict's decision; a write lost to
+                // a concurrent change re-reads the stored status and asks again.
+                let before = std::mem::replace(&mut self.entry.value.status, status);
+                if let Some(due) = before.next_tick_at_ms {
+                    let lag = now_ms().saturating_sub(due);
+                    self.shared.metrics.tick_lag.observe(lag as f64 / 1000.0);
+                }
+                self.observe(&before, &self.entry.value.status);
+                self.execute(actions).await;
+                return Ok(());
+            }
             // The decision is written over the held record in place: the manifest and the spec
             // (most of its size) never change here, so only the fields that do are set aside,
             // to be put back if the write fails.
@@ -587,6 +618,18 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether a decision on `input` does nothing but ask for analysis: a due tick with no audit
+/// event, no route and no gate.
+fn only_asks_for_analysis(input: &Input, actions: &[Action]) -> bool {
+    matches!(input, Input::Tick)
+        && actions
+            .iter()
+            .any(|a| matches!(a, Action::RequestAnalysis(_)))
+        && actions
+            .iter()
+            .all(|a| matches!(a, Action::RequestAnalysis(_) | Action::ScheduleTick { .. }))
 }
 
 fn error_verdict(seq: u64, error: &BusError) -> aviary_core::machine::Verdict {

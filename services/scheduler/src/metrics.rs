@@ -46,7 +46,7 @@ pub struct Metrics {
     pub step_duration: Histogram,
     /// Seconds from a route decision to every ingress's ack.
     pub ack_latency: Histogram,
-    /// Seconds from a tick's due time to its decision being stored.
+    /// Seconds from a tick's due time to its decision (stored, when it is one that is stored).
     pub tick_lag: Histogram,
     /// Control-API calls refused for authentication or authorisation.
     pub refused_calls: Counter<u64, AtomicU64>,
@@ -119,7 +119,7 @@ impl Metrics {
         );
         registry.register(
             "scheduler_tick_lag_seconds",
-            "Tick due time to its decision stored",
+            "Tick due time to its decision (and its CAS write, when stored)",
             m.tick_lag.clone(),
         );
         registry.register(

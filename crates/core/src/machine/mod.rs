@@ -429,11 +429,10 @@ impl Cx<'_> {
     }
 
     fn enter_step(&mut self, i: usize) {
-        if i >= self.m.plan.steps.len() {
+        let Some(next) = self.m.plan.step(i).map(|s| s.canary_weight) else {
             return self.begin_promotion();
-        }
+        };
         self.st.step = i;
-        let next = self.m.plan.steps[i].canary_weight;
         let current = self.st.route.as_ref().map_or(0, |r| r.canary_weight);
         if next > current && self.m.has_hook(WebhookType::ConfirmTrafficIncrease) {
             self.check_gate(WebhookType::ConfirmTrafficIncrease);
@@ -443,7 +442,9 @@ impl Cx<'_> {
     }
 
     fn step_route(&mut self) {
-        let s = &self.m.plan.steps[self.st.step];
+        let Some(s) = self.m.plan.step(self.st.step) else {
+            return self.begin_promotion();
+        };
         let (canary, mirror, matches) = (
             s.canary_weight,
             if s.mirror {
@@ -464,7 +465,7 @@ impl Cx<'_> {
             format!(
                 "step {} of {}: canary {canary}%",
                 self.st.step + 1,
-                self.m.plan.steps.len()
+                self.m.plan.step_count()
             ),
             details,
         );
@@ -473,7 +474,9 @@ impl Cx<'_> {
 
     /// The step's route is confirmed: hold, observe or move on.
     fn step_entered(&mut self) {
-        let s = &self.m.plan.steps[self.st.step];
+        let Some(s) = self.m.plan.step(self.st.step) else {
+            return self.begin_promotion();
+        };
         match s.hold {
             Some(Hold::Pause { duration: Some(d) }) => {
                 let until = self.now + d.as_millis();
@@ -509,8 +512,11 @@ impl Cx<'_> {
 
     fn request_analysis(&mut self) {
         let step = self.st.step;
-        let metrics = match self.m.plan.steps[step]
-            .source
+        let metrics = match self
+            .m
+            .plan
+            .step(step)
+            .and_then(|s| s.source)
             .and_then(|i| self.m.spec.steps.as_ref().and_then(|s| s.get(i)))
         {
             Some(Step::Analysis(a)) if a.metrics.is_some() => a.metrics.clone().unwrap_or_default(),
@@ -714,7 +720,7 @@ impl Cx<'_> {
     // ---- promotion and the end -------------------------------------------------------------
 
     fn begin_promotion(&mut self) {
-        self.st.step = self.m.plan.steps.len().saturating_sub(1);
+        self.st.step = self.m.plan.step_count().saturating_sub(1);
         if self.m.has_hook(WebhookType::ConfirmPromotion) {
             self.st.phase = Phase::WaitingPromotion;
             self.emit(EventKind::WaitingPromotion, "waiting for confirm-promotion");
@@ -1013,7 +1019,7 @@ impl Cx<'_> {
             Phase::Promoting => self.promote_route(),
             _ => {
                 self.st.phase = Phase::Progressing;
-                self.st.step = self.st.step.min(self.m.plan.steps.len().saturating_sub(1));
+                self.st.step = self.st.step.min(self.m.plan.step_count().saturating_sub(1));
                 self.step_route();
             }
         }
@@ -1050,7 +1056,7 @@ impl Cx<'_> {
             );
             return self.start_promoting();
         }
-        if self.st.phase == Phase::Progressing && self.st.step >= self.m.plan.steps.len() {
+        if self.st.phase == Phase::Progressing && self.st.step >= self.m.plan.step_count() {
             self.begin_promotion();
         }
     }

@@ -1127,7 +1127,7 @@ proptest! {
     fn no_promotion_without_passing_verdicts(spec in any_spec(), ops in proptest::collection::vec(op(), 1..400)) {
         let threshold = spec.analysis.threshold();
         let mut sim = Sim::new(spec);
-        let analysed: Vec<usize> = sim.m.plan().steps.iter().enumerate().filter(|(_, s)| s.analysis).map(|(i, _)| i).collect();
+        let analysed: Vec<usize> = sim.m.plan().steps().enumerate().filter(|(_, s)| s.analysis).map(|(i, _)| i).collect();
         for op in &ops {
             let before = sim.st.phase;
             let acts = apply(&mut sim, op);
