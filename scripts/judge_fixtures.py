@@ -37,6 +37,37 @@ def rate_interval(trials, events, alpha):
     return lo, hi
 
 
+SCALES = 20  # must match RELATIVE_SCALES in crates/core/src/judge/rate.rs
+
+
+def log_e_process(high, low, offset):
+    """min over x of C(x) + G(x) (docs/judge.md), with scipy's bounded minimiser on a fine grid."""
+    (nh, sh), (nl, sl) = high, low
+    fh, fl = nh - sh, nl - sl
+    mh = special.betaln(PRIOR_A + sh, PRIOR_B + fh) - special.betaln(PRIOR_A, PRIOR_B)
+    rate_h = sh / nh if nh else 0.0
+    us = 1 - 2.0 ** (-np.arange(1, SCALES + 1) / 2)
+
+    def loglik(s, f, p):
+        if s and p == 0.0:
+            return -math.inf
+        return (s * math.log(p) if s else 0.0) + (f * math.log1p(-p) if f else 0.0)
+
+    def objective(x):
+        c = mh - loglik(sh, fh, min(rate_h, min(max(x + offset, 0.0), 1.0)))
+        terms = sl * np.log(us) + fl * (np.log1p(-x * us) - math.log1p(-x))
+        return c + special.logsumexp(terms) - math.log(SCALES)
+
+    lo, hi = max(0.0, -offset), min(1.0, 1.0 - offset)
+    grid = np.linspace(lo, hi, 20001)[:-1] if hi == 1.0 else np.linspace(lo, hi, 20001)
+    values = [objective(x) for x in grid]
+    i = int(np.argmin(values))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    best = optimize.minimize_scalar(objective, bounds=(a, b), method="bounded",
+                                    options={"xatol": 1e-14})
+    return float(min(best.fun, min(values)))
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     xs = [1e-3, 0.1, 0.5, 1.0, 1.5, 2.0, 3.7, 10.0, 123.4, 1e4, 2.5e6, 1e8]
@@ -58,6 +89,17 @@ def main():
             rates.append({"trials": n, "events": s, "alpha": alpha, "lower": lo, "upper": hi,
                           "log_mixture_at_half": log_mixture(n, s, 0.5)})
     (OUT / "rate_interval.json").write_text(json.dumps(rates, indent=1) + "\n")
+
+    # (canary trials, errors), (primary trials, errors), tolerance: fail's and pass's ln E.
+    joint = []
+    for canary, primary, tol in [((350, 19), (6650, 33), 0.005), ((250, 14), (4750, 24), 0.005),
+                                 ((1000, 60), (20000, 100), 0.005), ((5000, 24), (40000, 210), 0.005),
+                                 ((20000, 100), (200000, 1000), 0.005), ((120, 0), (900, 4), 0.01),
+                                 ((3000, 200), (3000, 60), 0.02), ((80, 9), (600, 2), 0.005)]:
+        joint.append({"canary": canary, "primary": primary, "tolerance": tol,
+                      "log_e_fail": log_e_process(canary, primary, tol),
+                      "log_e_pass": log_e_process(primary, canary, -tol)})
+    (OUT / "joint_test.json").write_text(json.dumps(joint, indent=1) + "\n")
 
     rng = np.random.default_rng(20240601)
     mw = []

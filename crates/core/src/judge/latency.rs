@@ -1,10 +1,10 @@
 //! Latency: a sequential test for an upward shift of the canary's tail, from histogram
 //! buckets.
 //!
-//! For every finite bucket bound `b`, "slower than `b`" is a Bernoulli trial, so each side's
-//! share of requests slower than `b` has the confidence sequence of [`super::rate`]. The α of
-//! the metric is split evenly (Bonferroni) over every bound of the histogram, which makes all
-//! of them hold at once at every look; the judge may then look at whichever bounds it likes —
+//! For every finite bucket bound `b`, "slower than `b`" is a Bernoulli trial, so the two
+//! sides' shares of requests slower than `b` are compared by the joint test of
+//! [`super::rate`]. The α of the metric is split evenly (Bonferroni) over every bound of the
+//! histogram, which makes all of them hold at once at every look; the judge may then look at whichever bounds it likes —
 //! even bounds picked from the data, such as the primary's q-quantile bucket — without
 //! spending more than α.
 //!

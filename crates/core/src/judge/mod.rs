@@ -2,7 +2,7 @@
 //! whole run so far. Pure math: cumulative counts and histograms in, [`Decision`] out; the
 //! analyzer queries the counts, the bench simulates them.
 //!
-//! - [`rate`]: error rates, from per-side confidence sequences (beta-binomial mixtures).
+//! - [`rate`]: error rates, from a joint e-process on both sides' counts.
 //! - [`latency`]: upward shift of the tail, from histogram buckets.
 //! - [`baseline`]: Flagger's threshold rule and Kayenta's Mann-Whitney, for comparison only.
 //!

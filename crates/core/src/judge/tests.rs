@@ -2,13 +2,14 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::baseline::{FlaggerRule, mann_whitney};
-use super::rate::log_mixture;
+use super::rate::{log_e_process, log_mixture};
 use super::special::{ln_beta, ln_gamma, normal_sf};
 use super::*;
 
 // Made by scripts/judge_fixtures.py with scipy.
 const SPECIAL: &str = include_str!("../../../../tests/fixtures/judge/special.json");
 const RATES: &str = include_str!("../../../../tests/fixtures/judge/rate_interval.json");
+const JOINT: &str = include_str!("../../../../tests/fixtures/judge/joint_test.json");
 const MANN_WHITNEY: &str = include_str!("../../../../tests/fixtures/judge/mann_whitney.json");
 
 fn close(got: f64, want: f64, rel: f64, what: &str) {
@@ -75,6 +76,32 @@ fn rate_intervals_match_scipy() {
     }
 }
 
+fn counts(v: &Value) -> Counts {
+    Counts::new(v[0].as_u64().unwrap(), v[1].as_u64().unwrap())
+}
+
+#[test]
+fn joint_e_values_match_scipy() {
+    let fx: Value = serde_json::from_str(JOINT).unwrap();
+    for case in fx.as_array().unwrap() {
+        let (c, p, tol) = (
+            counts(&case["canary"]),
+            counts(&case["primary"]),
+            f(&case["tolerance"]),
+        );
+        for (got, want, what) in [
+            (log_e_process(c, p, tol), f(&case["log_e_fail"]), "fail"),
+            (log_e_process(p, c, -tol), f(&case["log_e_pass"]), "pass"),
+        ] {
+            // A certified floor of the minimum: never above scipy's, and within rounding of it.
+            assert!(
+                got <= want + 1e-9 && got >= want - 1e-7,
+                "ln E {what} {c:?} {p:?}: got {got}, scipy {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn mann_whitney_matches_scipy() {
     let fx: Value = serde_json::from_str(MANN_WHITNEY).unwrap();
@@ -135,6 +162,15 @@ fn rates_decide_fail_pass_and_continue() {
             upper: 1.0
         }
     );
+    // Sooner than per-side sequences: at α = 0.005 the canary's sequence at α/2 still reaches
+    // below the primary's plus the tolerance, but the joint test has ln E ≈ 8.2 ≥ ln 400.
+    let (c, p) = (Counts::new(250, 14), Counts::new(4_750, 24));
+    let j = compare_rates(c, p, tol, 0.005);
+    assert_eq!(j.decision, Decision::Fail, "{j:?}");
+    assert!(j.difference.lower <= tol, "{j:?}");
+    // The hypotheses need both sides: the same canary against a primary at 1.5 % is no fail.
+    let j = compare_rates(c, Counts::new(4_750, 71), tol, 0.005);
+    assert_eq!(j.decision, Decision::Continue, "{j:?}");
     // increase() may report more errors than requests; capped.
     assert_eq!(Counts::new(10, 12).events, 10);
 }
@@ -186,13 +222,24 @@ impl Stream {
 
     /// The first look at which the judge fails the canary, if any.
     fn first_fail(&self, canary_rate: f64, primary_rate: f64, alpha: f64) -> Option<usize> {
+        self.first(Decision::Fail, canary_rate, primary_rate, alpha)
+    }
+
+    /// The first look at which the judge decides `decision`, if any.
+    fn first(
+        &self,
+        decision: Decision,
+        canary_rate: f64,
+        primary_rate: f64,
+        alpha: f64,
+    ) -> Option<usize> {
         let (mut c, mut p) = (Counts::default(), Counts::default());
         for (i, (cu, pu)) in self.looks.iter().enumerate() {
             c.trials += cu.len() as u64;
             c.events += cu.iter().filter(|&&u| u < canary_rate).count() as u64;
             p.trials += pu.len() as u64;
             p.events += pu.iter().filter(|&&u| u < primary_rate).count() as u64;
-            if compare_rates(c, p, DEFAULT_RATE_TOLERANCE, alpha).decision == Decision::Fail {
+            if compare_rates(c, p, DEFAULT_RATE_TOLERANCE, alpha).decision == decision {
                 return Some(i);
             }
         }
@@ -216,6 +263,24 @@ proptest! {
         }
     }
 
+    /// More canary errors on the same requests never turn a fail into no fail, nor a
+    /// non-pass into a pass.
+    #[test]
+    fn more_canary_errors_never_help_the_canary(
+        nc in 1u64..20_000, sc in 0u64..2_000, np in 1u64..200_000, sp in 0u64..2_000,
+        alpha in 0.001f64..0.2,
+    ) {
+        let sc = sc.min(nc - 1);
+        let p = Counts::new(np, sp);
+        let tol = DEFAULT_RATE_TOLERANCE;
+        let a = compare_rates(Counts::new(nc, sc), p, tol, alpha).decision;
+        let b = compare_rates(Counts::new(nc, sc + 1), p, tol, alpha).decision;
+        prop_assert!(a != Decision::Fail || b == Decision::Fail, "{a:?} then {b:?}");
+        prop_assert!(b != Decision::Pass || a == Decision::Pass, "{a:?} then {b:?}");
+        let (ea, eb) = (log_e_process(Counts::new(nc, sc), p, tol), log_e_process(Counts::new(nc, sc + 1), p, tol));
+        prop_assert!(eb >= ea - 1e-9 || ea < 0.0, "ln E fail {ea} then {eb}");
+    }
+
     /// More errors on the same requests never lower the interval.
     #[test]
     fn intervals_move_up_with_events(n in 1u64..100_000, s in 0u64..1000, alpha in 0.001f64..0.2) {
@@ -227,21 +292,26 @@ proptest! {
     }
 }
 
-/// The α bound on simulated A/A streams. 400 runs of 40 looks at α = 0.1: if the true
-/// false-fail probability were α, the count would be Binomial(400, 0.1) — mean 40, sd 6 — so
-/// 58 (mean + 3 sd) bounds it with room; the sequence is conservative and sits far below.
-/// The bench checks α = 0.01 on thousands of runs.
+/// The α bound on simulated streams at the hardest null, a canary worse by exactly the
+/// tolerance, where both a fail and a pass are wrong. 400 runs of 40 looks at α = 0.2 (0.1 to
+/// each direction): if the true probability of either were 0.1, its count would be
+/// Binomial(400, 0.1) — mean 40, sd 6 — so 58 (mean + 3 sd) bounds it with room; a test
+/// spending more than its share would show as a count near or above 40. The bench checks
+/// α = 0.01 on thousands of A/A runs.
 #[test]
 fn alpha_bound_holds_on_simulated_aa() {
-    let fails = (0..400u64)
-        .filter(|seed| {
-            Stream::new(seed.wrapping_mul(7919), 40)
-                .first_fail(0.005 + DEFAULT_RATE_TOLERANCE, 0.005, 0.1)
-                .is_some()
-        })
-        .count();
-    // The hardest null: the canary is worse by exactly the tolerance.
-    assert!(fails <= 58, "{fails} of 400 false fails at α = 0.1");
+    let wrong = |decision| {
+        (0..400u64)
+            .filter(|seed| {
+                Stream::new(seed.wrapping_mul(7919), 40)
+                    .first(decision, 0.005 + DEFAULT_RATE_TOLERANCE, 0.005, 0.2)
+                    .is_some()
+            })
+            .count()
+    };
+    let (fails, passes) = (wrong(Decision::Fail), wrong(Decision::Pass));
+    assert!(fails <= 58, "{fails} of 400 false fails at 0.1");
+    assert!(passes <= 58, "{passes} of 400 false passes at 0.1");
 }
 
 fn lognormal_histogram(bounds: &[f64], scale: f64, n: u64, rng: &mut Rng) -> Histogram {
