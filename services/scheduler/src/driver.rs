@@ -124,7 +124,7 @@ async fn run(
     Box::pin(driver.publish_outbox()).await;
     // Resume: a spec change first, then queued commands, then a tick that re-issues whatever was
     // outstanding when the previous owner stopped.
-    if let Err(exit) = Box::pin(driver.reload()).await {
+    if let Err(exit) = Box::pin(driver.catch_up()).await {
         return exit;
     }
     if let Err(exit) = Box::pin(driver.handle(Input::Tick, None)).await {
@@ -254,6 +254,11 @@ impl Driver {
     /// Re-reads the record; acts on a spec change and on queued commands.
     async fn reload(&mut self) -> Result<(), Exit> {
         self.refresh().await?;
+        self.catch_up().await
+    }
+
+    /// Acts on a spec change and on queued commands in the held record.
+    async fn catch_up(&mut self) -> Result<(), Exit> {
         if self.entry.value.generation != self.entry.value.status.generation {
             let generation = self.entry.value.generation;
             self.handle(Input::SpecChanged { generation }, None).await?;
