@@ -67,8 +67,11 @@ pub struct Json;
 
 impl<T: Serialize + DeserializeOwned> Codec<T> for Json {
     fn encode(value: &T) -> Result<Bytes, String> {
-        serde_json::to_vec(value)
-            .map(Bytes::from)
+        // Most of what goes through here (records, verdicts) is a kilobyte or more: start there
+        // rather than doubling up from a few bytes.
+        let mut out = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut out, value)
+            .map(|()| Bytes::from(out))
             .map_err(|e| e.to_string())
     }
     fn decode(bytes: &[u8]) -> Result<T, String> {

@@ -27,7 +27,7 @@ use aviary_bus::kv::Bucket;
 use aviary_bus::names;
 use aviary_core::machine::RolloutStatus;
 use aviary_proto as pb;
-use aviary_scheduler::record::RolloutRecord;
+use aviary_scheduler::record::{Manifest, RolloutRecord};
 use aviary_testkit::{NatsServer, Process, free_port};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +219,7 @@ async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) {
             rollout.metadata.name.clone_from(&name);
             async move {
                 let record = RolloutRecord {
-                    manifest: manifest(&name),
+                    manifest: Manifest::new(&manifest(&name)),
                     status: RolloutStatus::new(&rollout.spec, 1),
                     rollout,
                     generation: 1,

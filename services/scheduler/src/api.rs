@@ -22,7 +22,7 @@ use crate::capabilities::{self, CheckError};
 use crate::convert::{self, now_ms};
 use crate::effects::Effects;
 use crate::metrics::Metrics;
-use crate::record::{QueuedCommand, RolloutRecord};
+use crate::record::{Manifest, QueuedCommand, RolloutRecord};
 
 /// The control API's state.
 #[derive(Clone)]
@@ -261,14 +261,15 @@ impl RolloutService for Api {
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let caller = self.authorize(&request, "Apply", Role::Operator)?;
-        let manifest = request.into_inner().manifest;
-        let rollout = aviary_core::parse_rollout(&manifest).map_err(|errors| {
+        let text = request.into_inner().manifest;
+        let rollout = aviary_core::parse_rollout(&text).map_err(|errors| {
             let lines: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
             Status::invalid_argument(lines.join("\n"))
         })?;
         let key = names::rollout_key(rollout.namespace(), &rollout.metadata.name)
             .map_err(|e| Status::invalid_argument(format!("metadata: {e}")))?;
         self.check_capabilities(&rollout.spec).await?;
+        let manifest = Manifest::new(&text);
         let mut changed = false;
         let written = self
             .records

@@ -477,7 +477,7 @@ pub fn rollout(record: &RolloutRecord, revision: u64) -> pb::Rollout {
         strategy: plan
             .as_ref()
             .map_or(pb::Strategy::Unspecified, |p| strategy(p.strategy)) as i32,
-        manifest: record.manifest.clone(),
+        manifest: record.manifest.text(),
         status: Some(status(&record.status, &record.last_checks)),
         plan: plan.map(|p| planned(&p)).unwrap_or_default(),
         revision,

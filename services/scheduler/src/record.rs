@@ -4,6 +4,37 @@ use aviary_core::Rollout;
 use aviary_core::machine::{Command, Phase, RolloutStatus, Wait};
 use aviary_proto::events::{AuditEvent, MetricValue};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The manifest as applied, kept as its encoded JSON string: it is written with every decision
+/// and changes only with an `Apply`, so it is escaped once rather than on every write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Manifest(Box<RawValue>);
+
+impl Manifest {
+    /// Wraps the text of a manifest.
+    pub fn new(text: &str) -> Self {
+        // Encoding a string cannot fail, and its encoding is valid JSON.
+        let encoded = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+        Self(RawValue::from_string(encoded).unwrap_or_else(|_| Self::empty()))
+    }
+
+    /// The manifest's text (empty when a stored record holds something other than a string).
+    pub fn text(&self) -> String {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+
+    fn empty() -> Box<RawValue> {
+        RawValue::NULL.to_owned()
+    }
+}
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
 
 /// A control-API command waiting for the owner to act on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +55,7 @@ pub struct QueuedCommand {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutRecord {
     /// The manifest as applied (YAML or JSON text).
-    pub manifest: String,
+    pub manifest: Manifest,
     /// The parsed, valid spec.
     pub rollout: Rollout,
     /// Bumped by every `Apply` that changes the spec.
@@ -134,5 +165,22 @@ impl RecordSummary {
             self.generation,
             self.status.generation,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_is_stored_as_a_json_string_and_read_back_verbatim() {
+        let text = "metadata: { name: \"a\\\\b\" }\n\ttab: é\n";
+        let manifest = Manifest::new(text);
+        let json = serde_json::to_string(&manifest).expect("encodes");
+        assert_eq!(json, serde_json::to_string(text).expect("encodes"));
+        let back: Manifest = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(back.text(), text);
+        assert_eq!(back, manifest);
+        assert_ne!(Manifest::new("other"), manifest);
     }
 }
