@@ -45,6 +45,8 @@ pub enum Command {
     Retry(CommandArgs),
     /// Hold the canary at an exact weight until resumed.
     SetWeight(SetWeightArgs),
+    /// Remove a finished rollout (traffic stays as it left it); abort a running one first.
+    Delete(CommandArgs),
     /// Print audit events from the NATS events stream (`--follow` keeps printing).
     Events(EventsArgs),
     /// Open, close or check a rollout's gate on an `aviary-gate` service.

@@ -146,9 +146,11 @@ pub enum Verb {
     Approve,
     /// `Retry`.
     Retry,
+    /// `Delete`.
+    Delete,
 }
 
-/// `aviary pause|resume|abort|approve|retry NS/NAME`.
+/// `aviary pause|resume|abort|approve|retry|delete NS/NAME`.
 pub async fn command(
     verb: Verb,
     args: &CommandArgs,
@@ -165,8 +167,20 @@ pub async fn command(
         Verb::Abort => api.abort(request).await?,
         Verb::Approve => api.approve(request).await?,
         Verb::Retry => api.retry(request).await?,
+        Verb::Delete => api.delete(request).await?,
     }
     .into_inner();
+    if matches!(verb, Verb::Delete) && args.format.output == Format::Table {
+        let status = rollout.status.clone().unwrap_or_default();
+        writeln!(
+            out,
+            "{}: deleted (was {}, canary {}%)",
+            rollout.r#ref.clone().unwrap_or_default(),
+            view::phase_name(status.phase),
+            status.canary_weight
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let name = format!("{verb:?}").to_ascii_lowercase();
     accepted(&name, &rollout, args.format.output, out)
 }

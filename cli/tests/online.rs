@@ -202,6 +202,25 @@ async fn a_canary_is_applied_watched_to_success_and_audited() {
     };
     assert!(position("created") < position("step-advanced"));
     assert!(position("step-advanced") < position("succeeded"));
+
+    // Deletable once its last route is confirmed.
+    let deleted = aviary_testkit::eventually(CALL_DEADLINE, "rollout deleted", || async {
+        let out = aviary(&plane, &["delete", "test/podinfo", "--reason", "done"]).await;
+        (out.status.code() == Some(0)).then_some(out)
+    })
+    .await;
+    assert!(
+        text(&deleted.stdout).starts_with("test/podinfo: deleted (was Succeeded"),
+        "{}",
+        text(&deleted.stdout)
+    );
+    let gone = aviary(&plane, &["get", "test/podinfo"]).await;
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        text(&gone.stderr).contains("NotFound"),
+        "{}",
+        text(&gone.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,8 @@ pub enum EventKind {
     Command,
     /// An unauthenticated or unauthorised call was refused.
     Refused,
+    /// A finished rollout was deleted through the control API (traffic stays as it was left).
+    Deleted,
 }
 
 impl EventKind {

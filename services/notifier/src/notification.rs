@@ -66,9 +66,9 @@ impl Severity {
 
 /// Whether an event of `kind` is posted, and at which severity. `None`: not posted.
 ///
-/// Started, gate waiting, promoting, succeeded and commands are `info` (an abort is `warn`);
-/// halted is `warn`; rolled back and deadline exceeded are `error`. Step advances are posted
-/// only when `step_advanced` is set; created, gate opened, verdict and refused never are
+/// Started, gate waiting, promoting, succeeded, commands and deletions are `info` (an abort is
+/// `warn`); halted is `warn`; rolled back and deadline exceeded are `error`. Step advances are
+/// posted only when `step_advanced` is set; created, gate opened, verdict and refused never are
 /// (verdicts are summed up in the rollback that follows them).
 pub fn classify(kind: EventKind, reason: &str, step_advanced: bool) -> Option<Severity> {
     match kind {
@@ -77,7 +77,7 @@ pub fn classify(kind: EventKind, reason: &str, step_advanced: bool) -> Option<Se
         | EventKind::Promoting
         | EventKind::Succeeded => Some(Severity::Info),
         EventKind::Command if reason.to_ascii_lowercase().contains("abort") => Some(Severity::Warn),
-        EventKind::Command => Some(Severity::Info),
+        EventKind::Command | EventKind::Deleted => Some(Severity::Info),
         EventKind::StepAdvanced if step_advanced => Some(Severity::Info),
         EventKind::Halted => Some(Severity::Warn),
         EventKind::RolledBack | EventKind::DeadlineExceeded => Some(Severity::Error),
@@ -155,6 +155,7 @@ fn verb(kind: EventKind) -> &'static str {
         EventKind::DeadlineExceeded => "exceeded its progress deadline",
         EventKind::Command => "received a command",
         EventKind::Refused => "refused a call",
+        EventKind::Deleted => "was deleted",
     }
 }
 
@@ -223,6 +224,7 @@ impl Notification {
                 format!("Command: {}", or_unknown(&d.reason))
             }
             EventKind::Command => format!("Command by {}: {}", d.actor, or_unknown(&d.reason)),
+            EventKind::Deleted => format!("Deleted by {}", or_unknown(&d.actor)),
             EventKind::Started if !d.canary.is_empty() => {
                 format!(
                     "Rolling out {} (primary {})",

@@ -283,7 +283,9 @@ impl RolloutService for Api {
                         generation: 1,
                         commands: Vec::new(),
                         outbox: Vec::new(),
-                        event_seq: 0,
+                        // Ids continue past any earlier rollout of the same name (deleted
+                        // since), whose ids the events stream would drop as duplicates.
+                        event_seq: now_ms(),
                         last_checks: Vec::new(),
                     })
                 }
@@ -485,6 +487,41 @@ impl RolloutService for Api {
         let reference = request.get_ref().r#ref.as_ref();
         self.operator(&request, "Retry", reference, Command::Retry)
             .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let reference = request.get_ref().r#ref.clone();
+        let caller = self
+            .authorize_for(&request, "Delete", Role::Operator, reference.as_ref())
+            .await?;
+        let entry = self.load(reference.as_ref()).await?;
+        let record = &entry.value;
+        if record.needs_driver() {
+            return Err(Status::failed_precondition(format!(
+                "rollout is {}: abort it or let it finish before deleting it",
+                record.status.phase
+            )));
+        }
+        // By revision: a rollout re-applied or commanded since it was read is not deleted.
+        self.records
+            .delete(&entry.key, Some(entry.revision))
+            .await
+            .map_err(|error| match error {
+                BusError::Conflict { .. } => {
+                    Status::aborted("the rollout changed while deleting it; try again")
+                }
+                error => internal(error),
+            })?;
+        info!(rollout = %entry.key, actor = %caller.identity, "rollout deleted");
+        let reason = &request.get_ref().reason;
+        let event = convert::deleted_event(record, &caller.identity, reason, now_ms());
+        if let Err(error) = self.effects.publish_event(&event).await {
+            warn!(%error, rollout = %entry.key, "deletion not audited");
+        }
+        Ok(Response::new(convert::rollout(record, entry.revision)))
     }
 
     async fn set_weight(

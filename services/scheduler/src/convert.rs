@@ -412,9 +412,6 @@ pub fn audit_event(
         reason = format!("{name}: {reason}");
     }
     let data = EventData {
-        namespace: record.namespace().to_owned(),
-        name: record.name().to_owned(),
-        generation: record.generation,
         step: u32::try_from(event.step).unwrap_or(u32::MAX),
         phase: event.phase.to_string(),
         canary_weight: u32::from(canary_weight),
@@ -422,6 +419,44 @@ pub fn audit_event(
         reason,
         metrics,
         actor: actor.to_owned(),
+        ..event_data(record)
+    };
+    let id = format!("{}/{}/{}", record.namespace(), record.name(), sequence);
+    AuditEvent::new(kind, id, rfc3339(at_ms), data)
+}
+
+/// The event recording that `actor` deleted the rollout of `record` (its next sequence number).
+pub fn deleted_event(record: &RolloutRecord, actor: &str, reason: &str, at_ms: u64) -> AuditEvent {
+    let status = &record.status;
+    let data = EventData {
+        step: u32::try_from(status.step).unwrap_or(u32::MAX),
+        phase: status.phase.to_string(),
+        canary_weight: u32::from(status.canary_weight),
+        primary_weight: 100 - u32::from(status.canary_weight.min(100)),
+        reason: if reason.is_empty() {
+            "deleted".to_owned()
+        } else {
+            format!("deleted: {reason}")
+        },
+        actor: actor.to_owned(),
+        ..event_data(record)
+    };
+    let id = format!(
+        "{}/{}/{}",
+        record.namespace(),
+        record.name(),
+        record.event_seq + 1
+    );
+    AuditEvent::new(EventKind::Deleted, id, rfc3339(at_ms), data)
+}
+
+/// What every event of a rollout says about it: who it is and where its alerts go.
+fn event_data(record: &RolloutRecord) -> EventData {
+    let spec = &record.rollout.spec;
+    EventData {
+        namespace: record.namespace().to_owned(),
+        name: record.name().to_owned(),
+        generation: record.generation,
         canary: spec.canary.name.clone(),
         primary: spec.primary.name.clone(),
         alerts: spec
@@ -437,9 +472,8 @@ pub fn audit_event(
                 provider: a.provider_ref.name.clone(),
             })
             .collect(),
-    };
-    let id = format!("{}/{}/{}", record.namespace(), record.name(), sequence);
-    AuditEvent::new(kind, id, rfc3339(at_ms), data)
+        ..EventData::default()
+    }
 }
 
 /// Each check of a verdict with its value and, for metrics, the bounds from the spec.

@@ -82,7 +82,19 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                             }
                         }
                     }
-                    _ => false,
+                    // Deleted (or purged): no longer counted in any phase.
+                    _ => {
+                        if let Some(old) = phases.remove(&key) {
+                            metrics
+                                .rollouts
+                                .get_or_create(&PhaseLabel { phase: old })
+                                .dec();
+                        }
+                        metrics.canary_weight.remove(&RolloutLabel {
+                            rollout: key.replacen('.', "/", 1),
+                        });
+                        false
+                    }
                 };
                 let was = index
                     .lock()

@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::time::Duration;
 
 use aviary_proto as pb;
 use aviary_testkit::{NatsServer, free_port};
@@ -170,18 +171,111 @@ async fn tokens_gate_the_api_by_role() {
         Code::PermissionDenied
     );
     let nats_client = nats.client().await.unwrap();
-    let refused =
-        aviary_testkit::eventually(std::time::Duration::from_secs(5), "refusal audited", || {
-            let nats_client = nats_client.clone();
-            async move {
-                audit_events(&nats_client, "podinfo")
-                    .await
-                    .into_iter()
-                    .find(|e| e["type"] == "dev.aviary.rollout.refused")
-            }
-        })
-        .await;
+    let refused = aviary_testkit::eventually(Duration::from_secs(5), "refusal audited", || {
+        let nats_client = nats_client.clone();
+        async move {
+            audit_events(&nats_client, "podinfo")
+                .await
+                .into_iter()
+                .find(|e| e["type"] == "dev.aviary.rollout.refused")
+        }
+    })
+    .await;
     assert_eq!(refused["data"]["actor"], "auditor", "{refused:#}");
+
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn delete_removes_only_a_finished_rollout_and_audits_it() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let _routes = route_responder(client.clone(), "edge").await;
+    let _verdicts =
+        analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
+    let port = free_port().unwrap();
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(aviary_scheduler::run(
+        config(&nats.url(), port, "a", &[]),
+        shutdown.clone(),
+    ));
+    let mut api = api(port).await;
+    let podinfo = || pb::CommandRequest {
+        r#ref: Some(pb::RolloutRef::new("test", "podinfo")),
+        reason: "cleanup".into(),
+    };
+
+    api.apply(pb::ApplyRequest {
+        manifest: canary_manifest("podinfo", 50, 50, 1),
+    })
+    .await
+    .unwrap();
+    let running = api.delete(podinfo()).await.unwrap_err();
+    assert_eq!(running.code(), Code::FailedPrecondition, "{running:?}");
+    assert!(running.message().contains("abort it"), "{running:?}");
+
+    wait_phase(
+        &api,
+        "podinfo",
+        pb::Phase::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Refused until the finalising route is confirmed; then deleted.
+    let deleted = aviary_testkit::eventually(Duration::from_secs(10), "deleted", || {
+        let mut api = api.clone();
+        async move { api.delete(podinfo()).await.ok() }
+    })
+    .await
+    .into_inner();
+    assert_eq!(
+        deleted.status.unwrap().phase,
+        pb::Phase::Succeeded as i32,
+        "the rollout as it was"
+    );
+    let gone = api
+        .get(pb::GetRequest {
+            r#ref: Some(pb::RolloutRef::new("test", "podinfo")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let listed = api.list(pb::ListRequest::default()).await.unwrap();
+    assert!(listed.into_inner().rollouts.is_empty());
+    let events = audit_events(&client, "podinfo").await;
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "dev.aviary.rollout.deleted", "{events:#?}");
+    assert_eq!(last["data"]["reason"], "deleted: cleanup");
+
+    // The same name again is a new rollout whose events are kept, not dropped as duplicates of
+    // the deleted one's.
+    let again = api
+        .apply(pb::ApplyRequest {
+            manifest: canary_manifest("podinfo", 50, 50, 1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.changed);
+    wait_phase(
+        &api,
+        "podinfo",
+        pb::Phase::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+    let events = audit_events(&client, "podinfo").await;
+    let created = events
+        .iter()
+        .filter(|e| e["type"] == "dev.aviary.rollout.created")
+        .count();
+    assert_eq!(created, 2, "{events:#?}");
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "dev.aviary.rollout.succeeded",
+        "{events:#?}"
+    );
 
     shutdown.cancel();
     scheduler.await.unwrap().unwrap();
