@@ -1038,6 +1038,7 @@ impl Cx<'_> {
             }
             // A new canary: back to 100 % primary, then a fresh run.
             self.st.phase = Phase::Initializing;
+            self.st.step = 0;
             self.st.paused_from = None;
             self.st.weight_hold = None;
             self.clear_halt();

@@ -927,6 +927,7 @@ fn new_revision_restarts_the_run() {
     sim.m = Machine::new(&next).expect("valid");
     sim.input(Input::SpecChanged { generation: 2 });
     assert_eq!(sim.st.phase, Phase::Initializing);
+    assert_eq!(sim.st.step, 0, "the new run starts at its first step");
     sim.run(Outcome::Pass, true);
     assert_eq!(sim.st.phase, Phase::Succeeded);
     assert_eq!(sim.st.run, 2);
