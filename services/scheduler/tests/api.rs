@@ -15,11 +15,7 @@ use tonic::Code;
 async fn invalid_specs_and_wrong_phase_commands_are_refused_with_reasons() {
     let nats = NatsServer::start().await.unwrap();
     let port = free_port().unwrap();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &[]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &[]);
     let mut api = api(port).await;
 
     let bad = "apiVersion: aviary.dev/v1alpha1\nkind: Rollout\nmetadata: {name: x}\nspec:\n  ingresses: [{name: edge}]\n  primary: {name: a, endpoints: [\"127.0.0.1:1\"]}\n  canary: {name: b, endpoints: [\"127.0.0.1:2\"]}\n  analysis: {stepWeight: 10, stepWeights: [1, 2], maxWeight: 120, threshold: 0}\n";
@@ -96,8 +92,7 @@ async fn invalid_specs_and_wrong_phase_commands_are_refused_with_reasons() {
     assert_eq!(before.manifest, after.manifest);
     assert_eq!(after.status.unwrap().generation, 1);
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }
 
 #[tokio::test]
@@ -111,11 +106,7 @@ async fn tokens_gate_the_api_by_role() {
     )
     .unwrap();
     let path = tokens.path().to_str().unwrap().to_owned();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &["--tokens-file", &path]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &["--tokens-file", &path]);
     let api = api(port).await;
     let with = |token: &'static str| {
         let mut request = tonic::Request::new(pb::ListRequest::default());
@@ -183,8 +174,7 @@ async fn tokens_gate_the_api_by_role() {
     .await;
     assert_eq!(refused["data"]["actor"], "auditor", "{refused:#}");
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }
 
 #[tokio::test]
@@ -195,11 +185,7 @@ async fn delete_removes_only_a_finished_rollout_and_audits_it() {
     let _verdicts =
         analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
     let port = free_port().unwrap();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &[]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &[]);
     let mut api = api(port).await;
     let podinfo = || pb::CommandRequest {
         r#ref: Some(pb::RolloutRef::new("test", "podinfo")),
@@ -277,6 +263,5 @@ async fn delete_removes_only_a_finished_rollout_and_audits_it() {
         "{events:#?}"
     );
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }

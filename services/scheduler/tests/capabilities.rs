@@ -9,7 +9,6 @@ use aviary_bus::typed::Proto;
 use aviary_proto as pb;
 use aviary_testkit::{NatsServer, free_port};
 use common::*;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 fn mirror_manifest(name: &str, ingress: &str) -> String {
@@ -34,11 +33,7 @@ spec:
 async fn apply_refuses_what_the_ingress_cannot_express() {
     let nats = NatsServer::start().await.unwrap();
     let port = free_port().unwrap();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &[]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &[]);
     let mut api = api(port).await;
 
     // What the HAProxy router agent publishes at start (protobuf, key = ingress).
@@ -96,6 +91,5 @@ async fn apply_refuses_what_the_ingress_cannot_express() {
     .await
     .unwrap();
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }

@@ -140,11 +140,7 @@ async fn owner_killed_mid_rollout_is_replaced_and_no_step_repeats() {
 async fn nats_restart_mid_rollout_loses_nothing() {
     let mut nats = NatsServer::start().await.unwrap();
     let port = free_port().unwrap();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &[]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &[]);
     let api = api(port).await;
     let client = nats.client().await.unwrap();
     let _routes = route_responder(client.clone(), "edge").await;
@@ -180,8 +176,7 @@ async fn nats_restart_mid_rollout_loses_nothing() {
         events.last().unwrap()["type"],
         "dev.aviary.rollout.succeeded"
     );
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }
 
 #[tokio::test]

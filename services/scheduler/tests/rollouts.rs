@@ -19,11 +19,7 @@ async fn healthy_canary_is_promoted_and_every_transition_is_audited_once() {
     let _verdicts =
         analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
     let port = free_port().unwrap();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &[]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &[]);
     let mut api = api(port).await;
 
     let applied = api
@@ -114,8 +110,7 @@ async fn healthy_canary_is_promoted_and_every_transition_is_audited_once() {
     })
     .await;
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }
 
 #[tokio::test]
@@ -126,11 +121,7 @@ async fn failing_canary_is_rolled_back_at_threshold() {
     let verdicts =
         analyzer_responder(client.clone(), pb::Outcome::Fail, CancellationToken::new()).await;
     let port = free_port().unwrap();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &[]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &[]);
     let mut api = api(port).await;
     api.apply(pb::ApplyRequest {
         manifest: canary_manifest("bad", 10, 50, 2),
@@ -176,8 +167,7 @@ async fn failing_canary_is_rolled_back_at_threshold() {
     assert_eq!(metric["min"], 99.0, "with its threshold");
     assert_eq!(metric["outcome"], "fail");
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }
 
 #[tokio::test]
@@ -186,11 +176,7 @@ async fn analyzer_down_halts_and_never_promotes_then_resumes() {
     let client = nats.client().await.unwrap();
     let _routes = route_responder(client.clone(), "edge").await;
     let port = free_port().unwrap();
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &[]),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &[]);
     let mut api = api(port).await;
     api.apply(pb::ApplyRequest {
         manifest: canary_manifest("halted", 50, 50, 1),
@@ -238,6 +224,5 @@ async fn analyzer_down_halts_and_never_promotes_then_resumes() {
         "{events:#?}"
     );
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }

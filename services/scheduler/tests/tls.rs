@@ -10,8 +10,7 @@ use std::process::Command;
 use aviary_proto as pb;
 use aviary_proto::rollout_service_client::RolloutServiceClient;
 use aviary_testkit::{NatsServer, free_port};
-use common::config;
-use tokio_util::sync::CancellationToken;
+use common::Replica;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -118,11 +117,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_and_health_reports_se
         "--tls-client-ca",
         ca.as_str(),
     ];
-    let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(aviary_scheduler::run(
-        config(&nats.url(), port, "a", &extra),
-        shutdown.clone(),
-    ));
+    let scheduler = Replica::start(&nats.url(), port, &extra);
 
     let ca_cert = Certificate::from_pem(std::fs::read(path("ca.pem")).unwrap());
     let identity = Identity::from_pem(
@@ -179,6 +174,5 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_and_health_reports_se
     };
     assert!(plain_refused, "plain text must be refused");
 
-    shutdown.cancel();
-    scheduler.await.unwrap().unwrap();
+    scheduler.stop().await;
 }

@@ -217,3 +217,27 @@ pub async fn audit_events(client: &async_nats::Client, name: &str) -> Vec<serde_
     }
     events
 }
+
+/// A scheduler replica (`a`) running in this test's process, its control API on `port`.
+pub struct Replica {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    /// Starts it against `nats_url` with the test flags of [`config`] and `extra`.
+    pub fn start(nats_url: &str, port: u16, extra: &[&str]) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(aviary_scheduler::run(
+            config(nats_url, port, "a", extra),
+            shutdown.clone(),
+        ));
+        Self { shutdown, task }
+    }
+
+    /// Shuts it down and checks that it exited cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
