@@ -226,3 +226,63 @@ async fn analyzer_down_halts_and_never_promotes_then_resumes() {
 
     scheduler.stop().await;
 }
+
+#[tokio::test]
+async fn a_command_while_analysis_is_in_flight_wins_and_the_analysis_is_asked_again() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let _routes = route_responder(client.clone(), "edge").await;
+    let (release, held) = tokio::sync::watch::channel(false);
+    let requests = held_analyzer_responder(
+        client.clone(),
+        pb::Outcome::Pass,
+        held,
+        CancellationToken::new(),
+    )
+    .await;
+    let port = free_port().unwrap();
+    let scheduler = Replica::start(&nats.url(), port, &[]);
+    let mut api = api(port).await;
+    let podinfo = || pb::CommandRequest {
+        r#ref: Some(pb::RolloutRef::new("test", "podinfo")),
+        reason: String::new(),
+    };
+    api.apply(pb::ApplyRequest {
+        manifest: canary_manifest("podinfo", 50, 50, 1),
+    })
+    .await
+    .unwrap();
+
+    // The first analysis is asked for and its answer held back: pause meanwhile.
+    let asked = requests.clone();
+    aviary_testkit::eventually(Duration::from_secs(10), "analysis asked", || {
+        let asked = asked.clone();
+        async move { (*asked.lock().unwrap() >= 1).then_some(()) }
+    })
+    .await;
+    api.pause(podinfo()).await.unwrap();
+    wait_phase(&api, "podinfo", pb::Phase::Paused, Duration::from_secs(10)).await;
+
+    // The held answer was asked for before the pause: resuming asks again, and the run ends
+    // promoted with every event once.
+    release.send(true).unwrap();
+    api.resume(podinfo()).await.unwrap();
+    wait_phase(
+        &api,
+        "podinfo",
+        pb::Phase::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(*requests.lock().unwrap() >= 2, "analysis asked again");
+    let events = audit_events(&client, "podinfo").await;
+    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "no event twice");
+    let succeeded = events
+        .iter()
+        .filter(|e| e["type"] == "dev.aviary.rollout.succeeded")
+        .count();
+    assert_eq!(succeeded, 1, "{events:#?}");
+
+    scheduler.stop().await;
+}

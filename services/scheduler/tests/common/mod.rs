@@ -61,6 +61,17 @@ pub async fn analyzer_responder(
     outcome: pb::Outcome,
     stop: CancellationToken,
 ) -> Arc<Mutex<u32>> {
+    let (_, held) = tokio::sync::watch::channel(true);
+    held_analyzer_responder(client, outcome, held, stop).await
+}
+
+/// [`analyzer_responder`] that holds each answer until `release` is true.
+pub async fn held_analyzer_responder(
+    client: async_nats::Client,
+    outcome: pb::Outcome,
+    release: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
+) -> Arc<Mutex<u32>> {
     let count = Arc::new(Mutex::new(0));
     let mut sub = client
         .queue_subscribe(names::ANALYSIS_REQUEST, names::QUEUE_ANALYZER.into())
@@ -78,36 +89,46 @@ pub async fn analyzer_responder(
                 continue;
             };
             *seen.lock().unwrap() += 1;
-            let metrics = request
-                .metrics
-                .iter()
-                .map(|m| pb::MetricResult {
-                    name: m.name.clone(),
-                    value: Some(if outcome == pb::Outcome::Pass {
-                        100.0
-                    } else {
-                        80.0
-                    }),
-                    min: m.min,
-                    max: m.max,
-                    outcome: outcome as i32,
-                    ..Default::default()
-                })
-                .collect();
-            let verdict = pb::Verdict {
-                rollout: request.rollout,
-                generation: request.generation,
-                step: request.step,
-                outcome: outcome as i32,
-                metrics,
-                ..Default::default()
-            };
-            if let Some(reply) = message.reply {
-                let _ = client.publish(reply, verdict.encode_to_vec().into()).await;
-            }
+            let (client, mut release) = (client.clone(), release.clone());
+            tokio::spawn(async move {
+                // A dropped sender keeps the last value: `true` for the plain responder.
+                let _ = release.wait_for(|r| *r).await;
+                if let Some(reply) = message.reply {
+                    let verdict = verdict(&request, outcome);
+                    let _ = client.publish(reply, verdict.encode_to_vec().into()).await;
+                }
+            });
         }
     });
     count
+}
+
+/// `outcome` for every metric of `request`.
+fn verdict(request: &pb::AnalysisRequest, outcome: pb::Outcome) -> pb::Verdict {
+    let metrics = request
+        .metrics
+        .iter()
+        .map(|m| pb::MetricResult {
+            name: m.name.clone(),
+            value: Some(if outcome == pb::Outcome::Pass {
+                100.0
+            } else {
+                80.0
+            }),
+            min: m.min,
+            max: m.max,
+            outcome: outcome as i32,
+            ..Default::default()
+        })
+        .collect();
+    pb::Verdict {
+        rollout: request.rollout.clone(),
+        generation: request.generation,
+        step: request.step,
+        outcome: outcome as i32,
+        metrics,
+        ..Default::default()
+    }
 }
 
 /// A canary manifest with short intervals.
