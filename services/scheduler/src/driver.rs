@@ -176,7 +176,9 @@ async fn run(
                     Ok(())
                 }
             }
-            () = tokio::time::sleep_until(tick_at) => Box::pin(driver.handle(Input::Tick, None)).await,
+            () = tokio::time::sleep_until(tick_at) => {
+                Box::pin(driver.handle(Input::Tick, None)).await
+            }
             _ = restamp.tick() => Box::pin(driver.restamp()).await,
         };
         if let Err(exit) = step {

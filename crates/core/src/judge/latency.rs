@@ -4,9 +4,9 @@
 //! For every finite bucket bound `b`, "slower than `b`" is a Bernoulli trial, so the two
 //! sides' shares of requests slower than `b` are compared by the joint test of
 //! [`super::rate`]. The α of the metric is split evenly (Bonferroni) over every bound of the
-//! histogram, which makes all of them hold at once at every look; the judge may then look at whichever bounds it likes —
-//! even bounds picked from the data, such as the primary's q-quantile bucket — without
-//! spending more than α.
+//! histogram, which makes all of them hold at once at every look; the judge may then look at
+//! whichever bounds it likes — even bounds picked from the data, such as the primary's
+//! q-quantile bucket — without spending more than α.
 //!
 //! `fail`: at some bound in the tail (where the primary's share slower than it is at most
 //! [`TAIL_FACTOR`] × `(1 − q)`), the canary's share exceeds the primary's by more than the

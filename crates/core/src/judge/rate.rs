@@ -15,7 +15,8 @@
 //! canary ≤ primary + tolerance; `pass`: primary ≤ canary − tolerance — with the e-process
 //!
 //! ```text
-//! E = inf over x of  [ m_high / sup_{p ≤ x + offset} L_high(p) ] × [ Σ_j w_j L_low(x u_j) / L_low(x) ]
+//! E = inf over x of [ m_high / sup_{p ≤ x + offset} L_high(p) ]
+//!                 × [ Σ_j w_j L_low(x u_j) / L_low(x) ]
 //! ```
 //!
 //! For the true rates `(h, l)` in `H`, the value at `x = l` is at most the product of the high
@@ -373,9 +374,9 @@ pub struct RateJudgement {
 /// `tolerance` (a proportion, e.g. 0.005 for half a point) with confidence, `pass` when it
 /// exceeds it by less than `tolerance` with confidence, else `continue`.
 ///
-/// `alpha` is this comparison's whole budget: half goes to the joint test ([`log_e_process`]) of `canary ≤
-/// primary + tolerance` (a wrong `fail`) and half to that of `canary ≥ primary + tolerance` (a
-/// wrong `pass`), so for every pair of true rates — a difference of exactly `tolerance`
+/// `alpha` is this comparison's whole budget: half goes to the joint test
+/// ([`log_e_process`]) of `canary ≤ primary + tolerance` (a wrong `fail`) and half to that of
+/// `canary ≥ primary + tolerance` (a wrong `pass`), so for every pair of true rates — a difference of exactly `tolerance`
 /// included — the probability that either ever happens wrongly is at most `alpha`.
 pub fn compare_rates(canary: Counts, primary: Counts, tolerance: f64, alpha: f64) -> RateJudgement {
     let level = (2.0 / alpha).ln();

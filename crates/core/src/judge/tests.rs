@@ -252,7 +252,11 @@ proptest! {
 
     /// A larger difference never takes longer to detect on the same stream.
     #[test]
-    fn larger_differences_are_detected_no_later(seed in any::<u64>(), d1 in 0.0f64..0.1, extra in 0.0f64..0.1) {
+    fn larger_differences_are_detected_no_later(
+        seed in any::<u64>(),
+        d1 in 0.0f64..0.1,
+        extra in 0.0f64..0.1,
+    ) {
         let s = Stream::new(seed, 40);
         let small = s.first_fail(0.005 + d1, 0.005, 0.01);
         let large = s.first_fail(0.005 + d1 + extra, 0.005, 0.01);
@@ -277,7 +281,8 @@ proptest! {
         let b = compare_rates(Counts::new(nc, sc + 1), p, tol, alpha).decision;
         prop_assert!(a != Decision::Fail || b == Decision::Fail, "{a:?} then {b:?}");
         prop_assert!(b != Decision::Pass || a == Decision::Pass, "{a:?} then {b:?}");
-        let (ea, eb) = (log_e_process(Counts::new(nc, sc), p, tol), log_e_process(Counts::new(nc, sc + 1), p, tol));
+        let ea = log_e_process(Counts::new(nc, sc), p, tol);
+        let eb = log_e_process(Counts::new(nc, sc + 1), p, tol);
         prop_assert!(eb >= ea - 1e-9 || ea < 0.0, "ln E fail {ea} then {eb}");
     }
 
