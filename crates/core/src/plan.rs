@@ -177,21 +177,15 @@ impl Plan {
         let mut steps = Vec::new();
         let mut pauses = 0u64;
         match strategy {
+            Strategy::Canary if !a.mirror => {
+                let weights = Schedule::Weights(canary_weights(spec));
+                return Self::finish(spec, strategy, weights, 0);
+            }
             Strategy::Canary => {
-                if a.mirror {
-                    let mut s = PlannedStep::weighted(0);
-                    s.mirror = true;
-                    s.mirror_weight = Some(a.mirror_weight());
-                    steps.push(s);
-                }
-                if steps.is_empty() {
-                    return Self::finish(
-                        spec,
-                        strategy,
-                        Schedule::Weights(canary_weights(spec)),
-                        0,
-                    );
-                }
+                let mut s = PlannedStep::weighted(0);
+                s.mirror = true;
+                s.mirror_weight = Some(a.mirror_weight());
+                steps.push(s);
                 steps.extend(canary_weights(spec).into_iter().map(PlannedStep::weighted));
             }
             Strategy::AbTesting => {
@@ -251,7 +245,9 @@ impl Plan {
         let interval = a.interval().as_secs();
         let analysed = steps.iter().filter(|s| s.analysis).count() as u64;
         let last = steps
-            .get(steps.len().wrapping_sub(1))
+            .len()
+            .checked_sub(1)
+            .and_then(|i| steps.get(i))
             .map_or(0, |s| s.canary_weight);
         Plan {
             strategy,
