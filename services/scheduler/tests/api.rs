@@ -179,14 +179,10 @@ async fn tokens_gate_the_api_by_role() {
 
 #[tokio::test]
 async fn delete_removes_only_a_finished_rollout_and_audits_it() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await.unwrap();
-    let _routes = route_responder(client.clone(), "edge").await;
+    let plane = Plane::start().await;
+    let (client, mut api) = (plane.client.clone(), plane.api.clone());
     let _verdicts =
         analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
-    let port = free_port().unwrap();
-    let scheduler = Replica::start(&nats.url(), port, &[]);
-    let mut api = api(port).await;
     let podinfo = || pb::CommandRequest {
         r#ref: Some(pb::RolloutRef::new("test", "podinfo")),
         reason: "cleanup".into(),
@@ -263,5 +259,5 @@ async fn delete_removes_only_a_finished_rollout_and_audits_it() {
         "{events:#?}"
     );
 
-    scheduler.stop().await;
+    plane.stop().await;
 }

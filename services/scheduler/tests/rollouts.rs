@@ -7,20 +7,16 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use aviary_proto as pb;
-use aviary_testkit::{NatsServer, free_port};
 use common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn healthy_canary_is_promoted_and_every_transition_is_audited_once() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await.unwrap();
-    let routes = route_responder(client.clone(), "edge").await;
+    let plane = Plane::start().await;
+    let (client, mut api) = (plane.client.clone(), plane.api.clone());
+    let routes = plane.routes.clone();
     let _verdicts =
         analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
-    let port = free_port().unwrap();
-    let scheduler = Replica::start(&nats.url(), port, &[]);
-    let mut api = api(port).await;
 
     let applied = api
         .apply(pb::ApplyRequest {
@@ -110,19 +106,16 @@ async fn healthy_canary_is_promoted_and_every_transition_is_audited_once() {
     })
     .await;
 
-    scheduler.stop().await;
+    plane.stop().await;
 }
 
 #[tokio::test]
 async fn failing_canary_is_rolled_back_at_threshold() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await.unwrap();
-    let routes = route_responder(client.clone(), "edge").await;
+    let plane = Plane::start().await;
+    let (client, mut api) = (plane.client.clone(), plane.api.clone());
+    let routes = plane.routes.clone();
     let verdicts =
         analyzer_responder(client.clone(), pb::Outcome::Fail, CancellationToken::new()).await;
-    let port = free_port().unwrap();
-    let scheduler = Replica::start(&nats.url(), port, &[]);
-    let mut api = api(port).await;
     api.apply(pb::ApplyRequest {
         manifest: canary_manifest("bad", 10, 50, 2),
     })
@@ -167,17 +160,13 @@ async fn failing_canary_is_rolled_back_at_threshold() {
     assert_eq!(metric["min"], 99.0, "with its threshold");
     assert_eq!(metric["outcome"], "fail");
 
-    scheduler.stop().await;
+    plane.stop().await;
 }
 
 #[tokio::test]
 async fn analyzer_down_halts_and_never_promotes_then_resumes() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await.unwrap();
-    let _routes = route_responder(client.clone(), "edge").await;
-    let port = free_port().unwrap();
-    let scheduler = Replica::start(&nats.url(), port, &[]);
-    let mut api = api(port).await;
+    let plane = Plane::start().await;
+    let (client, mut api) = (plane.client.clone(), plane.api.clone());
     api.apply(pb::ApplyRequest {
         manifest: canary_manifest("halted", 50, 50, 1),
     })
@@ -224,14 +213,13 @@ async fn analyzer_down_halts_and_never_promotes_then_resumes() {
         "{events:#?}"
     );
 
-    scheduler.stop().await;
+    plane.stop().await;
 }
 
 #[tokio::test]
 async fn a_command_while_analysis_is_in_flight_wins_and_the_analysis_is_asked_again() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await.unwrap();
-    let _routes = route_responder(client.clone(), "edge").await;
+    let plane = Plane::start().await;
+    let (client, mut api) = (plane.client.clone(), plane.api.clone());
     let (release, held) = tokio::sync::watch::channel(false);
     let requests = held_analyzer_responder(
         client.clone(),
@@ -240,9 +228,6 @@ async fn a_command_while_analysis_is_in_flight_wins_and_the_analysis_is_asked_ag
         CancellationToken::new(),
     )
     .await;
-    let port = free_port().unwrap();
-    let scheduler = Replica::start(&nats.url(), port, &[]);
-    let mut api = api(port).await;
     let podinfo = || pb::CommandRequest {
         r#ref: Some(pb::RolloutRef::new("test", "podinfo")),
         reason: String::new(),
@@ -284,5 +269,5 @@ async fn a_command_while_analysis_is_in_flight_wins_and_the_analysis_is_asked_ag
         .count();
     assert_eq!(succeeded, 1, "{events:#?}");
 
-    scheduler.stop().await;
+    plane.stop().await;
 }

@@ -262,3 +262,41 @@ impl Replica {
         self.task.await.unwrap().unwrap();
     }
 }
+
+/// A nats-server, a router-agent responder for ingress `edge` and a [`Replica`] with its
+/// control API; the test adds the analyzer it needs.
+pub struct Plane {
+    /// The server (kept alive for the test's length).
+    pub nats: aviary_testkit::NatsServer,
+    /// A client of it.
+    pub client: async_nats::Client,
+    /// Every route the responder was asked for.
+    pub routes: Routes,
+    /// The replica's control API.
+    pub api: RolloutServiceClient<Channel>,
+    scheduler: Replica,
+}
+
+impl Plane {
+    /// Starts all of it and waits for the control API.
+    pub async fn start() -> Self {
+        let nats = aviary_testkit::NatsServer::start().await.unwrap();
+        let client = nats.client().await.unwrap();
+        let routes = route_responder(client.clone(), "edge").await;
+        let port = aviary_testkit::free_port().unwrap();
+        let scheduler = Replica::start(&nats.url(), port, &[]);
+        let api = api(port).await;
+        Self {
+            nats,
+            client,
+            routes,
+            api,
+            scheduler,
+        }
+    }
+
+    /// Stops the replica and checks that it exited cleanly.
+    pub async fn stop(self) {
+        self.scheduler.stop().await;
+    }
+}
