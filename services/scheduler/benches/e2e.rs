@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use aviary_proto as pb;
 use aviary_testkit::envoy::{Envoy, EnvoyOptions};
 use aviary_testkit::{NatsServer, Process, free_port};
-use futures::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -185,30 +184,6 @@ async fn idle_rss(nats: &NatsServer, dir: &Path) {
     }
 }
 
-async fn nats_rtt_p50_ms(client: &async_nats::Client) -> f64 {
-    let mut echo = client.subscribe("bench.echo").await.unwrap();
-    let responder = client.clone();
-    let task = tokio::spawn(async move {
-        while let Some(msg) = echo.next().await {
-            if let Some(reply) = msg.reply {
-                let _ = responder.publish(reply, msg.payload).await;
-            }
-        }
-    });
-    let mut rtt = Vec::new();
-    for _ in 0..200 {
-        let started = Instant::now();
-        client
-            .request("bench.echo", bytes::Bytes::from_static(b"x"))
-            .await
-            .unwrap();
-        rtt.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    task.abort();
-    rtt.sort_by(f64::total_cmp);
-    percentile(&rtt, 0.5)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let samples: usize = std::env::var("E2E_BENCH_SAMPLES")
@@ -328,7 +303,7 @@ spec:
         value(&format!("{ack}_sum ")) / value(&format!("{ack}_count ")) * 1000.0,
         value(&format!("{ack}_count "))
     );
-    let rtt = nats_rtt_p50_ms(&client).await;
+    let rtt = common::nats_rtt_p50_ms(&client).await;
     emit("e2e_step_latency_p50_ms", percentile(&latencies, 0.5), "ms");
     emit(
         "e2e_step_latency_p99_ms",

@@ -173,30 +173,6 @@ fn status_mb(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
-async fn nats_rtt_p50_ms(client: &async_nats::Client) -> f64 {
-    let mut echo = client.subscribe("bench.echo").await.unwrap();
-    let responder = client.clone();
-    let task = tokio::spawn(async move {
-        while let Some(msg) = echo.next().await {
-            if let Some(reply) = msg.reply {
-                let _ = responder.publish(reply, msg.payload).await;
-            }
-        }
-    });
-    let mut rtt = Vec::new();
-    for _ in 0..200 {
-        let started = Instant::now();
-        client
-            .request("bench.echo", bytes::Bytes::from_static(b"x"))
-            .await
-            .unwrap();
-        rtt.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    task.abort();
-    rtt.sort_by(f64::total_cmp);
-    rtt[rtt.len() / 2]
-}
-
 async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) {
     let nats = NatsServer::start().await.unwrap();
     let client = nats.client().await.unwrap();
@@ -338,7 +314,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
 
     let nats = NatsServer::start().await.unwrap();
-    let rtt = nats_rtt_p50_ms(&nats.client().await.unwrap()).await;
+    let rtt = common::nats_rtt_p50_ms(&nats.client().await.unwrap()).await;
     drop(nats);
     for n in sizes {
         run_size(n, window, ticks, dir.path()).await;

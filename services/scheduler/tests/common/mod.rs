@@ -300,3 +300,29 @@ impl Plane {
         self.scheduler.stop().await;
     }
 }
+
+/// The median round trip of 200 raw NATS requests to an echo responder, in milliseconds: the
+/// baseline benchmarks report beside their own figures.
+pub async fn nats_rtt_p50_ms(client: &async_nats::Client) -> f64 {
+    let mut echo = client.subscribe("bench.echo").await.unwrap();
+    let responder = client.clone();
+    let task = tokio::spawn(async move {
+        while let Some(msg) = echo.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    let mut rtt = Vec::new();
+    for _ in 0..200 {
+        let started = std::time::Instant::now();
+        client
+            .request("bench.echo", bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        rtt.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    task.abort();
+    rtt.sort_by(f64::total_cmp);
+    rtt[rtt.len() / 2]
+}
