@@ -12,10 +12,10 @@ use serde_yaml::{Mapping, Value};
 use crate::duration::{HumanDuration, parse_duration};
 use crate::error::{FieldError, ValidationErrors, field, index};
 use crate::spec::{
-    Alert, Analysis, AnalysisStep, ApprovalStep, HeaderRouteStep, IngressRef, Judge, MatchRule,
-    Metadata, Metric, MetricProvider, MirrorStep, OnNoData, PauseStep, ProviderRef, Rollout,
-    RolloutSpec, SessionAffinity, Severity, Step, StringMatch, Target, ThresholdRange, Webhook,
-    WebhookType,
+    Alert, Analysis, AnalysisStep, ApprovalStep, GatewayRef, HeaderRouteStep, IngressRef, Judge,
+    MatchRule, Metadata, Metric, MetricProvider, MirrorStep, ObjectRef, OnNoData, PauseStep,
+    ProviderRef, Rollout, RolloutSpec, ServiceSpec, SessionAffinity, Severity, Step, StringMatch,
+    Target, TargetRef, ThresholdRange, Webhook, WebhookType, WorkloadKind,
 };
 use crate::strategy::Strategy;
 
@@ -357,6 +357,13 @@ impl Decoder {
     fn spec(&mut self, v: &Value) -> RolloutSpec {
         let known = [
             "ingresses",
+            "targetRef",
+            "service",
+            "provider",
+            "autoscalerRef",
+            "ingressRef",
+            "revertOnDeletion",
+            "suspend",
             "primary",
             "canary",
             "progressDeadlineSeconds",
@@ -379,14 +386,31 @@ impl Decoder {
                 }
             }
         }
+        if let Some(t) = f.get("targetRef") {
+            spec.target_ref = self.target_ref(t, "spec.targetRef");
+        }
+        if let Some(s) = f.get("service") {
+            spec.service = self.service(s, "spec.service");
+        }
+        spec.provider = self.string(&f, "provider");
+        if let Some(r) = f.get("autoscalerRef") {
+            spec.autoscaler_ref = self.object_ref(r, "spec.autoscalerRef");
+        }
+        if let Some(r) = f.get("ingressRef") {
+            spec.ingress_ref = self.object_ref(r, "spec.ingressRef");
+        }
+        spec.revert_on_deletion = self.bool(&f, "revertOnDeletion").unwrap_or(false);
+        spec.suspend = self.bool(&f, "suspend").unwrap_or(false);
+        // In workload mode the controller fills both sides in from the target's Services.
+        let workload = f.get("targetRef").is_some();
         if let Some(t) = f.get("primary") {
             spec.primary = self.target(t, "spec.primary");
-        } else {
+        } else if !workload {
             self.err("spec.primary", "required");
         }
         if let Some(t) = f.get("canary") {
             spec.canary = self.target(t, "spec.canary");
-        } else {
+        } else if !workload {
             self.err("spec.canary", "required");
         }
         spec.progress_deadline_seconds = self.count(&f, "progressDeadlineSeconds", 1);
@@ -420,13 +444,108 @@ impl Decoder {
         spec
     }
 
+    fn target_ref(&mut self, v: &Value, path: &str) -> Option<TargetRef> {
+        let f = self.fields(v, path, &["apiVersion", "kind", "name"])?;
+        let kind = match self.string(&f, "kind") {
+            None => {
+                self.err(&f.path("kind"), "required");
+                WorkloadKind::Deployment
+            }
+            Some(k) => WorkloadKind::parse(&k).unwrap_or_else(|| {
+                self.err(
+                    &f.path("kind"),
+                    format!("unsupported kind {k:?} (expected Deployment or DaemonSet)"),
+                );
+                WorkloadKind::Deployment
+            }),
+        };
+        Some(TargetRef {
+            api_version: self
+                .string(&f, "apiVersion")
+                .unwrap_or_else(|| "apps/v1".to_owned()),
+            kind,
+            name: self.string(&f, "name").unwrap_or_default(),
+        })
+    }
+
+    fn object_ref(&mut self, v: &Value, path: &str) -> Option<ObjectRef> {
+        let f = self.fields(v, path, &["apiVersion", "kind", "name"])?;
+        Some(ObjectRef {
+            api_version: self.string(&f, "apiVersion"),
+            kind: self.string(&f, "kind"),
+            name: self.string(&f, "name").unwrap_or_default(),
+        })
+    }
+
+    fn port(&mut self, f: &Fields<'_>, key: &str) -> Option<u16> {
+        let v = f.get(key)?;
+        let n = self.int_at(v, &f.path(key))?;
+        match u16::try_from(n) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                self.err(&f.path(key), format!("must be between 1 and 65535, got {n}"));
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, f: &Fields<'_>, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(items) = self.list(f, key) {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(s) = self.string_at(item, &index(&f.path(key), i)) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    fn service(&mut self, v: &Value, path: &str) -> Option<ServiceSpec> {
+        let known = [
+            "port",
+            "targetPort",
+            "portName",
+            "hosts",
+            "gateways",
+            "gatewayRefs",
+        ];
+        let f = self.fields(v, path, &known)?;
+        let port = self.port(&f, "port");
+        if port.is_none() && f.get("port").is_none() {
+            self.err(&f.path("port"), "required");
+        }
+        let mut svc = ServiceSpec {
+            port: port.unwrap_or(0),
+            target_port: self.port(&f, "targetPort"),
+            port_name: self.string(&f, "portName"),
+            hosts: self.strings(&f, "hosts"),
+            gateways: self.strings(&f, "gateways"),
+            gateway_refs: Vec::new(),
+        };
+        if let Some(items) = self.list(&f, "gatewayRefs") {
+            for (i, item) in items.iter().enumerate() {
+                let p = index(&f.path("gatewayRefs"), i);
+                if let Some(g) = self.fields(item, &p, &["name", "namespace", "sectionName"]) {
+                    svc.gateway_refs.push(GatewayRef {
+                        name: self.string(&g, "name").unwrap_or_default(),
+                        namespace: self.string(&g, "namespace"),
+                        section_name: self.string(&g, "sectionName"),
+                    });
+                }
+            }
+        }
+        Some(svc)
+    }
+
     fn target(&mut self, v: &Value, path: &str) -> Target {
-        let Some(f) = self.fields(v, path, &["name", "endpoints"]) else {
+        let Some(f) = self.fields(v, path, &["name", "endpoints", "revision"]) else {
             return Target::default();
         };
         let mut t = Target {
             name: self.string(&f, "name").unwrap_or_default(),
             endpoints: Vec::new(),
+            revision: self.string(&f, "revision"),
         };
         if let Some(items) = self.list(&f, "endpoints") {
             for (i, item) in items.iter().enumerate() {

@@ -61,9 +61,36 @@ pub struct RolloutSpec {
     /// Every ingress whose traffic split this rollout drives.
     #[serde(default)]
     pub ingresses: Vec<IngressRef>,
-    /// The stable version.
+    /// Workload mode: the Deployment or DaemonSet the controller manages (Flagger's
+    /// `targetRef`). Absent in endpoint mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
+    /// Workload mode: the Services the controller creates and the routes address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+    /// Workload mode: the router provider of the resource (`gateway-api`, `istio`, `smi`,
+    /// `nginx`, …), as Flagger's `provider`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Workload mode: the HorizontalPodAutoscaler of the target, copied for the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler_ref: Option<ObjectRef>,
+    /// Workload mode: the Ingress that the `nginx` provider clones for the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_ref: Option<ObjectRef>,
+    /// Workload mode: on deletion, restore the target and remove what Aviary created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert_on_deletion: bool,
+    /// Workload mode: do not start new runs while set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+    /// The stable version. In workload mode the controller fills it in (the `-primary`
+    /// Service).
+    #[serde(default)]
     pub primary: Target,
-    /// The new version.
+    /// The new version. In workload mode the controller fills it in (the `-canary` Service
+    /// and the revision of the target's pod template and configs).
+    #[serde(default)]
     pub canary: Target,
     /// How long the rollout may stay halted before it fails and rolls back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +126,119 @@ pub struct Target {
     /// `host:port` upstreams.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Workload mode: the revision this side runs (a hash of the pod template and the
+    /// configs it uses); a new canary revision starts a new run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// The kind of workload a [`TargetRef`] names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    /// `apps/v1` `Deployment`.
+    #[default]
+    Deployment,
+    /// `apps/v1` `DaemonSet`.
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    /// The Kubernetes kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+
+    /// Parses the Kubernetes kind.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Deployment" => Some(WorkloadKind::Deployment),
+            "DaemonSet" => Some(WorkloadKind::DaemonSet),
+            _ => None,
+        }
+    }
+}
+
+/// The workload a rollout manages in workload mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// `apps/v1`.
+    #[serde(default = "apps_v1")]
+    pub api_version: String,
+    /// Deployment or DaemonSet.
+    pub kind: WorkloadKind,
+    /// Name of the workload in the rollout's namespace.
+    pub name: String,
+}
+
+fn apps_v1() -> String {
+    "apps/v1".to_owned()
+}
+
+/// A reference to another object in the rollout's namespace (`autoscalerRef`, `ingressRef`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// API version, e.g. `autoscaling/v2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Kind, e.g. `HorizontalPodAutoscaler`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+/// A Gateway API parent reference (`service.gatewayRefs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    /// The Gateway's name.
+    pub name: String,
+    /// Its namespace (default: the rollout's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// A listener of the Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// The Services of a workload-mode rollout (Flagger's `service` block, the fields Aviary uses).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// The port the Services expose.
+    pub port: u16,
+    /// The container port traffic goes to (default: `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    /// The name of the Services' port (default `http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+    /// Host names routed (Gateway API hostnames, Istio hosts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Istio gateways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Gateway API parent Gateways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_refs: Vec<GatewayRef>,
+}
+
+impl ServiceSpec {
+    /// The container port, defaulted to the service port.
+    pub fn target_port(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
+
+    /// The port name, defaulted to `http`.
+    pub fn port_name(&self) -> &str {
+        self.port_name.as_deref().unwrap_or("http")
+    }
 }
 
 /// The `analysis` block (Flagger field names and meanings).
@@ -506,6 +646,11 @@ impl Analysis {
 }
 
 impl RolloutSpec {
+    /// True in workload mode (a `targetRef` names the workload).
+    pub fn is_workload(&self) -> bool {
+        self.target_ref.is_some()
+    }
+
     /// The progress deadline in seconds, defaulted.
     pub fn progress_deadline_seconds(&self) -> u64 {
         self.progress_deadline_seconds
@@ -888,8 +1033,41 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
             c.push(&np, format!("duplicate ingress {:?}", ing.name));
         }
     }
-    check_target(&s.primary, &field(path, "primary"), c);
-    check_target(&s.canary, &field(path, "canary"), c);
+    if let Some(t) = &s.target_ref {
+        let tp = field(path, "targetRef");
+        check_label(&t.name, &field(&tp, "name"), true, c);
+        if t.api_version != "apps/v1" {
+            c.push(&field(&tp, "apiVersion"), "must be apps/v1");
+        }
+        match &s.service {
+            None => c.push(&field(path, "service"), "required with targetRef"),
+            Some(svc) => {
+                let sp = field(path, "service");
+                if svc.port == 0 {
+                    c.push(&field(&sp, "port"), "must be between 1 and 65535");
+                }
+                if svc.target_port == Some(0) {
+                    c.push(&field(&sp, "targetPort"), "must be between 1 and 65535");
+                }
+                if let Some(name) = &svc.port_name {
+                    check_label(name, &field(&sp, "portName"), true, c);
+                }
+            }
+        }
+        // The controller fills the two sides in; what it filled in is checked like any target.
+        if !s.primary.name.is_empty() {
+            check_target(&s.primary, &field(path, "primary"), c);
+        }
+        if !s.canary.name.is_empty() {
+            check_target(&s.canary, &field(path, "canary"), c);
+        }
+    } else {
+        if s.service.is_some() {
+            c.push(&field(path, "service"), "only meaningful with targetRef");
+        }
+        check_target(&s.primary, &field(path, "primary"), c);
+        check_target(&s.canary, &field(path, "canary"), c);
+    }
     if !s.primary.name.is_empty() && s.primary.name == s.canary.name {
         c.push(
             &field(&field(path, "canary"), "name"),
@@ -962,11 +1140,20 @@ impl RolloutSpec {
             primary: Target {
                 name: "podinfo-v1".into(),
                 endpoints: vec!["127.0.0.1:9001".into()],
+                revision: None,
             },
             canary: Target {
                 name: "podinfo-v2".into(),
                 endpoints: vec!["127.0.0.1:9002".into()],
+                revision: None,
             },
+            target_ref: None,
+            service: None,
+            provider: None,
+            autoscaler_ref: None,
+            ingress_ref: None,
+            revert_on_deletion: false,
+            suspend: false,
             progress_deadline_seconds: None,
             skip_analysis: false,
             strategy: None,

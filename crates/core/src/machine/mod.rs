@@ -70,7 +70,11 @@ pub fn step(
 
 /// Identity of the canary being rolled out; a change means a new revision and a new run.
 pub fn canary_revision(spec: &RolloutSpec) -> String {
-    format!("{}={}", spec.canary.name, spec.canary.endpoints.join(","))
+    let base = format!("{}={}", spec.canary.name, spec.canary.endpoints.join(","));
+    match &spec.canary.revision {
+        Some(revision) => format!("{base}@{revision}"),
+        None => base,
+    }
 }
 
 impl RolloutStatus {
