@@ -36,6 +36,9 @@ pub const MIN_ANSWER_TIMEOUT_MS: u64 = 30_000;
 /// Wait before sending a route again after an ingress reported it could not apply it: long
 /// enough not to hammer a failing agent, short next to any progress deadline.
 pub const ROUTE_RETRY_MS: u64 = 5_000;
+/// Workload mode: how often the controller is asked again while a workload operation is not
+/// done yet (a canary becoming ready, a primary rolling out): pods take seconds to start.
+pub const WORKLOAD_POLL_MS: u64 = 2_000;
 
 /// A rollout's machine: the (valid) spec and the plan derived from it.
 #[derive(Clone, Debug)]
@@ -192,6 +195,11 @@ impl Cx<'_> {
                 Wait::Finalise { seq: s, .. } if s == seq => self.succeed(),
                 _ => self.ignore("stale finalised"),
             },
+            Input::WorkloadDone {
+                seq,
+                done,
+                observed,
+            } => self.workload_done(seq, done, observed),
             Input::Command(c) => return self.command(c),
             Input::SpecChanged { generation } => self.spec_changed(generation),
         }
@@ -365,12 +373,23 @@ impl Cx<'_> {
     /// The requested route is served; decide what the phase does next.
     fn route_ready(&mut self) {
         self.st.step_started_at_ms = Some(self.now);
+        let workload = self.m.spec.is_workload();
         match self.st.phase {
             Phase::Initializing => {
                 self.st.phase = Phase::Initialized;
                 self.st.wait = Wait::Idle;
                 self.emit(EventKind::Initialized, "primary serves 100%");
+                if workload && self.primary_runs_canary_revision() {
+                    // The primary was created from the target: nothing to roll out yet.
+                    self.st.next_tick_at_ms = None;
+                    return;
+                }
                 self.start_run();
+            }
+            // Workload mode: the primary runs the new revision and serves 100 %; the canary
+            // goes to zero; and after a rollback, the same.
+            Phase::Finalising | Phase::Failed if workload => {
+                self.workload(WorkloadOp::ScaleCanaryDown);
             }
             Phase::Progressing => self.step_entered(),
             Phase::Promoting => {
@@ -409,6 +428,10 @@ impl Cx<'_> {
                 EventKind::AnalysisSkipped,
                 "skipAnalysis: promoting without analysis",
             );
+            // Workload mode promotes only a canary that became ready.
+            if self.m.spec.is_workload() {
+                return self.workload(WorkloadOp::ScaleCanaryUp);
+            }
             return self.start_promoting();
         }
         if self.m.has_hook(WebhookType::ConfirmRollout) {
@@ -419,6 +442,14 @@ impl Cx<'_> {
     }
 
     fn after_confirm_rollout(&mut self) {
+        if self.m.spec.is_workload() {
+            self.workload(WorkloadOp::ScaleCanaryUp);
+        } else {
+            self.after_canary_ready();
+        }
+    }
+
+    fn after_canary_ready(&mut self) {
         if self.m.has_hook(WebhookType::PreRollout) {
             self.check_gate(WebhookType::PreRollout);
         } else {
@@ -737,8 +768,77 @@ impl Cx<'_> {
     fn start_promoting(&mut self) {
         self.st.phase = Phase::Promoting;
         self.st.promotion_step = 0;
+        if self.m.spec.is_workload() {
+            // Flagger's order: the primary gets the canary's template first; traffic moves
+            // back to it once its rollout finished.
+            self.emit(
+                EventKind::Promoting,
+                "promoting: copying the canary's template to the primary",
+            );
+            return self.workload(WorkloadOp::PromotePrimary);
+        }
         self.emit(EventKind::Promoting, "promoting the canary");
         self.promote_route();
+    }
+
+    // ---- workload mode ---------------------------------------------------------------------
+
+    /// True when the spec says the primary already runs the canary's revision.
+    fn primary_runs_canary_revision(&self) -> bool {
+        let spec = &self.m.spec;
+        spec.canary.revision.is_some() && spec.canary.revision == spec.primary.revision
+    }
+
+    fn workload(&mut self, op: WorkloadOp) {
+        let seq = self.next_seq();
+        self.st.wait = Wait::Workload {
+            op,
+            seq,
+            sent_at_ms: self.now,
+        };
+        self.acts.push(Action::Workload { seq, op });
+        self.schedule(self.now + ROUTE_ACK_TIMEOUT_MS);
+    }
+
+    fn workload_done(&mut self, seq: u64, done: bool, observed: String) {
+        let Wait::Workload { op, seq: want, .. } = self.st.wait else {
+            return self.ignore("no workload operation outstanding");
+        };
+        if want != seq {
+            return self.ignore("stale workload answer");
+        }
+        if !done {
+            // Not there yet: a halt (it counts toward the progress deadline), asked again soon.
+            if !self.st.phase.is_terminal() {
+                self.halt(format!("{}: {observed}", op.as_str()));
+            }
+            return self.schedule(self.now + WORKLOAD_POLL_MS);
+        }
+        if self
+            .st
+            .halt_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(op.as_str()))
+        {
+            self.clear_halt();
+        }
+        match op {
+            WorkloadOp::ScaleCanaryUp if self.m.spec.skip_analysis => self.start_promoting(),
+            WorkloadOp::ScaleCanaryUp => self.after_canary_ready(),
+            WorkloadOp::PromotePrimary => {
+                self.st.phase = Phase::Finalising;
+                self.emit(
+                    EventKind::Finalising,
+                    format!("primary runs the canary's revision ({observed}): routing 100% to it"),
+                );
+                self.go_route(0, 0, Vec::new(), true);
+            }
+            WorkloadOp::ScaleCanaryDown if self.st.phase == Phase::Finalising => self.succeed(),
+            WorkloadOp::ScaleCanaryDown => {
+                self.st.wait = Wait::Idle;
+                self.st.next_tick_at_ms = None;
+            }
+        }
     }
 
     fn promote_route(&mut self) {
@@ -857,6 +957,25 @@ impl Cx<'_> {
                 self.schedule(self.now + self.m.interval_ms());
             }
             Wait::Pause { until_ms: Some(_) } => self.advance(),
+            Wait::Workload {
+                op,
+                seq,
+                sent_at_ms,
+            } => {
+                if self.now.saturating_sub(sent_at_ms) >= ROUTE_ACK_TIMEOUT_MS
+                    && !self.st.phase.is_terminal()
+                {
+                    self.halt(format!("{}: no answer from the controller", op.as_str()));
+                }
+                // Level-triggered: ask again (the operation is idempotent).
+                self.acts.push(Action::Workload { seq, op });
+                self.st.wait = Wait::Workload {
+                    op,
+                    seq,
+                    sent_at_ms: self.now,
+                };
+                self.schedule(self.now + ROUTE_ACK_TIMEOUT_MS);
+            }
             Wait::Finalise { seq, .. } => {
                 self.halt("finalise not confirmed".into());
                 self.acts.push(Action::Finalise { seq });
@@ -923,7 +1042,9 @@ impl Cx<'_> {
                         "step skipped by command"
                     },
                 );
-                if full {
+                if full && self.m.spec.is_workload() {
+                    self.start_promoting();
+                } else if full {
                     self.st.phase = Promoting;
                     self.st.promotion_step = self.m.plan.promotion.weights.len().saturating_sub(1);
                     self.promote_route();
@@ -932,6 +1053,7 @@ impl Cx<'_> {
                         Initialized | Waiting => self.begin_progress(),
                         Progressing => self.advance(),
                         WaitingPromotion => self.start_promoting(),
+                        _ if self.m.spec.is_workload() => self.start_promoting(),
                         _ => {
                             if self.st.promotion_step + 1 >= self.m.plan.promotion.weights.len() {
                                 self.finalise();
@@ -1020,6 +1142,7 @@ impl Cx<'_> {
             Phase::Initialized => self.start_run(),
             Phase::Waiting => self.check_gate(WebhookType::ConfirmRollout),
             Phase::WaitingPromotion => self.begin_promotion(),
+            Phase::Promoting if self.m.spec.is_workload() => self.start_promoting(),
             Phase::Promoting => self.promote_route(),
             _ => {
                 self.st.phase = Phase::Progressing;

@@ -97,6 +97,13 @@ impl Sim {
                 Wait::Finalise { seq, .. } => {
                     self.input(Input::Finalised { seq });
                 }
+                Wait::Workload { seq, .. } => {
+                    self.input(Input::WorkloadDone {
+                        seq,
+                        done: true,
+                        observed: "ready".into(),
+                    });
+                }
                 Wait::Idle if self.st.phase == Phase::Initializing => {
                     self.input(Input::Tick);
                 }
@@ -1228,4 +1235,193 @@ fn early_promotion_still_asks_the_confirm_promotion_gate() {
     v.early_promote = true;
     sim.input(Input::Verdict(v));
     assert_eq!(sim.st.phase, Phase::WaitingPromotion);
+}
+
+/// Workload mode: the controller's operations in Flagger's order.
+mod workload {
+    use super::*;
+    use crate::machine::WORKLOAD_POLL_MS;
+    use crate::spec::{ServiceSpec, TargetRef, WorkloadKind};
+
+    fn spec(primary_revision: &str, canary_revision: &str) -> RolloutSpec {
+        let mut spec = canary(30, 10, 2);
+        spec.target_ref = Some(TargetRef {
+            api_version: "apps/v1".into(),
+            kind: WorkloadKind::Deployment,
+            name: "podinfo".into(),
+        });
+        spec.service = Some(ServiceSpec {
+            port: 9898,
+            ..ServiceSpec::default()
+        });
+        spec.primary.revision = Some(primary_revision.into());
+        spec.canary.revision = Some(canary_revision.into());
+        spec
+    }
+
+    /// The actions that matter here, as short names in order.
+    fn trail(sim: &Sim) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (_, a) in &sim.actions {
+            let s = match a {
+                Action::ApplyRoute(r) => format!("route {}", r.canary_weight),
+                Action::Workload { op, .. } => op.as_str().to_owned(),
+                Action::Finalise { .. } => "finalise".to_owned(),
+                _ => continue,
+            };
+            if out.last() != Some(&s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn promotion_updates_the_primary_before_routing_back_to_it() {
+        let mut sim = Sim::new(spec("a", "b"));
+        sim.run(Outcome::Pass, true);
+        assert_eq!(sim.st.phase, Phase::Succeeded);
+        assert_eq!(
+            trail(&sim),
+            [
+                "route 0",
+                "scale-canary-up",
+                "route 10",
+                "route 20",
+                "route 30",
+                "promote-primary",
+                "route 0",
+                "scale-canary-down",
+            ]
+        );
+        // No role swap: the canary never takes all the traffic.
+        assert!(sim.routes().iter().all(|r| r.canary_weight < 100));
+    }
+
+    #[test]
+    fn a_target_the_primary_already_runs_initialises_without_a_run() {
+        let mut sim = Sim::new(spec("a", "a"));
+        sim.run(Outcome::Pass, true);
+        assert_eq!(sim.st.phase, Phase::Initialized);
+        assert_eq!(trail(&sim), ["route 0"]);
+        assert_eq!(sim.st.run, 0);
+    }
+
+    #[test]
+    fn a_canary_that_never_becomes_ready_fails_at_the_progress_deadline() {
+        let mut s = spec("a", "b");
+        s.progress_deadline_seconds = Some(60);
+        let mut sim = Sim::new(s);
+        sim.input(Input::Tick);
+        let seq = match sim.st.wait {
+            Wait::Route { seq, .. } => seq,
+            ref w => panic!("expected a route, got {w:?}"),
+        };
+        sim.input(Input::RouteConfirmed {
+            seq,
+            observed: ObservedSplit {
+                canary_weight: 0,
+                primary_weight: 100,
+                mirror_percent: 0,
+            },
+        });
+        for _ in 0..100 {
+            if sim.st.phase.is_terminal() {
+                break;
+            }
+            let Wait::Workload { op, seq, .. } = sim.st.wait else {
+                panic!("expected a workload operation, got {:?}", sim.st.wait);
+            };
+            assert_eq!(op, WorkloadOp::ScaleCanaryUp);
+            sim.input(Input::WorkloadDone {
+                seq,
+                done: false,
+                observed: "0/2 replicas ready".into(),
+            });
+            assert!(
+                sim.st
+                    .halt_reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("0/2 replicas ready"))
+            );
+            sim.now = sim.st.next_tick_at_ms.expect("asked again");
+            sim.input(Input::Tick);
+        }
+        assert_eq!(sim.st.phase, Phase::Failed);
+        assert!(sim.now - T0 >= 60_000 && sim.now - T0 < 60_000 + WORKLOAD_POLL_MS + 1);
+        // Back to the primary, the canary to zero; the primary was never touched.
+        sim.run(Outcome::Pass, true);
+        let trail = trail(&sim);
+        assert_eq!(trail.last().map(String::as_str), Some("scale-canary-down"));
+        assert!(!trail.iter().any(|t| t == "promote-primary"));
+    }
+
+    #[test]
+    fn a_failing_canary_rolls_back_without_touching_the_primary() {
+        let mut sim = Sim::new(spec("a", "b"));
+        sim.run(Outcome::Fail, true);
+        assert_eq!(sim.st.phase, Phase::Failed);
+        assert_eq!(
+            trail(&sim),
+            ["route 0", "scale-canary-up", "route 10", "route 0", "scale-canary-down"]
+        );
+    }
+
+    #[test]
+    fn skip_analysis_promotes_only_a_ready_canary() {
+        let mut s = spec("a", "b");
+        s.skip_analysis = true;
+        let mut sim = Sim::new(s);
+        sim.run(Outcome::Fail, true);
+        assert_eq!(sim.st.phase, Phase::Succeeded);
+        assert_eq!(
+            trail(&sim),
+            // The primary already serves 100 %: no route to send after its promotion.
+            ["route 0", "scale-canary-up", "promote-primary", "scale-canary-down"]
+        );
+        assert_eq!(sim.analyses(), 0);
+    }
+
+    /// Answers the one outstanding route or workload operation as done.
+    fn answer(sim: &mut Sim) {
+        match sim.st.wait.clone() {
+            Wait::Route { seq, .. } => {
+                let r = sim.st.route.clone().expect("route");
+                sim.input(Input::RouteConfirmed {
+                    seq,
+                    observed: ObservedSplit {
+                        canary_weight: r.canary_weight,
+                        primary_weight: r.primary_weight,
+                        mirror_percent: 0,
+                    },
+                });
+            }
+            Wait::Workload { seq, .. } => {
+                sim.input(Input::WorkloadDone {
+                    seq,
+                    done: true,
+                    observed: "ready".into(),
+                });
+            }
+            w => panic!("nothing to answer: {w:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_revision_mid_run_restarts_from_a_ready_canary() {
+        let mut sim = Sim::new(spec("a", "b"));
+        sim.input(Input::Tick);
+        for _ in 0..3 {
+            answer(&mut sim); // route 0, scale-canary-up, route 10
+        }
+        assert_eq!((sim.st.phase, sim.st.canary_weight), (Phase::Progressing, 10));
+        sim.m = Machine::new(&spec("a", "c")).expect("valid");
+        sim.input(Input::SpecChanged { generation: 2 });
+        assert_eq!(sim.st.phase, Phase::Initializing);
+        assert_eq!(sim.st.route.as_ref().map(|r| r.canary_weight), Some(0));
+        sim.run(Outcome::Pass, true);
+        assert_eq!((sim.st.phase, sim.st.run), (Phase::Succeeded, 2));
+        let ups = trail(&sim).iter().filter(|t| *t == "scale-canary-up").count();
+        assert_eq!(ups, 2, "the new revision's canary is made ready again");
+    }
 }

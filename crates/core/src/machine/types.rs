@@ -91,6 +91,17 @@ pub enum Wait {
     },
     /// An `approval:` step, until Approve or Promote.
     Approval,
+    /// Workload mode: a [`WorkloadOp`] awaiting its `WorkloadDone` (sent again at the next
+    /// tick while not done).
+    #[serde(rename_all = "camelCase")]
+    Workload {
+        /// Which operation.
+        op: WorkloadOp,
+        /// The request's sequence number.
+        seq: u64,
+        /// When it was (last) sent.
+        sent_at_ms: u64,
+    },
     /// A `Finalise` awaiting `Finalised`.
     #[serde(rename_all = "camelCase")]
     Finalise {
@@ -99,6 +110,40 @@ pub enum Wait {
         /// When it was sent.
         sent_at_ms: u64,
     },
+}
+
+/// An operation on the workloads of a workload-mode rollout, carried out by the controller.
+///
+/// Each is idempotent and level-triggered: asked again, it does nothing more when done, and
+/// its answer says whether the state it asks for is reached yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadOp {
+    /// Scale the canary (the target) up and report whether all its replicas are ready.
+    ScaleCanaryUp,
+    /// Copy the canary's template (and its configs) to the primary and report whether the
+    /// primary's rollout of it has finished.
+    PromotePrimary,
+    /// Scale the canary to zero.
+    ScaleCanaryDown,
+}
+
+impl WorkloadOp {
+    /// The name on the bus and in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadOp::ScaleCanaryUp => "scale-canary-up",
+            WorkloadOp::PromotePrimary => "promote-primary",
+            WorkloadOp::ScaleCanaryDown => "scale-canary-down",
+        }
+    }
+
+    /// Every operation.
+    pub const ALL: [WorkloadOp; 3] = [
+        WorkloadOp::ScaleCanaryUp,
+        WorkloadOp::PromotePrimary,
+        WorkloadOp::ScaleCanaryDown,
+    ];
 }
 
 /// The session-affinity cookie a route sets on canary responses.
@@ -305,6 +350,18 @@ pub enum Input {
         /// The `Finalise`'s sequence number.
         seq: u64,
     },
+    /// The controller's answer to [`Action::Workload`] `seq`.
+    #[serde(rename_all = "camelCase")]
+    WorkloadDone {
+        /// The request's sequence number.
+        seq: u64,
+        /// Whether the state asked for is reached (false: asked again at the next tick, and
+        /// the rollout is halted meanwhile, so a canary that never becomes ready fails at
+        /// `progressDeadlineSeconds`).
+        done: bool,
+        /// What the controller observed, for the halt reason and the events.
+        observed: String,
+    },
     /// A manual command.
     Command(Command),
     /// The stored spec changed; the machine was built from the new one.
@@ -438,6 +495,14 @@ pub enum Action {
     ScheduleTick {
         /// Epoch milliseconds.
         at_ms: u64,
+    },
+    /// Workload mode: ask the controller to carry out `op`; answer with `WorkloadDone`.
+    #[serde(rename_all = "camelCase")]
+    Workload {
+        /// Sequence number for the answer.
+        seq: u64,
+        /// What to do.
+        op: WorkloadOp,
     },
     /// Make the canary the primary (endpoint mode: the primary's endpoints become the
     /// canary's, serving 100 %); answer with `Finalised`.
