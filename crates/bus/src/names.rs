@@ -41,6 +41,14 @@ pub const ROUTE_PREFIX: &str = "aviary.route";
 /// Every route subject (for permissions and monitoring).
 pub const ROUTE_ALL: &str = "aviary.route.>";
 
+/// Prefix of workload commands (workload mode), one subject per rollout, see
+/// [`workload_subject`]. Request/reply: the acting controller replica answers.
+pub const WORKLOAD_PREFIX: &str = "aviary.workload";
+/// Every workload subject: the controller subscribes to it.
+pub const WORKLOAD_ALL: &str = "aviary.workload.>";
+/// Queue group of the controller replicas on [`WORKLOAD_ALL`].
+pub const QUEUE_CONTROLLER: &str = "aviary-controller";
+
 /// Analysis requests, request/reply: the analyzer answers with a verdict.
 pub const ANALYSIS_REQUEST: &str = "aviary.analysis.request";
 /// Queue group of the analyzers on [`ANALYSIS_REQUEST`]: each request goes to one analyzer.
@@ -120,6 +128,18 @@ pub fn events_namespace_filter(namespace: &str) -> Result<String, BusError> {
 /// processed. `origin` is a concrete subject that already arrived, so it is not re-validated.
 pub fn dead_letter_subject(origin: &str) -> String {
     format!("aviary.dead.{origin}")
+}
+
+/// `aviary.workload.<namespace>.<name>`: workload commands of one rollout.
+///
+/// # Errors
+/// [`BusError::InvalidToken`] for a bad namespace or name.
+pub fn workload_subject(namespace: &str, name: &str) -> Result<String, BusError> {
+    Ok(format!(
+        "{WORKLOAD_PREFIX}.{}.{}",
+        token("namespace", namespace)?,
+        token("name", name)?
+    ))
 }
 
 /// `aviary.route.<ingress>`: route commands for the router agent that owns `ingress`.

@@ -161,6 +161,37 @@ pub fn route_command(record: &RolloutRecord, route: &machine::DesiredRoute) -> p
 
 /// The route that makes the canary the primary: in endpoint mode the canary's endpoints serve
 /// everything, under the primary role.
+/// The workload command for `op` (workload mode); idempotency key `<ns>/<name>/<gen>/w<seq>`.
+pub fn workload_command(
+    record: &RolloutRecord,
+    seq: u64,
+    op: machine::WorkloadOp,
+) -> pb::WorkloadCommand {
+    let op = match op {
+        machine::WorkloadOp::ScaleCanaryUp => pb::WorkloadOp::ScaleCanaryUp,
+        machine::WorkloadOp::PromotePrimary => pb::WorkloadOp::PromotePrimary,
+        machine::WorkloadOp::ScaleCanaryDown => pb::WorkloadOp::ScaleCanaryDown,
+    };
+    pb::WorkloadCommand {
+        idempotency_key: format!(
+            "{}/{}/{}/w{seq}",
+            record.namespace(),
+            record.name(),
+            record.generation
+        ),
+        rollout: Some(pb::RolloutRef::new(record.namespace(), record.name())),
+        generation: record.generation,
+        op: op as i32,
+        canary_revision: record
+            .rollout
+            .spec
+            .canary
+            .revision
+            .clone()
+            .unwrap_or_default(),
+    }
+}
+
 pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
     let spec = &record.rollout.spec;
     let route = machine::DesiredRoute {

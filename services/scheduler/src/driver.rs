@@ -559,6 +559,28 @@ impl Driver {
                         }
                     });
                 }
+                Action::Workload { seq, op } => {
+                    let command = convert::workload_command(record, seq, op);
+                    let shared = self.shared.clone();
+                    let inputs = self.inputs.clone();
+                    tokio::spawn(async move {
+                        let (done, observed) = match shared.effects.workload(&command).await {
+                            Ok(ack) if ack.ok => (ack.done, ack.observed),
+                            Ok(ack) => (false, ack.error),
+                            // No answer is a halt that asks again, never a step forward.
+                            Err(error) => {
+                                (false, format!("no answer from the controller: {error}"))
+                            }
+                        };
+                        let _ = inputs
+                            .send(Input::WorkloadDone {
+                                seq,
+                                done,
+                                observed,
+                            })
+                            .await;
+                    });
+                }
                 Action::Finalise { seq } => {
                     let command = convert::finalise_command(record, seq);
                     let shared = self.shared.clone();

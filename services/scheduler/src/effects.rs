@@ -17,7 +17,9 @@ use aviary_bus::kv::Bucket;
 use aviary_bus::typed::{self, Proto};
 use aviary_bus::{BusError, names};
 use aviary_proto::events::AuditEvent;
-use aviary_proto::{AnalysisRequest, DesiredRoute, RouteAck, RouteCommand, Verdict};
+use aviary_proto::{
+    AnalysisRequest, DesiredRoute, RouteAck, RouteCommand, Verdict, WorkloadAck, WorkloadCommand,
+};
 use futures::future::join_all;
 
 /// Every ingress acknowledged the split.
@@ -147,6 +149,16 @@ impl Effects {
             self.routes.put(&key, route).await?;
         }
         let subject = names::route_subject(ingress)?;
+        typed::request(&self.client, &subject, command, self.route_timeout).await
+    }
+
+    /// Asks the acting controller to carry out a workload operation (workload mode).
+    ///
+    /// Errors: [`BusError::NoResponders`] when no controller runs, [`BusError::Timeout`] when it
+    /// did not answer in time.
+    pub async fn workload(&self, command: &WorkloadCommand) -> Result<WorkloadAck, BusError> {
+        let rollout = command.rollout.clone().unwrap_or_default();
+        let subject = names::workload_subject(&rollout.namespace, &rollout.name)?;
         typed::request(&self.client, &subject, command, self.route_timeout).await
     }
 

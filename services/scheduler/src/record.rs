@@ -120,7 +120,10 @@ fn needs_driver(
     decided: u64,
 ) -> bool {
     !phase.is_terminal()
-        || matches!(wait, Wait::Route { .. } | Wait::Finalise { .. })
+        || matches!(
+            wait,
+            Wait::Route { .. } | Wait::Finalise { .. } | Wait::Workload { .. }
+        )
         || commands_waiting
         || generation != decided
 }
