@@ -169,6 +169,25 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// In a CRD schema a duration is a string such as `30s`, `1m` or `1h30m`.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration: 500ms, 10s, 1m, 1h30m."
+        })
+    }
+}
+
 /// Formats whole seconds the way people read them: `25m`, `1h30m`, `45s`, `0s`.
 pub fn format_seconds(secs: u64) -> String {
     HumanDuration::from_secs(secs).to_string()

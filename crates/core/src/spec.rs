@@ -30,6 +30,7 @@ pub const DEFAULT_SESSION_MAX_AGE: u64 = 86_400;
 pub const BUILTIN_METRICS: &[&str] = &["request-success-rate", "request-duration"];
 
 /// A whole rollout document: `apiVersion`, `kind`, `metadata` and `spec`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
@@ -44,6 +45,7 @@ pub struct Rollout {
 }
 
 /// Identity of a rollout.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
@@ -55,6 +57,7 @@ pub struct Metadata {
 }
 
 /// The rollout's desired behaviour.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
@@ -110,6 +113,7 @@ pub struct RolloutSpec {
 }
 
 /// A reference to an ingress served by a router agent.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressRef {
@@ -118,6 +122,7 @@ pub struct IngressRef {
 }
 
 /// One side of the split: a named set of upstream endpoints.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
@@ -133,6 +138,7 @@ pub struct Target {
 }
 
 /// The kind of workload a [`TargetRef`] names.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WorkloadKind {
     /// `apps/v1` `Deployment`.
@@ -162,6 +168,7 @@ impl WorkloadKind {
 }
 
 /// The workload a rollout manages in workload mode.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetRef {
@@ -179,6 +186,7 @@ fn apps_v1() -> String {
 }
 
 /// A reference to another object in the rollout's namespace (`autoscalerRef`, `ingressRef`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectRef {
@@ -193,6 +201,7 @@ pub struct ObjectRef {
 }
 
 /// A Gateway API parent reference (`service.gatewayRefs`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayRef {
@@ -207,9 +216,14 @@ pub struct GatewayRef {
 }
 
 /// The Services of a workload-mode rollout (Flagger's `service` block, the fields Aviary uses).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    /// The name of the Service clients call; `<name>-primary` and `<name>-canary` are derived
+    /// from it (default: the `targetRef` name, as in Flagger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The port the Services expose.
     pub port: u16,
     /// The container port traffic goes to (default: `port`).
@@ -242,6 +256,7 @@ impl ServiceSpec {
 }
 
 /// The `analysis` block (Flagger field names and meanings).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Analysis {
@@ -294,6 +309,7 @@ pub struct Analysis {
 }
 
 /// One A/B match rule: all of its header and cookie conditions must hold.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchRule {
@@ -306,6 +322,7 @@ pub struct MatchRule {
 }
 
 /// How a header or cookie value is compared.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StringMatch {
@@ -342,6 +359,7 @@ impl StringMatch {
 }
 
 /// Cookie-based stickiness for canary users.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionAffinity {
@@ -353,6 +371,7 @@ pub struct SessionAffinity {
 }
 
 /// One metric check.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metric {
@@ -388,6 +407,7 @@ pub struct Metric {
 }
 
 /// Bounds for a metric value; either side may be open.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ThresholdRange {
@@ -400,6 +420,7 @@ pub struct ThresholdRange {
 }
 
 /// A metrics backend.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricProvider {
@@ -412,6 +433,7 @@ pub struct MetricProvider {
 }
 
 /// The outcome of a metric query that returned no data.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNoData {
@@ -425,6 +447,7 @@ pub enum OnNoData {
 }
 
 /// How a metric value is judged.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Judge {
@@ -436,6 +459,7 @@ pub enum Judge {
 }
 
 /// When a webhook is called (Flagger's types).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -494,6 +518,7 @@ impl WebhookType {
 }
 
 /// A gate or hook called over HTTP.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Webhook {
@@ -516,6 +541,7 @@ pub struct Webhook {
 }
 
 /// Alert severity.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -529,6 +555,7 @@ pub enum Severity {
 }
 
 /// Where notifications go.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
@@ -542,6 +569,7 @@ pub struct Alert {
 }
 
 /// A reference to an alert provider configured in the notifier.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderRef {
@@ -550,6 +578,7 @@ pub struct ProviderRef {
 }
 
 /// One Argo-style step.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Step {
@@ -568,6 +597,7 @@ pub enum Step {
 }
 
 /// `pause: {}` or `pause: {duration: 5m}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PauseStep {
@@ -577,6 +607,7 @@ pub struct PauseStep {
 }
 
 /// `analysis: {}` with optional metrics override.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisStep {
@@ -586,10 +617,12 @@ pub struct AnalysisStep {
 }
 
 /// `approval: {}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalStep {}
 
 /// `setHeaderRoute: {match: [...]}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderRouteStep {
@@ -599,6 +632,7 @@ pub struct HeaderRouteStep {
 }
 
 /// `setMirror: {weight: N}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MirrorStep {
@@ -1043,6 +1077,9 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
             None => c.push(&field(path, "service"), "required with targetRef"),
             Some(svc) => {
                 let sp = field(path, "service");
+                if let Some(name) = &svc.name {
+                    check_label(name, &field(&sp, "name"), true, c);
+                }
                 if svc.port == 0 {
                     c.push(&field(&sp, "port"), "must be between 1 and 65535");
                 }

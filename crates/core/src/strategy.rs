@@ -13,6 +13,7 @@ use crate::error::FieldError;
 use crate::spec::RolloutSpec;
 
 /// A rollout strategy; serialized as `canary`, `ab`, `bluegreen`, `bluegreen-mirror`, `steps`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Strategy {
     /// Weighted steps (`stepWeight`/`stepWeights`/`maxWeight`), optionally with session affinity.

@@ -1363,7 +1363,13 @@ mod workload {
         assert_eq!(sim.st.phase, Phase::Failed);
         assert_eq!(
             trail(&sim),
-            ["route 0", "scale-canary-up", "route 10", "route 0", "scale-canary-down"]
+            [
+                "route 0",
+                "scale-canary-up",
+                "route 10",
+                "route 0",
+                "scale-canary-down"
+            ]
         );
     }
 
@@ -1377,7 +1383,12 @@ mod workload {
         assert_eq!(
             trail(&sim),
             // The primary already serves 100 %: no route to send after its promotion.
-            ["route 0", "scale-canary-up", "promote-primary", "scale-canary-down"]
+            [
+                "route 0",
+                "scale-canary-up",
+                "promote-primary",
+                "scale-canary-down"
+            ]
         );
         assert_eq!(sim.analyses(), 0);
     }
@@ -1414,14 +1425,20 @@ mod workload {
         for _ in 0..3 {
             answer(&mut sim); // route 0, scale-canary-up, route 10
         }
-        assert_eq!((sim.st.phase, sim.st.canary_weight), (Phase::Progressing, 10));
+        assert_eq!(
+            (sim.st.phase, sim.st.canary_weight),
+            (Phase::Progressing, 10)
+        );
         sim.m = Machine::new(&spec("a", "c")).expect("valid");
         sim.input(Input::SpecChanged { generation: 2 });
         assert_eq!(sim.st.phase, Phase::Initializing);
         assert_eq!(sim.st.route.as_ref().map(|r| r.canary_weight), Some(0));
         sim.run(Outcome::Pass, true);
         assert_eq!((sim.st.phase, sim.st.run), (Phase::Succeeded, 2));
-        let ups = trail(&sim).iter().filter(|t| *t == "scale-canary-up").count();
+        let ups = trail(&sim)
+            .iter()
+            .filter(|t| *t == "scale-canary-up")
+            .count();
         assert_eq!(ups, 2, "the new revision's canary is made ready again");
     }
 }
