@@ -29,23 +29,36 @@ pub fn parse_rollout(yaml: &str) -> Result<Rollout, ValidationErrors> {
         Ok(v) => v,
         Err(e) => return Err(ValidationErrors(vec![yaml_error(&e)])),
     };
+    rollout_from_value(&value)
+}
+
+/// [`parse_rollout`] for a document already read as YAML (one of several in a file).
+pub(crate) fn rollout_from_value(value: &Value) -> Result<Rollout, ValidationErrors> {
     let mut d = Decoder::default();
-    let rollout = d.rollout(&value);
+    let rollout = d.rollout(value);
     let mut errors = d.errors;
-    if let Some(r) = &rollout
-        && let Err(v) = r.validate()
-    {
-        let structural = errors.clone();
-        for e in v.0 {
-            let covered = structural.iter().any(|s| covers(&s.path, &e.path));
-            if !covered && !errors.contains(&e) {
-                errors.push(e);
-            }
-        }
+    if let Some(r) = &rollout {
+        add_validation(r, &mut errors);
     }
     match rollout {
         Some(r) if errors.is_empty() => Ok(r),
         _ => Err(ValidationErrors(errors)),
+    }
+}
+
+/// Appends the semantic problems of `r` to the structural `errors` the walk found, leaving out
+/// those at or inside a field the walk already reported.
+pub(crate) fn add_validation(r: &Rollout, errors: &mut Vec<FieldError>) {
+    if let Err(v) = r.validate() {
+        let structural = errors.len();
+        for e in v.0 {
+            let covered = errors[..structural]
+                .iter()
+                .any(|s| covers(&s.path, &e.path));
+            if !covered && !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
     }
 }
 
@@ -57,7 +70,7 @@ fn covers(reported: &str, path: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
-fn yaml_error(e: &serde_yaml::Error) -> FieldError {
+pub(crate) fn yaml_error(e: &serde_yaml::Error) -> FieldError {
     let text = e.to_string();
     match e.location() {
         Some(loc) => {
@@ -80,7 +93,7 @@ fn yaml_error(e: &serde_yaml::Error) -> FieldError {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -109,38 +122,45 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The fields of one mapping, after unknown keys were reported.
-struct Fields<'a> {
-    map: &'a Mapping,
-    path: String,
+pub(crate) struct Fields<'a> {
+    pub(crate) map: &'a Mapping,
+    pub(crate) path: String,
 }
 
 impl<'a> Fields<'a> {
     /// The value of `key`, treating an explicit `null` as absent.
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn path(&self, key: &str) -> String {
+    pub(crate) fn path(&self, key: &str) -> String {
         field(&self.path, key)
     }
 }
 
+/// The walk's state: every structural problem found so far. [`crate::flagger`] walks Flagger's
+/// resources with the same primitives.
 #[derive(Default)]
-struct Decoder {
-    errors: Vec<FieldError>,
+pub(crate) struct Decoder {
+    pub(crate) errors: Vec<FieldError>,
 }
 
 impl Decoder {
-    fn err(&mut self, path: &str, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: &str, msg: impl Into<String>) {
         self.errors.push(FieldError::new(path, msg));
     }
 
-    fn expected(&mut self, path: &str, what: &str, got: &Value) {
+    pub(crate) fn expected(&mut self, path: &str, what: &str, got: &Value) {
         self.err(path, format!("expected {what}, found {}", type_name(got)));
     }
 
     /// Checks `v` is a mapping with only `known` string keys; reports the others.
-    fn fields<'a>(&mut self, v: &'a Value, path: &str, known: &[&str]) -> Option<Fields<'a>> {
+    pub(crate) fn fields<'a>(
+        &mut self,
+        v: &'a Value,
+        path: &str,
+        known: &[&str],
+    ) -> Option<Fields<'a>> {
         let Value::Mapping(map) = v else {
             self.expected(path, "a mapping", v);
             return None;
@@ -170,7 +190,7 @@ impl Decoder {
         })
     }
 
-    fn string(&mut self, f: &Fields<'_>, key: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, f: &Fields<'_>, key: &str) -> Option<String> {
         let v = f.get(key)?;
         match v {
             Value::String(s) => Some(s.clone()),
@@ -181,7 +201,7 @@ impl Decoder {
         }
     }
 
-    fn string_at(&mut self, v: &Value, path: &str) -> Option<String> {
+    pub(crate) fn string_at(&mut self, v: &Value, path: &str) -> Option<String> {
         match v {
             Value::String(s) => Some(s.clone()),
             other => {
@@ -191,7 +211,7 @@ impl Decoder {
         }
     }
 
-    fn bool(&mut self, f: &Fields<'_>, key: &str) -> Option<bool> {
+    pub(crate) fn bool(&mut self, f: &Fields<'_>, key: &str) -> Option<bool> {
         match f.get(key)? {
             Value::Bool(b) => Some(*b),
             other => {
@@ -201,7 +221,7 @@ impl Decoder {
         }
     }
 
-    fn int_at(&mut self, v: &Value, path: &str) -> Option<i64> {
+    pub(crate) fn int_at(&mut self, v: &Value, path: &str) -> Option<i64> {
         match v {
             Value::Number(n) => match n.as_i64() {
                 Some(i) => Some(i),
@@ -222,7 +242,7 @@ impl Decoder {
     }
 
     /// A non-negative or positive integer field that fits `u32`/`u64`.
-    fn count(&mut self, f: &Fields<'_>, key: &str, min: i64) -> Option<u64> {
+    pub(crate) fn count(&mut self, f: &Fields<'_>, key: &str, min: i64) -> Option<u64> {
         let path = f.path(key);
         let i = self.int_at(f.get(key)?, &path)?;
         if i < min {
@@ -232,7 +252,7 @@ impl Decoder {
         u64::try_from(i).ok()
     }
 
-    fn count32(&mut self, f: &Fields<'_>, key: &str, min: i64) -> Option<u32> {
+    pub(crate) fn count32(&mut self, f: &Fields<'_>, key: &str, min: i64) -> Option<u32> {
         let path = f.path(key);
         let v = self.count(f, key, min)?;
         match u32::try_from(v) {
@@ -245,7 +265,7 @@ impl Decoder {
     }
 
     /// A weight in `min..=100`.
-    fn weight_at(&mut self, v: &Value, path: &str, min: u8) -> Option<u8> {
+    pub(crate) fn weight_at(&mut self, v: &Value, path: &str, min: u8) -> Option<u8> {
         let i = self.int_at(v, path)?;
         if i < i64::from(min) || i > 100 {
             self.err(path, format!("must be between {min} and 100, got {i}"));
@@ -254,12 +274,12 @@ impl Decoder {
         u8::try_from(i).ok()
     }
 
-    fn weight(&mut self, f: &Fields<'_>, key: &str, min: u8) -> Option<u8> {
+    pub(crate) fn weight(&mut self, f: &Fields<'_>, key: &str, min: u8) -> Option<u8> {
         let path = f.path(key);
         self.weight_at(f.get(key)?, &path, min)
     }
 
-    fn float(&mut self, f: &Fields<'_>, key: &str) -> Option<f64> {
+    pub(crate) fn float(&mut self, f: &Fields<'_>, key: &str) -> Option<f64> {
         let v = f.get(key)?;
         match v {
             Value::Number(n) => match n.as_f64() {
@@ -276,7 +296,7 @@ impl Decoder {
         }
     }
 
-    fn duration(&mut self, f: &Fields<'_>, key: &str) -> Option<HumanDuration> {
+    pub(crate) fn duration(&mut self, f: &Fields<'_>, key: &str) -> Option<HumanDuration> {
         let v = f.get(key)?;
         let path = f.path(key);
         match v {
@@ -298,7 +318,7 @@ impl Decoder {
         }
     }
 
-    fn list<'a>(&mut self, f: &Fields<'a>, key: &str) -> Option<&'a [Value]> {
+    pub(crate) fn list<'a>(&mut self, f: &Fields<'a>, key: &str) -> Option<&'a [Value]> {
         match f.get(key)? {
             Value::Sequence(s) => Some(s.as_slice()),
             other => {
@@ -444,7 +464,7 @@ impl Decoder {
         spec
     }
 
-    fn target_ref(&mut self, v: &Value, path: &str) -> Option<TargetRef> {
+    pub(crate) fn target_ref(&mut self, v: &Value, path: &str) -> Option<TargetRef> {
         let f = self.fields(v, path, &["apiVersion", "kind", "name"])?;
         let kind = match self.string(&f, "kind") {
             None => {
@@ -468,7 +488,7 @@ impl Decoder {
         })
     }
 
-    fn object_ref(&mut self, v: &Value, path: &str) -> Option<ObjectRef> {
+    pub(crate) fn object_ref(&mut self, v: &Value, path: &str) -> Option<ObjectRef> {
         let f = self.fields(v, path, &["apiVersion", "kind", "name"])?;
         Some(ObjectRef {
             api_version: self.string(&f, "apiVersion"),
@@ -477,19 +497,22 @@ impl Decoder {
         })
     }
 
-    fn port(&mut self, f: &Fields<'_>, key: &str) -> Option<u16> {
+    pub(crate) fn port(&mut self, f: &Fields<'_>, key: &str) -> Option<u16> {
         let v = f.get(key)?;
         let n = self.int_at(v, &f.path(key))?;
         match u16::try_from(n) {
             Ok(p) if p > 0 => Some(p),
             _ => {
-                self.err(&f.path(key), format!("must be between 1 and 65535, got {n}"));
+                self.err(
+                    &f.path(key),
+                    format!("must be between 1 and 65535, got {n}"),
+                );
                 None
             }
         }
     }
 
-    fn strings(&mut self, f: &Fields<'_>, key: &str) -> Vec<String> {
+    pub(crate) fn strings(&mut self, f: &Fields<'_>, key: &str) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(items) = self.list(f, key) {
             for (i, item) in items.iter().enumerate() {
@@ -503,6 +526,7 @@ impl Decoder {
 
     fn service(&mut self, v: &Value, path: &str) -> Option<ServiceSpec> {
         let known = [
+            "name",
             "port",
             "targetPort",
             "portName",
@@ -516,6 +540,7 @@ impl Decoder {
             self.err(&f.path("port"), "required");
         }
         let mut svc = ServiceSpec {
+            name: self.string(&f, "name"),
             port: port.unwrap_or(0),
             target_port: self.port(&f, "targetPort"),
             port_name: self.string(&f, "portName"),
@@ -656,7 +681,7 @@ impl Decoder {
         rules
     }
 
-    fn conditions(&mut self, v: &Value, path: &str) -> BTreeMap<String, StringMatch> {
+    pub(crate) fn conditions(&mut self, v: &Value, path: &str) -> BTreeMap<String, StringMatch> {
         let mut out = BTreeMap::new();
         let Value::Mapping(map) = v else {
             self.expected(path, "a mapping of names to conditions", v);

@@ -3,13 +3,15 @@
 //!
 //! Flow: YAML/JSON/gRPC → [`spec::Rollout`] ([`decode::parse_rollout`], [`spec::Rollout::validate`])
 //! → [`plan::Plan`] (what weights, in what order, how long at least) → [`machine`] (status +
-//! input → new status + actions for the scheduler to carry out).
+//! input → new status + actions for the scheduler to carry out). Files mixing Aviary Rollouts
+//! with Flagger's Canaries, MetricTemplates and AlertProviders decode with [`flagger::decode`].
 
 #![warn(missing_docs)]
 
 pub mod decode;
 pub mod duration;
 pub mod error;
+pub mod flagger;
 pub mod judge;
 pub mod machine;
 pub mod plan;
@@ -19,6 +21,7 @@ pub mod strategy;
 pub use decode::parse_rollout;
 pub use duration::{DurationError, HumanDuration, parse_duration};
 pub use error::{FieldError, ValidationErrors};
+pub use flagger::{Decoded, Warning, decode, decode_with};
 pub use plan::{Plan, PlannedStep};
 pub use spec::{Rollout, RolloutSpec};
 pub use strategy::Strategy;
