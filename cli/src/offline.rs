@@ -1,7 +1,10 @@
 //! Commands that need only a file: `validate` and `plan`.
 //!
-//! Both return the process exit code: 0 when the file is valid, 1 when it is not (problems are
-//! printed on stdout, one per line). An unreadable file is an error for `main` to report.
+//! A file holds one or more YAML documents: Aviary Rollouts and Flagger Canaries,
+//! MetricTemplates and AlertProviders ([`aviary_core::flagger`]). Both commands return the
+//! process exit code: 0 when the file is valid, 1 when it is not (problems are printed on
+//! stdout, one per line). Text from the file is escaped before it reaches the terminal. An
+//! unreadable file is an error for `main` to report.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -9,9 +12,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use aviary_core::duration::format_seconds;
 use aviary_core::plan::{Hold, Plan, PlannedStep};
-use aviary_core::{Rollout, ValidationErrors, parse_rollout};
+use aviary_core::{Decoded, Rollout, ValidationErrors, Warning, decode};
+use serde::Serialize;
 
 use crate::args::{FileArg, Output, PlanArgs, ValidateArgs};
+use crate::view::escape;
 
 pub(crate) fn read(input: &FileArg) -> anyhow::Result<String> {
     if input.file.as_os_str() == "-" {
@@ -27,16 +32,82 @@ pub(crate) fn read(input: &FileArg) -> anyhow::Result<String> {
 
 fn print_errors(errors: &ValidationErrors, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     for e in errors.errors() {
-        writeln!(out, "{e}")?;
+        writeln!(out, "{}", escape(&e.to_string()))?;
     }
     Ok(ExitCode::FAILURE)
 }
 
-/// `aviary validate -f FILE`.
+/// Writes each warning as `warning: <path>: <message>`.
+pub(crate) fn print_warnings(warnings: &[Warning], out: &mut dyn Write) -> std::io::Result<()> {
+    for w in warnings {
+        writeln!(out, "warning: {}", escape(&w.to_string()))?;
+    }
+    Ok(())
+}
+
+/// `ns/name`.
+fn id(r: &Rollout) -> String {
+    format!("{}/{}", r.namespace(), r.metadata.name)
+}
+
+/// One line per resource of a file that holds more than a single rollout.
+fn write_contents(d: &Decoded, out: &mut dyn Write) -> std::io::Result<()> {
+    for r in &d.rollouts {
+        let ingresses: Vec<&str> = r.spec.ingresses.iter().map(|i| i.name.as_str()).collect();
+        let target = r
+            .spec
+            .target_ref
+            .as_ref()
+            .map(|t| format!("{}/{}, ", t.kind.as_str(), t.name))
+            .unwrap_or_default();
+        let line = format!(
+            "rollout {} ({target}ingress {})",
+            id(r),
+            ingresses.join(", ")
+        );
+        writeln!(out, "{}", escape(&line))?;
+    }
+    for t in &d.templates {
+        let address = t
+            .provider
+            .address
+            .as_deref()
+            .unwrap_or("the analyzer's default");
+        let line = format!(
+            "metric template {}/{} ({} at {address})",
+            t.namespace, t.name, t.provider.kind
+        );
+        writeln!(out, "{}", escape(&line))?;
+    }
+    for p in &d.providers {
+        let channel = p
+            .channel
+            .as_deref()
+            .map(|c| format!(", channel {c}"))
+            .unwrap_or_default();
+        let line = format!(
+            "alert provider {}/{} ({}{channel})",
+            p.namespace,
+            p.name,
+            p.kind.as_str()
+        );
+        writeln!(out, "{}", escape(&line))?;
+    }
+    Ok(())
+}
+
+/// `aviary validate -f FILE`: warnings, then what the file holds (unless it is one rollout),
+/// then `valid`; or every problem.
 pub fn validate(args: &ValidateArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let text = read(&args.input)?;
-    match parse_rollout(&text) {
-        Ok(_) => {
+    match decode(&text) {
+        Ok(d) => {
+            print_warnings(&d.warnings, out)?;
+            let one_rollout =
+                d.rollouts.len() == 1 && d.templates.is_empty() && d.providers.is_empty();
+            if !one_rollout {
+                write_contents(&d, out)?;
+            }
             writeln!(out, "valid")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -44,23 +115,56 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write) -> anyhow::Result<Exit
     }
 }
 
-/// `aviary plan -f FILE [-o json|table]`.
+/// One rollout's plan in `plan -o json` output for a file of several.
+#[derive(Serialize)]
+struct NamedPlan<'a> {
+    rollout: String,
+    plan: &'a Plan,
+}
+
+/// `aviary plan -f FILE [-o json|table]`: the schedule of each rollout in the file. Warnings
+/// go to standard error, so the JSON on stdout stays parseable.
 pub fn plan(args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let text = read(&args.input)?;
-    let rollout = match parse_rollout(&text) {
-        Ok(r) => r,
+    let decoded = match decode(&text) {
+        Ok(d) => d,
         Err(errors) => return print_errors(&errors, out),
     };
-    let plan = match Plan::build(&rollout.spec) {
-        Ok(p) => p,
-        Err(errors) => return print_errors(&errors, out),
-    };
+    print_warnings(&decoded.warnings, &mut std::io::stderr())?;
+    if decoded.rollouts.is_empty() {
+        writeln!(out, "no rollouts in the file")?;
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut plans = Vec::new();
+    for r in &decoded.rollouts {
+        match Plan::build(&r.spec) {
+            Ok(p) => plans.push(p),
+            Err(errors) => return print_errors(&errors, out),
+        }
+    }
     match args.output {
         Output::Json => {
-            serde_json::to_writer_pretty(&mut *out, &plan)?;
+            if let [plan] = plans.as_slice() {
+                serde_json::to_writer_pretty(&mut *out, plan)?;
+            } else {
+                let named: Vec<NamedPlan<'_>> = (decoded.rollouts.iter().zip(&plans))
+                    .map(|(r, plan)| NamedPlan {
+                        rollout: id(r),
+                        plan,
+                    })
+                    .collect();
+                serde_json::to_writer_pretty(&mut *out, &named)?;
+            }
             writeln!(out)?;
         }
-        Output::Table => write_table(&rollout, &plan, out)?,
+        Output::Table => {
+            for (i, (r, plan)) in decoded.rollouts.iter().zip(&plans).enumerate() {
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                write_table(r, plan, out)?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -86,6 +190,22 @@ fn write_table(rollout: &Rollout, plan: &Plan, out: &mut dyn Write) -> anyhow::R
         rollout.namespace(),
         rollout.metadata.name
     )?;
+    if let Some(t) = &rollout.spec.target_ref {
+        let provider = rollout.spec.provider.as_deref().unwrap_or("-");
+        let ingresses: Vec<&str> = rollout
+            .spec
+            .ingresses
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        let line = format!(
+            "target:    {}/{} (provider {provider}, ingress {})",
+            t.kind.as_str(),
+            t.name,
+            ingresses.join(", ")
+        );
+        writeln!(out, "{}", escape(&line))?;
+    }
     writeln!(out, "strategy:  {}", plan.strategy)?;
     writeln!(
         out,

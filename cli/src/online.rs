@@ -56,16 +56,67 @@ fn rollout_ref(arg: &RefArg) -> anyhow::Result<pb::RolloutRef> {
     parse_ref(arg.namespace.as_deref(), &arg.target)
 }
 
-/// `aviary apply -f FILE`.
-pub async fn apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let manifest = crate::offline::read(&args.input)?;
-    let mut api = client::connect(&args.api).await?;
-    let response = api.apply(pb::ApplyRequest { manifest }).await?.into_inner();
-    if args.format.output != Format::Table {
-        view::write_structured(args.format.output, &ApplyView::from(&response), out)?;
-        return Ok(ExitCode::SUCCESS);
+/// The manifests `apply` sends for a file's text. A file that is one Aviary Rollout goes as
+/// written: the server checks it (and reports its problems) and keeps the text. Any other file
+/// (Flagger resources, several documents) is decoded here first, and each rollout goes as the
+/// Aviary manifest it decodes to.
+///
+/// # Errors
+/// The file's problems, escaped, one per line.
+fn manifests(text: &str) -> anyhow::Result<(Vec<String>, Vec<aviary_core::Warning>)> {
+    let single = match aviary_core::parse_rollout(text) {
+        Ok(_) => return Ok((vec![text.to_owned()], Vec::new())),
+        Err(errors) => errors,
+    };
+    match aviary_core::decode(text) {
+        Ok(decoded) => {
+            let manifests = (decoded.rollouts.iter())
+                .map(aviary_core::flagger::to_manifest)
+                .collect::<Result<_, _>>()?;
+            Ok((manifests, decoded.warnings))
+        }
+        // The same problems as one Aviary document has: let the server say so, as before.
+        Err(errors) if errors == single => Ok((vec![text.to_owned()], Vec::new())),
+        Err(errors) => {
+            let lines: Vec<String> = (errors.errors().iter())
+                .map(|e| format!("  {}", view::escape(&e.to_string())))
+                .collect();
+            anyhow::bail!("the file is not valid:\n{}", lines.join("\n"))
+        }
     }
-    let rollout = response.rollout.unwrap_or_default();
+}
+
+/// `aviary apply -f FILE`: one Apply per rollout in the file, in file order; stops at the
+/// first refusal. Warnings about the file go to standard error.
+pub async fn apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let text = crate::offline::read(&args.input)?;
+    let (manifests, warnings) = manifests(&text)?;
+    crate::offline::print_warnings(&warnings, &mut std::io::stderr())?;
+    if manifests.is_empty() {
+        anyhow::bail!("the file holds no rollouts");
+    }
+    let mut api = client::connect(&args.api).await?;
+    let mut responses = Vec::new();
+    for manifest in manifests {
+        let response = api.apply(pb::ApplyRequest { manifest }).await?.into_inner();
+        if args.format.output == Format::Table {
+            write_applied(&response, out)?;
+        }
+        responses.push(response);
+    }
+    if args.format.output != Format::Table {
+        let views: Vec<ApplyView> = responses.iter().map(ApplyView::from).collect();
+        match views.as_slice() {
+            [one] => view::write_structured(args.format.output, one, out)?,
+            all => view::write_structured(args.format.output, &all, out)?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `<ns/name> applied (generation G, Phase)` or `<ns/name> unchanged (generation G)`.
+fn write_applied(response: &pb::ApplyResponse, out: &mut dyn Write) -> std::io::Result<()> {
+    let rollout = response.rollout.clone().unwrap_or_default();
     let status = rollout.status.unwrap_or_default();
     let id = rollout.r#ref.unwrap_or_default();
     if response.changed {
@@ -74,11 +125,10 @@ pub async fn apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<Exit
             "{id} applied (generation {}, {})",
             status.generation,
             view::phase_name(status.phase)
-        )?;
+        )
     } else {
-        writeln!(out, "{id} unchanged (generation {})", status.generation)?;
+        writeln!(out, "{id} unchanged (generation {})", status.generation)
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `aviary get NS/NAME`.
@@ -414,5 +464,51 @@ mod tests {
         assert!(parse_ref(Some("other"), "test/podinfo").is_err());
         assert!(parse_ref(None, "a/b/c").is_err());
         assert!(parse_ref(None, "/x").is_err());
+    }
+
+    const ROLLOUT: &str = "apiVersion: aviary.dev/v1alpha1\nkind: Rollout\n\
+        metadata: { name: web, namespace: test }\n\
+        spec:\n  ingresses: [{ name: edge }]\n\
+        \x20 primary: { name: web-v1, endpoints: [\"127.0.0.1:9001\"] }\n\
+        \x20 canary: { name: web-v2, endpoints: [\"127.0.0.1:9002\"] }\n\
+        \x20 analysis: { stepWeight: 50 }\n";
+
+    #[test]
+    fn one_aviary_rollout_is_sent_as_written_even_when_invalid() {
+        let (sent, warnings) = manifests(ROLLOUT).expect("valid");
+        assert_eq!((sent, warnings), (vec![ROLLOUT.to_owned()], Vec::new()));
+        let bad = ROLLOUT.replace("stepWeight: 50", "stepWeight: 500");
+        let (sent, _) = manifests(&bad).expect("the server reports it");
+        assert_eq!(sent, [bad]);
+    }
+
+    #[test]
+    fn canaries_are_sent_as_the_rollouts_they_decode_to() {
+        let text = include_str!("../../tests/fixtures/flagger/canary-other-providers.yaml");
+        let (sent, warnings) = manifests(text).expect("valid");
+        assert_eq!(sent.len(), 4);
+        assert!(!warnings.is_empty());
+        let names: Vec<String> = (sent.iter())
+            .map(|m| {
+                aviary_core::parse_rollout(m)
+                    .map(|r| r.metadata.name)
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(names, ["gateway", "catalog", "agent", "billing"]);
+        let both = format!("{ROLLOUT}---\n{text}");
+        assert_eq!(manifests(&both).map(|(m, _)| m.len()).ok(), Some(5));
+    }
+
+    #[test]
+    fn an_invalid_canary_is_refused_here_with_escaped_paths() {
+        let text = include_str!("../../tests/fixtures/flagger/canary-linkerd-stepweights.yaml")
+            .replace("suspend: false", "\"sus\\epend\": false");
+        let e = manifests(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("the file is not valid:\n  spec.sus"), "{e}");
+        assert!(e.contains("spec.sus\\u{1b}pend: unknown field"), "{e}");
     }
 }

@@ -13,6 +13,22 @@ use serde::Serialize;
 
 use crate::args::Format;
 
+/// `s` safe to print on a terminal: control characters (escape sequences, carriage returns,
+/// newlines) and bidirectional overrides become `\u{…}` escapes; other text is unchanged. For
+/// text that came from a file or a server.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A phase's short name (`WaitingPromotion`); unknown numbers print as such.
 pub fn phase_name(phase: i32) -> String {
     pb::Phase::try_from(phase).map_or_else(|_| format!("Phase({phase})"), |p| format!("{p:?}"))
@@ -603,6 +619,13 @@ mod tests {
         ] {
             assert!(page.contains(line), "{line:?} missing from:\n{page}");
         }
+    }
+
+    #[test]
+    fn escape_neutralises_terminal_controls() {
+        assert_eq!(escape("spec.a: ok, \"b\" é"), "spec.a: ok, \"b\" é");
+        assert_eq!(escape("x\u{1b}[2Jy\r\n"), "x\\u{1b}[2Jy\\u{d}\\u{a}");
+        assert_eq!(escape("a\u{202e}b"), "a\\u{202e}b");
     }
 
     #[test]

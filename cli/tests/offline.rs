@@ -355,3 +355,179 @@ fn plan_of_invalid_file_lists_problems() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).starts_with("spec.analysis.stepWeight: must be between 1 and 100"));
 }
+
+fn flagger(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/flagger")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+const FLAGGER_CORPUS: &[&str] = &[
+    "canary-istio.yaml",
+    "canary-linkerd-stepweights.yaml",
+    "ab-testing-nginx.yaml",
+    "blue-green-kubernetes.yaml",
+    "blue-green-mirror-istio.yaml",
+    "session-affinity-gateway-api.yaml",
+    "canary-other-providers.yaml",
+    "metric-templates.yaml",
+    "alert-providers.yaml",
+];
+
+#[test]
+fn flagger_files_validate_with_their_warnings() {
+    for name in FLAGGER_CORPUS {
+        let o = aviary(&["validate", "-f", &flagger(name)]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{name}: {out}");
+        assert!(
+            out.ends_with("\nvalid\n") || out == "valid\n",
+            "{name}: {out}"
+        );
+    }
+    let out = stdout(&aviary(&["validate", "-f", &flagger("canary-istio.yaml")]));
+    for line in [
+        "warning: spec.service.trafficPolicy: accepted, has no effect in Aviary (route settings \
+         are the router agent's)",
+        "warning: spec.analysis.webhooks[0].muteAlert: accepted, has no effect in Aviary",
+        "rollout shop/checkout (Deployment/checkout, ingress istio-shop-checkout)",
+        "metric template shop/error-ratio (prometheus at http://prometheus.monitoring:9090)",
+        "alert provider shop/on-call (slack, channel payments-alerts)",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(line)),
+            "missing {line:?} in:\n{out}"
+        );
+    }
+    let out = stdout(&aviary(&[
+        "validate",
+        "-f",
+        &flagger("canary-other-providers.yaml"),
+    ]));
+    assert!(
+        out.contains("warning: documents[2].spec.upstreamRef: accepted"),
+        "{out}"
+    );
+}
+
+#[test]
+fn plan_of_a_canary_shows_flaggers_weights() {
+    let o = aviary(&["plan", "-f", &flagger("canary-istio.yaml"), "-o", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json plan");
+    assert_eq!(weights(&p), vec![(20, 80), (40, 60), (60, 40)]);
+    assert_eq!(p["promotion"]["weights"], serde_json::json!([80, 100]));
+    // Warnings go to stderr, so stdout stays JSON.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: spec.service.trafficPolicy"), "{err}");
+
+    let o = aviary(&["plan", "-f", &flagger("canary-istio.yaml")]);
+    let text = stdout(&o);
+    assert!(
+        text.contains(
+            "target:    Deployment/checkout (provider istio, ingress istio-shop-checkout)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("60%"), "{text}");
+}
+
+#[test]
+fn plan_of_several_rollouts_shows_each() {
+    let o = aviary(&[
+        "plan",
+        "-f",
+        &flagger("canary-other-providers.yaml"),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json plans");
+    let names: Vec<&str> = all
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|p| p["rollout"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "edge/gateway",
+            "edge/catalog",
+            "mesh/agent",
+            "default/billing"
+        ]
+    );
+    assert_eq!(weights(&all[3]["plan"]), vec![(34, 66), (68, 32), (100, 0)]);
+    let text = stdout(&aviary(&[
+        "plan",
+        "-f",
+        &flagger("canary-other-providers.yaml"),
+    ]));
+    assert_eq!(text.matches("rollout:   ").count(), 4, "{text}");
+
+    let o = aviary(&["plan", "-f", &flagger("metric-templates.yaml")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "no rollouts in the file\n");
+}
+
+const CANARY: &str = r#"apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata: { name: podinfo, namespace: test }
+spec:
+  targetRef: { apiVersion: apps/v1, kind: Deployment, name: podinfo }
+  service: { port: 9898 }
+  analysis:
+    interval: 1m
+    threshold: 5
+    maxWeight: 50
+    stepWeight: 10
+    metrics:
+      - name: errors
+        templateRef: { name: errors }
+        thresholdRange: { max: 1 }
+"#;
+
+#[test]
+fn canary_errors_have_paths() {
+    let (code, out) = validate_text(CANARY);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out,
+        "spec.analysis.metrics[0].templateRef: MetricTemplate test/errors not found in the file\n"
+    );
+    let text = format!(
+        "{BASE}---\n{}",
+        CANARY.replace("stepWeight: 10", "stepWieght: 10")
+    );
+    assert_invalid(
+        &text,
+        &[
+            "documents[1].spec.analysis.stepWieght: unknown field (did you mean `stepWeight`?)",
+            "documents[1].spec.analysis.metrics[0].templateRef: MetricTemplate test/errors not found",
+        ],
+    );
+}
+
+#[test]
+fn text_from_the_file_is_escaped() {
+    let text = CANARY.replace("  service:", "  \"evil\\e[2J\\r\": 1\n  service:");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("canary.yaml");
+    std::fs::write(&path, text).expect("write");
+    for command in ["validate", "plan"] {
+        let o = aviary(&[command, "-f", &path.to_string_lossy()]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            !o.stdout.iter().any(|b| *b == 0x1b || *b == b'\r'),
+            "{command}"
+        );
+        assert!(
+            stdout(&o).contains("spec.evil\\u{1b}[2J\\u{d}: unknown field"),
+            "{}",
+            stdout(&o)
+        );
+    }
+}

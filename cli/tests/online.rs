@@ -296,6 +296,61 @@ async fn watch_exits_1_when_the_rollout_is_rolled_back() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagger_resources_are_applied_as_the_rollouts_they_decode_to() {
+    let plane = ControlPlane::start(&[]).await;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/flagger/canary-istio.yaml"
+    );
+    let applied = aviary(&plane, &["apply", "-f", path]).await;
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied.stderr));
+    assert!(
+        text(&applied.stdout).starts_with("shop/checkout applied (generation 1, "),
+        "{}",
+        text(&applied.stdout)
+    );
+    assert!(text(&applied.stderr).contains("warning: spec.service.trafficPolicy"));
+
+    let got = aviary(&plane, &["get", "shop/checkout", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&got.stdout).expect("get -o json");
+    let plan: Vec<u64> = (json["plan"].as_array().expect("plan").iter())
+        .filter_map(|s| s["canaryWeight"].as_u64())
+        .collect();
+    assert_eq!(plan, [20, 40, 60], "{json}");
+
+    // Several rollouts: one Apply each; the same file again changes nothing.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/flagger/canary-other-providers.yaml"
+    );
+    let applied = aviary(&plane, &["apply", "-f", path, "-o", "json"]).await;
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&applied.stdout).expect("a list");
+    assert_eq!(json.as_array().map(Vec::len), Some(4), "{json}");
+    let again = aviary(&plane, &["apply", "-f", path]).await;
+    assert_eq!(
+        text(&again.stdout)
+            .matches(" unchanged (generation 1)")
+            .count(),
+        4
+    );
+
+    // A file with a problem is refused before anything is sent.
+    let broken = manifest_file(
+        &std::fs::read_to_string(path)
+            .expect("fixture")
+            .replace("stepWeight: 34", "stepWeight: 340"),
+    );
+    let refused = aviary(&plane, &["apply", "-f", &broken.path().to_string_lossy()]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("documents[4].spec.analysis.stepWeight: must be between"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_an_error() {
     let port = aviary_testkit::free_port().expect("free port");

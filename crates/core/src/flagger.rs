@@ -888,8 +888,8 @@ impl Walk {
         Some(f)
     }
 
-    /// A mapping of strings (numbers and booleans are written as text, as Kubernetes would
-    /// refuse them but YAML authors write them).
+    /// A mapping of strings; numbers and booleans are taken as their text, since authors
+    /// write `retries: 3` where the schema says string.
     fn string_map(&mut self, f: &Fields<'_>, key: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let Some(v) = f.get(key) else {
@@ -934,24 +934,24 @@ impl Walk {
 
     /// `metadata`, namespace defaulted; a missing name is an error.
     fn object_meta(&mut self, f: &Fields<'_>) -> (String, String) {
-        let mut name = None;
-        let mut namespace = None;
-        match f.get("metadata") {
-            Some(m) => {
-                if let Some(g) = self.fields(m, "metadata", "metadata") {
-                    name = self.d.string(&g, "name");
-                    namespace = self.d.string(&g, "namespace");
-                }
-            }
-            None => self.d.err("metadata", "required"),
+        let mut out = (String::new(), "default".to_owned());
+        let Some(m) = f.get("metadata") else {
+            self.d.err("metadata", "required");
+            return out;
+        };
+        let Some(g) = self.fields(m, "metadata", "metadata") else {
+            return out;
+        };
+        match self.d.string(&g, "name") {
+            Some(name) if !name.is_empty() => out.0 = name,
+            Some(_) => self.d.err("metadata.name", "required"),
+            None if g.get("name").is_none() => self.d.err("metadata.name", "required"),
+            None => {}
         }
-        if name.as_deref().is_none_or(str::is_empty) && f.get("metadata").is_some() {
-            self.d.err("metadata.name", "required");
+        if let Some(ns) = self.d.string(&g, "namespace") {
+            out.1 = ns;
         }
-        (
-            name.unwrap_or_default(),
-            namespace.unwrap_or_else(|| "default".to_owned()),
-        )
+        out
     }
 
     /// The `secretRef: {name}` at `key`.
