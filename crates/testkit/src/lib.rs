@@ -7,6 +7,8 @@
 //!   Prometheus, NGINX and HAProxy the same way): spawn with arguments, capture its output to a
 //!   log file that is printed when something fails, poll a readiness probe against a deadline,
 //!   kill on drop.
+//! - [`kube::FakeKube`] is an in-memory Kubernetes API server that a real `kube::Client` talks
+//!   to, for controller tests.
 //! - [`free_port`] and [`tool_path`] find a port and a binary; [`eventually`] polls a condition
 //!   in a test instead of sleeping.
 //!
@@ -14,6 +16,7 @@
 
 pub mod envoy;
 pub mod haproxy;
+pub mod kube;
 mod nats;
 pub mod nginx;
 mod process;
