@@ -21,6 +21,8 @@ RELEASE = "rel"
 NAMESPACE = "delivery"
 FULLNAME = f"{RELEASE}-aviary"
 SERVICES = ["scheduler", "analyzer", "router-agent", "notifier"]
+# What a default install runs: the services and the Kubernetes controller.
+DEFAULTS = SERVICES + ["controller"]
 ADMIN_PORT = 9464
 
 ROUTER_PROVIDER_RULES = {
@@ -97,8 +99,14 @@ def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment)["env"]}
 
 
+def of_component(r: Rendered, kind: str, component: str) -> list[dict[str, Any]]:
+    return [
+        o for o in r.of_kind(kind) if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+    ]
+
+
 def router_rules(r: Rendered) -> list[dict[str, Any]]:
-    roles = r.of_kind("ClusterRole") + r.of_kind("Role")
+    roles = of_component(r, "ClusterRole", "router-agent") + of_component(r, "Role", "router-agent")
     return [rule for role in roles for rule in role.get("rules", [])]
 
 
@@ -112,6 +120,7 @@ def test_lint_is_clean_with_defaults_and_with_everything_on() -> None:
         "routerAgent": {"providers": {p: True for p in ROUTER_PROVIDER_RULES}},
         "metrics": {"serviceMonitor": {"enabled": True}},
         "networkPolicy": {"enabled": True},
+        "controller": {"flagger": {"enabled": True, "installCRDs": True}},
     }
     for values in (None, everything):
         report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
@@ -148,12 +157,12 @@ def test_schema_accepts_the_defaults(chart: helm.Chart) -> None:
 # --- default render ---------------------------------------------------------------------------
 
 
-def test_defaults_render_the_four_services(chart: helm.Chart) -> None:
+def test_defaults_render_the_four_services_and_the_controller(chart: helm.Chart) -> None:
     r = render(chart)
-    assert r.names("Deployment") == {f"{FULLNAME}-{s}" for s in SERVICES}
+    assert r.names("Deployment") == {f"{FULLNAME}-{s}" for s in DEFAULTS}
     assert r.deployment("scheduler")["spec"]["replicas"] == 2
     assert r.deployment("analyzer")["spec"]["replicas"] == 2
-    for s in SERVICES:
+    for s in DEFAULTS:
         d = r.deployment(s)
         assert d["metadata"]["namespace"] == NAMESPACE
         assert d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == s
@@ -163,7 +172,7 @@ def test_defaults_render_the_four_services(chart: helm.Chart) -> None:
 
 def test_probes_hit_the_admin_port(chart: helm.Chart) -> None:
     r = render(chart, {"gate": {"enabled": True}})
-    for s in SERVICES + ["gate"]:
+    for s in DEFAULTS + ["gate"]:
         d = r.deployment(s)
         c = container(d)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -176,7 +185,7 @@ def test_probes_hit_the_admin_port(chart: helm.Chart) -> None:
 
 def test_pods_run_non_root_read_only_without_capabilities(chart: helm.Chart) -> None:
     r = render(chart, {"gate": {"enabled": True}})
-    for s in SERVICES + ["gate"]:
+    for s in DEFAULTS + ["gate"]:
         d = r.deployment(s)
         pod = d["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -190,14 +199,14 @@ def test_pods_run_non_root_read_only_without_capabilities(chart: helm.Chart) -> 
         # Read-only root: /tmp is the one writable path.
         mounts = {m["mountPath"]: m["name"] for m in container(d)["volumeMounts"]}
         assert mounts["/tmp"] == "tmp"
-        # Without an enabled Kubernetes provider no pod gets an API token.
-        assert pod["automountServiceAccountToken"] is False
+        # Without an enabled Kubernetes provider only the controller gets an API token.
+        assert pod["automountServiceAccountToken"] is (s == "controller")
 
 
 def test_every_service_has_a_pdb_matching_its_pods(chart: helm.Chart) -> None:
     r = render(chart)
-    assert r.names("PodDisruptionBudget") == {f"{FULLNAME}-{s}" for s in SERVICES}
-    for s in SERVICES:
+    assert r.names("PodDisruptionBudget") == {f"{FULLNAME}-{s}" for s in DEFAULTS}
+    for s in DEFAULTS:
         pdb = r.get("PodDisruptionBudget", f"{FULLNAME}-{s}")
         assert pdb["apiVersion"] == "policy/v1"
         assert pdb["spec"]["maxUnavailable"] == 1
@@ -211,7 +220,7 @@ def test_every_service_has_a_pdb_matching_its_pods(chart: helm.Chart) -> None:
 
 def test_replicas_are_spread_over_nodes(chart: helm.Chart) -> None:
     r = render(chart)
-    for s in SERVICES:
+    for s in DEFAULTS:
         d = r.deployment(s)
         terms = d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
             "preferredDuringSchedulingIgnoredDuringExecution"
@@ -228,7 +237,7 @@ def test_replicas_are_spread_over_nodes(chart: helm.Chart) -> None:
 
 def test_services_expose_grpc_and_admin_ports(chart: helm.Chart) -> None:
     r = render(chart)
-    for s in SERVICES:
+    for s in DEFAULTS:
         svc = r.get("Service", f"{FULLNAME}-{s}")
         ports = {p["name"]: p for p in svc["spec"]["ports"]}
         assert ports["admin"]["port"] == ADMIN_PORT and ports["admin"]["targetPort"] == "admin"
@@ -271,7 +280,7 @@ def test_nats_url_and_credentials_come_from_a_created_secret(chart: helm.Chart) 
     r = render(chart, {"nats": {"url": "nats://bus:4222", "auth": {"method": "userPassword", "user": "u", "password": "p"}}})
     secret = r.get("Secret", f"{FULLNAME}-nats-auth")
     assert secret["stringData"] == {"url": "nats://bus:4222", "user": "u", "password": "p"}
-    for s in SERVICES:
+    for s in DEFAULTS:
         env = env_of(r.deployment(s))
         for var, key in [("AVIARY_NATS_URL", "url"), ("AVIARY_NATS_USER", "user"), ("AVIARY_NATS_PASSWORD", "password")]:
             assert env[var] == {"secretKeyRef": {"name": f"{FULLNAME}-nats-auth", "key": key}}
@@ -303,7 +312,12 @@ def test_missing_nats_credentials_fail_the_render(chart: helm.Chart) -> None:
 def test_no_rbac_without_kubernetes_providers(chart: helm.Chart) -> None:
     r = render(chart)
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
-        assert r.of_kind(kind) == [], kind
+        assert of_component(r, kind, "router-agent") == [], kind
+        # With the defaults, the controller's are the only ones.
+        assert r.of_kind(kind) == of_component(r, kind, "controller"), kind
+    off = render(chart, {"controller": {"enabled": False}})
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        assert off.of_kind(kind) == [], kind
 
 
 @pytest.mark.parametrize("provider", sorted(ROUTER_PROVIDER_RULES))
@@ -311,8 +325,8 @@ def test_each_provider_adds_exactly_its_rules(chart: helm.Chart, provider: str) 
     r = render(chart, {"routerAgent": {"providers": {provider: True}}})
     assert router_rules(r) == [ROUTER_PROVIDER_RULES[provider]]
     # The rules bind to the router agent's own ServiceAccount, which alone mounts a token.
-    (binding,) = r.of_kind("ClusterRoleBinding")
-    (role,) = r.of_kind("ClusterRole")
+    (binding,) = of_component(r, "ClusterRoleBinding", "router-agent")
+    (role,) = of_component(r, "ClusterRole", "router-agent")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sa = f"{FULLNAME}-router-agent"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
@@ -322,6 +336,7 @@ def test_each_provider_adds_exactly_its_rules(chart: helm.Chart, provider: str) 
     for s in ("scheduler", "analyzer", "notifier"):
         pod = r.deployment(s)["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] != sa and pod["automountServiceAccountToken"] is False
+    assert r.deployment("controller")["spec"]["template"]["spec"]["serviceAccountName"] != sa
 
 
 def test_gateway_api_adds_exactly_httproute_rules(chart: helm.Chart) -> None:
@@ -346,7 +361,8 @@ def test_all_providers_add_the_union(chart: helm.Chart) -> None:
     for rule in ROUTER_PROVIDER_RULES.values():
         assert rule in rules
     off = render(chart, {"rbac": {"create": False}, "routerAgent": {"providers": {"istio": True}}})
-    assert off.of_kind("ClusterRole") == []
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        assert off.of_kind(kind) == [], kind
 
 
 # --- optional parts ---------------------------------------------------------------------------
@@ -362,7 +378,7 @@ def test_gate_is_off_by_default_and_adds_deployment_and_service(chart: helm.Char
     assert env_of(d)["AVIARY_GATE_LISTEN_ADDR"] == "0.0.0.0:8090"
     ports = {p["name"]: p for p in on.get("Service", name)["spec"]["ports"]}
     assert ports["http"]["port"] == 8090 and ports["http"]["targetPort"] == "http"
-    assert len(on.of_kind("Deployment")) == len(SERVICES) + 1
+    assert len(on.of_kind("Deployment")) == len(DEFAULTS) + 1
 
 
 def test_bundled_nats_is_off_by_default(chart: helm.Chart) -> None:
@@ -412,7 +428,7 @@ def test_service_monitor_toggle(chart: helm.Chart) -> None:
         for s in r.of_kind("Service")
         if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())
     }
-    assert selected == {f"{FULLNAME}-{s}" for s in SERVICES}
+    assert selected == {f"{FULLNAME}-{s}" for s in DEFAULTS}
 
 
 def test_network_policy_toggle(chart: helm.Chart) -> None:
@@ -503,6 +519,8 @@ def test_credentials_are_mounted_files_from_secrets(chart: helm.Chart) -> None:
         {
             "scheduler": {"auth": {"tokensSecret": "api-tokens"}, "tls": {"secretName": "api-tls", "clientAuth": True}},
             "analyzer": {"prometheus": {"auth": {"method": "bearer", "existingSecret": "prom"}}},
+            # It has no client certificate for mutual TLS (test_controller_refuses_...).
+            "controller": {"enabled": False},
         },
     )
     sched = r.deployment("scheduler")
@@ -516,3 +534,280 @@ def test_credentials_are_mounted_files_from_secrets(chart: helm.Chart) -> None:
     secrets = {v["name"]: v["secret"]["secretName"] for v in sched["spec"]["template"]["spec"]["volumes"] if "secret" in v}
     assert secrets["tokens"] == "api-tokens" and secrets["tls"] == "api-tls"
     assert env_of(r.deployment("analyzer"))["AVIARY_PROMETHEUS_BEARER_TOKEN_FILE"] == "/etc/aviary/prometheus/token"
+
+
+# --- the Kubernetes controller ----------------------------------------------------------------
+
+CONTROLLER = f"{FULLNAME}-controller"
+# What services/controller/src calls, verb by verb (see templates/controller.yaml); a verb
+# added to the chart fails these tests until it is added here, on purpose.
+CONTROLLER_RULES = [
+    {"apiGroups": ["aviary.dev"], "resources": ["rollouts"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["aviary.dev"], "resources": ["rollouts/status"], "verbs": ["patch"]},
+    # Only checked by the OwnerReferencesPermissionEnforcement admission plugin, for the
+    # blockOwnerDeletion of the ownerReferences on what the controller creates.
+    {"apiGroups": ["aviary.dev"], "resources": ["rollouts/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch", "delete"]},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["get", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+FLAGGER_RULES = [
+    {"apiGroups": ["flagger.app"], "resources": ["canaries"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["flagger.app"], "resources": ["canaries/status"], "verbs": ["patch"]},
+    {"apiGroups": ["flagger.app"], "resources": ["canaries/finalizers"], "verbs": ["update"]},
+]
+LEASE_RULES = [
+    # `create` cannot name the object; `get` and `update` are for its own Lease only.
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [CONTROLLER], "verbs": ["get", "update"]},
+]
+CONTROLLER_RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def controller_objects(r: Rendered) -> list[dict[str, Any]]:
+    return [
+        o for o in r.objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "controller"
+    ]
+
+
+def sorted_rules(rules: list[dict[str, Any]]) -> list[str]:
+    """The rules as comparable strings, each list inside sorted, order of rules ignored."""
+    return sorted(yaml.safe_dump({k: sorted(v) for k, v in rule.items()}, sort_keys=True) for rule in rules)
+
+
+def lease_role(r: Rendered) -> dict[str, Any]:
+    (role,) = [o for o in of_component(r, "Role", "controller") if o["metadata"]["name"] == f"{CONTROLLER}-lease"]
+    return role
+
+
+def test_controller_deployment_renders_with_its_flags_and_env(chart: helm.Chart) -> None:
+    r = render(chart)
+    d = r.deployment("controller")
+    # One replica acts through the Lease, the other stands by.
+    assert d["spec"]["replicas"] == 2
+    c = container(d)
+    assert c["image"] == f"aviary-controller:{chart.metadata['appVersion']}"
+    assert "args" not in c
+    env = env_of(d)
+    assert env["AVIARY_SCHEDULER_URL"] == f"http://{FULLNAME}-scheduler.{NAMESPACE}.svc:50051"
+    assert env["AVIARY_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["AVIARY_LEASE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["AVIARY_LEASE_NAME"] == CONTROLLER
+    assert (env["AVIARY_LEASE_DURATION"], env["AVIARY_RESYNC"]) == ("15s", "30s")
+    assert env["AVIARY_ADMIN_ADDR"] == f"0.0.0.0:{ADMIN_PORT}"
+    assert env["AVIARY_NATS_URL"] == {"secretKeyRef": {"name": f"{FULLNAME}-nats-auth", "key": "url"}}
+    # Cluster-wide, open control API: no namespace, no token, no CA.
+    for var in ("AVIARY_WATCH_NAMESPACE", "AVIARY_CONTROLLER_TOKEN_FILE", "AVIARY_CONTROLLER_CA_FILE", "AVIARY_WATCH_FLAGGER"):
+        assert var not in env, var
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["resources"]["limits"]["memory"] == "256Mi"
+    svc = r.get("Service", CONTROLLER)
+    assert svc["metadata"]["labels"]["aviary.dev/metrics"] == "true"
+    assert svc["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+    three = render(chart, {"controller": {"replicas": 3, "resync": "1m", "leaseDuration": "20s", "extraArgs": ["--x"]}})
+    d3 = three.deployment("controller")
+    assert d3["spec"]["replicas"] == 3 and container(d3)["args"] == ["--x"]
+    assert (env_of(d3)["AVIARY_RESYNC"], env_of(d3)["AVIARY_LEASE_DURATION"]) == ("1m", "20s")
+
+
+def test_controller_reads_only_its_token_and_the_ca_of_the_control_api(chart: helm.Chart) -> None:
+    r = render(chart, {"scheduler": {"auth": {"tokensSecret": "api-tokens"}, "tls": {"secretName": "api-tls"}}})
+    d = r.deployment("controller")
+    env = env_of(d)
+    # The same Secret as the scheduler's tokens file, but only the controller's own key.
+    assert env["AVIARY_CONTROLLER_TOKEN_FILE"] == "/etc/aviary/scheduler-token/token"
+    assert env["AVIARY_CONTROLLER_CA_FILE"] == "/etc/aviary/scheduler-ca/ca.crt"
+    assert env["AVIARY_SCHEDULER_URL"] == f"https://{FULLNAME}-scheduler.{NAMESPACE}.svc:50051"
+    volumes = {v["name"]: v["secret"] for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert volumes["scheduler-token"]["secretName"] == "api-tokens"
+    assert volumes["scheduler-token"]["items"] == [{"key": "controller-token", "path": "token"}]
+    # The scheduler's private key stays out of the controller's pods.
+    assert volumes["scheduler-ca"]["secretName"] == "api-tls"
+    assert volumes["scheduler-ca"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    mounts = {m["name"]: m for m in container(d)["volumeMounts"]}
+    assert mounts["scheduler-token"]["mountPath"] == "/etc/aviary/scheduler-token" and mounts["scheduler-token"]["readOnly"]
+    key = render(chart, {"scheduler": {"auth": {"tokensSecret": "api-tokens"}}, "controller": {"auth": {"tokenKey": "ctl"}}})
+    vols = {v["name"]: v for v in key.deployment("controller")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["scheduler-token"]["secret"]["items"] == [{"key": "ctl", "path": "token"}]
+    assert "scheduler-ca" not in vols
+
+
+def test_controller_refuses_scheduler_client_auth(chart: helm.Chart) -> None:
+    tls = {"scheduler": {"tls": {"secretName": "api-tls", "clientAuth": True}}}
+    with pytest.raises(helm.HelmRenderError, match="controller.enabled=false"):
+        chart.render(tls, name=RELEASE, namespace=NAMESPACE)
+    render(chart, {**tls, "controller": {"enabled": False}})
+
+
+def test_controller_service_account_is_its_own(chart: helm.Chart) -> None:
+    r = render(chart)
+    pod = r.deployment("controller")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == CONTROLLER
+    assert pod["automountServiceAccountToken"] is True
+    sa = r.get("ServiceAccount", CONTROLLER)
+    assert sa["metadata"]["namespace"] == NAMESPACE
+    assert sa["automountServiceAccountToken"] is False
+    # No other pod runs as it; the chart's shared one stays without rules.
+    for s in SERVICES:
+        assert r.deployment(s)["spec"]["template"]["spec"]["serviceAccountName"] != CONTROLLER
+    for binding in r.of_kind("ClusterRoleBinding") + r.of_kind("RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": NAMESPACE}]
+    # Not even when the chart's shared ServiceAccount is not created: never `default`.
+    shared_off = render(chart, {"serviceAccount": {"create": False}})
+    assert shared_off.deployment("controller")["spec"]["template"]["spec"]["serviceAccountName"] == CONTROLLER
+    assert shared_off.names("ServiceAccount") == {CONTROLLER}
+    own = render(
+        chart,
+        {"controller": {"serviceAccount": {"create": False, "name": "ops-ctl"}}},
+    )
+    assert own.deployment("controller")["spec"]["template"]["spec"]["serviceAccountName"] == "ops-ctl"
+    assert CONTROLLER not in own.names("ServiceAccount")
+    assert {s["name"] for b in of_component(own, "ClusterRoleBinding", "controller") for s in b["subjects"]} == {"ops-ctl"}
+    with pytest.raises(helm.HelmRenderError, match="controller.serviceAccount.name is required"):
+        chart.render({"controller": {"serviceAccount": {"create": False}}}, name=RELEASE, namespace=NAMESPACE)
+    annotated = render(chart, {"controller": {"serviceAccount": {"annotations": {"iam": "x"}}}})
+    assert annotated.get("ServiceAccount", CONTROLLER)["metadata"]["annotations"] == {"iam": "x"}
+
+
+def test_controller_cluster_role_has_exactly_its_rules(chart: helm.Chart) -> None:
+    r = render(chart)
+    (role,) = of_component(r, "ClusterRole", "controller")
+    assert role["metadata"]["name"] == f"{NAMESPACE}-{CONTROLLER}"
+    assert role["rules"] == CONTROLLER_RULES
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+    # No rule for what it never touches: no Leases cluster-wide, no update/list where unused.
+    assert not any("leases" in rule["resources"] for rule in role["rules"])
+    (binding,) = of_component(r, "ClusterRoleBinding", "controller")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": NAMESPACE}]
+    # Cluster-wide: the only Role is the Lease's.
+    assert [o["metadata"]["name"] for o in of_component(r, "Role", "controller")] == [f"{CONTROLLER}-lease"]
+
+
+def test_controller_lease_rule_is_a_role_in_the_release_namespace(chart: helm.Chart) -> None:
+    for values in ({}, {"controller": {"watchNamespace": "apps"}}):
+        r = render(chart, values)
+        role = lease_role(r)
+        assert role["kind"] == "Role" and role["metadata"]["namespace"] == NAMESPACE
+        assert role["rules"] == LEASE_RULES
+        assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "create", "update"}
+        # The Lease the controller takes is the one the Role names.
+        assert env_of(r.deployment("controller"))["AVIARY_LEASE_NAME"] == CONTROLLER
+        (binding,) = [b for b in of_component(r, "RoleBinding", "controller") if b["metadata"]["name"] == f"{CONTROLLER}-lease"]
+        assert binding["metadata"]["namespace"] == NAMESPACE
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{CONTROLLER}-lease"}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": NAMESPACE}]
+        # Leases are nowhere else.
+        others = [o for o in of_component(r, "ClusterRole", "controller") + of_component(r, "Role", "controller") if o is not role]
+        assert not any("leases" in rule["resources"] for o in others for rule in o["rules"])
+
+
+def test_controller_namespaced_install_renders_roles_not_cluster_roles(chart: helm.Chart) -> None:
+    r = render(chart, {"controller": {"watchNamespace": "apps", "flagger": {"enabled": True}}})
+    assert of_component(r, "ClusterRole", "controller") == []
+    assert of_component(r, "ClusterRoleBinding", "controller") == []
+    assert r.of_kind("ClusterRole") == [] and r.of_kind("ClusterRoleBinding") == []
+    assert env_of(r.deployment("controller"))["AVIARY_WATCH_NAMESPACE"] == "apps"
+    roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in of_component(r, "Role", "controller")}
+    assert set(roles) == {("apps", CONTROLLER), (NAMESPACE, f"{CONTROLLER}-lease")}
+    assert sorted_rules(roles[("apps", CONTROLLER)]["rules"]) == sorted_rules(CONTROLLER_RULES + FLAGGER_RULES)
+    bindings = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in of_component(r, "RoleBinding", "controller")}
+    assert set(bindings) == set(roles)
+    watched = bindings[("apps", CONTROLLER)]
+    assert watched["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER}
+    # The ServiceAccount lives in the release namespace, the binding in the watched one.
+    assert watched["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": NAMESPACE}]
+    # Watching the release namespace itself: two Roles there, with distinct names.
+    same = render(chart, {"controller": {"watchNamespace": NAMESPACE}})
+    assert {o["metadata"]["name"] for o in of_component(same, "Role", "controller")} == {CONTROLLER, f"{CONTROLLER}-lease"}
+
+
+def test_controller_flagger_options_add_the_rules_the_flag_and_the_crds(chart: helm.Chart) -> None:
+    def crd_names(r: Rendered) -> set[str]:
+        return r.names("CustomResourceDefinition")
+
+    off = render(chart)
+    assert crd_names(off) == set()
+    assert not any(g == "flagger.app" for o in controller_objects(off) for rule in o.get("rules", []) for g in rule["apiGroups"])
+
+    on = render(chart, {"controller": {"flagger": {"enabled": True}}})
+    c = container(on.deployment("controller"))
+    assert c["args"] == ["--flagger"]
+    (role,) = of_component(on, "ClusterRole", "controller")
+    assert sorted_rules(role["rules"]) == sorted_rules(CONTROLLER_RULES + FLAGGER_RULES)
+    # Enabling Flagger's kinds does not install its CRDs (Flagger's own may be there).
+    assert crd_names(on) == set()
+    with_args = render(chart, {"controller": {"flagger": {"enabled": True}, "extraArgs": ["--resync=1m"]}})
+    assert container(with_args.deployment("controller"))["args"] == ["--flagger", "--resync=1m"]
+
+    crds = render(chart, {"controller": {"flagger": {"installCRDs": True}}})
+    assert crd_names(crds) == {"canaries.flagger.app", "metrictemplates.flagger.app", "alertproviders.flagger.app"}
+    for crd in crds.of_kind("CustomResourceDefinition"):
+        assert crd["spec"]["group"] == "flagger.app"
+    (canary,) = [c for c in crds.of_kind("CustomResourceDefinition") if c["metadata"]["name"] == "canaries.flagger.app"]
+    assert canary["spec"]["versions"][0]["name"] == "v1beta1"
+    assert canary["spec"]["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_controller_rollout_crd_is_aviary_dev_with_status_and_columns() -> None:
+    docs = [d for d in yaml.safe_load_all((CHART / "crds" / "rollouts.aviary.dev.yaml").read_text()) if d]
+    (crd,) = docs
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1" and crd["kind"] == "CustomResourceDefinition"
+    assert crd["metadata"]["name"] == "rollouts.aviary.dev"
+    spec = crd["spec"]
+    assert spec["group"] == "aviary.dev" and spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "Rollout" and spec["names"]["plural"] == "rollouts"
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Phase", "Weight", "FailedChecks", "Age"]
+    # The RBAC rules are for this group and plural.
+    assert {"apiGroups": ["aviary.dev"], "resources": ["rollouts"], "verbs": ["get", "list", "watch", "patch"]} in CONTROLLER_RULES
+
+
+def test_controller_disabled_renders_no_controller_objects(chart: helm.Chart) -> None:
+    assert controller_objects(render(chart)) != []
+    for values in (
+        {"controller": {"enabled": False}},
+        {"controller": {"enabled": False, "watchNamespace": "apps", "flagger": {"enabled": True}}},
+    ):
+        r = render(chart, values)
+        assert controller_objects(r) == []
+        assert CONTROLLER not in r.names("Deployment") | r.names("ServiceAccount") | r.names("Service")
+        for kind in CONTROLLER_RBAC_KINDS:
+            assert r.of_kind(kind) == [], kind
+        assert r.names("Deployment") == {f"{FULLNAME}-{s}" for s in SERVICES}
+
+
+def test_controller_rbac_follows_rbac_create(chart: helm.Chart) -> None:
+    r = render(chart, {"rbac": {"create": False}})
+    for kind in CONTROLLER_RBAC_KINDS:
+        assert r.of_kind(kind) == [], kind
+    assert CONTROLLER in r.names("Deployment") and CONTROLLER in r.names("ServiceAccount")
+
+
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"controller": {"replicas": "two"}}, "/controller/replicas"),
+        ({"controller": {"enabled": "yes"}}, "/controller/enabled"),
+        ({"controller": {"watchNamespaces": ["a"]}}, "watchNamespaces"),
+        ({"controller": {"watchNamespace": "Not_A_Namespace"}}, "/controller/watchNamespace"),
+        ({"controller": {"flagger": {"enable": True}}}, "enable"),
+        ({"controller": {"leaseDuration": "15"}}, "/controller/leaseDuration"),
+        ({"controller": {"auth": {"tokenKey": ""}}}, "/controller/auth/tokenKey"),
+    ],
+)
+def test_controller_schema_rejects_bad_values(chart: helm.Chart, bad: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.validate_schema(bad)
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(bad, name=RELEASE, namespace=NAMESPACE)
