@@ -1,0 +1,291 @@
+//! Workload mode end to end: the controller against the in-memory Kubernetes API, with the real
+//! scheduler, analyzer, router agent (Gateway API) and NATS. Each test is a scenario a
+//! Kubernetes team runs: `kubectl apply` of a new image and what the cluster shows afterwards.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use aviary_testkit::eventually;
+use common::{DEADLINE, NAME, NS, World};
+use kube::api::{Api, DeleteParams, DynamicObject};
+use serde_json::json;
+
+const AVIARY: &str = "aviary.dev/v1alpha1";
+
+/// Starts a controller and brings a `Rollout` of `podinfo:1` with `spec` to Initialized.
+async fn initialized(world: &World, spec: serde_json::Value) -> common::Controller {
+    world.config_map("hello");
+    world.deployment("podinfo:1");
+    let controller = world.controller("a").await;
+    world.rollout(spec);
+    world.wait_phase(AVIARY, "Rollout", "Initialized").await;
+    controller
+}
+
+#[tokio::test]
+async fn a_new_image_is_rolled_out_then_copied_to_the_primary_and_the_canary_ends_at_zero() {
+    let world = World::start().await;
+    let spec = world.rollout_spec(1);
+    let controller = initialized(&world, spec).await;
+
+    // Initialized: the primary is a copy of the target, with its own labels and configs; the
+    // target is scaled to zero; the three Services exist.
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:1"));
+    let primary = world.get_deployment("podinfo-primary").unwrap();
+    assert_eq!(
+        primary["spec"]["selector"]["matchLabels"]["app"],
+        "podinfo-primary"
+    );
+    assert_eq!(
+        primary["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"],
+        "podinfo-env-primary"
+    );
+    assert_eq!(world.replicas(NAME), Some(0));
+    for svc in ["podinfo", "podinfo-primary", "podinfo-canary"] {
+        assert!(
+            world.kube.get("v1", "Service", Some(NS), svc).is_some(),
+            "{svc}"
+        );
+    }
+    let copy = world
+        .kube
+        .get("v1", "ConfigMap", Some(NS), "podinfo-env-primary")
+        .unwrap();
+    assert_eq!(copy["data"]["GREETING"], "hello");
+
+    // A new image is all a user does.
+    world.deployment("podinfo:2");
+    let status = world.wait_phase(AVIARY, "Rollout", "Succeeded").await;
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:2"));
+    assert_eq!(world.replicas(NAME), Some(0), "the canary ends at zero");
+    assert_eq!(
+        world.route_backends(),
+        [
+            ("podinfo-primary".to_owned(), 100),
+            ("podinfo-canary".to_owned(), 0)
+        ],
+        "all traffic on the primary, which runs the new version"
+    );
+    assert_eq!(status["lastAppliedSpec"], status["lastPromotedSpec"]);
+    assert_eq!(status["canaryWeight"], 0);
+    assert_eq!(status["conditions"][0]["type"], "Promoted");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    let reasons = world.event_reasons("Rollout");
+    for want in [
+        "Initializing",
+        "Initialized",
+        "Synced",
+        "Started",
+        "StepAdvanced",
+        "Promoting",
+        "Succeeded",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "no {want} Event in {reasons:?}"
+        );
+    }
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_config_map_change_starts_a_rollout_and_a_label_change_does_not() {
+    let world = World::start().await;
+    let spec = world.rollout_spec(1);
+    let controller = initialized(&world, spec).await;
+    let revision = world.status(AVIARY, "Rollout")["lastAppliedSpec"].clone();
+
+    // Relabel and rescale the target: no new revision, however many reconciles pass.
+    world.kube.upsert(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": NS, "labels": {"team": "platform"}},
+        "spec": world.get_deployment(NAME).unwrap()["spec"].clone(),
+    }));
+    let before = controller.running.metrics.reconciles("ok");
+    eventually(DEADLINE, "three more reconciles", || {
+        let n = controller.running.metrics.reconciles("ok");
+        async move { (n >= before + 3).then_some(()) }
+    })
+    .await;
+    let status = world.status(AVIARY, "Rollout");
+    assert_eq!(status["lastAppliedSpec"], revision);
+    assert_eq!(status["phase"], "Initialized");
+
+    // A config the pods use changes: that is a new revision, promoted with its copy.
+    world.config_map("bonjour");
+    let status = world.wait_phase(AVIARY, "Rollout", "Succeeded").await;
+    assert_ne!(status["lastPromotedSpec"], revision);
+    let copy = world
+        .kube
+        .get("v1", "ConfigMap", Some(NS), "podinfo-env-primary")
+        .unwrap();
+    assert_eq!(copy["data"]["GREETING"], "bonjour");
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_with_the_primary_untouched_and_the_canary_at_zero() {
+    let world = World::start().await;
+    let spec = world.rollout_spec(2);
+    let controller = initialized(&world, spec).await;
+    world.hook.failing(true);
+    world.deployment("podinfo:2");
+    let status = world.wait_phase(AVIARY, "Rollout", "Failed").await;
+    assert_eq!(status["failedChecks"], 2);
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:1"));
+    eventually(DEADLINE, "the canary scaled to zero", || {
+        let r = world.replicas(NAME);
+        async move { (r == Some(0)).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        world.route_backends(),
+        [
+            ("podinfo-primary".to_owned(), 100),
+            ("podinfo-canary".to_owned(), 0)
+        ]
+    );
+    assert!(
+        world
+            .event_reasons("Rollout")
+            .iter()
+            .any(|r| r == "RolledBack")
+    );
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_canary_that_never_becomes_ready_fails_at_the_progress_deadline() {
+    let world = World::start().await;
+    let mut spec = world.rollout_spec(1);
+    spec["progressDeadlineSeconds"] = json!(3);
+    let controller = initialized(&world, spec).await;
+    world.kube.set_workload_readiness(NS, NAME, false);
+    world.deployment("podinfo:2");
+    let status = world.wait_phase(AVIARY, "Rollout", "Failed").await;
+    let events = world.event_reasons("Rollout");
+    assert!(events.iter().any(|r| r == "Halted"), "{events:?}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("progressDeadlineSeconds")
+            || events.iter().any(|r| r == "RolledBack"),
+        "{status}"
+    );
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:1"));
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_revision_mid_run_restarts_the_analysis_and_the_latest_is_promoted() {
+    let world = World::start().await;
+    let mut spec = world.rollout_spec(1);
+    spec["analysis"]["stepWeight"] = json!(10);
+    let controller = initialized(&world, spec).await;
+    world.deployment("podinfo:2");
+    world.wait_phase(AVIARY, "Rollout", "Progressing").await;
+    world.deployment("podinfo:3");
+    world.wait_phase(AVIARY, "Rollout", "Succeeded").await;
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:3"));
+    let started = world
+        .event_reasons("Rollout")
+        .iter()
+        .filter(|r| *r == "Started")
+        .count();
+    assert_eq!(started, 2, "the run restarted for the newer revision");
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_with_revert_on_deletion_restores_the_target_and_removes_what_aviary_made() {
+    let world = World::start().await;
+    let mut spec = world.rollout_spec(1);
+    spec["revertOnDeletion"] = json!(true);
+    let controller = initialized(&world, spec).await;
+    let obj = world.kube.get(AVIARY, "Rollout", Some(NS), NAME).unwrap();
+    assert_eq!(
+        obj["metadata"]["finalizers"],
+        json!(["aviary.dev/finalizer"])
+    );
+
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        world.kube.client(),
+        NS,
+        &aviary_controller::resource::Kind::Rollout.api_resource(),
+    );
+    api.delete(NAME, &DeleteParams::default()).await.unwrap();
+    eventually(DEADLINE, "the Rollout gone", || {
+        let gone = world.kube.get(AVIARY, "Rollout", Some(NS), NAME).is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    assert_eq!(world.replicas(NAME), Some(2), "the target serves again");
+    assert!(world.get_deployment("podinfo-primary").is_none());
+    assert!(
+        world
+            .kube
+            .get("v1", "Service", Some(NS), "podinfo-canary")
+            .is_none()
+    );
+    assert!(
+        world
+            .kube
+            .get("v1", "ConfigMap", Some(NS), "podinfo-env-primary")
+            .is_none()
+    );
+    let apex = world.kube.get("v1", "Service", Some(NS), NAME).unwrap();
+    assert_eq!(
+        apex["spec"]["selector"]["app"], NAME,
+        "the apex Service selects the target"
+    );
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn of_two_controller_replicas_exactly_one_acts_and_the_other_takes_over() {
+    let world = World::start().await;
+    world.config_map("hello");
+    world.deployment("podinfo:1");
+    let a = world.controller("a").await;
+    let b = world.controller("b").await;
+    eventually(DEADLINE, "one leader", || {
+        let n = usize::from(a.leads()) + usize::from(b.leads());
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    world.rollout(world.rollout_spec(1));
+    world.wait_phase(AVIARY, "Rollout", "Initialized").await;
+    let (leader, follower) = if a.leads() { (a, b) } else { (b, a) };
+    assert!(leader.running.metrics.reconciles("ok") > 0);
+    assert_eq!(
+        follower.running.metrics.reconciles("ok"),
+        0,
+        "the follower did nothing"
+    );
+    assert!(!follower.leads());
+
+    // The leader goes; the other takes the Lease and runs the next revision.
+    leader.stop().await;
+    eventually(Duration::from_secs(30), "the follower leads", || {
+        let leads = follower.leads();
+        async move { leads.then_some(()) }
+    })
+    .await;
+    world.deployment("podinfo:2");
+    world.wait_phase(AVIARY, "Rollout", "Succeeded").await;
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:2"));
+    follower.stop().await;
+    world.stop().await;
+}
