@@ -98,7 +98,9 @@ async fn carry_out(
     else {
         return Err(format!("no resource {ns}/{name}"));
     };
-    let decoded = resource::decode(kind, &obj).map_err(|e| e.join("; "))?;
+    let decoded = resource::decode(&ctx.kube, kind, &obj)
+        .await
+        .map_err(|e| e.join("; "))?;
     let rollout = decoded.rollout;
     let Some(target_ref) = rollout.spec.target_ref.clone() else {
         return Err(format!("{ns}/{name} is not in workload mode"));

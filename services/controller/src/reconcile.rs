@@ -200,7 +200,7 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
     else {
         return Ok(None);
     };
-    let decoded = match resource::decode(key.kind, &obj) {
+    let decoded = match resource::decode(client, key.kind, &obj).await {
         Ok(d) => d,
         Err(errors) => {
             invalid(ctx, key, &obj, &errors).await?;
@@ -380,8 +380,9 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
     Ok(None)
 }
 
+/// The manifest the control API's `Apply` reads (enums as mappings, as users write them).
 fn yaml(rollout: &Rollout) -> String {
-    serde_yaml::to_string(rollout).unwrap_or_default()
+    aviary_core::flagger::to_manifest(rollout).unwrap_or_default()
 }
 
 /// The primary's replicas at creation: the target's (at least one), or the HPA's minimum.

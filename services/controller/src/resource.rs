@@ -103,11 +103,33 @@ pub struct Decoded {
     pub warnings: Vec<String>,
 }
 
-/// Decodes `obj` of `kind` into an Aviary rollout.
+/// Decodes `obj` of `kind` into an Aviary rollout; a `Canary`'s `templateRef`s are resolved
+/// from the cluster's `MetricTemplate`s.
 ///
 /// # Errors
 /// Every problem, each as `<path>: <message>` (the decoder's own wording).
-pub fn decode(kind: Kind, obj: &DynamicObject) -> Result<Decoded, Vec<String>> {
+pub async fn decode(
+    client: &Client,
+    kind: Kind,
+    obj: &DynamicObject,
+) -> Result<Decoded, Vec<String>> {
+    let text = document(kind, obj)?;
+    match kind {
+        Kind::Rollout => aviary_core::decode::parse_rollout(&text)
+            .map(|rollout| Decoded {
+                rollout,
+                warnings: Vec::new(),
+            })
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect()),
+        Kind::Canary => {
+            let templates = crate::flagger::cluster_templates(client).await;
+            crate::flagger::decode_canary(&text, &templates)
+        }
+    }
+}
+
+/// `obj` as the YAML document the decoders read.
+fn document(kind: Kind, obj: &DynamicObject) -> Result<String, Vec<String>> {
     let doc = json!({
         "apiVersion": kind.api_resource().api_version,
         "kind": kind.to_string(),
@@ -117,16 +139,7 @@ pub fn decode(kind: Kind, obj: &DynamicObject) -> Result<Decoded, Vec<String>> {
         },
         "spec": obj.data.get("spec").cloned().unwrap_or(Value::Null),
     });
-    let text = serde_yaml::to_string(&doc).map_err(|e| vec![format!("document: {e}")])?;
-    match kind {
-        Kind::Rollout => aviary_core::decode::parse_rollout(&text)
-            .map(|rollout| Decoded {
-                rollout,
-                warnings: Vec::new(),
-            })
-            .map_err(|e| e.0.iter().map(ToString::to_string).collect()),
-        Kind::Canary => crate::flagger::decode_canary(&text),
-    }
+    serde_yaml::to_string(&doc).map_err(|e| vec![format!("document: {e}")])
 }
 
 /// The status stored on `obj`, or the default when it has none (or one this build cannot

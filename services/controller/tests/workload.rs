@@ -289,3 +289,73 @@ async fn of_two_controller_replicas_exactly_one_acts_and_the_other_takes_over() 
     follower.stop().await;
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_flagger_canary_from_the_corpus_runs_the_same_way_with_flaggers_status() {
+    let ingress = aviary_core::flagger::ingress_name(Some("gatewayapi:v1"), NS, NAME);
+    let world = World::start_for(&ingress).await;
+    // The corpus's Gateway API Canary, pointed at this test's Deployment and webhook: one
+    // minute intervals become one second, and the metrics (no Prometheus here) a webhook.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/flagger/session-affinity-gateway-api.yaml"
+    );
+    let mut canary: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    canary["metadata"] = json!({"name": NAME, "namespace": NS});
+    let spec = &mut canary["spec"];
+    spec["targetRef"]["name"] = json!(NAME);
+    spec.as_object_mut().unwrap().remove("metricsServer");
+    let analysis = &mut spec["analysis"];
+    analysis.as_object_mut().unwrap().remove("sessionAffinity");
+    analysis["interval"] = json!("1s");
+    analysis["threshold"] = json!(1);
+    analysis["metrics"] = json!([]);
+    analysis["webhooks"] = json!([{"name": "check", "type": "rollout", "url": world.hook_url()}]);
+
+    world.config_map("hello");
+    world.deployment("podinfo:1");
+    let controller = world.controller("a").await;
+    world.kube.upsert(canary);
+    world
+        .wait_phase("flagger.app/v1beta1", "Canary", "Initialized")
+        .await;
+    world.deployment("podinfo:2");
+    let status = world
+        .wait_phase("flagger.app/v1beta1", "Canary", "Succeeded")
+        .await;
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:2"));
+    assert_eq!(world.replicas(NAME), Some(0));
+    assert_eq!(
+        world.route_backends(),
+        [
+            ("podinfo-primary".to_owned(), 100),
+            ("podinfo-canary".to_owned(), 0)
+        ]
+    );
+    // Flagger's status fields, as `kubectl get canaries` reads them.
+    for field in [
+        "phase",
+        "canaryWeight",
+        "failedChecks",
+        "iterations",
+        "lastAppliedSpec",
+        "lastPromotedSpec",
+        "lastTransitionTime",
+        "conditions",
+    ] {
+        assert!(
+            status.get(field).is_some(),
+            "status.{field} missing: {status}"
+        );
+    }
+    assert_eq!(status["conditions"][0]["type"], "Promoted");
+    assert!(
+        world
+            .event_reasons("Canary")
+            .iter()
+            .any(|r| r == "Succeeded")
+    );
+    controller.stop().await;
+    world.stop().await;
+}

@@ -85,6 +85,11 @@ impl World {
     /// Starts NATS, the scheduler, the analyzer, the router agent and the webhook; installs the
     /// CRDs in the fake API. The controller is started by [`World::controller`].
     pub async fn start() -> World {
+        Self::start_for(INGRESS).await
+    }
+
+    /// [`World::start`] with the router agent serving `ingress`.
+    pub async fn start_for(ingress: &str) -> World {
         // Logs of every service, shown for a failing test (`AVIARY_TEST_LOG` to filter).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("AVIARY_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -199,14 +204,14 @@ impl World {
         ));
         agents
             .put(
-                &names::agent_key(INGRESS).unwrap(),
-                &provider.capabilities().to_proto(INGRESS, provider.kind()),
+                &names::agent_key(ingress).unwrap(),
+                &provider.capabilities().to_proto(ingress, provider.kind()),
             )
             .await
             .unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
         let ingress = Arc::new(Ingress::new(
-            INGRESS.into(),
+            ingress.into(),
             provider,
             routes,
             aviary_router_agent::metrics::Metrics::register(&mut registry),
@@ -316,6 +321,11 @@ impl World {
                 "webhooks": [{"name": "check", "type": "rollout", "url": self.hook_url, "timeout": "5s"}]
             }
         })
+    }
+
+    /// The URL of the checks' webhook.
+    pub fn hook_url(&self) -> &str {
+        &self.hook_url
     }
 
     /// Creates or updates the `Rollout` resource with `spec`.
