@@ -557,6 +557,7 @@ FLAGGER_RULES = [
     {"apiGroups": ["flagger.app"], "resources": ["canaries"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["flagger.app"], "resources": ["canaries/status"], "verbs": ["patch"]},
     {"apiGroups": ["flagger.app"], "resources": ["canaries/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["flagger.app"], "resources": ["metrictemplates"], "verbs": ["list"]},
 ]
 LEASE_RULES = [
     # `create` cannot name the object; `get` and `update` are for its own Lease only.

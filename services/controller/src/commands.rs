@@ -98,7 +98,7 @@ async fn carry_out(
     else {
         return Err(format!("no resource {ns}/{name}"));
     };
-    let decoded = resource::decode(&ctx.kube, kind, &obj)
+    let decoded = resource::decode(&ctx.kube, ctx.namespace.as_deref(), kind, &obj)
         .await
         .map_err(|e| e.join("; "))?;
     let rollout = decoded.rollout;

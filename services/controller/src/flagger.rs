@@ -21,10 +21,14 @@ fn metric_templates() -> ApiResource {
     }
 }
 
-/// Every `MetricTemplate` in the cluster, decoded; none when the kind is not installed or a
-/// template does not decode (a Canary naming it then reports it as not found).
-pub async fn cluster_templates(client: &Client) -> Vec<MetricTemplate> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &metric_templates());
+/// Every `MetricTemplate` in the cluster (or in `namespace`, for a namespaced install),
+/// decoded; none when the kind is not installed. A template that does not decode is left out
+/// (a Canary naming it then reports it as not found).
+pub async fn cluster_templates(client: &Client, namespace: Option<&str>) -> Vec<MetricTemplate> {
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &metric_templates()),
+        None => Api::all_with(client.clone(), &metric_templates()),
+    };
     let list = match api.list(&ListParams::default()).await {
         Ok(list) => list,
         Err(kube::Error::Api(e)) if e.code == 404 => return Vec::new(),

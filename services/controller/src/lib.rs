@@ -212,6 +212,8 @@ pub struct Ctx {
     pub scheduler: scheduler::Scheduler,
     /// The kinds served, `Rollout` first.
     pub kinds: Vec<Kind>,
+    /// The one namespace watched, if the install is namespaced.
+    pub namespace: Option<String>,
     /// The metrics.
     pub metrics: Metrics,
     queue: Queue,
@@ -458,6 +460,7 @@ async fn lead(shared: Shared, stop: CancellationToken) {
         kube: shared.kube.clone(),
         scheduler: shared.scheduler.clone(),
         kinds: shared.kinds.clone(),
+        namespace: shared.namespace.clone(),
         metrics: shared.metrics.clone(),
         queue: Queue {
             tx,

@@ -200,7 +200,7 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
     else {
         return Ok(None);
     };
-    let decoded = match resource::decode(client, key.kind, &obj).await {
+    let decoded = match resource::decode(client, ctx.namespace.as_deref(), key.kind, &obj).await {
         Ok(d) => d,
         Err(errors) => {
             invalid(ctx, key, &obj, &errors).await?;

@@ -110,6 +110,7 @@ pub struct Decoded {
 /// Every problem, each as `<path>: <message>` (the decoder's own wording).
 pub async fn decode(
     client: &Client,
+    namespace: Option<&str>,
     kind: Kind,
     obj: &DynamicObject,
 ) -> Result<Decoded, Vec<String>> {
@@ -122,7 +123,7 @@ pub async fn decode(
             })
             .map_err(|e| e.0.iter().map(ToString::to_string).collect()),
         Kind::Canary => {
-            let templates = crate::flagger::cluster_templates(client).await;
+            let templates = crate::flagger::cluster_templates(client, namespace).await;
             crate::flagger::decode_canary(&text, &templates)
         }
     }
