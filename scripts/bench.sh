@@ -14,6 +14,7 @@ benches=(
   "aviary-analyzer judge"
   "aviary-scheduler scale"
   "aviary-scheduler e2e"
+  "aviary-controller reconcile"
 )
 # The end-to-end bench starts every service binary; build them with the bench (release) profile.
 echo "bench: building the service binaries" >&2

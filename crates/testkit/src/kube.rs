@@ -328,6 +328,46 @@ impl FakeKube {
         }
     }
 
+    /// Serves this API over plain HTTP on an ephemeral loopback port, for a controller running
+    /// as its own process (it reads [`FakeKube::kubeconfig`]). Runs until the runtime stops.
+    ///
+    /// # Errors
+    /// The port cannot be bound.
+    pub async fn serve_http(&self) -> std::io::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let fake = self.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let mut fake = fake.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = axum::body::to_bytes(body, 64 << 20)
+                    .await
+                    .unwrap_or_default();
+                let request = Request::from_parts(parts, ::kube::client::Body::from(bytes));
+                let response = match tower_service::Service::call(&mut fake, request).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                let (parts, body) = response.into_parts();
+                axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(addr)
+    }
+
+    /// A kubeconfig that points a client at [`FakeKube::serve_http`]'s `addr`.
+    pub fn kubeconfig(addr: std::net::SocketAddr) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        )
+    }
+
     /// How many watch streams are open: one per watch until its `timeoutSeconds` passes or the
     /// client drops it. Lets a test wait for the server to end a watch.
     pub fn open_watches(&self) -> usize {

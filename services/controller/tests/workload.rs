@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use aviary_router_agent::provider::kube::KubeKind;
 use aviary_testkit::eventually;
 use common::{DEADLINE, NAME, NS, World};
 use kube::api::{Api, DeleteParams, DynamicObject};
@@ -358,4 +359,43 @@ async fn a_flagger_canary_from_the_corpus_runs_the_same_way_with_flaggers_status
     );
     controller.stop().await;
     world.stop().await;
+}
+
+/// Promotion on `kind`: traffic ends 100 % on the primary Service, whose Deployment runs the
+/// new version — no role swap, whatever carries the split.
+async fn promotion_serves_the_new_version_on(kind: KubeKind, primary_service: &str) {
+    let world = World::start_with(common::INGRESS, kind).await;
+    let controller = initialized(&world, world.rollout_spec(1)).await;
+    world.deployment("podinfo:2");
+    world.wait_phase(AVIARY, "Rollout", "Succeeded").await;
+    assert_eq!(world.image("podinfo-primary").as_deref(), Some("podinfo:2"));
+    let split = world.served_split(kind);
+    assert!(
+        split.contains(&(primary_service.to_owned(), 100))
+            && split.iter().any(|(s, w)| s == "podinfo-canary" && *w == 0),
+        "{kind:?} serves {split:?}"
+    );
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn promotion_serves_the_new_version_on_istio() {
+    promotion_serves_the_new_version_on(KubeKind::Istio, "podinfo-primary").await;
+}
+
+#[tokio::test]
+async fn promotion_serves_the_new_version_on_smi() {
+    promotion_serves_the_new_version_on(KubeKind::Smi, "podinfo-primary").await;
+}
+
+#[tokio::test]
+async fn promotion_serves_the_new_version_on_nginx_ingress() {
+    // The user's Ingress sends the apex name to the Service that selects the primary's pods.
+    promotion_serves_the_new_version_on(KubeKind::NginxIngress, NAME).await;
+}
+
+#[tokio::test]
+async fn promotion_serves_the_new_version_on_gateway_api() {
+    promotion_serves_the_new_version_on(KubeKind::GatewayApi, "podinfo-primary").await;
 }

@@ -90,6 +90,11 @@ impl World {
 
     /// [`World::start`] with the router agent serving `ingress`.
     pub async fn start_for(ingress: &str) -> World {
+        Self::start_with(ingress, KubeKind::GatewayApi).await
+    }
+
+    /// [`World::start`] with the router agent serving `ingress` through provider `kind`.
+    pub async fn start_with(ingress: &str, provider_kind: KubeKind) -> World {
         // Logs of every service, shown for a failing test (`AVIARY_TEST_LOG` to filter).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("AVIARY_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -103,14 +108,40 @@ impl World {
         {
             kube.upsert(serde_json::to_value(crd).unwrap());
         }
-        kube.register(aviary_testkit::kube::Kind {
-            group: "gateway.networking.k8s.io".into(),
-            version: "v1".into(),
-            kind: "HTTPRoute".into(),
-            plural: "httproutes".into(),
-            namespaced: true,
-            status_subresource: true,
-        });
+        for (group, version, kind, plural) in [
+            ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+            (
+                "networking.istio.io",
+                "v1",
+                "VirtualService",
+                "virtualservices",
+            ),
+            (
+                "split.smi-spec.io",
+                "v1alpha2",
+                "TrafficSplit",
+                "trafficsplits",
+            ),
+        ] {
+            kube.register(aviary_testkit::kube::Kind {
+                group: group.into(),
+                version: version.into(),
+                kind: kind.into(),
+                plural: plural.into(),
+                namespaced: true,
+                status_subresource: true,
+            });
+        }
+        // NGINX-ingress clones the user's Ingress, which sends the apex name to the primary.
+        kube.upsert(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": NAME, "namespace": NS},
+            "spec": {"rules": [{"host": "podinfo.example.com", "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": NAME, "port": {"number": 9898}}}
+            }]}}]}
+        }));
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -197,7 +228,7 @@ impl World {
             ..KubeSettings::default()
         };
         let provider = Provider::Kube(KubeProvider::new(
-            KubeKind::GatewayApi,
+            provider_kind,
             settings,
             kube.client(),
             Duration::from_secs(5),
@@ -402,6 +433,66 @@ impl World {
                 )
             })
             .collect()
+    }
+
+    /// `(service, weight)` of the split the router agent's object expresses, whatever the
+    /// provider: HTTPRoute backendRefs, VirtualService routes, TrafficSplit backends, or the
+    /// NGINX-ingress canary clone's weight annotation (the rest going to the apex Service,
+    /// which selects the primary's pods).
+    pub fn served_split(&self, kind: KubeKind) -> Vec<(String, i64)> {
+        let get = |api_version: &str, k: &str, name: &str| {
+            self.kube
+                .get(api_version, k, Some(NS), name)
+                .unwrap_or(Value::Null)
+        };
+        let pairs = |items: &Value, name: &str, weight: &str| -> Vec<(String, i64)> {
+            items
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    (
+                        b.pointer(name)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        b[weight].as_i64().unwrap_or(1),
+                    )
+                })
+                .collect()
+        };
+        match kind {
+            KubeKind::GatewayApi => self.route_backends(),
+            KubeKind::Istio => {
+                let vs = get("networking.istio.io/v1", "VirtualService", NAME);
+                let routes = vs
+                    .pointer("/spec/http")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                routes.last().map_or_else(Vec::new, |r| {
+                    pairs(&r["route"], "/destination/host", "weight")
+                })
+            }
+            KubeKind::Smi => {
+                let ts = get("split.smi-spec.io/v1alpha2", "TrafficSplit", NAME);
+                pairs(&ts["spec"]["backends"], "/service", "weight")
+            }
+            KubeKind::NginxIngress => {
+                let canary = get("networking.k8s.io/v1", "Ingress", "podinfo-canary");
+                let weight: i64 = canary
+                    .pointer("/metadata/annotations/nginx.ingress.kubernetes.io~1canary-weight")
+                    .and_then(Value::as_str)
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(-1);
+                let service = canary
+                    .pointer("/spec/rules/0/http/paths/0/backend/service/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                vec![(NAME.to_owned(), 100 - weight), (service, weight)]
+            }
+        }
     }
 
     /// The reasons of the Events recorded on the resource, in order.

@@ -115,6 +115,13 @@ pub fn render(
     let mut spec = primary.get("spec").cloned().unwrap_or_else(|| json!({}));
     let before = spec.clone();
     retarget(&mut spec, primary_service, canary_service);
+    // Workload mode, as Flagger: the user's Ingress sends the apex name `<name>`, whose Service
+    // selects the primary's pods, rather than `<name>-primary`.
+    if spec == before
+        && let Some(apex) = primary_service.strip_suffix("-primary")
+    {
+        retarget(&mut spec, apex, canary_service);
+    }
     if spec == before {
         return Err(ApplyError::Rejected {
             provider: KIND.name().into(),
