@@ -217,8 +217,9 @@ pub struct Ctx {
     /// The metrics.
     pub metrics: Metrics,
     queue: Queue,
-    /// Resources seen, with the name of their target (to map workload events to them).
-    known: Mutex<BTreeMap<Key, Option<String>>>,
+    /// Resources seen: the name of their target (to map workload events to them) and the
+    /// generation last seen.
+    known: Mutex<BTreeMap<Key, Known>>,
 }
 
 /// A de-duplicating work queue of resource keys with delayed requeues.
@@ -257,16 +258,33 @@ impl Queue {
     }
 }
 
+/// What the controller remembers of a resource between events.
+#[derive(Clone, Debug, Default)]
+struct Known {
+    target: Option<String>,
+    generation: Option<i64>,
+}
+
 impl Ctx {
-    fn remember(&self, key: Key, obj: &DynamicObject) {
+    /// Records `obj`; returns the generation seen before (`None` for a new resource).
+    fn remember(&self, key: Key, obj: &DynamicObject) -> Option<i64> {
         let target = obj
             .data
             .pointer("/spec/targetRef/name")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
-        if let Ok(mut known) = self.known.lock() {
-            known.insert(key, target);
-        }
+        let Ok(mut known) = self.known.lock() else {
+            return None;
+        };
+        let before = known.get(&key).and_then(|k| k.generation);
+        known.insert(
+            key,
+            Known {
+                target,
+                generation: obj.metadata.generation,
+            },
+        );
+        before
     }
 
     fn forget(&self, key: &Key) {
@@ -282,10 +300,10 @@ impl Ctx {
         };
         known
             .iter()
-            .filter(|(k, target)| {
+            .filter(|(k, known)| {
                 k.namespace == namespace
                     && (config
-                        || target.as_deref() == Some(name)
+                        || known.target.as_deref() == Some(name)
                         || workload::primary_name(&k.name) == name)
             })
             .map(|(k, _)| k.clone())
@@ -592,8 +610,12 @@ async fn watch_resources(
         match event {
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
                 let key = Key::of(kind, &obj);
-                ctx.remember(key.clone(), &obj);
-                ctx.queue.push(key);
+                // Only a changed spec (a new generation) or a deletion is work; status writes,
+                // ours included, are not.
+                let seen = ctx.remember(key.clone(), &obj);
+                if seen != obj.metadata.generation || obj.metadata.deletion_timestamp.is_some() {
+                    ctx.queue.push(key);
+                }
             }
             Ok(watcher::Event::Delete(obj)) => ctx.forget(&Key::of(kind, &obj)),
             Ok(watcher::Event::Init | watcher::Event::InitDone) => {}

@@ -137,6 +137,27 @@ pub async fn refresh(
         },
         last_update_time: Some(time.to_owned()),
     };
+    let message = if st.halt_reason.is_empty() {
+        st.message.clone()
+    } else {
+        st.halt_reason.clone()
+    };
+    // Nothing but the time would change: no write, so a status write never feeds itself
+    // through the resource's own watch.
+    let old = current.conditions.first();
+    let same = !changed
+        && current.canary_weight == st.canary_weight
+        && current.failed_checks == st.failed_checks
+        && current.iterations == st.iterations
+        && current.message.as_deref() == Some(message.as_str())
+        && old.is_some_and(|c| {
+            c.status == condition.status
+                && c.reason == condition.reason
+                && c.message == condition.message
+        });
+    if same {
+        return Ok(());
+    }
     resource::patch_status(
         &ctx.kube,
         key,
@@ -146,7 +167,7 @@ pub async fn refresh(
             "failedChecks": st.failed_checks,
             "iterations": st.iterations,
             "lastTransitionTime": transition,
-            "message": if st.halt_reason.is_empty() { st.message.clone() } else { st.halt_reason.clone() },
+            "message": message,
             "conditions": [condition],
         }),
     )
