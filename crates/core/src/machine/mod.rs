@@ -386,8 +386,13 @@ impl Cx<'_> {
                 }
                 self.start_run();
             }
-            // Workload mode: the primary runs the new revision and serves 100 %; the canary
-            // goes to zero; and after a rollback, the same.
+            // Workload mode: the primary runs the new revision; traffic moves back to it (in
+            // steps of `stepWeightPromotion`, one per interval); at 100 % the canary goes to
+            // zero. After a rollback, the same at once.
+            Phase::Finalising if workload && self.st.canary_weight > 0 => {
+                self.st.wait = Wait::Interval;
+                self.schedule(self.now + self.m.interval_ms());
+            }
             Phase::Finalising | Phase::Failed if workload => {
                 self.workload(WorkloadOp::ScaleCanaryDown);
             }
@@ -789,6 +794,13 @@ impl Cx<'_> {
         spec.canary.revision.is_some() && spec.canary.revision == spec.primary.revision
     }
 
+    /// Workload mode, Finalising: the next step of traffic back to the (updated) primary.
+    fn route_back(&mut self) {
+        let current = self.st.route.as_ref().map_or(0, |r| r.canary_weight);
+        let next = current.saturating_sub(self.m.spec.analysis.step_weight_promotion());
+        self.go_route(next, 0, Vec::new(), next == 0);
+    }
+
     fn workload(&mut self, op: WorkloadOp) {
         let seq = self.next_seq();
         self.st.wait = Wait::Workload {
@@ -829,9 +841,9 @@ impl Cx<'_> {
                 self.st.phase = Phase::Finalising;
                 self.emit(
                     EventKind::Finalising,
-                    format!("primary runs the canary's revision ({observed}): routing 100% to it"),
+                    format!("primary runs the canary's revision ({observed}): routing back to it"),
                 );
-                self.go_route(0, 0, Vec::new(), true);
+                self.route_back();
             }
             WorkloadOp::ScaleCanaryDown if self.st.phase == Phase::Finalising => self.succeed(),
             WorkloadOp::ScaleCanaryDown => {
@@ -946,6 +958,7 @@ impl Cx<'_> {
                     self.st.promotion_step += 1;
                     self.promote_route();
                 }
+                Phase::Finalising if self.m.spec.is_workload() => self.route_back(),
                 _ => self.st.next_tick_at_ms = None,
             },
             Wait::Verdict { .. } => self.analysis_timeout(),

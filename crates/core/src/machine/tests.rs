@@ -1299,6 +1299,40 @@ mod workload {
     }
 
     #[test]
+    fn step_weight_promotion_moves_traffic_back_to_the_updated_primary_in_steps() {
+        let mut s = spec("a", "b");
+        s.analysis.step_weight_promotion = Some(20);
+        let mut sim = Sim::new(s);
+        sim.run(Outcome::Pass, true);
+        assert_eq!(sim.st.phase, Phase::Succeeded);
+        assert_eq!(
+            trail(&sim),
+            [
+                "route 0",
+                "scale-canary-up",
+                "route 10",
+                "route 20",
+                "route 30",
+                "promote-primary",
+                "route 10",
+                "route 0",
+                "scale-canary-down",
+            ]
+        );
+        // One interval between the steps back.
+        let back: Vec<u64> = sim
+            .actions
+            .iter()
+            .filter_map(|(t, a)| match a {
+                Action::ApplyRoute(r) if r.canary_weight == 10 || r.canary_weight == 0 => Some(*t),
+                _ => None,
+            })
+            .collect();
+        let (t10, t0) = (back[back.len() - 2], back[back.len() - 1]);
+        assert!(t0 - t10 >= MIN, "{t10} → {t0}");
+    }
+
+    #[test]
     fn a_target_the_primary_already_runs_initialises_without_a_run() {
         let mut sim = Sim::new(spec("a", "a"));
         sim.run(Outcome::Pass, true);
