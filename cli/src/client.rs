@@ -4,48 +4,25 @@ use std::time::Duration;
 
 use anyhow::Context;
 use aviary_proto::rollout_service_client::RolloutServiceClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
+use tonic::Status;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Request, Status};
 
 use crate::args::ApiArgs;
+
+pub use aviary_proto::bearer::BearerToken;
 
 /// A control-API client that sends the bearer token, if any, with every call.
 pub type Client = RolloutServiceClient<InterceptedService<Channel, BearerToken>>;
 
-/// Adds `authorization: Bearer <token>` to each request.
-#[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-fn token(args: &ApiArgs) -> anyhow::Result<Option<MetadataValue<Ascii>>> {
+fn token(args: &ApiArgs) -> anyhow::Result<BearerToken> {
     let token = match (&args.token, &args.token_file) {
-        (Some(token), _) => token.trim().to_owned(),
+        (Some(token), _) => token.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?
-            .trim()
-            .to_owned(),
-        (None, None) => return Ok(None),
+            .with_context(|| format!("cannot read token file {}", path.display()))?,
+        (None, None) => return Ok(BearerToken::default()),
     };
-    if token.is_empty() {
-        return Ok(None);
-    }
-    // The token itself stays out of the error: it may be a secret with one bad character.
-    let value = MetadataValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| anyhow::anyhow!("the token has characters not allowed in a header"))?;
-    Ok(Some(value))
+    Ok(BearerToken::new(Some(&token))?)
 }
 
 /// Connects to `--server`, with TLS when `--ca-file` is given or the URL is `https://`.
@@ -71,7 +48,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
         }
         endpoint = endpoint.tls_config(tls).context("cannot configure TLS")?;
     }
-    let token = BearerToken(token(args)?);
+    let token = token(args)?;
     let channel = endpoint
         .connect()
         .await

@@ -13,6 +13,7 @@ pub mod v1 {
         tonic::include_file_descriptor_set!("aviary_v1_descriptor");
 }
 
+pub mod bearer;
 pub mod events;
 pub mod naming;
 

@@ -3,33 +3,17 @@
 
 use std::time::Duration;
 
+use aviary_proto::bearer::BearerToken;
 use aviary_proto::rollout_service_client::RolloutServiceClient;
 use aviary_proto::{ApplyRequest, CommandRequest, GetRequest, Rollout as PbRollout, RolloutRef};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Request, Status};
-
-/// Adds `authorization: Bearer <token>` to each call.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+use tonic::{Code, Status};
 
 /// A control-API client (cheap to clone: one HTTP/2 channel underneath).
 #[derive(Clone)]
 pub struct Scheduler {
-    client: RolloutServiceClient<InterceptedService<Channel, Bearer>>,
+    client: RolloutServiceClient<InterceptedService<Channel, BearerToken>>,
 }
 
 /// Why a call to the scheduler failed.
@@ -78,15 +62,10 @@ impl Scheduler {
                 .tls_config(tls)
                 .map_err(|e| SchedulerError::Settings(e.to_string()))?;
         }
-        let token = match token.map(str::trim).filter(|t| !t.is_empty()) {
-            None => None,
-            Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
-                SchedulerError::Settings("the token has characters not allowed in a header".into())
-            })?),
-        };
+        let token = BearerToken::new(token).map_err(|e| SchedulerError::Settings(e.to_string()))?;
         let channel = endpoint.connect_lazy();
         Ok(Scheduler {
-            client: RolloutServiceClient::with_interceptor(channel, Bearer(token)),
+            client: RolloutServiceClient::with_interceptor(channel, token),
         })
     }
 
