@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use aviary_proto::rollout_service_client::RolloutServiceClient;
-use tonic::service::interceptor::InterceptedService;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::args::ApiArgs;
