@@ -543,10 +543,28 @@ impl Driver {
                     let request = convert::webhook_request(record, seq, &webhooks);
                     tokio::spawn(async move {
                         // A gate with no webhooks is held by the API alone (Approve opens it).
-                        let open = !webhooks.is_empty()
-                            && matches!(shared.effects.analyze(&request).await,
-                                Ok(v) if v.outcome == aviary_proto::Outcome::Pass as i32);
-                        let _ = inputs.send(Input::GateResult { seq, gate, open }).await;
+                        let input = if webhooks.is_empty() {
+                            Input::GateResult {
+                                seq,
+                                gate,
+                                open: false,
+                            }
+                        } else {
+                            match shared.effects.analyze(&request).await {
+                                Ok(v) => Input::GateResult {
+                                    seq,
+                                    gate,
+                                    open: v.outcome == aviary_proto::Outcome::Pass as i32,
+                                },
+                                // No analyzer answered: a halt, not a closed gate.
+                                Err(error) => Input::GateUnanswered {
+                                    seq,
+                                    gate,
+                                    reason: error.to_string(),
+                                },
+                            }
+                        };
+                        let _ = inputs.send(input).await;
                     });
                 }
                 Action::RunHooks { hook, webhooks } => {

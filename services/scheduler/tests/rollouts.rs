@@ -217,6 +217,46 @@ async fn analyzer_down_halts_and_never_promotes_then_resumes() {
 }
 
 #[tokio::test]
+async fn a_pre_rollout_gate_nobody_answers_halts_instead_of_failing_a_healthy_canary() {
+    let plane = Plane::start().await;
+    let (client, mut api) = (plane.client.clone(), plane.api.clone());
+    // threshold 1: one failed pre-rollout check would roll the canary back at once.
+    let manifest = canary_manifest("gated", 50, 50, 1).replace(
+        "  analysis:\n",
+        "  analysis:\n    webhooks:\n      - { name: pre, type: pre-rollout, url: http://127.0.0.1:1/pre }\n",
+    );
+    api.apply(pb::ApplyRequest { manifest }).await.unwrap();
+
+    // No analyzer: the gate cannot be asked. A halt, with the reason, and no failed check.
+    let halted = aviary_testkit::eventually(Duration::from_secs(20), "halt reported", || {
+        let mut api = api.clone();
+        async move {
+            let status = api
+                .get(pb::GetRequest {
+                    r#ref: Some(pb::RolloutRef::new("test", "gated")),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            status.halt_reason.contains("pre-rollout").then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(halted.failed_checks, 0, "no answer is not a failed check");
+    assert_ne!(
+        pb::Phase::try_from(halted.phase).unwrap(),
+        pb::Phase::Failed
+    );
+
+    // The analyzer comes back and opens the gate: the canary is promoted.
+    let _verdicts =
+        analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
+    wait_phase(&api, "gated", pb::Phase::Succeeded, Duration::from_secs(30)).await;
+    plane.stop().await;
+}
+
+#[tokio::test]
 async fn a_command_while_analysis_is_in_flight_wins_and_the_analysis_is_asked_again() {
     let plane = Plane::start().await;
     let (client, mut api) = (plane.client.clone(), plane.api.clone());

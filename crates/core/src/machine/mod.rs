@@ -191,6 +191,7 @@ impl Cx<'_> {
                 _ => self.ignore("stale analysis timeout"),
             },
             Input::GateResult { seq, gate, open } => self.gate_result(seq, gate, open),
+            Input::GateUnanswered { seq, gate, reason } => self.gate_unanswered(seq, gate, &reason),
             Input::Finalised { seq } => match self.st.wait {
                 Wait::Finalise { seq: s, .. } if s == seq => self.succeed(),
                 _ => self.ignore("stale finalised"),
@@ -707,6 +708,20 @@ impl Cx<'_> {
         } else {
             self.gate_closed(gate, "webhooks refused");
         }
+    }
+
+    fn gate_unanswered(&mut self, seq: u64, gate: WebhookType, reason: &str) {
+        match self.st.wait {
+            Wait::Gate {
+                gate: g,
+                seq: Some(s),
+            } if s == seq && g == gate => {}
+            _ => return self.ignore("stale gate result"),
+        }
+        // No answer is a halt (toward the progress deadline), never a refusal.
+        self.halt(format!("{} gate: no answer: {reason}", gate.as_str()));
+        self.st.wait = Wait::Gate { gate, seq: None };
+        self.schedule(self.now + self.m.interval_ms());
     }
 
     fn gate_open(&mut self, gate: WebhookType, why: &str) {

@@ -553,6 +553,56 @@ fn fail_fast_and_rollback_webhook_roll_back_at_once() {
 }
 
 #[test]
+fn an_unanswered_pre_rollout_gate_halts_and_never_counts_a_failed_check() {
+    let spec = canary(20, 10, 1).webhook("pre", WebhookType::PreRollout);
+    let mut sim = Sim::new(spec);
+    sim.input(Input::Tick);
+    let Wait::Route { seq, .. } = sim.st.wait else {
+        panic!()
+    };
+    sim.input(Input::RouteConfirmed {
+        seq,
+        observed: ObservedSplit {
+            canary_weight: 0,
+            primary_weight: 100,
+            mirror_percent: 0,
+        },
+    });
+    for _ in 0..3 {
+        let Wait::Gate { seq: Some(g), gate } = sim.st.wait else {
+            panic!("{:?}", sim.st.wait)
+        };
+        assert_eq!(gate, WebhookType::PreRollout);
+        sim.input(Input::GateUnanswered {
+            seq: g,
+            gate,
+            reason: "no responders".into(),
+        });
+        assert_eq!(sim.st.failed_checks, 0, "no answer is not a failed check");
+        assert!(
+            sim.st
+                .halt_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("no responders"))
+        );
+        assert!(!sim.st.phase.is_terminal());
+        sim.now = sim.st.next_tick_at_ms.expect("asked again");
+        sim.input(Input::Tick);
+    }
+    // An answer comes: the run goes on.
+    let Wait::Gate { seq: Some(g), gate } = sim.st.wait else {
+        panic!("{:?}", sim.st.wait)
+    };
+    sim.input(Input::GateResult {
+        seq: g,
+        gate,
+        open: true,
+    });
+    assert_eq!(sim.st.phase, Phase::Progressing);
+    assert_eq!(sim.st.halt_reason, None);
+}
+
+#[test]
 fn gates_hold_and_open() {
     let spec = canary(20, 10, 2)
         .webhook("start", WebhookType::ConfirmRollout)

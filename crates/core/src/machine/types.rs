@@ -345,6 +345,18 @@ pub enum Input {
         /// Open (advance) or closed (hold).
         open: bool,
     },
+    /// The gate's webhooks could not be asked (the analyzer is down, or did not answer in
+    /// time). Not a refusal: the rollout halts and asks again; a closed gate or a failed
+    /// pre-rollout check needs an answered refusal.
+    #[serde(rename_all = "camelCase")]
+    GateUnanswered {
+        /// The `CheckGate`'s sequence number.
+        seq: u64,
+        /// Which gate.
+        gate: WebhookType,
+        /// Why there was no answer.
+        reason: String,
+    },
     /// The canary became the primary (answer to `Finalise`).
     Finalised {
         /// The `Finalise`'s sequence number.
