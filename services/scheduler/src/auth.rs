@@ -49,6 +49,13 @@ pub enum TokensFileError {
     /// The file could not be read.
     #[error("reading tokens file: {0}")]
     Io(#[from] std::io::Error),
+    /// The file holds no token (empty, or only comments): taking it would open the API to
+    /// every caller as operator, which is what running without a tokens file does.
+    #[error(
+        "tokens file has no token: it would let every caller in as operator; add a \
+         `<token> <role> <identity>` line, or run without a tokens file to run open"
+    )]
+    Empty,
     /// A line is malformed; the token itself is not repeated in the message.
     #[error("tokens file line {line}: {message}")]
     Syntax {
@@ -83,7 +90,8 @@ impl Tokens {
 
     /// Parses the tokens file format.
     ///
-    /// Fails on the first malformed line, naming its number.
+    /// Fails on the first malformed line, naming its number, and on a file without a token
+    /// ([`TokensFileError::Empty`]).
     pub fn parse(text: &str) -> Result<Self, TokensFileError> {
         let mut by_token = HashMap::new();
         for (index, raw) in text.lines().enumerate() {
@@ -113,6 +121,9 @@ impl Tokens {
                     role,
                 },
             );
+        }
+        if by_token.is_empty() {
+            return Err(TokensFileError::Empty);
         }
         Ok(Self { by_token })
     }
@@ -171,6 +182,16 @@ mod tests {
     use super::*;
 
     const FILE: &str = "# tokens\nr3ad-token read auditor\n\nop-token operator alice\n";
+
+    #[test]
+    fn a_file_without_a_token_is_refused_rather_than_opening_the_api() {
+        for text in ["", "\n\n", "# only a comment\n   # another\n"] {
+            assert!(
+                matches!(Tokens::parse(text), Err(TokensFileError::Empty)),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn roles_gate_methods() {
