@@ -1530,21 +1530,32 @@ fn deployment_status(deployment: &Value, ready: bool) -> Value {
     status
 }
 
-/// A DaemonSet on a one-node cluster: one pod, ready or not.
+/// The node label no node of the one-node cluster carries: a DaemonSet whose pod template
+/// selects it is scheduled nowhere. It is what Aviary's controller uses to scale a DaemonSet
+/// to zero.
+const NO_NODE_LABEL: &str = "aviary.dev/scale-to-zero";
+
+/// A DaemonSet on a one-node cluster: one pod, ready or not; none when its pod template's
+/// node selector asks for [`NO_NODE_LABEL`].
 fn daemonset_status(daemonset: &Value, ready: bool) -> Value {
-    let up = i64::from(ready);
+    let nowhere = daemonset
+        .pointer("/spec/template/spec/nodeSelector")
+        .and_then(Value::as_object)
+        .is_some_and(|selector| selector.contains_key(NO_NODE_LABEL));
+    let desired = i64::from(!nowhere);
+    let up = if ready { desired } else { 0 };
     // The first four are required fields of DaemonSetStatus: always present.
     let mut status = json!({
-        "currentNumberScheduled": 1,
-        "desiredNumberScheduled": 1,
+        "currentNumberScheduled": desired,
+        "desiredNumberScheduled": desired,
         "numberMisscheduled": 0,
         "numberReady": up,
         "observedGeneration": daemonset["metadata"]["generation"],
-        "updatedNumberScheduled": 1,
+        "updatedNumberScheduled": desired,
     });
     counts(
         &mut status,
-        &[("numberAvailable", up), ("numberUnavailable", 1 - up)],
+        &[("numberAvailable", up), ("numberUnavailable", desired - up)],
     );
     status
 }

@@ -658,6 +658,64 @@ async fn workload_controller_reports_readiness() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_daemonset_selecting_the_scale_to_zero_label_is_scheduled_on_no_node() -> TestResult {
+    let fake = FakeKube::new();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(fake.client(), "test");
+    let spec = serde_json::to_value(deployment("agent", 1).spec)?;
+    let agent: DaemonSet =
+        serde_json::from_value(json!({"metadata": {"name": "agent"}, "spec": spec}))?;
+    daemonsets.create(&pp(), &agent).await?;
+    let scheduled = |d: DaemonSet| {
+        let s = d.status.unwrap();
+        let generation = s.observed_generation;
+        let counts = (s.desired_number_scheduled, s.current_number_scheduled);
+        (generation, counts, s.number_ready, s.number_available)
+    };
+    assert_eq!(
+        scheduled(daemonsets.get("agent").await?),
+        (Some(1), (1, 1), 1, Some(1))
+    );
+
+    // What the controller patches to scale it to zero: a node label no node has.
+    let selector = |value: Value| {
+        let selector = json!({"aviary.dev/scale-to-zero": value});
+        merge(json!({"spec": {"template": {"spec": {"nodeSelector": selector}}}}))
+    };
+    let params = PatchParams::default();
+    daemonsets
+        .patch("agent", &params, &selector(json!("true")))
+        .await?;
+    assert_eq!(
+        scheduled(daemonsets.get("agent").await?),
+        (Some(2), (0, 0), 0, None)
+    );
+    // Readiness is about pods; with none there is nothing to be unready.
+    fake.set_workload_readiness("test", "agent", false);
+    let status = daemonsets.get("agent").await?.status.unwrap();
+    assert_eq!((status.number_ready, status.number_unavailable), (0, None));
+
+    // Removing the key schedules it again, ready as the readiness says.
+    daemonsets
+        .patch("agent", &params, &selector(Value::Null))
+        .await?;
+    let status = daemonsets.get("agent").await?.status.unwrap();
+    assert_eq!(
+        (status.observed_generation, status.desired_number_scheduled),
+        (Some(3), 1)
+    );
+    assert_eq!(
+        (status.number_ready, status.number_unavailable),
+        (0, Some(1))
+    );
+    fake.set_workload_readiness("test", "agent", true);
+    assert_eq!(
+        scheduled(daemonsets.get("agent").await?),
+        (Some(3), (1, 1), 1, Some(1))
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn faults_are_injected_once_and_requests_recorded() -> TestResult {
     let fake = FakeKube::new();
     let api: Api<ConfigMap> = Api::namespaced(fake.client(), "test");

@@ -12,8 +12,6 @@
 use aviary_bus::typed::{Received, Subscriber};
 use aviary_bus::{BusMetrics, names};
 use aviary_proto::{WorkloadAck, WorkloadCommand, WorkloadOp};
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +19,8 @@ use tracing::{Instrument, info, warn};
 
 use crate::Ctx;
 use crate::reconcile;
-use crate::resource::{self, FIELD_MANAGER, Key};
-use crate::workload;
+use crate::resource::{self, Key};
+use crate::workload::{self, Workload};
 
 /// Serves workload commands until `stop`.
 ///
@@ -105,67 +103,51 @@ async fn carry_out(
     let Some(target_ref) = rollout.spec.target_ref.clone() else {
         return Err(format!("{ns}/{name} is not in workload mode"));
     };
+    let kube_err = |e: kube::Error| format!("kubernetes: {e}");
+    let target_kind = target_ref.kind;
     let target = reconcile::target_state(&ctx.kube, &rollout)
         .await
-        .map_err(|e| format!("kubernetes: {e}"))?
-        .ok_or_else(|| format!("target Deployment {} not found", target_ref.name))?;
+        .map_err(kube_err)?
+        .ok_or_else(|| {
+            format!(
+                "target {} {} not found",
+                target_kind.as_str(),
+                target_ref.name
+            )
+        })?;
     if !command.canary_revision.is_empty() && command.canary_revision != target.revision {
         return Err(format!(
             "the target changed: it is at revision {}, not {}",
             target.revision, command.canary_revision
         ));
     }
-    let deployments = Api::<Deployment>::namespaced(ctx.kube.clone(), ns);
     let primary_name = workload::primary_name(name);
-    let primary = deployments
-        .get_opt(&primary_name)
+    let primary = reconcile::get_workload(&ctx.kube, ns, target_kind, &primary_name)
         .await
-        .map_err(|e| format!("kubernetes: {e}"))?
+        .map_err(kube_err)?
         .ok_or_else(|| format!("{primary_name} does not exist yet"))?;
-    let kube_err = |e: kube::Error| format!("kubernetes: {e}");
     match op {
         WorkloadOp::ScaleCanaryUp => {
-            let want = workload::replicas(&primary).max(1);
-            if workload::replicas(&target.deployment) != want {
-                reconcile::scale(&ctx.kube, ns, &target_ref.name, want)
-                    .await
-                    .map_err(kube_err)?;
-                let d = deployments.get(&target_ref.name).await.map_err(kube_err)?;
-                return Ok(workload::rollout_status(&d, want));
-            }
-            Ok(workload::rollout_status(&target.deployment, want))
+            let canary = scale_to(ctx, ns, &target.workload, primary.replicas().max(1)).await?;
+            Ok(canary.rollout_status())
         }
         WorkloadOp::PromotePrimary => {
-            let at = primary
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(workload::REVISION_ANNOTATION));
-            let primary = if at != Some(&target.revision) {
+            let primary = if primary.revision_annotation() != Some(target.revision.as_str()) {
                 let owner = resource::owner_reference(kind, &obj);
                 reconcile::copy_configs(&ctx.kube, ns, &target.configs, owner.clone())
                     .await
                     .map_err(kube_err)?;
-                let desired = workload::primary_deployment(
-                    &target.deployment,
-                    name,
-                    ns,
-                    &target.revision,
-                    workload::replicas(&primary),
-                    owner,
-                );
-                deployments
-                    .patch(
-                        &primary_name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&desired),
-                    )
+                let desired =
+                    target
+                        .workload
+                        .primary(name, ns, &target.revision, primary.replicas(), owner);
+                reconcile::apply_workload(&ctx.kube, ns, &desired)
                     .await
                     .map_err(kube_err)?
             } else {
                 primary
             };
-            let (done, seen) = workload::rollout_status(&primary, workload::replicas(&primary));
+            let (done, seen) = primary.rollout_status();
             if done {
                 let key = Key::of(kind, &obj);
                 resource::patch_status(
@@ -182,15 +164,35 @@ async fn carry_out(
             ))
         }
         WorkloadOp::ScaleCanaryDown => {
-            if workload::replicas(&target.deployment) != 0 {
-                reconcile::scale(&ctx.kube, ns, &target_ref.name, 0)
-                    .await
-                    .map_err(kube_err)?;
-                let d = deployments.get(&target_ref.name).await.map_err(kube_err)?;
-                return Ok(workload::scaled_down(&d));
-            }
-            Ok(workload::scaled_down(&target.deployment))
+            let canary = scale_to(ctx, ns, &target.workload, 0).await?;
+            Ok(canary.scaled_down())
         }
         WorkloadOp::Unspecified => Err("unknown workload operation".into()),
     }
+}
+
+/// Scales `target` to `replicas` unless it is there already; the target as read afterwards.
+async fn scale_to(
+    ctx: &Ctx,
+    ns: &str,
+    target: &Workload,
+    replicas: i32,
+) -> Result<Workload, String> {
+    let kube_err = |e: kube::Error| format!("kubernetes: {e}");
+    if target.replicas() == replicas {
+        return Ok(target.clone());
+    }
+    reconcile::scale(&ctx.kube, ns, target, replicas)
+        .await
+        .map_err(kube_err)?;
+    reconcile::get_workload(&ctx.kube, ns, target.kind(), target.name())
+        .await
+        .map_err(kube_err)?
+        .ok_or_else(|| {
+            format!(
+                "target {} {} is gone",
+                target.kind().as_str(),
+                target.name()
+            )
+        })
 }

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use aviary_core::spec::{Rollout, Target, WorkloadKind};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -26,9 +26,9 @@ use tracing::{info, warn};
 use crate::Ctx;
 use crate::crd::FINALIZER;
 use crate::resource::{self, FIELD_MANAGER, Key};
-use crate::workload::{self, ConfigRefs, Configs};
+use crate::workload::{self, ConfigRefs, Configs, Workload};
 
-/// How soon to look again while waiting for a Deployment.
+/// How soon to look again while waiting for a workload.
 const WAIT: Duration = Duration::from_secs(2);
 /// How soon to look again after a failure (a missing target, a scheduler that is down).
 const RETRY: Duration = Duration::from_secs(10);
@@ -59,21 +59,87 @@ where
     api.patch(name, &apply_params(), &Patch::Apply(obj)).await
 }
 
-/// Sets `spec.replicas` of a Deployment.
+/// Reads the workload `kind` `name`; `Ok(None)` when it does not exist.
+pub async fn get_workload(
+    client: &Client,
+    namespace: &str,
+    kind: WorkloadKind,
+    name: &str,
+) -> kube::Result<Option<Workload>> {
+    Ok(match kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(Workload::Deployment),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(Workload::DaemonSet),
+    })
+}
+
+/// Server-side applies `workload` (created when absent); returns it as stored.
+pub async fn apply_workload(
+    client: &Client,
+    namespace: &str,
+    workload: &Workload,
+) -> kube::Result<Workload> {
+    let name = workload.name();
+    Ok(match workload {
+        Workload::Deployment(d) => {
+            Workload::Deployment(apply(&Api::namespaced(client.clone(), namespace), name, d).await?)
+        }
+        Workload::DaemonSet(d) => {
+            Workload::DaemonSet(apply(&Api::namespaced(client.clone(), namespace), name, d).await?)
+        }
+    })
+}
+
+/// Scales `workload` to `replicas` with its [`Workload::scale_patch`] (for a DaemonSet, zero
+/// or not).
 pub async fn scale(
     client: &Client,
     namespace: &str,
-    name: &str,
+    workload: &Workload,
     replicas: i32,
 ) -> kube::Result<()> {
-    Api::<Deployment>::namespaced(client.clone(), namespace)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await
-        .map(|_| ())
+    let patch = Patch::Merge(workload.scale_patch(replicas));
+    let params = PatchParams::default();
+    let name = workload.name();
+    match workload.kind() {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
+            .patch(name, &params, &patch)
+            .await
+            .map(|_| ()),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .patch(name, &params, &patch)
+            .await
+            .map(|_| ()),
+    }
+}
+
+async fn delete_workload(
+    client: &Client,
+    namespace: &str,
+    kind: WorkloadKind,
+    name: &str,
+) -> kube::Result<()> {
+    match kind {
+        WorkloadKind::Deployment => {
+            delete_opt(
+                &Api::<Deployment>::namespaced(client.clone(), namespace),
+                name,
+            )
+            .await
+        }
+        WorkloadKind::DaemonSet => {
+            delete_opt(
+                &Api::<DaemonSet>::namespaced(client.clone(), namespace),
+                name,
+            )
+            .await
+        }
+    }
 }
 
 /// The target's configs, read from the cluster. A config that does not exist is left out
@@ -119,10 +185,10 @@ pub async fn copy_configs(
     Ok(())
 }
 
-/// The target Deployment and the revision of its template and configs.
+/// The target workload and the revision of its template and configs.
 pub struct TargetState {
-    /// The Deployment.
-    pub deployment: Deployment,
+    /// The Deployment or DaemonSet.
+    pub workload: Workload,
     /// Its configs' content.
     pub configs: Configs,
     /// [`workload::revision`] of both.
@@ -141,21 +207,14 @@ pub async fn target_state(
         return Ok(None);
     };
     let ns = rollout.namespace();
-    let Some(deployment) = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get_opt(&target.name)
-        .await?
-    else {
+    let Some(workload) = get_workload(client, ns, target.kind, &target.name).await? else {
         return Ok(None);
     };
-    let template = deployment
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
+    let template = workload.template();
     let configs = read_configs(client, ns, &ConfigRefs::of(&template)).await?;
     let revision = workload::revision(&template, &configs);
     Ok(Some(TargetState {
-        deployment,
+        workload,
         configs,
         revision,
     }))
@@ -216,16 +275,6 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
         ctx.scheduler.apply(yaml(&rollout)).await?;
         return Ok(None);
     };
-    if target_ref.kind == WorkloadKind::DaemonSet {
-        note(
-            ctx,
-            key,
-            &obj,
-            "targetRef.kind: DaemonSet targets are not supported yet; use a Deployment",
-        )
-        .await?;
-        return Ok(None);
-    }
     if rollout.spec.revert_on_deletion && !obj.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = obj.finalizers().to_vec();
         finalizers.push(FINALIZER.to_owned());
@@ -243,7 +292,11 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
             ctx,
             key,
             &obj,
-            &format!("target Deployment {} not found", target_ref.name),
+            &format!(
+                "target {} {} not found",
+                target_ref.kind.as_str(),
+                target_ref.name
+            ),
         )
         .await?;
         return Ok(Some(RETRY));
@@ -251,25 +304,19 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
     let ns = &key.namespace;
     let name = &key.name;
     let owner = resource::owner_reference(key.kind, &obj);
-    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     let primary_name = workload::primary_name(name);
     let status = resource::status_of(&obj);
 
-    let primary = deployments.get_opt(&primary_name).await?;
+    let primary = get_workload(client, ns, target_ref.kind, &primary_name).await?;
     let Some(primary) = primary else {
         // Initializing: the primary is a copy of the target as it is now.
         copy_configs(client, ns, &target.configs, owner.clone()).await?;
-        let replicas = initial_replicas(client, ns, &rollout, &target.deployment).await?;
-        let desired = workload::primary_deployment(
-            &target.deployment,
-            name,
-            ns,
-            &target.revision,
-            replicas,
-            owner.clone(),
-        );
-        apply(&deployments, &primary_name, &desired).await?;
-        ensure_services(client, &target.deployment, &rollout, owner.clone()).await?;
+        let replicas = initial_replicas(client, ns, &rollout, &target.workload).await?;
+        let desired = target
+            .workload
+            .primary(name, ns, &target.revision, replicas, owner.clone());
+        apply_workload(client, ns, &desired).await?;
+        ensure_services(client, &target.workload, &rollout, owner.clone()).await?;
         copy_hpa(client, &rollout, owner.clone()).await?;
         info!(resource = %key, revision = %target.revision, "primary created");
         resource::patch_status(
@@ -289,13 +336,12 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
         .await?;
         return Ok(Some(WAIT));
     };
-    ensure_services(client, &target.deployment, &rollout, owner.clone()).await?;
+    ensure_services(client, &target.workload, &rollout, owner.clone()).await?;
 
     let promoted = match status.last_promoted_spec.clone() {
         Some(p) => p,
         None => {
-            let want = workload::replicas(&primary);
-            let (ready, seen) = workload::rollout_status(&primary, want);
+            let (ready, seen) = primary.rollout_status();
             if !ready {
                 note(
                     ctx,
@@ -306,12 +352,10 @@ pub async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Requeue, ReconcileError> 
                 .await?;
                 return Ok(Some(WAIT));
             }
-            scale(client, ns, &target_ref.name, 0).await?;
+            scale(client, ns, &target.workload, 0).await?;
             let revision = primary
-                .annotations()
-                .get(workload::REVISION_ANNOTATION)
-                .cloned()
-                .unwrap_or_else(|| target.revision.clone());
+                .revision_annotation()
+                .map_or_else(|| target.revision.clone(), str::to_owned);
             resource::patch_status(
                 client,
                 key,
@@ -386,25 +430,27 @@ fn yaml(rollout: &Rollout) -> String {
 }
 
 /// The primary's replicas at creation: the target's (at least one), or the HPA's minimum.
+/// (A DaemonSet has no replicas: it runs on every node it selects.)
 async fn initial_replicas(
     client: &Client,
     ns: &str,
     rollout: &Rollout,
-    target: &Deployment,
+    target: &Workload,
 ) -> kube::Result<i32> {
-    if let Some(hpa) = &rollout.spec.autoscaler_ref
+    if target.kind() == WorkloadKind::Deployment
+        && let Some(hpa) = &rollout.spec.autoscaler_ref
         && let Some(h) = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
             .get_opt(&hpa.name)
             .await?
     {
         return Ok(h.spec.and_then(|s| s.min_replicas).unwrap_or(1).max(1));
     }
-    Ok(workload::replicas(target).max(1))
+    Ok(target.replicas().max(1))
 }
 
 async fn ensure_services(
     client: &Client,
-    target: &Deployment,
+    target: &Workload,
     rollout: &Rollout,
     owner: Option<OwnerReference>,
 ) -> kube::Result<()> {
@@ -535,15 +581,15 @@ async fn finalize(
         }
     }
     if let Some(target_ref) = &rollout.spec.target_ref {
-        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-        let primary = deployments.get_opt(&workload::primary_name(name)).await?;
-        if let Some(target) = deployments.get_opt(&target_ref.name).await? {
-            let want = primary.as_ref().map_or(1, workload::replicas).max(1);
-            if workload::replicas(&target) != want {
-                scale(client, ns, &target_ref.name, want).await?;
+        let kind = target_ref.kind;
+        let primary = get_workload(client, ns, kind, &workload::primary_name(name)).await?;
+        if let Some(target) = get_workload(client, ns, kind, &target_ref.name).await? {
+            let want = primary.as_ref().map_or(1, Workload::replicas).max(1);
+            if target.replicas() != want {
+                scale(client, ns, &target, want).await?;
                 return Ok(Some(WAIT));
             }
-            let (ready, _) = workload::rollout_status(&target, want);
+            let (ready, _) = target.rollout_status();
             if !ready {
                 return Ok(Some(WAIT));
             }
@@ -554,18 +600,11 @@ async fn finalize(
                     .patch(
                         name,
                         &PatchParams::default(),
-                        &Patch::Merge(
-                            json!({"spec": {"selector": workload::selector_labels(&target)}}),
-                        ),
+                        &Patch::Merge(json!({"spec": {"selector": target.selector_labels()}})),
                     )
                     .await?;
             }
-            let template = target
-                .spec
-                .as_ref()
-                .map(|s| s.template.clone())
-                .unwrap_or_default();
-            let refs = ConfigRefs::of(&template);
+            let refs = ConfigRefs::of(&target.template());
             let cms = Api::<ConfigMap>::namespaced(client.clone(), ns);
             for cm in &refs.config_maps {
                 delete_opt(&cms, &workload::primary_name(cm)).await?;
@@ -575,7 +614,7 @@ async fn finalize(
                 delete_opt(&secrets, &workload::primary_name(s)).await?;
             }
         }
-        delete_opt(&deployments, &workload::primary_name(name)).await?;
+        delete_workload(client, ns, kind, &workload::primary_name(name)).await?;
         let services = Api::<Service>::namespaced(client.clone(), ns);
         delete_opt(&services, &workload::primary_name(name)).await?;
         delete_opt(&services, &workload::canary_name(name)).await?;

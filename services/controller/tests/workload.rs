@@ -399,3 +399,157 @@ async fn promotion_serves_the_new_version_on_nginx_ingress() {
 async fn promotion_serves_the_new_version_on_gateway_api() {
     promotion_serves_the_new_version_on(KubeKind::GatewayApi, "podinfo-primary").await;
 }
+
+/// Starts a controller and brings a `Rollout` of the DaemonSet `podinfo:1` to Initialized.
+async fn daemonset_initialized(world: &World, spec: serde_json::Value) -> common::Controller {
+    world.config_map("hello");
+    world.daemonset("podinfo:1");
+    let controller = world.controller("a").await;
+    world.rollout(spec);
+    world.wait_phase(AVIARY, "Rollout", "Initialized").await;
+    controller
+}
+
+#[tokio::test]
+async fn a_daemonset_target_initialises_with_a_primary_daemonset_and_the_target_at_zero_by_node_selector()
+ {
+    let world = World::start().await;
+    let spec = world.daemonset_rollout_spec(1);
+    let controller = daemonset_initialized(&world, spec).await;
+
+    // The primary is a DaemonSet copy with its own labels and configs, running on its node.
+    let primary = world.get_daemonset("podinfo-primary").unwrap();
+    assert_eq!(
+        world.daemonset_image("podinfo-primary").as_deref(),
+        Some("podinfo:1")
+    );
+    assert_eq!(
+        primary["spec"]["selector"]["matchLabels"]["app"],
+        "podinfo-primary"
+    );
+    let pod = &primary["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["envFrom"][0]["configMapRef"]["name"],
+        "podinfo-env-primary"
+    );
+    assert!(
+        pod.pointer("/nodeSelector/aviary.dev~1scale-to-zero")
+            .is_none(),
+        "the primary runs: {pod}"
+    );
+    assert_eq!(primary["status"]["desiredNumberScheduled"], 1);
+    assert_eq!(primary["status"]["numberReady"], 1);
+    assert!(world.get_deployment("podinfo-primary").is_none());
+    // The target is scaled to zero the only way a DaemonSet can be: no node matches its pods.
+    assert!(
+        world.daemonset_at_zero(NAME),
+        "{:?}",
+        world.get_daemonset(NAME)
+    );
+    let canary = world
+        .kube
+        .get("v1", "Service", Some(NS), "podinfo-canary")
+        .unwrap();
+    assert_eq!(canary["spec"]["selector"]["app"], NAME);
+    let apex = world.kube.get("v1", "Service", Some(NS), NAME).unwrap();
+    assert_eq!(apex["spec"]["selector"]["app"], "podinfo-primary");
+
+    // Scaling the target to zero changed its pod template, but that is no new revision.
+    let before = controller.running.metrics.reconciles("ok");
+    eventually(DEADLINE, "three more reconciles", || {
+        let n = controller.running.metrics.reconciles("ok");
+        async move { (n >= before + 3).then_some(()) }
+    })
+    .await;
+    let status = world.status(AVIARY, "Rollout");
+    assert_eq!(status["phase"], "Initialized");
+    assert_eq!(status["lastAppliedSpec"], status["lastPromotedSpec"]);
+    assert!(
+        !world.event_reasons("Rollout").iter().any(|r| r == "Synced"),
+        "no new revision detected"
+    );
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_image_on_a_daemonset_is_promoted_to_the_primary_daemonset_and_the_canary_ends_at_zero()
+ {
+    let world = World::start().await;
+    let spec = world.daemonset_rollout_spec(1);
+    let controller = daemonset_initialized(&world, spec).await;
+    let first = world.status(AVIARY, "Rollout")["lastPromotedSpec"].clone();
+
+    // The new image keeps the scale-to-zero selector (as `kubectl apply` would): the run
+    // reaches Succeeded only if the controller scaled the canary up and found it ready.
+    world.daemonset("podinfo:2");
+    assert!(world.daemonset_at_zero(NAME));
+    let status = world.wait_phase(AVIARY, "Rollout", "Succeeded").await;
+    assert_eq!(
+        world.daemonset_image("podinfo-primary").as_deref(),
+        Some("podinfo:2")
+    );
+    assert_ne!(status["lastPromotedSpec"], first);
+    assert_eq!(status["lastAppliedSpec"], status["lastPromotedSpec"]);
+    eventually(DEADLINE, "the canary scaled to zero", || {
+        let zero = world.daemonset_at_zero(NAME);
+        async move { zero.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        world.route_backends(),
+        [
+            ("podinfo-primary".to_owned(), 100),
+            ("podinfo-canary".to_owned(), 0)
+        ],
+        "all traffic on the primary, which runs the new version"
+    );
+    let primary = world.get_daemonset("podinfo-primary").unwrap();
+    assert_eq!(primary["status"]["numberReady"], 1);
+    assert_eq!(status["conditions"][0]["status"], "True");
+    controller.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_daemonset_canary_is_rolled_back_with_the_primary_daemonset_untouched() {
+    let world = World::start().await;
+    let spec = world.daemonset_rollout_spec(2);
+    let controller = daemonset_initialized(&world, spec).await;
+    let primary_before = world.get_daemonset("podinfo-primary").unwrap()["spec"].clone();
+    world.hook.failing(true);
+    world.daemonset("podinfo:2");
+    let status = world.wait_phase(AVIARY, "Rollout", "Failed").await;
+    assert_eq!(status["failedChecks"], 2);
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(
+        world.get_daemonset("podinfo-primary").unwrap()["spec"],
+        primary_before,
+        "the primary is untouched"
+    );
+    eventually(DEADLINE, "the canary scaled to zero", || {
+        let zero = world.daemonset_at_zero(NAME);
+        async move { zero.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        world.daemonset_image(NAME).as_deref(),
+        Some("podinfo:2"),
+        "scaled to zero, not reverted"
+    );
+    assert_eq!(
+        world.route_backends(),
+        [
+            ("podinfo-primary".to_owned(), 100),
+            ("podinfo-canary".to_owned(), 0)
+        ]
+    );
+    assert!(
+        world
+            .event_reasons("Rollout")
+            .iter()
+            .any(|r| r == "RolledBack")
+    );
+    controller.stop().await;
+    world.stop().await;
+}

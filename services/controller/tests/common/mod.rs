@@ -3,10 +3,10 @@
 //! Kubernetes API of `aviary_testkit::kube` standing in for the API server (no API server can
 //! run here), a local webhook that passes or fails the canary's checks, and the controller.
 //!
-//! Flow of a scenario: `World::start()` → `world.deployment(image)` and `world.rollout(..)` →
-//! `world.wait_phase(..)` (polling with deadlines) → assertions on what the fake API stores
-//! (Deployments, Services, the HTTPRoute the router agent wrote) and on the resource's status
-//! and Events.
+//! Flow of a scenario: `World::start()` → `world.deployment(image)` (or `world.daemonset(image)`)
+//! and `world.rollout(..)` → `world.wait_phase(..)` (polling with deadlines) → assertions on
+//! what the fake API stores (Deployments, DaemonSets, Services, the HTTPRoute the router agent
+//! wrote) and on the resource's status and Events.
 
 #![allow(clippy::unwrap_used, dead_code)] // test fixtures: a panic is the failure report
 
@@ -325,6 +325,43 @@ impl World {
         }));
     }
 
+    /// Creates or updates the target DaemonSet with `image` and the env `config` ConfigMap.
+    /// Like `kubectl apply` (whose three-way merge keeps what it did not write), an update
+    /// keeps the node selector the controller put on the pod template to scale it to zero.
+    pub fn daemonset(&self, image: &str) {
+        let mut pod = json!({"containers": [{
+            "name": "app",
+            "image": image,
+            "envFrom": [{"configMapRef": {"name": "podinfo-env"}}]
+        }]});
+        let scaled_to_zero = self.get_daemonset(NAME).and_then(|d| {
+            d.pointer("/spec/template/spec/nodeSelector/aviary.dev~1scale-to-zero")
+                .cloned()
+        });
+        if let Some(value) = scaled_to_zero {
+            pod["nodeSelector"] = json!({"aviary.dev/scale-to-zero": value});
+        }
+        self.kube.upsert(json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": NAME, "namespace": NS, "labels": {"team": "web"}},
+            "spec": {
+                "selector": {"matchLabels": {"app": NAME}},
+                "template": {
+                    "metadata": {"labels": {"app": NAME}},
+                    "spec": pod
+                }
+            }
+        }));
+    }
+
+    /// [`World::rollout_spec`] with the DaemonSet `podinfo` as the target.
+    pub fn daemonset_rollout_spec(&self, threshold: u32) -> Value {
+        let mut spec = self.rollout_spec(threshold);
+        spec["targetRef"]["kind"] = json!("DaemonSet");
+        spec
+    }
+
     /// Creates or updates the ConfigMap the pods use.
     pub fn config_map(&self, value: &str) {
         self.kube.upsert(json!({
@@ -387,6 +424,29 @@ impl World {
         self.get_deployment(name)?
             .pointer("/spec/replicas")?
             .as_i64()
+    }
+
+    /// A DaemonSet as the fake API stores it.
+    pub fn get_daemonset(&self, name: &str) -> Option<Value> {
+        self.kube.get("apps/v1", "DaemonSet", Some(NS), name)
+    }
+
+    /// The image of DaemonSet `name`.
+    pub fn daemonset_image(&self, name: &str) -> Option<String> {
+        self.get_daemonset(name)?
+            .pointer("/spec/template/spec/containers/0/image")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Whether DaemonSet `name` is scaled to zero: its pods select the node label no node
+    /// has, and it is scheduled on no node.
+    pub fn daemonset_at_zero(&self, name: &str) -> bool {
+        self.get_daemonset(name).is_some_and(|d| {
+            d.pointer("/spec/template/spec/nodeSelector/aviary.dev~1scale-to-zero")
+                == Some(&json!("true"))
+                && d.pointer("/status/desiredNumberScheduled") == Some(&json!(0))
+        })
     }
 
     /// The status of the resource of `api_version`/`kind`.
