@@ -13,7 +13,7 @@ use aviary_proto::{Backend as PBackend, DesiredRoute, RolloutRef};
 use aviary_router_agent::model::Observed;
 use aviary_router_agent::provider::kube::{KubeKind, KubeProvider, KubeSettings};
 use aviary_router_agent::provider::{ApplyError, Provider};
-use common::{cookie, header, route};
+use common::{affinity, cookie, header, route};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Value, json};
@@ -448,6 +448,368 @@ async fn istio_weights_matches_and_mirror() {
             canary_weight: 25,
             mirror_percent: 50
         }
+    );
+}
+
+/// The `Cookie` header regex of the sticky rule for `common::affinity("run-1", _)`.
+const STICKY_COOKIE: &str = "^(.*?;\\s*)?aviary\\-cookie=run\\-1(;.*)?$";
+
+/// What canary responses send while the run lasts.
+const SET_COOKIE: &str = "aviary-cookie=run-1; Max-Age=3600; Path=/";
+
+/// What responses send once the run has ended.
+const EXPIRE_COOKIE: &str = "aviary-cookie=run-1; Max-Age=-1; Path=/";
+
+fn httproute(rules: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": "podinfo",
+            "namespace": "test",
+            "labels": { "app.kubernetes.io/managed-by": "aviary" },
+        },
+        "spec": { "rules": rules },
+    })
+}
+
+fn set_cookie_filter(value: &str) -> Value {
+    json!({
+        "type": "ResponseHeaderModifier",
+        "responseHeaderModifier": { "add": [{ "name": "Set-Cookie", "value": value }] },
+    })
+}
+
+/// The `HTTPRoute` rules Aviary applies at 80/20 with affinity `run-1` on.
+fn sticky_httproute_rules() -> Value {
+    json!([
+        {
+            "matches": [{ "headers": [
+                { "name": "cookie", "type": "RegularExpression", "value": STICKY_COOKIE },
+            ] }],
+            "backendRefs": [{ "name": "podinfo-canary", "port": 9898 }],
+        },
+        {
+            "backendRefs": [
+                { "name": "podinfo-primary", "port": 9898, "weight": 80 },
+                { "name": "podinfo-canary", "port": 9898, "weight": 20,
+                  "filters": [set_cookie_filter(SET_COOKIE)] },
+            ],
+        },
+    ])
+}
+
+fn split(primary_weight: u32, canary_weight: u32) -> Observed {
+    Observed {
+        primary_weight,
+        canary_weight,
+        mirror_percent: 0,
+    }
+}
+
+#[tokio::test]
+async fn gateway_api_pins_affinity_users_and_sets_the_cookie_on_the_canary() {
+    let (provider, handle) = mock_provider(KubeKind::GatewayApi, settings());
+    let mut route = desired(20);
+    route.session_affinity = Some(affinity("run-1", false));
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{HTTPROUTE}{APPLY_QUERY}"),
+                body: httproute(sticky_httproute_rules()),
+                defaults: httproute_defaults,
+            },
+            Exchange::Get {
+                path: HTTPROUTE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(observed, split(80, 20), "the weights are the split's");
+}
+
+#[tokio::test]
+async fn gateway_api_expires_the_affinity_cookie_when_the_run_ends() {
+    let (provider, handle) = mock_provider(KubeKind::GatewayApi, settings());
+    let mut route = desired(0);
+    route.session_affinity = Some(affinity("run-1", true));
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{HTTPROUTE}{APPLY_QUERY}"),
+                // No sticky rule; every response of the split drops the cookie.
+                body: httproute(json!([{
+                    "backendRefs": [
+                        { "name": "podinfo-primary", "port": 9898, "weight": 100 },
+                        { "name": "podinfo-canary", "port": 9898, "weight": 0 },
+                    ],
+                    "filters": [set_cookie_filter(EXPIRE_COOKIE)],
+                }])),
+                defaults: httproute_defaults,
+            },
+            Exchange::Get {
+                path: HTTPROUTE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(observed, split(100, 0));
+}
+
+fn virtualservice(http: Value) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {
+            "name": "podinfo",
+            "namespace": "test",
+            "labels": { "app.kubernetes.io/managed-by": "aviary" },
+        },
+        "spec": { "hosts": ["podinfo-primary"], "http": http },
+    })
+}
+
+fn destination(host: &str) -> Value {
+    json!({ "host": host, "port": { "number": 9898 } })
+}
+
+fn set_cookie_headers(value: &str) -> Value {
+    json!({ "response": { "add": { "Set-Cookie": value } } })
+}
+
+/// The `VirtualService` routes Aviary applies at 80/20 with affinity `run-1` on.
+fn sticky_virtualservice_http() -> Value {
+    json!([
+        {
+            "name": "aviary-affinity",
+            "match": [{ "headers": { "cookie": { "regex": STICKY_COOKIE } } }],
+            "route": [{ "destination": destination("podinfo-canary"), "weight": 100 }],
+        },
+        {
+            "name": "aviary-split",
+            "route": [
+                { "destination": destination("podinfo-primary"), "weight": 80 },
+                { "destination": destination("podinfo-canary"), "weight": 20,
+                  "headers": set_cookie_headers(SET_COOKIE) },
+            ],
+        },
+    ])
+}
+
+#[tokio::test]
+async fn istio_pins_affinity_users_and_sets_the_cookie_on_the_canary() {
+    let (provider, handle) = mock_provider(KubeKind::Istio, settings());
+    let mut route = desired(20);
+    route.session_affinity = Some(affinity("run-1", false));
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{VIRTUALSERVICE}{APPLY_QUERY}"),
+                body: virtualservice(sticky_virtualservice_http()),
+                defaults: no_defaults,
+            },
+            Exchange::Get {
+                path: VIRTUALSERVICE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(observed, split(80, 20), "the weights are the split's");
+}
+
+#[tokio::test]
+async fn istio_expires_the_affinity_cookie_when_the_run_ends() {
+    let (provider, handle) = mock_provider(KubeKind::Istio, settings());
+    let mut route = desired(0);
+    route.session_affinity = Some(affinity("run-1", true));
+    // An A/B rule still in place drops the cookie as well.
+    route.matches = vec![header("x-canary", Kind::Exact("insider".into()))];
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{VIRTUALSERVICE}{APPLY_QUERY}"),
+                body: virtualservice(json!([
+                    {
+                        "name": "aviary-match",
+                        "match": [{ "headers": { "x-canary": { "exact": "insider" } } }],
+                        "route": [{ "destination": destination("podinfo-canary"), "weight": 100 }],
+                        "headers": set_cookie_headers(EXPIRE_COOKIE),
+                    },
+                    {
+                        "name": "aviary-split",
+                        "route": [
+                            { "destination": destination("podinfo-primary"), "weight": 100 },
+                            { "destination": destination("podinfo-canary"), "weight": 0 },
+                        ],
+                        "headers": set_cookie_headers(EXPIRE_COOKIE),
+                    },
+                ])),
+                defaults: no_defaults,
+            },
+            Exchange::Get {
+                path: VIRTUALSERVICE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(observed, split(100, 0));
+}
+
+#[tokio::test]
+async fn weights_read_back_ignore_the_sticky_rule() {
+    // The API server stores the sticky rule after the split, its single canary backend with the
+    // weight the Gateway API CRD defaults to: still not the split.
+    fn gateway_sticky_last(object: &mut Value) {
+        httproute_defaults(object);
+        let rules = object["spec"]["rules"].as_array_mut().unwrap();
+        rules.rotate_left(1);
+        rules[1]["backendRefs"][0]["weight"] = json!(1);
+    }
+    let (provider, handle) = mock_provider(KubeKind::GatewayApi, settings());
+    let mut route = desired(20);
+    route.session_affinity = Some(affinity("run-1", false));
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{HTTPROUTE}{APPLY_QUERY}"),
+                body: httproute(sticky_httproute_rules()),
+                defaults: gateway_sticky_last,
+            },
+            Exchange::Get {
+                path: HTTPROUTE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(observed, split(80, 20));
+
+    // Istio: the affinity route, all to the canary, listed after the split.
+    fn istio_sticky_last(object: &mut Value) {
+        object["spec"]["http"]
+            .as_array_mut()
+            .unwrap()
+            .rotate_left(1);
+    }
+    let (provider, handle) = mock_provider(KubeKind::Istio, settings());
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{VIRTUALSERVICE}{APPLY_QUERY}"),
+                body: virtualservice(sticky_virtualservice_http()),
+                defaults: istio_sticky_last,
+            },
+            Exchange::Get {
+                path: VIRTUALSERVICE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(observed, split(80, 20));
+}
+
+#[tokio::test]
+async fn a_sticky_rule_dropped_or_left_behind_is_rejected() {
+    // A webhook strips the sticky rule: users on the canary would be split again.
+    fn without_sticky(object: &mut Value) {
+        object["spec"]["rules"].as_array_mut().unwrap().remove(0);
+    }
+    let (provider, handle) = mock_provider(KubeKind::GatewayApi, settings());
+    let mut route = desired(20);
+    route.session_affinity = Some(affinity("run-1", false));
+    let error = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{HTTPROUTE}{APPLY_QUERY}"),
+                body: httproute(sticky_httproute_rules()),
+                defaults: without_sticky,
+            },
+            Exchange::Get {
+                path: HTTPROUTE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ApplyError::Rejected { provider, detail }
+            if provider == "gateway-api"
+                && detail == "HTTPRoute podinfo read back does not pin cookie aviary-cookie to the canary"),
+        "{error}"
+    );
+
+    // The run has ended, but the stored VirtualService still pins the cookie.
+    let (provider, handle) = mock_provider(KubeKind::Istio, settings());
+    let mut route = desired(0);
+    route.session_affinity = Some(affinity("run-1", true));
+    let expired_split = json!({
+        "name": "aviary-split",
+        "route": [
+            { "destination": destination("podinfo-primary"), "weight": 100 },
+            { "destination": destination("podinfo-canary"), "weight": 0 },
+        ],
+        "headers": set_cookie_headers(EXPIRE_COOKIE),
+    });
+    let stale = virtualservice(json!([
+        sticky_virtualservice_http()[0].clone(),
+        expired_split.clone(),
+    ]));
+    let error = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{VIRTUALSERVICE}{APPLY_QUERY}"),
+                body: virtualservice(json!([expired_split])),
+                defaults: no_defaults,
+            },
+            Exchange::Get {
+                path: VIRTUALSERVICE.into(),
+                object: Some(stale),
+            },
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ApplyError::Rejected { provider, detail }
+            if provider == "istio"
+                && detail == "VirtualService podinfo read back still pins cookie aviary-cookie to the canary"),
+        "{error}"
     );
 }
 

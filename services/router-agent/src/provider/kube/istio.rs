@@ -1,24 +1,36 @@
 //! Istio `VirtualService` (`networking.istio.io/v1`).
 //!
-//! `http` routes: when A/B rules exist, a first route `aviary-match` whose `match` entries (one
-//! per A/B rule; cookies as `headers: {cookie: {regex: ...}}`) go to the canary; then
-//! `aviary-split` with weighted destinations and, when mirroring, `mirror` +
-//! `mirrorPercentage`.
+//! `http` routes, evaluated in order:
+//! - with session affinity during a run, `aviary-affinity`: requests whose `cookie` header holds
+//!   this run's cookie (`headers: {cookie: {regex: ...}}`) go to the canary;
+//! - when A/B rules exist, `aviary-match`, whose `match` entries (one per A/B rule; cookies as
+//!   `headers: {cookie: {regex: ...}}`) go to the canary;
+//! - `aviary-split` with weighted destinations and, when mirroring, `mirror` +
+//!   `mirrorPercentage`. With session affinity during a run, the canary destination carries
+//!   `headers.response.add` with `Set-Cookie: <name>=<value>; Max-Age=<maxAge>`, so a user the
+//!   split sent to the canary stays there.
+//!
+//! Once the run has ended (the affinity is expired) there is no `aviary-affinity` route, and the
+//! other routes carry a route-level `headers.response.add` with the cookie at `Max-Age=-1`, so
+//! every client drops it, whichever destination answers.
 
 use kube::api::ApiResource;
 use serde_json::{Map, Value, json};
 
-use super::{KubeKind, KubeSettings, cookie_regex, metadata, single_cookie, value_regex, weight};
+use super::{
+    KubeKind, KubeSettings, affinity_regex, cookie_regex, expiring, metadata, pinning,
+    single_cookie, value_regex, weight,
+};
 use crate::model::{ConditionKind, Observed, Route, StringMatch};
 use crate::provider::{ApplyError, Capabilities};
 
-/// Weights, header and cookie matches, mirroring with a percentage; no affinity cookie.
+/// Weights, header and cookie matches, mirroring with a percentage, session affinity.
 pub const CAPABILITIES: Capabilities = Capabilities {
     weights: true,
     header_match: true,
     cookie_match: true,
     mirror: true,
-    session_affinity: false,
+    session_affinity: true,
 };
 
 const KIND: KubeKind = KubeKind::Istio;
@@ -28,6 +40,9 @@ pub const SPLIT_ROUTE: &str = "aviary-split";
 
 /// Name of the route carrying the A/B matches.
 pub const MATCH_ROUTE: &str = "aviary-match";
+
+/// Name of the route pinning users holding the affinity cookie to the canary.
+pub const AFFINITY_ROUTE: &str = "aviary-affinity";
 
 /// `virtualservices.networking.istio.io/v1`.
 pub fn resource() -> ApiResource {
@@ -57,6 +72,11 @@ fn string_match(m: &StringMatch) -> Value {
     }
 }
 
+/// `headers` adding `Set-Cookie: set_cookie` to the response.
+fn set_cookie_headers(set_cookie: String) -> Value {
+    json!({ "response": { "add": { "Set-Cookie": set_cookie } } })
+}
+
 /// The `VirtualService` for `route`.
 ///
 /// Errors: [`ApplyError::Unsupported`] for a rule with several cookie conditions (one
@@ -68,6 +88,15 @@ pub fn render(settings: &KubeSettings, route: &Route) -> Result<Value, ApplyErro
     );
     let port = settings.port;
     let mut http = Vec::new();
+    if let Some(affinity) = pinning(route) {
+        http.push(json!({
+            "name": AFFINITY_ROUTE,
+            "match": [{ "headers": { "cookie": { "regex": affinity_regex(affinity) } } }],
+            "route": [{ "destination": destination(canary, port), "weight": 100 }],
+        }));
+    }
+    // Once the run has ended, every response expires the cookie.
+    let expire = expiring(route).map(|a| set_cookie_headers(a.set_cookie()));
     if !route.matches.is_empty() {
         let mut matches = Vec::new();
         for rule in &route.matches {
@@ -83,22 +112,35 @@ pub fn render(settings: &KubeSettings, route: &Route) -> Result<Value, ApplyErro
             }
             matches.push(json!({ "headers": headers }));
         }
-        http.push(json!({
+        let mut matched = json!({
             "name": MATCH_ROUTE,
             "match": matches,
             "route": [{ "destination": destination(canary, port), "weight": 100 }],
-        }));
+        });
+        if let Some(expire) = &expire {
+            matched["headers"] = expire.clone();
+        }
+        http.push(matched);
+    }
+    let mut canary_destination =
+        json!({ "destination": destination(canary, port), "weight": route.canary_weight });
+    if let Some(affinity) = pinning(route) {
+        // Only the canary's responses hand out the cookie: it marks users the split sent there.
+        canary_destination["headers"] = set_cookie_headers(affinity.set_cookie());
     }
     let mut split = json!({
         "name": SPLIT_ROUTE,
         "route": [
             { "destination": destination(primary, port), "weight": route.primary_weight },
-            { "destination": destination(canary, port), "weight": route.canary_weight },
+            canary_destination,
         ],
     });
     if route.mirror_percent > 0 {
         split["mirror"] = destination(canary, port);
         split["mirrorPercentage"] = json!({ "value": f64::from(route.mirror_percent) });
+    }
+    if let Some(expire) = expire {
+        split["headers"] = expire;
     }
     http.push(split);
     let hosts = if settings.hosts.is_empty() {
@@ -118,7 +160,8 @@ pub fn render(settings: &KubeSettings, route: &Route) -> Result<Value, ApplyErro
     }))
 }
 
-/// The split of the `aviary-split` route.
+/// The split of the `aviary-split` route (found by name: the affinity and A/B routes are never
+/// read as the split).
 pub fn observe(settings: &KubeSettings, route: &Route, object: &Value) -> Option<Observed> {
     let (primary, canary) = (
         settings.primary_service(route),
@@ -154,5 +197,30 @@ pub fn observe(settings: &KubeSettings, route: &Route, object: &Value) -> Option
         primary_weight,
         canary_weight,
         mirror_percent,
+    })
+}
+
+/// Whether the stored `VirtualService` has a route sending requests that carry the route's
+/// affinity cookie to the canary only (false without affinity).
+pub fn pins(settings: &KubeSettings, route: &Route, object: &Value) -> bool {
+    let Some(affinity) = &route.affinity else {
+        return false;
+    };
+    let canary = settings.canary_service(route);
+    let regex = affinity_regex(affinity);
+    let is_pin = |m: &Value| {
+        m["headers"].as_object().is_some_and(|headers| {
+            headers.len() == 1
+                && headers
+                    .get("cookie")
+                    .is_some_and(|c| c["regex"] == regex.as_str())
+        })
+    };
+    let http = object.pointer("/spec/http").and_then(Value::as_array);
+    http.into_iter().flatten().any(|r| {
+        let to_canary = r["route"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty() && d.iter().all(|d| d["destination"]["host"] == canary));
+        to_canary && r["match"].as_array().is_some_and(|m| m.iter().any(is_pin))
     })
 }

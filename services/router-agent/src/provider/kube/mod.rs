@@ -5,9 +5,11 @@
 //!
 //! apply: render the object Aviary owns from the [`Route`] → server-side apply (PATCH
 //! `application/apply-patch+yaml`, `fieldManager=aviary`, `force=true`) → GET it back → read the
-//! split from what the API server stored. Server-side apply makes the object's fields ours:
-//! a field left out of the next apply (a match rule that ended, a mirror turned off) is removed
-//! by the API server, and other managers' fields are left alone.
+//! split from what the API server stored (and, with session affinity, check that the rule
+//! pinning the cookie to the canary is there while the run lasts and gone once it has ended).
+//! Server-side apply makes the object's fields ours: a field left out of the next apply (a match
+//! rule that ended, a mirror turned off, an expired sticky rule) is removed by the API server,
+//! and other managers' fields are left alone.
 //!
 //! The objects are handled as JSON ([`DynamicObject`]) with a hand-written [`ApiResource`] per
 //! kind: the few fields Aviary writes do not need full generated types, and the `gateway-api`
@@ -26,7 +28,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::Value;
 
 use super::{ApplyError, Capabilities};
-use crate::model::{Condition, Observed, Route, StringMatch};
+use crate::model::{Affinity, Condition, Observed, Route, StringMatch};
 
 /// Field manager of every server-side apply: the owner of the fields Aviary writes.
 pub const FIELD_MANAGER: &str = "aviary";
@@ -277,12 +279,24 @@ impl KubeProvider {
         })
     }
 
+    /// Whether the stored object sends requests carrying the route's affinity cookie to the
+    /// canary; `None` for kinds that cannot pin.
+    fn pins(&self, route: &Route, object: &Value) -> Option<bool> {
+        let s = &self.settings;
+        match self.kind {
+            KubeKind::GatewayApi => Some(gateway::pins(s, route, object)),
+            KubeKind::Istio => Some(istio::pins(s, route, object)),
+            KubeKind::Smi | KubeKind::NginxIngress => None,
+        }
+    }
+
     /// Server-side applies the object for `route`, reads it back and returns the split it
     /// carries.
     ///
     /// Errors: [`ApplyError::Unsupported`] when the route needs what this object cannot say;
-    /// [`ApplyError::Rejected`] when the API server refuses the object or stores a different
-    /// split; [`ApplyError::Io`] / [`ApplyError::Unconfirmed`] for transport failures.
+    /// [`ApplyError::Rejected`] when the API server refuses the object, stores a different
+    /// split, or drops (or keeps, once expired) the rule pinning the affinity cookie to the
+    /// canary; [`ApplyError::Io`] / [`ApplyError::Unconfirmed`] for transport failures.
     pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
         let resource = self.kind.resource();
         let (name, object) = self.render(route).await?;
@@ -307,6 +321,23 @@ impl KubeProvider {
                     route.primary_weight,
                     route.canary_weight,
                     route.mirror_percent
+                ),
+            });
+        }
+        if let Some(affinity) = &route.affinity
+            && let Some(pinned) = self.pins(route, &stored)
+            && pinned == affinity.expired
+        {
+            let state = if affinity.expired {
+                "still pins"
+            } else {
+                "does not pin"
+            };
+            return Err(ApplyError::Rejected {
+                provider: self.kind.name().into(),
+                detail: format!(
+                    "{} {name} read back {state} cookie {} to the canary",
+                    resource.kind, affinity.cookie_name
                 ),
             });
         }
@@ -387,6 +418,24 @@ fn cookie_regex(name: &str, m: &StringMatch) -> String {
         }
     };
     format!("^(.*?;\\s*)?{}={value}(;.*)?$", regex::escape(name))
+}
+
+/// The route's affinity while it pins users to the canary (not yet expired).
+fn pinning(route: &Route) -> Option<&Affinity> {
+    route.affinity.as_ref().filter(|a| !a.expired)
+}
+
+/// The route's affinity once the run has ended and its cookie is to be expired.
+fn expiring(route: &Route) -> Option<&Affinity> {
+    route.affinity.as_ref().filter(|a| a.expired)
+}
+
+/// A regular expression over the whole `Cookie` header holding this run's affinity cookie.
+fn affinity_regex(affinity: &Affinity) -> String {
+    cookie_regex(
+        &affinity.cookie_name,
+        &StringMatch::Exact(affinity.cookie_value.clone()),
+    )
 }
 
 /// The cookie condition of an A/B rule, if any; more than one cannot be expressed as one
