@@ -1,8 +1,9 @@
 //! The Aviary Kubernetes controller: runs rollouts from `aviary.dev/v1alpha1` `Rollout` and
-//! (optionally) Flagger `flagger.app/v1beta1` `Canary` resources on real Deployments.
+//! (optionally) Flagger `flagger.app/v1beta1` `Canary` resources on real Deployments and
+//! DaemonSets.
 //!
 //! ```text
-//!  watch Rollouts/Canaries, Deployments, ConfigMaps, Secrets ─► queue ─► reconcile
+//!  watch Rollouts/Canaries, Deployments, DaemonSets, ConfigMaps, Secrets ─► queue ─► reconcile
 //!      reconcile: initialise workloads, detect revisions ─► gRPC Apply ─► scheduler
 //!  scheduler ─► aviary.workload.<ns>.<name> ─► commands (scale up, promote primary, scale down)
 //!  aviary.events.> ─► status (phase, weight, checks, Promoted) and Kubernetes Events
@@ -36,7 +37,7 @@ use aviary_core::duration::parse_duration;
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
@@ -495,6 +496,12 @@ async fn lead(shared: Shared, stop: CancellationToken) {
         tasks.spawn(watch_resources(ctx.clone(), kind, api, stop.clone()));
     }
     tasks.spawn(watch_workloads::<Deployment>(
+        ctx.clone(),
+        shared.namespace.clone(),
+        false,
+        stop.clone(),
+    ));
+    tasks.spawn(watch_workloads::<DaemonSet>(
         ctx.clone(),
         shared.namespace.clone(),
         false,

@@ -533,7 +533,8 @@ fn deployment_rollout_status(d: &Deployment, want: i32) -> (bool, String) {
     let ready = st.ready_replicas.unwrap_or(0);
     let available = st.available_replicas.unwrap_or(0);
     let total = st.replicas.unwrap_or(0);
-    let done = updated >= want && ready >= want && available >= want && total <= want.max(total);
+    // Done when the old replicas are gone too, as `kubectl rollout status` waits for.
+    let done = updated >= want && ready >= want && available >= want && total <= want;
     (
         done,
         format!("{ready}/{want} replicas ready, {updated} updated"),
