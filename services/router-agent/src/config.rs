@@ -5,6 +5,9 @@
 //!   - name: edge
 //!     provider: envoy
 //!     xds_addr: 127.0.0.1:18000
+//!     endpoint_slices:               # optional (workload mode): backends that are Services
+//!       namespace: test              # in `test` get their ready pods from EndpointSlices
+//!       kubeconfig: /etc/aviary/kubeconfig   # optional, as is `context`
 //!   - name: web
 //!     provider: nginx
 //!     main_conf: /etc/nginx/nginx.conf
@@ -197,6 +200,17 @@ impl IngressFile {
             if !seen.insert(ingress.name.as_str()) {
                 return Err(invalid(format!("ingress {:?} listed twice", ingress.name)));
             }
+            if let ProviderConfig::Envoy(envoy) = &ingress.provider
+                && envoy
+                    .endpoint_slices
+                    .as_ref()
+                    .is_some_and(|s| s.namespace.is_empty())
+            {
+                return Err(invalid(format!(
+                    "ingress {:?}: endpoint_slices.namespace is empty",
+                    ingress.name
+                )));
+            }
         }
         Ok(file)
     }
@@ -251,6 +265,44 @@ ingresses:
             panic!("not haproxy")
         };
         assert_eq!(h.primary_server, "primary");
+    }
+
+    #[test]
+    fn envoy_follows_endpoint_slices_only_when_asked() {
+        let file = IngressFile::parse(
+            r#"
+ingresses:
+  - name: edge
+    provider: envoy
+    xds_addr: 127.0.0.1:18000
+    endpoint_slices: { namespace: test, kubeconfig: /etc/aviary/kubeconfig }
+  - name: plain
+    provider: envoy
+    xds_addr: 127.0.0.1:18001
+"#,
+        )
+        .unwrap();
+        let envoy = |i: usize| match &file.ingresses[i].provider {
+            ProviderConfig::Envoy(e) => e.clone(),
+            _ => panic!("not envoy"),
+        };
+        let slices = envoy(0).endpoint_slices.unwrap();
+        assert_eq!(slices.namespace, "test");
+        assert_eq!(
+            slices.kubeconfig.as_deref(),
+            Some(Path::new("/etc/aviary/kubeconfig"))
+        );
+        assert!(envoy(1).endpoint_slices.is_none());
+        let typo = "ingresses:\n  - {name: a, provider: envoy, xds_addr: '127.0.0.1:1', endpoint_slices: {namespce: test}}\n";
+        assert!(matches!(
+            IngressFile::parse(typo),
+            Err(ConfigError::Parse { .. })
+        ));
+        let empty = "ingresses:\n  - {name: a, provider: envoy, xds_addr: '127.0.0.1:1', endpoint_slices: {namespace: ''}}\n";
+        assert!(matches!(
+            IngressFile::parse(empty),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

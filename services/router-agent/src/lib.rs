@@ -2,7 +2,8 @@
 //! observed.
 //!
 //! Owns one or more ingresses (see [`config::IngressFile`]), each served by a provider:
-//! Envoy over ADS ([`provider::envoy`], the default), NGINX ([`provider::nginx`]), HAProxy
+//! Envoy over ADS ([`provider::envoy`], the default, optionally following the Services'
+//! EndpointSlices: [`provider::envoy::slices`]), NGINX ([`provider::nginx`]), HAProxy
 //! ([`provider::haproxy`]) or a Kubernetes object ([`provider::kube`]: Gateway API, Istio,
 //! SMI, NGINX-ingress). Consumes `RouteCommand`s on `aviary.route.<ingress>` and the
 //! desired routes in the `aviary_routes` KV bucket; produces `RouteAck` replies, the applied
@@ -29,6 +30,7 @@ use aviary_runtime::admin::{AdminServer, Readiness};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use crate::config::Config;
 use crate::config::{IngressFile, ProviderConfig};
@@ -36,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::model::Route;
 use crate::provider::Provider;
 use crate::provider::envoy::EnvoyProvider;
+use crate::provider::envoy::slices::{EndpointSlices, SliceMetrics};
 use crate::provider::haproxy::HaproxyProvider;
 use crate::provider::kube::KubeProvider;
 use crate::provider::nginx::NginxProvider;
@@ -45,10 +48,13 @@ use crate::provider::nginx::NginxProvider;
 /// Errors: a bad ingress file, an xDS address that cannot be bound, NATS unreachable or its
 /// buckets missing at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Kubernetes clients (kube's rustls connector) need the process's crypto provider chosen.
+    aviary_runtime::install_crypto_provider();
     let file = IngressFile::load(&config.config_file)?;
     let mut registry = aviary_runtime::admin::registry();
     let bus_metrics = BusMetrics::register(&mut registry);
     let metrics = Metrics::register(&mut registry);
+    let slice_metrics = SliceMetrics::register(&mut registry);
     let ready = Readiness::default();
     // Bound now so a taken port fails the start, not a background task.
     let mut xds_listeners = Vec::new();
@@ -64,11 +70,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     .route_config_name
                     .clone()
                     .unwrap_or_else(|| ingress.name.clone());
-                Provider::Envoy(EnvoyProvider::with_gauge(
+                let mut envoy = EnvoyProvider::with_gauge(
                     name,
                     config.apply_timeout(),
                     metrics.xds_gauge(&ingress.name),
-                ))
+                );
+                if let Some(slices) = &settings.endpoint_slices {
+                    let client = provider::kube_client(
+                        slices.kubeconfig.as_deref(),
+                        slices.context.as_deref(),
+                    )
+                    .await
+                    .with_context(|| format!("ingress {}: endpoint_slices", ingress.name))?;
+                    envoy = envoy.with_endpoint_slices(EndpointSlices::new(
+                        &ingress.name,
+                        &slices.namespace,
+                        client,
+                        slice_metrics.clone(),
+                    ));
+                }
+                Provider::Envoy(envoy)
             }
             ProviderConfig::Nginx(settings) => {
                 Provider::Nginx(NginxProvider::new(settings.clone(), config.apply_timeout()))
@@ -137,6 +158,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     }
                 });
             }
+            // Returns at once for an ingress that does not follow EndpointSlices.
+            let (following, token) = (ingress.clone(), shutdown.clone());
+            let span = tracing::info_span!("endpoint_slices", ingress = %name);
+            tasks.spawn(
+                async move {
+                    if let Provider::Envoy(envoy) = &following.provider {
+                        envoy.follow_endpoint_slices(token).await;
+                    }
+                }
+                .instrument(span),
+            );
         }
         let (client, bus_metrics, token) = (client.clone(), bus_metrics.clone(), shutdown.clone());
         let interval = config.reconcile_interval();

@@ -8,7 +8,10 @@ pub mod haproxy;
 pub mod kube;
 pub mod nginx;
 
+use std::path::Path;
 use std::time::Duration;
+
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::model::{Observed, Route};
 
@@ -103,6 +106,36 @@ pub enum ApplyError {
         /// What failed.
         detail: String,
     },
+}
+
+/// Why no Kubernetes client could be made from the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("kubernetes configuration: {0}")]
+pub struct KubeConfigError(String);
+
+/// A Kubernetes client from the `kubeconfig` file (its `context`, else the current one),
+/// without a file from the in-cluster configuration or the usual inference. No request is made.
+///
+/// Errors: [`KubeConfigError`] when the file cannot be read or no usable configuration is found.
+pub async fn kube_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<::kube::Client, KubeConfigError> {
+    let fail = |e: &dyn std::fmt::Display| KubeConfigError(e.to_string());
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| fail(&e))?;
+            let options = KubeConfigOptions {
+                context: context.map(str::to_owned),
+                ..Default::default()
+            };
+            ::kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| fail(&e))?
+        }
+        None => ::kube::Config::infer().await.map_err(|e| fail(&e))?,
+    };
+    ::kube::Client::try_from(config).map_err(|e| fail(&e))
 }
 
 /// One ingress's data plane.

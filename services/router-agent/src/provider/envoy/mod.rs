@@ -7,9 +7,14 @@
 //! apply: snapshot with old ∪ new clusters and the new routes → wait for every connected Envoy
 //! to ACK both versions (CDS first, RDS once CDS is held) → drop clusters no longer used → ACK.
 //! A NACK fails the apply with Envoy's message and restores the previous snapshot.
+//!
+//! With `endpoint_slices` (workload mode, [`slices`]), a backend that is a Service gets its
+//! ready pods' addresses from the Service's EndpointSlices instead of the route's cluster DNS
+//! name, and the clusters are pushed again whenever the slices change.
 
 pub mod ads;
 pub mod resources;
+pub mod slices;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -19,12 +24,14 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use futures::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::ads::{AdsService, Snapshot, XdsState};
+use self::slices::{EndpointSliceSettings, EndpointSlices};
 use super::{ApplyError, Capabilities};
 use crate::model::{Observed, Route};
 
@@ -47,6 +54,10 @@ pub struct EnvoySettings {
     /// RDS name the listener asks for; defaults to the ingress name.
     #[serde(default)]
     pub route_config_name: Option<String>,
+    /// Follow the backends' Services' EndpointSlices in a namespace (workload mode); without
+    /// it, a backend's endpoints are the route's.
+    #[serde(default)]
+    pub endpoint_slices: Option<EndpointSliceSettings>,
 }
 
 /// An ADS control plane for one ingress.
@@ -55,6 +66,7 @@ pub struct EnvoyProvider {
     state: Arc<XdsState>,
     apply_timeout: Duration,
     apply_lock: tokio::sync::Mutex<()>,
+    slices: Option<EndpointSlices>,
 }
 
 impl EnvoyProvider {
@@ -73,22 +85,91 @@ impl EnvoyProvider {
         let state = Arc::new(XdsState::new(connected));
         state
             .snapshot
-            .send_replace(Arc::new(build(&route_config_name, None, &[])));
+            .send_replace(Arc::new(build(&route_config_name, None, Vec::new())));
         Self {
             route_config_name,
             state,
             apply_timeout,
             apply_lock: tokio::sync::Mutex::new(()),
+            slices: None,
         }
+    }
+
+    /// This provider, taking the endpoints of backends that are Services from `slices`; they
+    /// are followed once [`EnvoyProvider::follow_endpoint_slices`] runs.
+    pub fn with_endpoint_slices(mut self, slices: EndpointSlices) -> Self {
+        self.slices = Some(slices);
+        self
     }
 
     /// Sets what Envoys are served without waiting for them: used on start, before the server
     /// accepts connections, so a reconnecting Envoy is handed the stored route and not an empty
     /// configuration.
     pub fn seed(&self, route: Option<&Route>) {
+        let clusters = route.map(|r| self.clusters(r)).unwrap_or_default();
         self.state
             .snapshot
-            .send_replace(Arc::new(build(&self.route_config_name, route, &[])));
+            .send_replace(Arc::new(build(&self.route_config_name, route, clusters)));
+    }
+
+    /// The clusters of `route`'s two backends, with endpoints from the EndpointSlices when
+    /// they are followed.
+    fn clusters(&self, route: &Route) -> Vec<Cluster> {
+        [&route.primary, &route.canary]
+            .into_iter()
+            .map(|backend| match &self.slices {
+                Some(slices) => resources::cluster(&slices.resolve(backend)),
+                None => resources::cluster(backend),
+            })
+            .collect()
+    }
+
+    /// Follows the EndpointSlices given to [`EnvoyProvider::with_endpoint_slices`] until
+    /// `shutdown` fires, pushing the clusters again whenever their endpoints change; returns at
+    /// once without them. A failing watch is logged and resumed with backoff.
+    pub async fn follow_endpoint_slices(&self, shutdown: CancellationToken) {
+        let Some(slices) = &self.slices else {
+            return;
+        };
+        tracing::info!(ingress = %slices.ingress(), namespace = %slices.namespace(),
+            "following EndpointSlices");
+        let mut events = std::pin::pin!(slices.events());
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = events.next() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+            };
+            match event {
+                Ok(event) => {
+                    if slices.observe(event) {
+                        self.push_clusters().await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(ingress = %slices.ingress(), namespace = %slices.namespace(),
+                        %error, "EndpointSlice watch failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the clusters of the route being served and pushes them when they changed.
+    /// Not waiting for the ACKs: an apply that follows builds on this snapshot and waits.
+    async fn push_clusters(&self) {
+        let _guard = self.apply_lock.lock().await;
+        let current = self.state.snapshot.borrow().clone();
+        let Some(route) = current.route.as_ref() else {
+            return;
+        };
+        let next = build(&self.route_config_name, Some(route), self.clusters(route));
+        if next.cds_version != current.cds_version {
+            tracing::info!(ingress = %route.ingress, cds_version = %next.cds_version,
+                "endpoints changed; pushing clusters");
+            self.state.snapshot.send_replace(Arc::new(next));
+        }
     }
 
     /// Serves ADS on `listener` until `shutdown` fires (open streams end then too).
@@ -151,18 +232,19 @@ impl EnvoyProvider {
         let previous = self.state.snapshot.borrow().clone();
         let deadline = tokio::time::Instant::now() + self.apply_timeout;
         // Phase 1: keep the clusters the old routes use until Envoy holds the new routes.
-        let old_clusters: Vec<Cluster> = previous
+        let mut transitional_clusters: Vec<Cluster> = previous
             .route
             .as_ref()
-            .map(|r| {
-                vec![
-                    resources::cluster(&r.primary),
-                    resources::cluster(&r.canary),
-                ]
-            })
+            .map(|r| self.clusters(r))
             .unwrap_or_default();
-        let transitional = Arc::new(build(&self.route_config_name, Some(route), &old_clusters));
-        let final_snapshot = Arc::new(build(&self.route_config_name, Some(route), &[]));
+        let clusters = self.clusters(route);
+        transitional_clusters.extend(clusters.iter().cloned());
+        let transitional = Arc::new(build(
+            &self.route_config_name,
+            Some(route),
+            transitional_clusters,
+        ));
+        let final_snapshot = Arc::new(build(&self.route_config_name, Some(route), clusters));
         let phases = if transitional.cds_version == final_snapshot.cds_version {
             vec![final_snapshot]
         } else {
@@ -230,15 +312,10 @@ impl EnvoyProvider {
     }
 }
 
-/// The snapshot for `route` plus `extra` clusters (deduplicated by name).
-fn build(route_config_name: &str, route: Option<&Route>, extra: &[Cluster]) -> Snapshot {
-    let mut clusters: BTreeMap<String, Cluster> =
-        extra.iter().map(|c| (c.name.clone(), c.clone())).collect();
-    if let Some(route) = route {
-        for backend in [&route.primary, &route.canary] {
-            clusters.insert(backend.cluster.clone(), resources::cluster(backend));
-        }
-    }
+/// The snapshot serving `route` with `clusters` (deduplicated by name, the last one winning).
+fn build(route_config_name: &str, route: Option<&Route>, clusters: Vec<Cluster>) -> Snapshot {
+    let clusters: BTreeMap<String, Cluster> =
+        clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
     let clusters: Vec<_> = clusters.values().map(resources::to_any).collect();
     let config = resources::route_configuration(route_config_name, route);
     let routes = vec![(config.name.clone(), resources::to_any(&config))];
