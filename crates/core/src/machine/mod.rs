@@ -163,9 +163,11 @@ impl Machine {
         self.spec.analysis.webhooks_of(kind).cloned().collect()
     }
 
-    /// Gates and hooks are skipped entirely with `skipAnalysis`.
+    /// Gates and hooks are skipped with `skipAnalysis`, except confirm-rollout: as in
+    /// Flagger, a rollout that skips its analysis still waits for permission to start.
     fn has_hook(&self, kind: WebhookType) -> bool {
-        !self.spec.skip_analysis && self.spec.analysis.has_webhook(kind)
+        (!self.spec.skip_analysis || kind == WebhookType::ConfirmRollout)
+            && self.spec.analysis.has_webhook(kind)
     }
 }
 
@@ -429,17 +431,6 @@ impl Cx<'_> {
         self.st.started_at_ms = Some(self.now);
         self.st.session_cookie = Some(format!("{:016x}", self.random));
         self.clear_halt();
-        if self.m.spec.skip_analysis {
-            self.emit(
-                EventKind::AnalysisSkipped,
-                "skipAnalysis: promoting without analysis",
-            );
-            // Workload mode promotes only a canary that became ready.
-            if self.m.spec.is_workload() {
-                return self.workload(WorkloadOp::ScaleCanaryUp);
-            }
-            return self.start_promoting();
-        }
         if self.m.has_hook(WebhookType::ConfirmRollout) {
             self.check_gate(WebhookType::ConfirmRollout);
         } else {
@@ -456,6 +447,13 @@ impl Cx<'_> {
     }
 
     fn after_canary_ready(&mut self) {
+        if self.m.spec.skip_analysis {
+            self.emit(
+                EventKind::AnalysisSkipped,
+                "skipAnalysis: promoting without analysis",
+            );
+            return self.start_promoting();
+        }
         if self.m.has_hook(WebhookType::PreRollout) {
             self.check_gate(WebhookType::PreRollout);
         } else {
@@ -850,7 +848,7 @@ impl Cx<'_> {
             self.clear_halt();
         }
         match op {
-            WorkloadOp::ScaleCanaryUp if self.m.spec.skip_analysis => self.start_promoting(),
+            // Workload mode promotes only a canary that became ready, skipAnalysis or not.
             WorkloadOp::ScaleCanaryUp => self.after_canary_ready(),
             WorkloadOp::PromotePrimary => {
                 self.st.phase = Phase::Finalising;

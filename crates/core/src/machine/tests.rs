@@ -326,20 +326,56 @@ fn step_weight_promotion_moves_one_increment_per_interval() {
 }
 
 #[test]
-fn skip_analysis_promotes_without_metrics_or_webhooks() {
+fn skip_analysis_promotes_without_metrics_or_webhooks_but_asks_confirm_rollout() {
     let spec = canary(50, 10, 2)
         .skip_analysis(true)
         .webhook("gate", WebhookType::ConfirmRollout)
+        .webhook("pre", WebhookType::PreRollout)
         .webhook("post", WebhookType::PostRollout);
+    // A closed confirm-rollout holds it, as in Flagger.
+    let mut held = Sim::new(spec.clone());
+    held.input(Input::Tick);
+    let Wait::Route { seq, .. } = held.st.wait else {
+        panic!("{:?}", held.st.wait)
+    };
+    held.input(Input::RouteConfirmed {
+        seq,
+        observed: ObservedSplit {
+            canary_weight: 0,
+            primary_weight: 100,
+            mirror_percent: 0,
+        },
+    });
+    let Wait::Gate { seq: Some(g), gate } = held.st.wait else {
+        panic!("{:?}", held.st.wait)
+    };
+    assert_eq!(gate, WebhookType::ConfirmRollout);
+    held.input(Input::GateResult {
+        seq: g,
+        gate,
+        open: false,
+    });
+    assert_eq!(held.st.phase, Phase::Waiting);
+    assert_eq!(held.weights(), vec![0]);
+    // Once open: promoted at once, with no analysis and no other hook.
     let mut sim = Sim::new(spec);
-    sim.run(Outcome::Fail, false);
+    sim.run(Outcome::Fail, true);
     assert_eq!(sim.st.phase, Phase::Succeeded);
     assert_eq!(sim.weights(), vec![0, 100]);
     assert_eq!(sim.analyses(), 0);
+    let gates: Vec<WebhookType> = sim
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::CheckGate { gate, .. } => Some(*gate),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gates, [WebhookType::ConfirmRollout]);
     assert!(
         !sim.actions
             .iter()
-            .any(|(_, a)| matches!(a, Action::CheckGate { .. } | Action::RunHooks { .. }))
+            .any(|(_, a)| matches!(a, Action::RunHooks { .. }))
     );
 }
 
