@@ -46,6 +46,11 @@ ROUTER_PROVIDER_RULES = {
         "resources": ["ingresses"],
         "verbs": ["create", "get", "list", "watch", "patch", "delete"],
     },
+    "endpointSlices": {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["get", "list", "watch"],
+    },
 }
 
 

@@ -90,7 +90,7 @@ alone; otherwise the chart's shared one.
 {{/* True (non-empty) when any Kubernetes router provider is enabled. */}}
 {{- define "aviary.anyRouterProvider" -}}
 {{- $p := .Values.routerAgent.providers -}}
-{{- if and .Values.routerAgent.enabled (or $p.gatewayApi $p.istio $p.smi $p.nginxIngress) -}}true{{- end -}}
+{{- if and .Values.routerAgent.enabled (or $p.gatewayApi $p.istio $p.smi $p.nginxIngress $p.endpointSlices) -}}true{{- end -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------------------------------

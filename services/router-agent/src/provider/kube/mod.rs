@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::Value;
 
 use super::{ApplyError, Capabilities};
@@ -183,23 +182,10 @@ impl KubeProvider {
         settings: KubeSettings,
         timeout: Duration,
     ) -> Result<Self, ApplyError> {
-        let fail = |e: String| io(kind, format!("kubernetes configuration: {e}"));
-        let config = match &settings.kubeconfig {
-            Some(path) => {
-                let file = Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
-                let options = KubeConfigOptions {
-                    context: settings.context.clone(),
-                    ..Default::default()
-                };
-                kube::Config::from_custom_kubeconfig(file, &options)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?
-            }
-            None => kube::Config::infer()
+        let client =
+            super::kube_client(settings.kubeconfig.as_deref(), settings.context.as_deref())
                 .await
-                .map_err(|e| fail(e.to_string()))?,
-        };
-        let client = kube::Client::try_from(config).map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| io(kind, format!("kubernetes configuration: {e}")))?;
         Ok(Self::new(kind, settings, client, timeout))
     }
 
