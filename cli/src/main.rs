@@ -40,10 +40,13 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            match e.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("error: {}", client::describe_status(status)),
-                None => eprintln!("error: {e:#}"),
-            }
+            // Errors carry the server's words (a status message, a gate service's body):
+            // escaped, as everything else printed from outside.
+            let message = match e.downcast_ref::<tonic::Status>() {
+                Some(status) => client::describe_status(status),
+                None => format!("{e:#}"),
+            };
+            eprintln!("error: {}", view::escape_lines(&message));
             ExitCode::FAILURE
         }
     }

@@ -118,7 +118,7 @@ pub async fn apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<Exit
 fn write_applied(response: &pb::ApplyResponse, out: &mut dyn Write) -> std::io::Result<()> {
     let rollout = response.rollout.clone().unwrap_or_default();
     let status = rollout.status.unwrap_or_default();
-    let id = rollout.r#ref.unwrap_or_default();
+    let id = view::escape(&rollout.r#ref.unwrap_or_default().to_string());
     if response.changed {
         writeln!(
             out,
@@ -225,7 +225,7 @@ pub async fn command(
         writeln!(
             out,
             "{}: deleted (was {}, canary {}%)",
-            rollout.r#ref.clone().unwrap_or_default(),
+            view::escape(&rollout.r#ref.clone().unwrap_or_default().to_string()),
             view::phase_name(status.phase),
             status.canary_weight
         )?;
@@ -279,7 +279,7 @@ fn accepted(
     writeln!(
         out,
         "{}: {name} accepted (phase {}, canary {}%)",
-        rollout.r#ref.clone().unwrap_or_default(),
+        view::escape(&rollout.r#ref.clone().unwrap_or_default().to_string()),
         view::phase_name(status.phase),
         status.canary_weight
     )?;
@@ -320,7 +320,7 @@ pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<Exit
         let message = tokio::select! {
             m = stream.message() => m?,
             () = tokio::time::sleep_until(deadline) => {
-                writeln!(out, "{reference}: still not finished after {:?}", args.timeout.unwrap_or(far))?;
+                writeln!(out, "{}: still not finished after {:?}", view::escape(&reference.to_string()), args.timeout.unwrap_or(far))?;
                 return Ok(ExitCode::from(EXIT_TIMEOUT));
             }
             () = tokio::time::sleep_until(grace_until) => break,

@@ -29,6 +29,12 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// [`escape`] line by line: newlines are kept, so a multi-line message (an error with one field
+/// per line) still reads as lines; every other control character is escaped.
+pub fn escape_lines(s: &str) -> String {
+    s.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
+
 /// A phase's short name (`WaitingPromotion`); unknown numbers print as such.
 pub fn phase_name(phase: i32) -> String {
     pb::Phase::try_from(phase).map_or_else(|_| format!("Phase({phase})"), |p| format!("{p:?}"))
@@ -276,8 +282,12 @@ pub fn write_structured<T: Serialize>(
     Ok(())
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart. Every cell is [`escape`]d: cells carry names,
+/// messages and reasons that came from the server.
 pub fn write_columns(rows: &[Vec<String>], out: &mut dyn Write) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = (rows.iter())
+        .map(|r| r.iter().map(|c| escape(c)).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -288,7 +298,7 @@ pub fn write_columns(rows: &[Vec<String>], out: &mut dyn Write) -> std::io::Resu
                 .unwrap_or(0)
         })
         .collect();
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             if c + 1 == row.len() {
@@ -450,7 +460,7 @@ pub fn write_description(r: &pb::Rollout, out: &mut dyn Write) -> std::io::Resul
                 if v.error.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", v.error)
+                    format!(": {}", escape(&v.error))
                 }
             )?;
             let mut checks = vec![
@@ -487,8 +497,13 @@ pub fn write_description(r: &pb::Rollout, out: &mut dyn Write) -> std::io::Resul
 }
 
 /// One audit event on one line: time, rollout, short type, step, weights, phase, reason.
-/// Text that is not a CloudEvent of ours is printed as it came.
+/// Text that is not a CloudEvent of ours is printed as it came. Either way the line is
+/// [`escape`]d: anyone who may publish on the bus writes it.
 pub fn event_line(raw: &str) -> String {
+    escape(&event_text(raw))
+}
+
+fn event_text(raw: &str) -> String {
     let Ok(event) = serde_json::from_str::<AuditEvent>(raw) else {
         return raw.trim().to_owned();
     };
@@ -523,7 +538,8 @@ pub fn event_line(raw: &str) -> String {
 /// Width of the watch progress bar, in characters (one per 5 %).
 const BAR_WIDTH: u32 = 20;
 
-/// One progress line of `aviary watch`: a bar of the canary weight, the step and the phase.
+/// One progress line of `aviary watch`: a bar of the canary weight, the step and the phase,
+/// [`escape`]d (the halt reason is the server's text).
 pub fn progress_line(r: &pb::Rollout) -> String {
     let status = r.status.clone().unwrap_or_default();
     let weight = status.canary_weight.min(100);
@@ -543,7 +559,7 @@ pub fn progress_line(r: &pb::Rollout) -> String {
         line.push_str(&format!("  failed checks {}", status.failed_checks));
     }
     if !status.halt_reason.is_empty() {
-        line.push_str(&format!("  halted: {}", status.halt_reason));
+        line.push_str(&format!("  halted: {}", escape(&status.halt_reason)));
     }
     line
 }
@@ -648,5 +664,62 @@ mod tests {
     #[test]
     fn unknown_event_text_is_printed_as_is() {
         assert_eq!(event_line("not json\n"), "not json");
+    }
+
+    #[test]
+    fn server_text_is_escaped_in_every_human_view() {
+        let evil = "x\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}";
+        let rollout = pb::Rollout {
+            r#ref: Some(pb::RolloutRef::new("test", evil)),
+            status: Some(pb::RolloutStatus {
+                message: evil.into(),
+                halt_reason: evil.into(),
+                waiting_gates: vec![evil.into()],
+                last_verdict: Some(pb::Verdict {
+                    error: evil.into(),
+                    metrics: vec![pb::MetricResult {
+                        name: evil.into(),
+                        reason: evil.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut table = Vec::new();
+        write_rollouts(std::slice::from_ref(&rollout), &mut table).unwrap();
+        let mut page = Vec::new();
+        write_description(&rollout, &mut page).unwrap();
+        let event = serde_json::to_string(&AuditEvent::new(
+            aviary_proto::events::EventKind::Halted,
+            "id".into(),
+            "now".into(),
+            aviary_proto::events::EventData {
+                namespace: "test".into(),
+                name: evil.into(),
+                reason: evil.into(),
+                actor: evil.into(),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+        let texts = [
+            String::from_utf8(table).unwrap(),
+            String::from_utf8(page).unwrap(),
+            progress_line(&rollout),
+            event_line(&event),
+            event_line(evil),
+            escape_lines(&format!("{evil}\n{evil}")),
+        ];
+        for text in &texts {
+            assert!(
+                !text.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+                "raw control in {text:?}"
+            );
+            assert!(text.contains("\\u{1b}"), "escape missing from {text:?}");
+        }
+        assert_eq!(escape_lines("a\u{1b}\nb"), "a\\u{1b}\nb");
     }
 }

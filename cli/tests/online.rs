@@ -377,3 +377,89 @@ async fn an_unreachable_server_is_an_error() {
         text(&o.stderr)
     );
 }
+
+/// An OSC title change, a bell and a clear-screen: what a hostile payload would print.
+const HOSTILE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+
+fn assert_no_raw_controls(what: &str, bytes: &[u8]) {
+    assert!(
+        !bytes.iter().any(|b| matches!(b, 0x1b | 0x07)),
+        "{what} printed a raw ESC or BEL:\n{}",
+        String::from_utf8_lossy(bytes).escape_debug()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_from_the_bus_and_the_server_reaches_the_terminal_escaped() {
+    let plane = ControlPlane::start(&[]).await;
+    let file = manifest_file(CANARY);
+    let path = file.path().to_string_lossy().into_owned();
+    let applied = aviary(&plane, &["apply", "-f", &path]).await;
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied.stderr));
+    let watched = aviary(&plane, &["watch", "test/podinfo", "--timeout", "45s"]).await;
+    assert_eq!(watched.status.code(), Some(0), "{}", text(&watched.stdout));
+
+    // Anyone who may publish on the events subjects can write this.
+    let client = plane.nats.client().await.expect("nats client");
+    let event = serde_json::json!({
+        "specversion": "1.0", "id": "test/podinfo/hostile", "source": "elsewhere",
+        "type": "dev.aviary.rollout.halted", "subject": "test/podinfo", "time": "now",
+        "datacontenttype": "application/json",
+        "data": {
+            "namespace": "test", "name": "podinfo", "generation": 1, "step": 0,
+            "phase": HOSTILE, "canaryWeight": 0, "primaryWeight": 100,
+            "reason": HOSTILE, "actor": HOSTILE,
+        },
+    });
+    let js = async_nats::jetstream::new(client.clone());
+    for payload in [event.to_string(), format!("not an event {HOSTILE}")] {
+        js.publish(
+            aviary_bus::names::events_subject("test", "podinfo").expect("subject"),
+            payload.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+    for format in ["table", "json", "yaml"] {
+        let events = aviary(&plane, &["events", "test/podinfo", "-o", format]).await;
+        assert_eq!(events.status.code(), Some(0), "{}", text(&events.stderr));
+        assert_no_raw_controls(&format!("events -o {format}"), &events.stdout);
+        assert!(
+            text(&events.stdout).contains("pwned"),
+            "the hostile event is shown, escaped:\n{}",
+            text(&events.stdout)
+        );
+    }
+    let table = text(&aviary(&plane, &["events", "test/podinfo"]).await.stdout);
+    assert!(table.contains("\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"), "{table}");
+
+    // A record whose status carries the same text (the rollout has finished: nobody rewrites it).
+    let records: aviary_bus::kv::Bucket<serde_json::Value> =
+        aviary_bus::kv::Bucket::open(&js, aviary_bus::names::BUCKET_ROLLOUTS)
+            .await
+            .expect("rollouts bucket");
+    let key = aviary_bus::names::rollout_key("test", "podinfo").expect("key");
+    let mut record = records
+        .get(&key)
+        .await
+        .expect("read")
+        .expect("record")
+        .value;
+    record["status"]["message"] = HOSTILE.into();
+    record["status"]["haltReason"] = HOSTILE.into();
+    records.put(&key, &record).await.expect("write");
+    for args in [
+        &["list"][..],
+        &["get", "test/podinfo"],
+        &["describe", "test/podinfo"],
+        &["list", "-o", "json"],
+        &["list", "-o", "yaml"],
+    ] {
+        let out = aviary(&plane, args).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_no_raw_controls(&format!("{args:?}"), &out.stdout);
+        assert!(text(&out.stdout).contains("pwned"), "{}", text(&out.stdout));
+    }
+}
