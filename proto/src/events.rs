@@ -3,6 +3,8 @@
 //! `aviary.events.<namespace>.<rollout>`, in order. Any NATS client in any language can read it;
 //! the notifier and `aviary events` are two such readers. `docs/events.md` lists the types.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// CloudEvents `specversion` we emit.
@@ -92,6 +94,24 @@ pub struct AlertRoute {
     pub provider: String,
 }
 
+/// One of a rollout's `event` webhooks (`analysis.webhooks` with `type: event`), copied into
+/// its events so the notifier calls it with every event, as Flagger does. Only what the spec
+/// says and a subscriber may see: no notifier secret ever goes here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EventHook {
+    /// Webhook name (unique within the rollout).
+    pub name: String,
+    /// `http://` or `https://` URL the Flagger event payload is posted to.
+    pub url: String,
+    /// Per-call timeout in milliseconds; the notifier's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The webhook's `metadata`, merged into the payload's `metadata`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// The `data` of an audit event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -128,6 +148,9 @@ pub struct EventData {
     /// The rollout's `analysis.alerts`: where notifications for it go.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<AlertRoute>,
+    /// The rollout's `event` webhooks: each is posted every event of the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_webhooks: Vec<EventHook>,
 }
 
 /// A CloudEvents 1.0 event in structured JSON mode.

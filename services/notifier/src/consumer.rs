@@ -1,11 +1,14 @@
 //! The durable pull consumer of `AVIARY_EVENTS`: decode each event, decide whether and where
 //! it is posted, hand one job per provider to the provider workers, and acknowledge the event
 //! only when every job settled (delivered, already delivered, or dead-lettered). Unsettled
-//! (shutdown, NATS trouble) → negative ack, so it comes back.
+//! (shutdown, NATS trouble) → negative ack, so it comes back. Every event is also posted to
+//! each of its rollout's `event` webhooks (`data.eventWebhooks`), whatever its severity, as
+//! Flagger calls them for every event.
 //!
 //! ```text
 //! AVIARY_EVENTS ─► decode ─► classify ─► route ─► Job per provider ─► … ─► all settled ─► ack
-//!                    │ bad: log + count + ack      │ not posted: ack
+//!                    │ bad: log + count + ack      │ + post per event webhook ─┘
+//!                    │                             │ neither: ack
 //! ```
 
 use std::sync::Arc;
@@ -20,10 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Job, Outcome};
+use crate::delivery::{self, HookEvent, Job, Outcome, Shared};
 use crate::metrics::Metrics;
 use crate::notification::{Notification, classify};
-use crate::settings::Settings;
+use crate::settings::{EventWebhooks, Settings};
 
 /// What the loop needs besides the consumer.
 pub(crate) struct Pipeline {
@@ -34,6 +37,10 @@ pub(crate) struct Pipeline {
     pub ack_wait: Duration,
     pub batch: usize,
     pub abandon: CancellationToken,
+    /// What the `event` webhook posts share with the provider workers.
+    pub shared: Arc<Shared>,
+    /// How `event` webhooks are called.
+    pub event_webhooks: Arc<EventWebhooks>,
 }
 
 /// How long an event that could not be settled waits before it is redelivered: long enough
@@ -152,37 +159,58 @@ async fn dispatch(
             )
         })
         .filter(|(_, targets)| !targets.is_empty());
-    let Some((severity, targets)) = targets else {
+    let hooks = &d.event_webhooks;
+    let (severity, targets) = targets.unwrap_or_default();
+    if targets.is_empty() && hooks.is_empty() {
         tracing::debug!(%subject, id = %event.id, ?kind, "not posted");
         p.metrics.event("ignored");
         ack(&acker, &subject).await;
         return None;
-    };
+    }
     p.metrics.event("notified");
-    let notification = Arc::new(Notification::new(&event, kind, severity, &p.cluster));
-    let mut waits = Vec::with_capacity(targets.len());
-    for target in targets {
-        let (done, wait) = oneshot::channel();
-        let job = Job {
-            notification: notification.clone(),
+    let mut waits = Vec::with_capacity(targets.len() + hooks.len());
+    if !targets.is_empty() {
+        let notification = Arc::new(Notification::new(&event, kind, severity, &p.cluster));
+        for target in targets {
+            let (done, wait) = oneshot::channel();
+            let job = Job {
+                notification: notification.clone(),
+                raw: message.payload.clone(),
+                subject: subject.clone(),
+                done,
+            };
+            let Some(queue) = p.queues.get(target) else {
+                continue;
+            };
+            // A full queue holds the consumer here: back-pressure instead of unbounded memory.
+            let sent = tokio::select! {
+                biased;
+                () = p.abandon.cancelled() => false,
+                sent = queue.send(job) => sent.is_ok(),
+            };
+            if !sent {
+                let _ = acker.ack_with(AckKind::Nak(Some(NAK_DELAY))).await;
+                return None;
+            }
+            waits.push(wait);
+        }
+    }
+    if !hooks.is_empty() {
+        // Bounded by the consumer's max ack pending: at most that many events are in flight.
+        let hook_event = Arc::new(HookEvent {
+            event: event.clone(),
+            kind,
             raw: message.payload.clone(),
             subject: subject.clone(),
-            done,
-        };
-        let Some(queue) = p.queues.get(target) else {
-            continue;
-        };
-        // A full queue holds the consumer here: back-pressure instead of unbounded memory.
-        let sent = tokio::select! {
-            biased;
-            () = p.abandon.cancelled() => false,
-            sent = queue.send(job) => sent.is_ok(),
-        };
-        if !sent {
-            let _ = acker.ack_with(AckKind::Nak(Some(NAK_DELAY))).await;
-            return None;
+        });
+        for hook in hooks {
+            waits.push(delivery::spawn_event_hook(
+                hook.clone(),
+                hook_event.clone(),
+                p.event_webhooks.clone(),
+                p.shared.clone(),
+            ));
         }
-        waits.push(wait);
     }
     let ack_wait = p.ack_wait;
     let id = event.id.clone();

@@ -7,7 +7,11 @@
 //! ```text
 //! consumer ──Job──► [queue: slack] ──► worker ──HTTP──► Slack
 //!          ──Job──► [queue: teams] ──► worker ──HTTP──► Teams     each job answers Outcome
+//!          ──spawn_event_hook──► task ──HTTP──► a rollout's `event` webhook
 //! ```
+//!
+//! A rollout's `event` webhooks (carried in each of its events) are delivered the same way,
+//! one task per (event, hook) instead of a worker, since they are not configured here.
 //!
 //! Guarantee: a post whose success was recorded is never repeated. The window between the
 //! HTTP 2xx and the KV write is the only place a crash can cause a second post (an HTTP
@@ -25,11 +29,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use aviary_proto::events::{AuditEvent, EventHook, EventKind};
+
 use crate::metrics::Metrics;
 use crate::notification::Notification;
 use crate::providers::{self, Payload};
 use crate::retry::{self, Attempt, RetryPolicy, Settled};
-use crate::settings::Provider;
+use crate::settings::{EventWebhooks, Provider};
 
 /// KV bucket of delivered `(provider, event id)` pairs.
 pub const BUCKET_NOTIFIED: &str = "aviary_notified";
@@ -213,8 +219,22 @@ pub fn spawn_worker(
     let handle = tokio::spawn(tracing::Instrument::instrument(
         async move {
             while let Some(job) = rx.recv().await {
-                let outcome = deliver(&provider, &shared, &job).await;
-                shared.metrics.post(&provider.name, outcome.as_str());
+                let n = &job.notification;
+                let post = Post {
+                    name: &provider.name,
+                    kind: provider.kind.as_str(),
+                    dedup_name: provider.name.clone(),
+                    metric: &provider.name,
+                    url: provider.url.expose(),
+                    timeout: provider.timeout,
+                    event_id: &n.id,
+                    subject: &job.subject,
+                    raw: &job.raw,
+                };
+                let outcome = deliver(&shared, &post, || {
+                    providers::payload(&provider, n, &job.raw)
+                })
+                .await;
                 // The consumer may have given up waiting (shutdown); nothing else to do.
                 let _ = job.done.send(outcome);
             }
@@ -224,56 +244,147 @@ pub fn spawn_worker(
     (tx, handle)
 }
 
-async fn deliver(provider: &Provider, shared: &Shared, job: &Job) -> Outcome {
-    let n = &job.notification;
+/// Provider label of the metrics of every rollout's `event` webhooks: one label for all, as
+/// rollouts (and so hook names) come and go.
+pub const EVENT_WEBHOOK_METRIC: &str = "event-webhook";
+
+/// `providerType` of an `event` webhook's dead letters.
+pub const EVENT_WEBHOOK_KIND: &str = "event-webhook";
+
+/// One event for a rollout's `event` webhooks.
+#[derive(Debug)]
+pub struct HookEvent {
+    /// The event, decoded.
+    pub event: AuditEvent,
+    /// Its kind.
+    pub kind: EventKind,
+    /// The CloudEvent JSON as received.
+    pub raw: Bytes,
+    /// The subject it came on.
+    pub subject: String,
+}
+
+/// Posts `event` to its rollout's `event` webhook `hook` in a task of its own (hooks belong
+/// to rollouts, not to the configuration, so there is no worker per hook): a hook that hangs
+/// or fails holds only its own post. De-duplication, retries and dead letters are those of
+/// the providers'; the hook's `timeoutMs` bounds each attempt. Returns where the outcome goes.
+pub fn spawn_event_hook(
+    hook: EventHook,
+    event: Arc<HookEvent>,
+    settings: Arc<EventWebhooks>,
+    shared: Arc<Shared>,
+) -> oneshot::Receiver<Outcome> {
+    let (done, outcome) = oneshot::channel();
+    let span = tracing::info_span!("event_webhook", webhook = %hook.name);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let timeout = hook
+                .timeout_ms
+                .filter(|ms| *ms > 0)
+                .map_or(settings.timeout, Duration::from_millis);
+            let post = Post {
+                name: &hook.name,
+                kind: EVENT_WEBHOOK_KIND,
+                // Hook names are the rollout's, provider names the configuration's: the NUL
+                // (which a provider name never holds) keeps their delivered ids apart.
+                dedup_name: format!("{EVENT_WEBHOOK_KIND}\0{}", hook.name),
+                metric: EVENT_WEBHOOK_METRIC,
+                url: &hook.url,
+                timeout,
+                event_id: &event.event.id,
+                subject: &event.subject,
+                raw: &event.raw,
+            };
+            let outcome = deliver(&shared, &post, || {
+                providers::event_hook(&hook, &event.event, event.kind, &settings)
+            })
+            .await;
+            let _ = done.send(outcome);
+        },
+        span,
+    ));
+    outcome
+}
+
+/// One event for one destination: a configured provider or a rollout's `event` webhook.
+struct Post<'a> {
+    /// Destination name, in logs and dead letters.
+    name: &'a str,
+    /// Destination type, in dead letters.
+    kind: &'static str,
+    /// Name its delivered ids are kept under.
+    dedup_name: String,
+    /// Provider label of its metrics.
+    metric: &'a str,
+    /// Where to (may hold a token: never logged).
+    url: &'a str,
+    /// Bound of one attempt.
+    timeout: Duration,
+    event_id: &'a str,
+    subject: &'a str,
+    raw: &'a [u8],
+}
+
+async fn deliver(shared: &Shared, post: &Post<'_>, payload: impl FnOnce() -> Payload) -> Outcome {
+    let outcome = deliver_once(shared, post, payload).await;
+    shared.metrics.post(post.metric, outcome.as_str());
+    outcome
+}
+
+async fn deliver_once(
+    shared: &Shared,
+    post: &Post<'_>,
+    payload: impl FnOnce() -> Payload,
+) -> Outcome {
+    let id = post.event_id;
     if shared.abandon.is_cancelled() {
         return Outcome::Abandoned;
     }
-    let key = Dedup::key(&provider.name, &n.id);
+    let key = Dedup::key(&post.dedup_name, id);
     match shared.dedup.seen(&key).await {
         Ok(true) => {
-            tracing::debug!(event = %n.id, "already posted; skipping");
+            tracing::debug!(event = %id, "already posted; skipping");
             return Outcome::Duplicate;
         }
         Ok(false) => {}
         Err(error) => {
-            tracing::warn!(event = %n.id, %error, "cannot check for an earlier post; leaving the event for redelivery");
+            tracing::warn!(event = %id, %error, "cannot check for an earlier post; leaving the event for redelivery");
             return Outcome::Abandoned;
         }
     }
-    let payload = providers::payload(provider, n, &job.raw);
+    let payload = payload();
     let settled = retry::run(
         &shared.policy,
         &shared.abandon,
-        |_| post(&shared.http, provider, &payload),
+        |_| send(&shared.http, post.url, post.timeout, &payload),
         |attempt, wait, error| {
-            shared.metrics.retry(&provider.name);
-            tracing::info!(event = %n.id, attempt, ?wait, error, "post failed; retrying");
+            shared.metrics.retry(post.metric);
+            tracing::info!(event = %id, attempt, ?wait, error, "post failed; retrying");
         },
     )
     .await;
     match settled {
         Settled::Delivered { attempts } => {
-            tracing::info!(event = %n.id, kind = ?n.kind, attempts, "posted");
+            tracing::info!(event = %id, attempts, "posted");
             if let Err(error) = shared.dedup.record(&key, "delivered").await {
                 shared.metrics.dedup_error();
-                tracing::warn!(event = %n.id, %error, "posted, but recording it failed; a restart may post it again");
+                tracing::warn!(event = %id, %error, "posted, but recording it failed; a restart may post it again");
             }
             Outcome::Delivered
         }
         Settled::Failed { attempts, error } => {
-            tracing::warn!(event = %n.id, attempts, %error, "post failed for good; dead-lettering");
-            match dead_letter(shared, provider, job, attempts, &error).await {
+            tracing::warn!(event = %id, attempts, %error, "post failed for good; dead-lettering");
+            match dead_letter(shared, post, attempts, &error).await {
                 Ok(()) => {
-                    shared.metrics.dead_letter(&provider.name);
+                    shared.metrics.dead_letter(post.metric);
                     if let Err(error) = shared.dedup.record(&key, "dead_lettered").await {
                         shared.metrics.dedup_error();
-                        tracing::warn!(event = %n.id, %error, "recording the dead letter failed");
+                        tracing::warn!(event = %id, %error, "recording the dead letter failed");
                     }
                     Outcome::DeadLettered
                 }
                 Err(error) => {
-                    tracing::warn!(event = %n.id, %error, "dead-lettering failed; leaving the event for redelivery");
+                    tracing::warn!(event = %id, %error, "dead-lettering failed; leaving the event for redelivery");
                     Outcome::Abandoned
                 }
             }
@@ -283,10 +394,10 @@ async fn deliver(provider: &Provider, shared: &Shared, job: &Job) -> Outcome {
 }
 
 /// One HTTP attempt. Errors never contain the URL (it holds the webhook token).
-async fn post(http: &reqwest::Client, provider: &Provider, payload: &Payload) -> Attempt {
+async fn send(http: &reqwest::Client, url: &str, timeout: Duration, payload: &Payload) -> Attempt {
     let mut request = http
-        .post(provider.url.expose())
-        .timeout(provider.timeout)
+        .post(url)
+        .timeout(timeout)
         .header(reqwest::header::CONTENT_TYPE, payload.content_type)
         .body(payload.body.clone());
     for (name, value) in &payload.headers {
@@ -343,29 +454,34 @@ fn redact(e: reqwest::Error) -> String {
 
 async fn dead_letter(
     shared: &Shared,
-    provider: &Provider,
-    job: &Job,
+    post: &Post<'_>,
     attempts: u32,
     error: &str,
 ) -> anyhow::Result<()> {
-    let event: serde_json::Value = serde_json::from_slice(&job.raw)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&job.raw).into()));
+    let event: serde_json::Value = serde_json::from_slice(post.raw)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(post.raw).into()));
     let body = serde_json::json!({
-        "provider": provider.name,
-        "providerType": provider.kind.as_str(),
-        "eventId": job.notification.id,
-        "subject": job.subject,
+        "provider": post.name,
+        "providerType": post.kind,
+        "eventId": post.event_id,
+        "subject": post.subject,
         "attempts": attempts,
         "error": error,
         "event": event,
     });
     let mut headers = HeaderMap::new();
-    // One dead letter per (provider, event), even if this runs twice.
-    headers.insert(
-        "Nats-Msg-Id",
-        format!("notifier/{}/{}", provider.name, job.notification.id).as_str(),
-    );
-    headers.insert("Aviary-Provider", provider.name.as_str());
+    // One dead letter per (destination, event), even if this runs twice. An event webhook's
+    // id names its type too, so it never collides with a provider of the same name.
+    let msg_id = if post.kind == EVENT_WEBHOOK_KIND {
+        format!(
+            "notifier/{EVENT_WEBHOOK_KIND}/{}/{}",
+            post.name, post.event_id
+        )
+    } else {
+        format!("notifier/{}/{}", post.name, post.event_id)
+    };
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    headers.insert("Aviary-Provider", post.name);
     let ack = shared
         .js
         .publish_with_headers(DEAD_LETTER_SUBJECT, headers, body.to_string().into())
@@ -406,7 +522,13 @@ mod tests {
             content_type: "application/json",
             headers: vec![],
         };
-        let attempt = post(&http_client().expect("client"), &provider, &payload).await;
+        let attempt = send(
+            &http_client().expect("client"),
+            provider.url.expose(),
+            provider.timeout,
+            &payload,
+        )
+        .await;
         let Attempt::Transient { error, .. } = attempt else {
             panic!("expected a transient error, got {attempt:?}");
         };

@@ -1,5 +1,6 @@
 //! The Aviary notifier: a durable consumer of the audit events stream (`AVIARY_EVENTS`) that
-//! posts rollout events to Slack, Microsoft Teams, Discord, Google Chat and plain webhooks —
+//! posts rollout events to Slack, Microsoft Teams, Discord, Google Chat and plain webhooks, and
+//! to each rollout's own `event` webhooks (Flagger's payload) —
 //! with retries, a dead-letter stream for posts that keep failing, and de-duplication by event
 //! id, so a notifier that was down catches up and posts each event once.
 //!
@@ -210,6 +211,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ack_wait: config.ack_wait,
         batch: config.max_in_flight.clamp(1, 64),
         abandon: abandon.clone(),
+        shared: shared.clone(),
+        event_webhooks: Arc::new(settings.event_webhooks.clone()),
     };
     ready.set(true);
     tracing::info!(

@@ -12,6 +12,9 @@
 //! - Google Chat: `text` + `cardsV2[{cardId, card{header, sections[{widgets}]}}]`.
 //! - Generic webhook: the CloudEvent as received (structured mode,
 //!   `application/cloudevents+json`), signed `sha256=<hex HMAC-SHA256(body)>` in a header.
+//! - A rollout's own `event` webhook: Flagger's event payload, `{name, namespace, phase,
+//!   metadata: {eventMessage, eventType, timestamp, ...}}` (Flagger's monitoring docs, "Event
+//!   Webhook"), signed the same way when `eventWebhooks` has a secret.
 //!
 //! Every text is cut to the documented limits, so a long reason never gets a post rejected.
 
@@ -19,8 +22,10 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::notification::Notification;
-use crate::settings::{Provider, ProviderKind};
+use aviary_proto::events::{AuditEvent, EventHook, EventKind};
+
+use crate::notification::{Notification, Severity, classify};
+use crate::settings::{EventWebhooks, Provider, ProviderKind};
 
 /// An HTTP body ready to post.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +288,106 @@ pub fn sign(key: &[u8], body: &[u8]) -> String {
     out
 }
 
+/// Flagger's `event` webhook payload for `event` (of `kind`), posted to `hook`:
+///
+/// ```json
+/// {"name": "podinfo", "namespace": "test", "phase": "Progressing",
+///  "metadata": {"eventMessage": "...", "eventType": "Normal", "timestamp": "1767225600000",
+///               "eventId": "test/podinfo/2/7", ...the hook's own metadata}}
+/// ```
+///
+/// `eventType` is `Warning` for what the notifier would route at `warn` or above (halts,
+/// rollbacks, an exceeded deadline, an abort) and for refused calls, `Normal` otherwise, as
+/// Flagger's Kubernetes event types. `timestamp` is the event's own time in Unix milliseconds
+/// (a string, as Flagger sends it), so a retried post says when it happened, not when it was
+/// sent. `eventId` lets a receiver de-duplicate. The hook's metadata is merged in; the keys
+/// above win over it.
+pub fn event_hook(
+    hook: &EventHook,
+    event: &AuditEvent,
+    kind: EventKind,
+    signing: &EventWebhooks,
+) -> Payload {
+    let d = &event.data;
+    let severity = classify(kind, &d.reason, true);
+    let warning = kind == EventKind::Refused || severity.is_some_and(|s| s >= Severity::Warn);
+    let n = Notification::new(event, kind, severity.unwrap_or(Severity::Info), "");
+    let message = n.text.lines().next().unwrap_or_default().to_owned();
+    let timestamp = unix_millis(&event.time).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or_default()
+    });
+    let mut metadata: serde_json::Map<String, Value> = hook
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    metadata.insert("eventMessage".into(), Value::String(message));
+    metadata.insert(
+        "eventType".into(),
+        Value::String(if warning { "Warning" } else { "Normal" }.into()),
+    );
+    metadata.insert("timestamp".into(), Value::String(timestamp.to_string()));
+    metadata.insert("eventId".into(), Value::String(event.id.clone()));
+    let body = json!({
+        "name": d.name,
+        "namespace": d.namespace,
+        "phase": d.phase,
+        "metadata": metadata,
+    });
+    let mut payload = Payload::json(&body);
+    if let Some(secret) = &signing.secret {
+        payload.headers.push((
+            signing.signature_header.clone(),
+            sign(secret.expose().as_bytes(), &payload.body),
+        ));
+    }
+    payload
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC time as the scheduler writes it
+/// (`2026-01-01T00:00:00.000Z`, fraction optional); `None` for anything else.
+fn unix_millis(time: &str) -> Option<u64> {
+    let num = |s: &str| -> Option<i64> {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let rest = time.strip_suffix('Z')?;
+    let (date, clock) = rest.split_once('T')?;
+    let mut ymd = date.splitn(3, '-');
+    let (y, m, d) = (num(ymd.next()?)?, num(ymd.next()?)?, num(ymd.next()?)?);
+    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut parts = hms.splitn(3, ':');
+    let (hh, mm, ss) = (
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let millis = if fraction.is_empty() {
+        0
+    } else {
+        let digits: String = fraction.chars().chain("000".chars()).take(3).collect();
+        num(&digits)?
+    };
+    // Days from the civil date (Howard Hinnant's algorithm), proleptic Gregorian.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
 fn webhook(provider: &Provider, raw_event: &[u8]) -> Payload {
     let mut headers = Vec::new();
     if let Some(secret) = &provider.secret {
@@ -318,6 +423,75 @@ mod tests {
         let raw = serde_json::to_vec(&event).expect("json");
         let payload = payload(p, &n, &raw);
         (serde_json::from_slice(&payload.body).expect("json body"), n)
+    }
+
+    #[test]
+    fn rfc3339_times_become_unix_millis() {
+        assert_eq!(unix_millis("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_millis("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            unix_millis("2000-02-29T00:00:00.000Z"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(unix_millis("2026-01-01T00:00:00Z"), Some(1_767_225_600_000));
+        assert_eq!(unix_millis("2026-01-01 00:00:00"), None);
+        assert_eq!(unix_millis("2026-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn event_hook_payload_is_flaggers_with_the_hook_metadata() {
+        let event = rolled_back();
+        let hook = EventHook {
+            name: "log".into(),
+            url: "http://x".into(),
+            timeout_ms: None,
+            metadata: [
+                ("team".to_owned(), "edge".to_owned()),
+                ("eventType".to_owned(), "spoofed".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let signing = EventWebhooks {
+            secret: Some(crate::settings::Secret::new("key")),
+            ..EventWebhooks::default()
+        };
+        let p = event_hook(&hook, &event, EventKind::RolledBack, &signing);
+        assert_eq!(p.content_type, "application/json");
+        let v: Value = serde_json::from_slice(&p.body).expect("json");
+        assert_eq!(v["name"], event.data.name.as_str());
+        assert_eq!(v["namespace"], event.data.namespace.as_str());
+        assert_eq!(v["phase"], event.data.phase.as_str());
+        assert_eq!(v["metadata"]["eventType"], "Warning");
+        assert_eq!(v["metadata"]["team"], "edge");
+        assert_eq!(v["metadata"]["eventId"], event.id.as_str());
+        assert!(
+            v["metadata"]["eventMessage"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Rolled back")),
+            "{v}"
+        );
+        assert!(
+            v["metadata"]["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.parse::<u64>().is_ok())
+        );
+        assert_eq!(
+            p.headers,
+            vec![("X-Aviary-Signature".to_owned(), sign(b"key", &p.body))]
+        );
+        let normal = event_hook(
+            &hook,
+            &event,
+            EventKind::StepAdvanced,
+            &EventWebhooks::default(),
+        );
+        let v: Value = serde_json::from_slice(&normal.body).expect("json");
+        assert_eq!(v["metadata"]["eventType"], "Normal");
+        assert!(normal.headers.is_empty());
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //!   test/podinfo:
 //!     - { provider: audit, severity: error }
 //! retry: { initialBackoff: 500ms, maxBackoff: 30s, maxAttempts: 8, maxElapsed: 5m }
+//! eventWebhooks:                  # the rollouts' own `type: event` webhooks
+//!   timeout: 10s                  # when a webhook gives none
+//!   secretEnv: EVENT_HMAC_KEY     # signs them as the `webhook` providers are (optional)
 //! dedupTtl: 168h
 //! ```
 
@@ -185,6 +188,39 @@ struct RawSettings {
     retry: RawRetry,
     dedup_ttl: Option<String>,
     queue_capacity: Option<usize>,
+    #[serde(default)]
+    event_webhooks: RawEventWebhooks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawEventWebhooks {
+    timeout: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    signature_header: Option<String>,
+}
+
+/// How the rollouts' own `event` webhooks (carried in each event's `eventWebhooks`) are called.
+#[derive(Debug, Clone)]
+pub struct EventWebhooks {
+    /// Timeout of one call when the webhook gives none.
+    pub timeout: Duration,
+    /// HMAC-SHA256 key signing each body, as for `webhook` providers.
+    pub secret: Option<Secret>,
+    /// Header carrying the signature (default `X-Aviary-Signature`).
+    pub signature_header: String,
+}
+
+impl Default for EventWebhooks {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            secret: None,
+            signature_header: DEFAULT_SIGNATURE_HEADER.to_owned(),
+        }
+    }
 }
 
 /// One configured provider, secrets resolved.
@@ -245,11 +281,16 @@ pub struct Settings {
     pub dedup_ttl: Duration,
     /// Bound of each provider's queue of pending posts.
     pub queue_capacity: usize,
+    /// How the rollouts' `event` webhooks are called.
+    pub event_webhooks: EventWebhooks,
 }
 
 /// Default timeout of one post: chat webhooks answer in well under a second; a hung
 /// connection must not hold a provider's queue for long.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Header of the HMAC signature of signed posts.
+const DEFAULT_SIGNATURE_HEADER: &str = "X-Aviary-Signature";
 
 /// Default retention of delivered ids: a week, longer than any outage we expect to catch up
 /// from, shorter than forever.
@@ -344,7 +385,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_TIMEOUT);
             let signature_header = p
                 .signature_header
-                .unwrap_or_else(|| "X-Aviary-Signature".to_owned());
+                .unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_owned());
             if reqwest::header::HeaderName::from_bytes(signature_header.as_bytes()).is_err() {
                 return Err(invalid(field("signatureHeader"), "not a valid header name"));
             }
@@ -437,6 +478,32 @@ impl Settings {
         if queue_capacity == 0 {
             return Err(invalid("queueCapacity", "must be at least 1"));
         }
+        let hooks = raw.event_webhooks;
+        let event_webhooks = EventWebhooks {
+            timeout: duration("eventWebhooks.timeout", hooks.timeout, DEFAULT_TIMEOUT)?,
+            secret: resolve_secret(
+                "eventWebhooks.secret",
+                hooks.secret,
+                hooks.secret_file.as_deref(),
+                hooks.secret_env.as_deref(),
+                dir,
+                env,
+            )?,
+            signature_header: hooks
+                .signature_header
+                .unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_owned()),
+        };
+        if event_webhooks.timeout.is_zero() {
+            return Err(invalid("eventWebhooks.timeout", "must be positive"));
+        }
+        if reqwest::header::HeaderName::from_bytes(event_webhooks.signature_header.as_bytes())
+            .is_err()
+        {
+            return Err(invalid(
+                "eventWebhooks.signatureHeader",
+                "not a valid header name",
+            ));
+        }
         Ok(Self {
             providers,
             default_provider,
@@ -446,6 +513,7 @@ impl Settings {
             retry,
             dedup_ttl,
             queue_capacity,
+            event_webhooks,
         })
     }
 

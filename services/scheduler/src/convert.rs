@@ -481,7 +481,8 @@ pub fn deleted_event(record: &RolloutRecord, actor: &str, reason: &str, at_ms: u
     AuditEvent::new(EventKind::Deleted, id, rfc3339(at_ms), data)
 }
 
-/// What every event of a rollout says about it: who it is and where its alerts go.
+/// What every event of a rollout says about it: who it is, where its alerts go and which
+/// `event` webhooks it calls.
 fn event_data(record: &RolloutRecord) -> EventData {
     let spec = &record.rollout.spec;
     EventData {
@@ -501,6 +502,18 @@ fn event_data(record: &RolloutRecord) -> EventData {
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default(),
                 provider: a.provider_ref.name.clone(),
+            })
+            .collect(),
+        event_webhooks: spec
+            .analysis
+            .webhooks
+            .iter()
+            .filter(|w| w.kind == aviary_core::spec::WebhookType::Event)
+            .map(|w| aviary_proto::events::EventHook {
+                name: w.name.clone(),
+                url: w.url.clone(),
+                timeout_ms: w.timeout.map(|t| t.as_millis()),
+                metadata: w.metadata.clone(),
             })
             .collect(),
         ..EventData::default()
