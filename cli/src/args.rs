@@ -86,6 +86,22 @@ pub struct GateArgs {
         default_value = "http://127.0.0.1:8090"
     )]
     pub url: String,
+    /// Bearer token for the gate service (an operator token opens and closes gates).
+    #[arg(
+        long = "gate-token",
+        env = "AVIARY_GATE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file",
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// File holding the gate service's bearer token (surrounding whitespace is ignored).
+    #[arg(
+        long = "gate-token-file",
+        env = "AVIARY_GATE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
 }
 
 /// A rollout file to read (`-` for standard input).

@@ -29,9 +29,21 @@ pub async fn run(args: &GateArgs, out: &mut dyn Write) -> anyhow::Result<ExitCod
         "phase": "",
         "metadata": {},
     });
-    let response = reqwest::Client::new()
-        .post(&url)
-        .json(&payload)
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let mut request = reqwest::Client::new().post(&url).json(&payload);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach the gate service at {}", args.url))?;

@@ -15,8 +15,16 @@
 //!
 //! A bad payload is 400. When the store cannot be read the answer is 503: a `confirm-*` hook
 //! reads any non-2xx as "closed", so an outage halts rather than opens.
+//!
+//! With `--tokens-file` (the scheduler's format: `<token> <read|operator> <identity>` per
+//! line) the writes (`open`, `close`) need `Authorization: Bearer <operator token>`: 401
+//! without a known token, 403 for a `read` token. The queries (`check`, `approve`, `halt`) stay
+//! open to any caller, since the analyzer's webhooks that call them carry no bearer token.
+//! Without a tokens file every caller may write, and the service says so at start.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -26,7 +34,7 @@ use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +62,142 @@ pub struct GateConfig {
         default_value = "127.0.0.1:8090"
     )]
     pub listen_addr: SocketAddr,
+
+    /// Bearer tokens file (`<token> <read|operator> <identity>` per line, as the scheduler's):
+    /// opening and closing gates then needs an operator token. Open to every caller when unset.
+    #[arg(long, env = "AVIARY_GATE_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// What a gate caller may do (the scheduler's roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Query gates.
+    Read,
+    /// Query, open and close gates.
+    Operator,
+}
+
+/// A tokens file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    /// The file could not be read.
+    #[error("reading tokens file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file holds no token: taking it would open the gates to every caller.
+    #[error(
+        "tokens file has no token: it would let every caller open gates; add a \
+         `<token> <role> <identity>` line, or run without a tokens file to run open"
+    )]
+    Empty,
+    /// A line is malformed; the token itself is not repeated in the message.
+    #[error("tokens file line {line}: {message}")]
+    Syntax {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: &'static str,
+    },
+}
+
+/// The bearer tokens the gate service accepts, with their role and identity. Empty (no file)
+/// lets every caller in as operator.
+// The scheduler's `auth::Tokens` again: the analyzer cannot depend on the scheduler, and the
+// shared home (crates/runtime) is not this change's to make.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    by_token: HashMap<String, (Role, String)>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("count", &self.by_token.len())
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// Reads a tokens file.
+    ///
+    /// # Errors
+    /// As [`Tokens::parse`], or the file cannot be read.
+    pub fn load(path: &Path) -> Result<Self, TokensFileError> {
+        Self::parse(&std::fs::read_to_string(path)?)
+    }
+
+    /// Parses `<token> <read|operator> <identity>` lines; blank lines and `#` comments are
+    /// skipped.
+    ///
+    /// # Errors
+    /// The first malformed line, by number; [`TokensFileError::Empty`] for a file without a
+    /// token.
+    pub fn parse(text: &str) -> Result<Self, TokensFileError> {
+        let mut by_token = HashMap::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let syntax = |message| TokensFileError::Syntax {
+                line: index + 1,
+                message,
+            };
+            let mut parts = line.split_whitespace();
+            let (Some(token), Some(role), Some(identity), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(syntax("expected `<token> <role> <identity>`"));
+            };
+            let role = match role {
+                "read" => Role::Read,
+                "operator" => Role::Operator,
+                _ => return Err(syntax("role must be `read` or `operator`")),
+            };
+            by_token.insert(token.to_owned(), (role, identity.to_owned()));
+        }
+        if by_token.is_empty() {
+            return Err(TokensFileError::Empty);
+        }
+        Ok(Self { by_token })
+    }
+
+    /// Whether authentication is switched on.
+    pub fn enabled(&self) -> bool {
+        !self.by_token.is_empty()
+    }
+
+    /// The caller's identity when its `Authorization` header names a token whose role is at
+    /// least `needs`; `anonymous` when authentication is off.
+    ///
+    /// # Errors
+    /// 401 for a missing or unknown token, 403 for a role below `needs`.
+    pub fn authorize(&self, headers: &HeaderMap, needs: Role) -> Result<String, StatusCode> {
+        if !self.enabled() {
+            return Ok("anonymous".to_owned());
+        }
+        let presented = (headers.get(axum::http::header::AUTHORIZATION))
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(StatusCode::UNAUTHORIZED)?;
+        let (role, identity) = (self.by_token.iter())
+            .find(|(token, _)| constant_time_eq(token.as_bytes(), presented.as_bytes()))
+            .map(|(_, caller)| caller.clone())
+            .ok_or(StatusCode::UNAUTHORIZED)?;
+        if role < needs {
+            tracing::warn!(%identity, ?role, "gate write refused: needs operator");
+            return Err(StatusCode::FORBIDDEN);
+        }
+        Ok(identity)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The two gates a rollout has here.
@@ -93,6 +237,7 @@ struct GatePayload {
 #[derive(Clone)]
 struct GateStore {
     bucket: Bucket<GateState>,
+    tokens: Tokens,
 }
 
 impl GateStore {
@@ -112,7 +257,7 @@ impl GateStore {
         }
     }
 
-    async fn set(&self, payload: &GatePayload, gate: Gate, open: bool) -> StatusCode {
+    async fn set(&self, payload: &GatePayload, gate: Gate, open: bool, actor: &str) -> StatusCode {
         let key = match Self::key(payload, gate) {
             Ok(key) => key,
             Err(code) => return code,
@@ -124,7 +269,7 @@ impl GateStore {
         // A gate has one meaning per call ("open it now"), so last writer wins.
         match self.bucket.put(&key, &state).await {
             Ok(_) => {
-                tracing::info!(%key, open, "gate set");
+                tracing::info!(%key, open, %actor, "gate set");
                 StatusCode::OK
             }
             Err(error) => {
@@ -161,9 +306,19 @@ async fn check(store: &GateStore, body: &[u8], gate: Gate) -> StatusCode {
     }
 }
 
-async fn set(store: &GateStore, body: &[u8], gate: Gate, open: bool) -> StatusCode {
+async fn set(
+    store: &GateStore,
+    headers: &HeaderMap,
+    body: &[u8],
+    gate: Gate,
+    open: bool,
+) -> StatusCode {
+    let actor = match store.tokens.authorize(headers, Role::Operator) {
+        Ok(actor) => actor,
+        Err(code) => return code,
+    };
     match parse(body) {
-        Ok(payload) => store.set(&payload, gate, open).await,
+        Ok(payload) => store.set(&payload, gate, open, &actor).await,
         Err(code) => code,
     }
 }
@@ -189,11 +344,15 @@ fn router(store: GateStore) -> Router {
         )
         .route(
             "/gate/open",
-            post(|State(s): S, b: axum::body::Bytes| async move { set(&s, &b, Gate::Confirm, true).await }),
+            post(|State(s): S, h: HeaderMap, b: axum::body::Bytes| async move {
+                set(&s, &h, &b, Gate::Confirm, true).await
+            }),
         )
         .route(
             "/gate/close",
-            post(|State(s): S, b: axum::body::Bytes| async move { set(&s, &b, Gate::Confirm, false).await }),
+            post(|State(s): S, h: HeaderMap, b: axum::body::Bytes| async move {
+                set(&s, &h, &b, Gate::Confirm, false).await
+            }),
         )
         .route(
             "/rollback/check",
@@ -201,11 +360,15 @@ fn router(store: GateStore) -> Router {
         )
         .route(
             "/rollback/open",
-            post(|State(s): S, b: axum::body::Bytes| async move { set(&s, &b, Gate::Rollback, true).await }),
+            post(|State(s): S, h: HeaderMap, b: axum::body::Bytes| async move {
+                set(&s, &h, &b, Gate::Rollback, true).await
+            }),
         )
         .route(
             "/rollback/close",
-            post(|State(s): S, b: axum::body::Bytes| async move { set(&s, &b, Gate::Rollback, false).await }),
+            post(|State(s): S, h: HeaderMap, b: axum::body::Bytes| async move {
+                set(&s, &h, &b, Gate::Rollback, false).await
+            }),
         )
         .with_state(store)
 }
@@ -237,11 +400,21 @@ impl RunningGate {
 /// background until `shutdown` fires.
 ///
 /// # Errors
-/// When NATS cannot be reached, the bucket cannot be created or an address cannot be bound.
+/// When the tokens file cannot be used, NATS cannot be reached, the bucket cannot be created or
+/// an address cannot be bound.
 pub async fn start_gate(
     config: GateConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningGate> {
+    let tokens = match &config.tokens_file {
+        Some(path) => {
+            Tokens::load(path).with_context(|| format!("tokens file {}", path.display()))?
+        }
+        None => {
+            tracing::warn!("no tokens file: every caller may open and close gates");
+            Tokens::default()
+        }
+    };
     let ready = Readiness::default();
     let admin_addr = AdminServer::spawn(
         config.common.admin_addr,
@@ -267,7 +440,7 @@ pub async fn start_gate(
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     let addr = listener.local_addr()?;
-    let app = router(GateStore { bucket });
+    let app = router(GateStore { bucket, tokens });
     ready.set(true);
     tracing::info!(%addr, "gates listening");
     let task = tokio::spawn(async move {
@@ -288,4 +461,61 @@ pub async fn start_gate(
 /// As [`start_gate`].
 pub async fn run_gate(config: GateConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     start_gate(config, shutdown).await?.wait().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tokens_file_without_a_token_is_refused() {
+        for text in ["", "\n", "# only a comment\n"] {
+            assert!(
+                matches!(Tokens::parse(text), Err(TokensFileError::Empty)),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_lines_name_the_line_not_the_token() {
+        let message = Tokens::parse("good operator bob\nsecret-value admin eve\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("line 2"), "{message}");
+        assert!(!message.contains("secret-value"), "{message}");
+    }
+
+    #[test]
+    fn writes_need_an_operator_token() {
+        let tokens = Tokens::parse("r read auditor\nop operator alice\n").unwrap_or_default();
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = value.parse() {
+                headers.insert(axum::http::header::AUTHORIZATION, v);
+            }
+            headers
+        };
+        assert_eq!(
+            tokens.authorize(&HeaderMap::new(), Role::Operator),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            tokens.authorize(&with("Bearer nope"), Role::Operator),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            tokens.authorize(&with("Bearer r"), Role::Operator),
+            Err(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            tokens.authorize(&with("Bearer op"), Role::Operator),
+            Ok("alice".to_owned())
+        );
+        assert_eq!(
+            Tokens::default().authorize(&HeaderMap::new(), Role::Operator),
+            Ok("anonymous".to_owned())
+        );
+    }
 }

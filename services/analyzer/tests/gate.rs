@@ -103,3 +103,68 @@ async fn gates_open_close_and_survive_restarts() {
     shutdown.cancel();
     gate.wait().await.unwrap();
 }
+
+async fn call_as(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(&serde_json::json!({ "name": "podinfo", "namespace": "test" }))
+        .timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn with_a_tokens_file_only_operators_open_and_close_gates() {
+    let nats = NatsServer::start().await.unwrap();
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut tokens,
+        b"# gates\nr3ad read auditor\nop operator alice\n",
+    )
+    .unwrap();
+    let mut config = config(&nats);
+    config.tokens_file = Some(tokens.path().to_owned());
+    let shutdown = CancellationToken::new();
+    let gate = start_gate(config, shutdown.clone()).await.unwrap();
+    let addr = gate.addr;
+
+    for path in [
+        "/gate/open",
+        "/gate/close",
+        "/rollback/open",
+        "/rollback/close",
+    ] {
+        assert_eq!(call_as(addr, path, None).await, 401, "{path} anonymous");
+        assert_eq!(call_as(addr, path, Some("wrong")).await, 401, "{path}");
+        assert_eq!(call_as(addr, path, Some("r3ad")).await, 403, "{path} read");
+    }
+    assert_eq!(
+        call_as(addr, "/gate/check", None).await,
+        403,
+        "still closed after refused writes; checks need no token (webhooks send none)"
+    );
+    assert_eq!(call_as(addr, "/gate/open", Some("op")).await, 200);
+    assert_eq!(call_as(addr, "/gate/check", None).await, 200);
+    assert_eq!(call_as(addr, "/gate/check", Some("r3ad")).await, 200);
+    assert_eq!(call_as(addr, "/gate/close", Some("op")).await, 200);
+    assert_eq!(call_as(addr, "/gate/check", None).await, 403);
+    shutdown.cancel();
+    gate.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tokens_file_without_a_token_is_refused_at_start() {
+    let nats = NatsServer::start().await.unwrap();
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut tokens, b"# nobody yet\n").unwrap();
+    let mut config = config(&nats);
+    config.tokens_file = Some(tokens.path().to_owned());
+    let error = start_gate(config, CancellationToken::new())
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(error.contains("has no token"), "{error}");
+}
