@@ -177,6 +177,22 @@ pub struct ApiArgs {
     /// CA certificate (PEM) to verify the server with; enables TLS.
     #[arg(long = "ca-file", env = "AVIARY_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires mutual TLS; needs `--key-file`.
+    #[arg(
+        long = "cert-file",
+        env = "AVIARY_CERT_FILE",
+        value_name = "FILE",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `--cert-file`.
+    #[arg(
+        long = "key-file",
+        env = "AVIARY_KEY_FILE",
+        value_name = "FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
     /// How long connecting to the server may take.
     #[arg(long = "connect-timeout", env = "AVIARY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: std::time::Duration,

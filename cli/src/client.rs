@@ -6,7 +6,7 @@ use anyhow::Context;
 use aviary_proto::rollout_service_client::RolloutServiceClient;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::args::ApiArgs;
 
@@ -25,11 +25,12 @@ fn token(args: &ApiArgs) -> anyhow::Result<BearerToken> {
     Ok(BearerToken::new(Some(&token))?)
 }
 
-/// Connects to `--server`, with TLS when `--ca-file` is given or the URL is `https://`.
+/// Connects to `--server`, with TLS when `--ca-file` or `--cert-file` is given or the URL is
+/// `https://`; `--cert-file`/`--key-file` are the client certificate for mutual TLS.
 ///
 /// # Errors
-/// The URL is malformed, the CA or token file cannot be read, or no server answers within
-/// `--connect-timeout`.
+/// The URL is malformed, the CA, certificate, key or token file cannot be read, or no server
+/// answers within `--connect-timeout` (or completes the TLS handshake).
 pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
     let mut endpoint = Endpoint::from_shared(args.server.clone())
         .with_context(|| format!("invalid server address {:?}", args.server))?
@@ -37,7 +38,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
         // Keeps a `watch` from hanging forever on a server that vanished without closing.
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    if args.ca_file.is_some() || args.server.starts_with("https://") {
+    if args.ca_file.is_some() || args.cert_file.is_some() || args.server.starts_with("https://") {
         // Two rustls back-ends are linked (ring for tonic, aws-lc-rs for reqwest): pick one.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut tls = ClientTlsConfig::new();
@@ -45,6 +46,13 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
             let pem = std::fs::read(path)
                 .with_context(|| format!("cannot read CA file {}", path.display()))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+            let cert = std::fs::read(cert)
+                .with_context(|| format!("cannot read certificate file {}", cert.display()))?;
+            let key = std::fs::read(key)
+                .with_context(|| format!("cannot read key file {}", key.display()))?;
+            tls = tls.identity(Identity::from_pem(cert, key));
         }
         endpoint = endpoint.tls_config(tls).context("cannot configure TLS")?;
     }

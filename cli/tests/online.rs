@@ -4,7 +4,8 @@
 mod common;
 
 use std::io::Write as _;
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use aviary_proto as pb;
@@ -462,4 +463,145 @@ async fn text_from_the_bus_and_the_server_reaches_the_terminal_escaped() {
         assert_no_raw_controls(&format!("{args:?}"), &out.stdout);
         assert!(text(&out.stdout).contains("pwned"), "{}", text(&out.stdout));
     }
+}
+
+/// Runs `openssl` in `dir` (the scheduler's TLS test makes its certificates the same way).
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, all from it.
+fn make_pki(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=aviary-test-ca",
+        ],
+    );
+    for (name, ext) in [
+        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n"))
+            .expect("write ext file");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_sent_to_a_server_that_requires_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let plane = ControlPlane::start_tls(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+    ])
+    .await;
+    let (client_cert, client_key) = (file("client.pem"), file("client.key"));
+    let with_cert = aviary(
+        &plane,
+        &[
+            "list",
+            "--ca-file",
+            &ca,
+            "--cert-file",
+            &client_cert,
+            "--key-file",
+            &client_key,
+        ],
+    )
+    .await;
+    assert_eq!(
+        with_cert.status.code(),
+        Some(0),
+        "{}",
+        text(&with_cert.stderr)
+    );
+    assert_eq!(text(&with_cert.stdout).trim(), "no rollouts");
+
+    let env = [
+        ("AVIARY_CERT_FILE", client_cert.as_str()),
+        ("AVIARY_KEY_FILE", client_key.as_str()),
+    ];
+    let from_env = aviary_with(&plane, &["list", "--ca-file", &ca], &env).await;
+    assert_eq!(
+        from_env.status.code(),
+        Some(0),
+        "{}",
+        text(&from_env.stderr)
+    );
+
+    let without = aviary(&plane, &["list", "--ca-file", &ca]).await;
+    assert_eq!(without.status.code(), Some(1), "{}", text(&without.stdout));
+    let stderr = text(&without.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let half = aviary(
+        &plane,
+        &["list", "--ca-file", &ca, "--cert-file", &client_cert],
+    )
+    .await;
+    assert_eq!(half.status.code(), Some(2), "--cert-file needs --key-file");
 }

@@ -38,8 +38,18 @@ impl ControlPlane {
         Self::start_judging(pb::Outcome::Pass, extra).await
     }
 
+    /// [`ControlPlane::start`] for a control API over TLS (`extra` has the `--tls-*` flags):
+    /// ready once its port accepts connections; `server` is `https://127.0.0.1:<port>`.
+    pub async fn start_tls(extra: &[&str]) -> Self {
+        Self::start_inner(pb::Outcome::Pass, extra, true).await
+    }
+
     /// [`ControlPlane::start`] with an analyzer that answers `outcome` to every request.
     pub async fn start_judging(outcome: pb::Outcome, extra: &[&str]) -> Self {
+        Self::start_inner(outcome, extra, false).await
+    }
+
+    async fn start_inner(outcome: pb::Outcome, extra: &[&str], tls: bool) -> Self {
         let nats = NatsServer::start().await.expect("nats-server starts");
         let shutdown = CancellationToken::new();
         let client = nats.client().await.expect("nats client");
@@ -50,14 +60,21 @@ impl ControlPlane {
             config(&nats.url(), port, extra),
             shutdown.clone(),
         ));
-        let server = format!("http://127.0.0.1:{port}");
+        let server = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
         let url = server.clone();
         aviary_testkit::eventually(Duration::from_secs(10), "control API listening", || {
             let url = url.clone();
             async move {
+                if tls {
+                    return tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .ok()
+                        .map(drop);
+                }
                 pb::rollout_service_client::RolloutServiceClient::connect(url)
                     .await
                     .ok()
+                    .map(drop)
             }
         })
         .await;
