@@ -185,11 +185,6 @@ fn each_kind_of_error() {
             &["spec.analysis.maxWeight: must be between 1 and 100"],
         ),
         (
-            "stepWeight: 2",
-            "stepWeight: 2\n    stepWeights: [1, 2]",
-            &["spec.analysis.stepWeights: cannot be used together with stepWeight"],
-        ),
-        (
             "maxWeight: 50\n    stepWeight: 2",
             "stepWeights: [1, 5, 5, 3]",
             &[

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_yaml::{Mapping, Value};
 
 use crate::duration::{HumanDuration, parse_duration};
-use crate::error::{FieldError, ValidationErrors, field, index};
+use crate::error::{FieldError, ValidationErrors, Warning, field, index};
 use crate::spec::{
     Alert, Analysis, AnalysisStep, ApprovalStep, GatewayRef, HeaderRouteStep, IngressRef, Judge,
     MatchRule, Metadata, Metric, MetricProvider, MirrorStep, ObjectRef, OnNoData, PauseStep,
@@ -23,8 +23,19 @@ use crate::strategy::Strategy;
 ///
 /// Returns every problem found, each as `<path>: <message>`: a YAML syntax error (path
 /// `yaml`), unknown fields, wrong types, out-of-range values and semantic errors such as
-/// `stepWeight` together with `stepWeights`. Never panics, whatever the input.
+/// `steps` together with `stepWeight`. Never panics, whatever the input. Fields that are
+/// accepted but have no effect, as in Flagger, are dropped silently here; use
+/// [`parse_rollout_with_warnings`] to see them.
 pub fn parse_rollout(yaml: &str) -> Result<Rollout, ValidationErrors> {
+    parse_rollout_with_warnings(yaml).map(|(r, _)| r)
+}
+
+/// [`parse_rollout`], also returning a [`Warning`] for each field that is accepted but ignored
+/// or read as a default, as Flagger does ([`RolloutSpec::warnings`]), e.g.
+/// `spec.analysis.maxWeight: ignored, iterations is set …`.
+pub fn parse_rollout_with_warnings(
+    yaml: &str,
+) -> Result<(Rollout, Vec<Warning>), ValidationErrors> {
     let value: Value = match serde_yaml::from_str(yaml) {
         Ok(v) => v,
         Err(e) => return Err(ValidationErrors(vec![yaml_error(&e)])),
@@ -32,8 +43,11 @@ pub fn parse_rollout(yaml: &str) -> Result<Rollout, ValidationErrors> {
     rollout_from_value(&value)
 }
 
-/// [`parse_rollout`] for a document already read as YAML (one of several in a file).
-pub(crate) fn rollout_from_value(value: &Value) -> Result<Rollout, ValidationErrors> {
+/// [`parse_rollout_with_warnings`] for a document already read as YAML (one of several in a
+/// file).
+pub(crate) fn rollout_from_value(
+    value: &Value,
+) -> Result<(Rollout, Vec<Warning>), ValidationErrors> {
     let mut d = Decoder::default();
     let rollout = d.rollout(value);
     let mut errors = d.errors;
@@ -41,7 +55,10 @@ pub(crate) fn rollout_from_value(value: &Value) -> Result<Rollout, ValidationErr
         add_validation(r, &mut errors);
     }
     match rollout {
-        Some(r) if errors.is_empty() => Ok(r),
+        Some(r) if errors.is_empty() => {
+            let warnings = r.spec.warnings();
+            Ok((r, warnings))
+        }
         _ => Err(ValidationErrors(errors)),
     }
 }
@@ -293,6 +310,26 @@ impl Decoder {
                 self.expected(&f.path(key), "a number", other);
                 None
             }
+        }
+    }
+
+    /// A pause's `duration`: a duration with a unit, or, as in Argo Rollouts, a bare whole
+    /// number of seconds (`duration: 30` is 30s).
+    fn pause_duration(&mut self, f: &Fields<'_>) -> Option<HumanDuration> {
+        match f.get("duration")? {
+            Value::Number(n) => match n.as_u64() {
+                Some(secs) => Some(HumanDuration::from_secs(secs)),
+                None => {
+                    self.err(
+                        &f.path("duration"),
+                        format!(
+                            "must be whole seconds (e.g. 30) or a duration such as 30s, got {n}"
+                        ),
+                    );
+                    None
+                }
+            },
+            _ => self.duration(f, "duration"),
         }
     }
 
@@ -608,10 +645,11 @@ impl Decoder {
             threshold: self.count32(&f, "threshold", 1),
             max_weight: self.weight(&f, "maxWeight", 1),
             step_weight: self.weight(&f, "stepWeight", 1),
-            step_weight_promotion: self.weight(&f, "stepWeightPromotion", 1),
+            // 0 is Flagger's "unset" for these two: a warning says so ([`RolloutSpec::warnings`]).
+            step_weight_promotion: self.weight(&f, "stepWeightPromotion", 0),
             iterations: self.count32(&f, "iterations", 1),
             mirror: self.bool(&f, "mirror").unwrap_or(false),
-            mirror_weight: self.weight(&f, "mirrorWeight", 1),
+            mirror_weight: self.weight(&f, "mirrorWeight", 0),
             early_promotion: self.bool(&f, "earlyPromotion").unwrap_or(false),
             ..Analysis::default()
         };
@@ -913,7 +951,7 @@ impl Decoder {
             "pause" => {
                 let g = self.fields(body, &sp, &["duration"])?;
                 Some(Step::Pause(PauseStep {
-                    duration: self.duration(&g, "duration"),
+                    duration: self.pause_duration(&g),
                 }))
             }
             "analysis" => {
@@ -1038,6 +1076,177 @@ spec:
                 "missing {w:?} in {errs:#?}"
             );
         }
+    }
+
+    /// Decodes `yaml`, which must be valid; its warnings as `path: message` and its plan.
+    fn with_warnings(yaml: &str) -> (Rollout, Vec<String>, crate::plan::Plan) {
+        let (r, ws) = parse_rollout_with_warnings(yaml).expect("valid, with warnings");
+        let plan = crate::plan::Plan::build(&r.spec).expect("plan");
+        (r, ws.iter().map(ToString::to_string).collect(), plan)
+    }
+
+    #[test]
+    fn step_weight_beside_step_weights_sets_the_steps_as_flagger() {
+        // Flagger's nextStepWeight uses stepWeight when it is set; maxWeight() is then the last
+        // of stepWeights (and maxWeight is ignored).
+        let yaml = VALID.replace(
+            "stepWeight: 2",
+            "stepWeight: 20\n    stepWeights: [1, 2, 10, 70]",
+        );
+        let (_, ws, plan) = with_warnings(&yaml);
+        assert_eq!(plan.weights(), vec![20, 40, 60, 80]);
+        assert_eq!(
+            ws,
+            vec![
+                "spec.analysis.stepWeights: only its last weight (70) is used, as the maximum \
+                 weight: stepWeight is set and sets the steps (as Flagger)",
+                "spec.analysis.maxWeight: ignored, stepWeights is set: its last weight (70) is \
+                 the maximum weight (as Flagger)",
+            ]
+        );
+        assert_eq!(parse_rollout(&yaml).map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn max_weight_beside_step_weights_is_ignored_as_flagger() {
+        let yaml = VALID.replace(
+            "maxWeight: 50\n    stepWeight: 2",
+            "maxWeight: 5\n    stepWeights: [1, 2, 10, 80]",
+        );
+        let (_, ws, plan) = with_warnings(&yaml);
+        assert_eq!(plan.weights(), vec![1, 2, 10, 80]);
+        assert_eq!(ws.len(), 1, "{ws:?}");
+        assert!(ws[0].starts_with("spec.analysis.maxWeight: ignored, stepWeights is set"));
+    }
+
+    #[test]
+    fn weights_beside_iterations_are_ignored_as_flagger() {
+        let bg = VALID.replace("stepWeight: 2", "stepWeight: 2\n    iterations: 3");
+        let (_, ws, plan) = with_warnings(&bg);
+        assert_eq!(plan.strategy, Strategy::BlueGreen);
+        assert_eq!(plan.weights(), vec![0, 0, 0]);
+        assert_eq!(
+            ws,
+            vec![
+                "spec.analysis.stepWeight: ignored, iterations is set: blue/green shifts no \
+                 weights (as Flagger)",
+                "spec.analysis.maxWeight: ignored, iterations is set: blue/green shifts no \
+                 weights (as Flagger)",
+            ]
+        );
+        let ab = VALID.replace(
+            "maxWeight: 50\n    stepWeight: 2",
+            "stepWeights: [10, 20]\n    iterations: 2\n    match: [{headers: {x-canary: {exact: \"1\"}}}]",
+        );
+        let (_, ws, plan) = with_warnings(&ab);
+        assert_eq!(plan.strategy, Strategy::AbTesting);
+        assert_eq!(plan.weights(), vec![0, 0]);
+        assert_eq!(
+            ws,
+            vec![
+                "spec.analysis.stepWeights: ignored, iterations is set: A/B testing shifts no \
+                 weights (as Flagger)"
+            ]
+        );
+        // An explicit strategy that contradicts iterations is still an error.
+        let explicit = bg.replace("  analysis:", "  strategy: canary\n  analysis:");
+        assert!(
+            errors(&explicit)
+                .iter()
+                .any(|e| e.starts_with("spec.strategy:"))
+        );
+    }
+
+    #[test]
+    fn step_weight_promotion_zero_is_unset_as_flagger() {
+        let yaml = VALID.replace("stepWeightPromotion: 100", "stepWeightPromotion: 0");
+        let (r, ws, plan) = with_warnings(&yaml);
+        assert_eq!(r.spec.analysis.step_weight_promotion(), 100);
+        assert_eq!(plan.promotion.weights, vec![100]);
+        assert_eq!(
+            ws,
+            vec![
+                "spec.analysis.stepWeightPromotion: 0 means unset: promotion moves all traffic \
+                 at once (as Flagger)"
+            ]
+        );
+        let bad = VALID.replace("stepWeightPromotion: 100", "stepWeightPromotion: 101");
+        assert!(
+            errors(&bad)
+                .iter()
+                .any(|e| e.starts_with("spec.analysis.stepWeightPromotion: must be between"))
+        );
+    }
+
+    #[test]
+    fn mirror_weight_zero_is_unset_as_flagger() {
+        let yaml = VALID.replace(
+            "stepWeight: 2",
+            "stepWeight: 25\n    mirror: true\n    mirrorWeight: 0",
+        );
+        let (_, ws, plan) = with_warnings(&yaml);
+        let first = plan.step(0).expect("mirror step");
+        assert!(first.mirror);
+        assert_eq!(first.mirror_weight, Some(100));
+        assert_eq!(plan.weights(), vec![0, 25, 50]);
+        assert_eq!(
+            ws,
+            vec![
+                "spec.analysis.mirrorWeight: 0 means unset: every request is mirrored (as Flagger)"
+            ]
+        );
+        let bad = VALID.replace(
+            "stepWeight: 2",
+            "stepWeight: 2\n    mirror: true\n    mirrorWeight: -1",
+        );
+        assert!(
+            errors(&bad)
+                .iter()
+                .any(|e| e.starts_with("spec.analysis.mirrorWeight:")),
+            "{:?}",
+            errors(&bad)
+        );
+    }
+
+    #[test]
+    fn pause_duration_may_be_bare_seconds_as_argo() {
+        let base = VALID.replace("    maxWeight: 50\n    stepWeight: 2\n", "");
+        let yaml = base.clone() + "  steps:\n    - setWeight: 5\n    - pause: {duration: 30}\n";
+        let (r, ws, plan) = with_warnings(&yaml);
+        assert!(ws.is_empty(), "{ws:?}");
+        let steps = r.spec.steps.expect("steps");
+        assert_eq!(
+            steps[1],
+            Step::Pause(PauseStep {
+                duration: Some(HumanDuration::from_secs(30))
+            })
+        );
+        assert_eq!(
+            plan.step(1).expect("pause").hold,
+            Some(crate::plan::Hold::Pause {
+                duration: Some(HumanDuration::from_secs(30))
+            })
+        );
+        for (bad, want) in [
+            ("-5", "spec.steps[1].pause.duration: must be whole seconds"),
+            ("1.5", "spec.steps[1].pause.duration: must be whole seconds"),
+            (
+                "0",
+                "spec.steps[1].pause.duration: duration must be greater than zero",
+            ),
+        ] {
+            let yaml = base.clone()
+                + &format!("  steps:\n    - setWeight: 5\n    - pause: {{duration: {bad}}}\n");
+            let errs = errors(&yaml);
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{bad}: {errs:?}");
+        }
+        // Everywhere else a duration still needs its unit.
+        let unitless = VALID.replace("interval: 1m\n    threshold", "interval: 60\n    threshold");
+        assert!(
+            errors(&unitless)
+                .iter()
+                .any(|e| e.starts_with("spec.analysis.interval: expected a duration with a unit"))
+        );
     }
 
     #[test]

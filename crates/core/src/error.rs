@@ -36,6 +36,32 @@ impl fmt::Display for FieldError {
 
 impl std::error::Error for FieldError {}
 
+/// A field that was accepted but has no effect, or a value Aviary could not map. Decoding
+/// returns these beside the result (`aviary validate` and `aviary plan` print them).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Warning {
+    /// Where, in the same form as [`FieldError::path`].
+    pub path: String,
+    /// Why it has no effect.
+    pub message: String,
+}
+
+impl Warning {
+    /// A warning `message` at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
 /// Every problem found in a spec: structural ones (types, unknown fields) first, then semantic
 /// ones. Never empty when returned as an error.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

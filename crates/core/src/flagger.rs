@@ -31,7 +31,6 @@
 //! later documents are prefixed with the document's index: `documents[2].spec.analysis.interval`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -332,20 +331,7 @@ const METRIC_PROVIDER_TYPES: &[&str] = &[
     "splunk",
 ];
 
-/// A field that was accepted but has no effect, or a value Aviary could not map.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Warning {
-    /// Where, in the same form as [`FieldError::path`].
-    pub path: String,
-    /// Why it has no effect.
-    pub message: String,
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
+pub use crate::error::Warning;
 
 /// A Flagger `MetricTemplate`: a query and the backend that answers it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -593,7 +579,10 @@ fn decode_from(
         match kind_of(v) {
             Err(e) => errors.push((i, e)),
             Ok(Kind::Rollout) => match decode::rollout_from_value(v) {
-                Ok(r) => rollouts.push((i, r)),
+                Ok((r, ws)) => {
+                    rollouts.push((i, r));
+                    warnings.extend(ws.into_iter().map(|w| (i, w)));
+                }
                 Err(e) => errors.extend(e.0.into_iter().map(|e| (i, e))),
             },
             Ok(Kind::Canary) => canaries.push(i),
@@ -635,6 +624,7 @@ fn decode_from(
                 .map(|m| format!("{m}.query"))
                 .collect();
             w.d.errors.retain(|e| !unresolved.contains(&e.path));
+            w.warnings.extend(r.spec.warnings());
         }
         if w.finish(i, &mut errors, &mut warnings)
             && let Some(r) = rollout
@@ -1205,10 +1195,11 @@ impl Walk {
             threshold: self.d.count32(&f, "threshold", 1),
             max_weight: self.d.weight(&f, "maxWeight", 1),
             step_weight: self.d.weight(&f, "stepWeight", 1),
-            step_weight_promotion: self.d.weight(&f, "stepWeightPromotion", 1),
+            // 0 is Flagger's "unset" for these two: a warning says so ([`RolloutSpec::warnings`]).
+            step_weight_promotion: self.d.weight(&f, "stepWeightPromotion", 0),
             iterations: self.d.count32(&f, "iterations", 1),
             mirror: self.d.bool(&f, "mirror").unwrap_or(false),
-            mirror_weight: self.d.weight(&f, "mirrorWeight", 1),
+            mirror_weight: self.d.weight(&f, "mirrorWeight", 0),
             ..Analysis::default()
         };
         if let Some(items) = self.d.list(&f, "stepWeights") {

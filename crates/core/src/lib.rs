@@ -18,7 +18,7 @@ pub mod plan;
 pub mod spec;
 pub mod strategy;
 
-pub use decode::parse_rollout;
+pub use decode::{parse_rollout, parse_rollout_with_warnings};
 pub use duration::{DurationError, HumanDuration, parse_duration};
 pub use error::{FieldError, ValidationErrors};
 pub use flagger::{Decoded, Warning, decode, decode_with};

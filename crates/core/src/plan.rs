@@ -7,7 +7,8 @@
 //! Canary rule: weights are `k × stepWeight` for k = 1, 2, … while the previous weight is below
 //! `maxWeight`, each capped at 100. So `maxWeight: 50, stepWeight: 2` ends at exactly 50 (25
 //! steps) and `maxWeight: 50, stepWeight: 20` serves 20, 40 and 60 — the weight goes *above*
-//! maxWeight once, as documented upstream.
+//! maxWeight once, as documented upstream. `stepWeights` alone are served in order; beside
+//! `stepWeight`, as in Flagger, only their last weight counts, as the maximum.
 
 use std::borrow::Cow;
 
@@ -298,7 +299,9 @@ pub fn canary_weights(spec: &RolloutSpec) -> Vec<u8> {
     let a = &spec.analysis;
     let max = a.max_weight();
     let mut out: Vec<u8> = Vec::new();
-    if let Some(ws) = &a.step_weights {
+    // As Flagger: a `stepWeight` sets the steps even beside `stepWeights`, whose last weight is
+    // then only the maximum ([`Analysis::max_weight`](crate::spec::Analysis::max_weight)).
+    if let Some(ws) = a.step_weights.as_ref().filter(|_| a.step_weight.is_none()) {
         for &w in ws {
             if out.last().is_some_and(|&prev| prev >= max) {
                 break;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
-use crate::error::{Collector, ValidationErrors, field, index};
+use crate::error::{Collector, ValidationErrors, Warning, field, index};
 use crate::strategy::{self, Strategy};
 
 /// The only `apiVersion` this build understands.
@@ -651,21 +651,25 @@ impl Analysis {
         self.threshold.unwrap_or(DEFAULT_THRESHOLD)
     }
 
-    /// The weight after which to promote: `maxWeight`, else the last of `stepWeights`, else 100.
+    /// The weight after which to promote, as Flagger reckons it: the last of `stepWeights`
+    /// when given (`maxWeight` is then ignored), else `maxWeight`, else 100.
     pub fn max_weight(&self) -> u8 {
-        self.max_weight
-            .or_else(|| self.step_weights.as_ref().and_then(|w| w.last().copied()))
-            .unwrap_or(100)
+        (self.step_weights.as_ref())
+            .and_then(|w| w.last().copied())
+            .or(self.max_weight)
+            .map_or(100, |w| w.min(100))
     }
 
-    /// Promotion step size, defaulted to 100 (at once).
+    /// Promotion step size, defaulted to 100 (at once); 0 is Flagger's "unset", so it is the
+    /// default too.
     pub fn step_weight_promotion(&self) -> u8 {
-        self.step_weight_promotion.unwrap_or(100)
+        self.step_weight_promotion.filter(|&w| w > 0).unwrap_or(100)
     }
 
-    /// Mirror percentage, defaulted to 100.
+    /// Mirror percentage, defaulted to 100; 0 is Flagger's "unset" (no mirror percentage is
+    /// set, so every request is mirrored), so it is the default too.
     pub fn mirror_weight(&self) -> u8 {
-        self.mirror_weight.unwrap_or(100)
+        self.mirror_weight.filter(|&w| w > 0).unwrap_or(100)
     }
 
     /// The webhooks of one type, in spec order.
@@ -702,6 +706,84 @@ impl RolloutSpec {
         let mut c = Collector::default();
         validate_spec(self, "spec", &mut c);
         c.finish()
+    }
+
+    /// The fields Flagger accepts but ignores (or reads as their default) in this combination,
+    /// each as a [`Warning`] at its path under `spec.`. Aviary does as Flagger does; these say
+    /// so. Meaningful on a spec that validates.
+    ///
+    /// - `stepWeight` with `stepWeights`: the steps are `stepWeight` apart and only the last
+    ///   of `stepWeights` counts, as the maximum weight.
+    /// - `maxWeight` with `stepWeights`: the last of `stepWeights` is the maximum weight.
+    /// - `stepWeight`, `stepWeights` or `maxWeight` with `iterations`: A/B testing or
+    ///   blue/green, which shift no weights.
+    /// - `stepWeightPromotion: 0`: unset, promotion moves all traffic at once.
+    /// - `mirrorWeight: 0`: unset, every request is mirrored.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let a = &self.analysis;
+        let ap = field("spec", "analysis");
+        let mut out = Vec::new();
+        let weights = [
+            ("stepWeight", a.step_weight.is_some()),
+            ("stepWeights", a.step_weights.is_some()),
+            ("maxWeight", a.max_weight.is_some()),
+        ];
+        match strategy::infer(self) {
+            Strategy::Canary => {
+                if let Some(ws) = &a.step_weights {
+                    let last = ws.last().map_or(100, |w| (*w).min(100));
+                    if a.step_weight.is_some() {
+                        out.push(Warning::new(
+                            field(&ap, "stepWeights"),
+                            format!(
+                                "only its last weight ({last}) is used, as the maximum weight: \
+                                 stepWeight is set and sets the steps (as Flagger)"
+                            ),
+                        ));
+                    }
+                    if a.max_weight.is_some() {
+                        out.push(Warning::new(
+                            field(&ap, "maxWeight"),
+                            format!(
+                                "ignored, stepWeights is set: its last weight ({last}) is the \
+                                 maximum weight (as Flagger)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Strategy::Steps => {}
+            other => {
+                let what = if other == Strategy::AbTesting {
+                    "A/B testing"
+                } else {
+                    "blue/green"
+                };
+                for (name, present) in weights {
+                    if present {
+                        out.push(Warning::new(
+                            field(&ap, name),
+                            format!(
+                                "ignored, iterations is set: {what} shifts no weights (as Flagger)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if a.step_weight_promotion == Some(0) {
+            out.push(Warning::new(
+                field(&ap, "stepWeightPromotion"),
+                "0 means unset: promotion moves all traffic at once (as Flagger)",
+            ));
+        }
+        if a.mirror_weight == Some(0) {
+            out.push(Warning::new(
+                field(&ap, "mirrorWeight"),
+                "0 means unset: every request is mirrored (as Flagger)",
+            ));
+        }
+        out
     }
 }
 
@@ -939,9 +1021,6 @@ fn validate_analysis(a: &Analysis, path: &str, c: &mut Collector) {
     }
     if let Some(ws) = &a.step_weights {
         let wp = field(path, "stepWeights");
-        if a.step_weight.is_some() {
-            c.push(&wp, "cannot be used together with stepWeight");
-        }
         if ws.is_empty() {
             c.push(&wp, "must not be empty");
         }
@@ -959,13 +1038,13 @@ fn validate_analysis(a: &Analysis, path: &str, c: &mut Collector) {
         }
     }
     if let Some(w) = a.step_weight_promotion {
-        check_weight(w, &field(path, "stepWeightPromotion"), 1, c);
+        check_weight(w, &field(path, "stepWeightPromotion"), 0, c);
     }
     if a.iterations == Some(0) {
         c.push(&field(path, "iterations"), "must be at least 1");
     }
     if let Some(w) = a.mirror_weight {
-        check_weight(w, &field(path, "mirrorWeight"), 1, c);
+        check_weight(w, &field(path, "mirrorWeight"), 0, c);
     }
     if !a.matches.is_empty() && a.iterations.is_none() {
         c.push(
@@ -1147,20 +1226,9 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
                 );
             }
         }
-        Ok(_) => {
-            for (name, present) in [
-                ("stepWeight", s.analysis.step_weight.is_some()),
-                ("stepWeights", s.analysis.step_weights.is_some()),
-                ("maxWeight", s.analysis.max_weight.is_some()),
-            ] {
-                if present && s.steps.is_none() {
-                    c.push(
-                        &field(&ap, name),
-                        "only applies to the canary strategy (remove iterations)",
-                    );
-                }
-            }
-        }
+        // With iterations, Flagger runs A/B testing or blue/green and ignores the weights:
+        // [`RolloutSpec::warnings`] says so.
+        Ok(_) => {}
     }
 }
 
