@@ -526,3 +526,42 @@ fn text_from_the_file_is_escaped() {
         );
     }
 }
+
+#[test]
+fn flagger_combinations_are_accepted_with_a_warning_at_their_path() {
+    let yaml = BASE.replace(
+        "stepWeight: 2\n",
+        "stepWeight: 2\n    stepWeights: [10, 40]\n    stepWeightPromotion: 0\n",
+    );
+    let (code, out) = validate_text(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "warning: spec.analysis.stepWeights: only its last weight (40) is used",
+        "warning: spec.analysis.maxWeight: ignored, stepWeights is set",
+        "warning: spec.analysis.stepWeightPromotion: 0 means unset",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(line)),
+            "missing {line:?} in:\n{out}"
+        );
+    }
+    assert!(out.ends_with("\nvalid\n"), "{out}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rollout.yaml");
+    std::fs::write(
+        &path,
+        BASE.replace("stepWeight: 2\n", "stepWeight: 2\n    iterations: 3\n"),
+    )
+    .expect("write");
+    let o = aviary(&["plan", "-f", &path.to_string_lossy(), "-o", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json plan");
+    assert_eq!(p["strategy"], "bluegreen");
+    assert_eq!(weights(&p), vec![(0, 100), (0, 100), (0, 100)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: spec.analysis.stepWeight: ignored, iterations is set"),
+        "{err}"
+    );
+}

@@ -422,6 +422,42 @@ fn ignored_field_warns_with_its_path() {
 }
 
 #[test]
+fn canary_combinations_flagger_accepts_decode_with_warnings() {
+    let text = with_template().replace(
+        "    stepWeight: 10\n",
+        "    stepWeight: 10\n    stepWeights: [5, 30]\n    stepWeightPromotion: 0\n    mirror: true\n    mirrorWeight: 0\n",
+    );
+    let d = decode(&text).unwrap_or_else(|e| panic!("{e}"));
+    let paths: Vec<&str> = d.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.analysis.stepWeights",
+            "spec.analysis.maxWeight",
+            "spec.analysis.stepWeightPromotion",
+            "spec.analysis.mirrorWeight",
+        ]
+    );
+    let p = plan(&d.rollouts[0]);
+    // Flagger: mirror step, then stepWeight steps up to the last of stepWeights.
+    assert_eq!(p.weights(), vec![0, 10, 20, 30]);
+    assert_eq!(p.step(0).and_then(|s| s.mirror_weight), Some(100));
+    assert_eq!(p.promotion.weights, vec![100]);
+
+    let bg = with_template().replace(
+        "    stepWeight: 10\n",
+        "    stepWeight: 10\n    iterations: 4\n",
+    );
+    let d = decode(&bg).unwrap_or_else(|e| panic!("{e}"));
+    let paths: Vec<&str> = d.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["spec.analysis.stepWeight", "spec.analysis.maxWeight"]
+    );
+    assert_eq!(plan(&d.rollouts[0]).weights(), vec![0; 4]);
+}
+
+#[test]
 fn template_ref_resolves_and_renders() {
     let d = decode(&with_template()).expect("valid");
     let m = &d.rollouts[0].spec.analysis.metrics[0];
