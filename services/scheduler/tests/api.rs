@@ -18,7 +18,7 @@ async fn invalid_specs_and_wrong_phase_commands_are_refused_with_reasons() {
     let scheduler = Replica::start(&nats.url(), port, &[]);
     let mut api = api(port).await;
 
-    let bad = "apiVersion: aviary.dev/v1alpha1\nkind: Rollout\nmetadata: {name: x}\nspec:\n  ingresses: [{name: edge}]\n  primary: {name: a, endpoints: [\"127.0.0.1:1\"]}\n  canary: {name: b, endpoints: [\"127.0.0.1:2\"]}\n  analysis: {stepWeight: 10, stepWeights: [1, 2], maxWeight: 120, threshold: 0}\n";
+    let bad = "apiVersion: aviary.dev/v1alpha1\nkind: Rollout\nmetadata: {name: x}\nspec:\n  ingresses: [{name: edge}]\n  primary: {name: a, endpoints: [\"127.0.0.1:1\"]}\n  canary: {name: b, endpoints: [\"127.0.0.1:2\"]}\n  analysis: {stepWeights: [2, 1], maxWeight: 120, threshold: 0}\n";
     let error = api
         .apply(pb::ApplyRequest {
             manifest: bad.into(),
