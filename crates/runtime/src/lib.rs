@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tokens;
 
 /// Selects rustls' `ring` provider for the whole process.
 ///

@@ -22,9 +22,8 @@
 //! open to any caller, since the analyzer's webhooks that call them carry no bearer token.
 //! Without a tokens file every caller may write, and the service says so at start.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -32,6 +31,7 @@ use aviary_bus::kv::Bucket;
 use aviary_bus::{NatsArgs, names};
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
+use aviary_runtime::tokens::{AuthError, Role, Tokens};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -69,135 +69,23 @@ pub struct GateConfig {
     pub tokens_file: Option<PathBuf>,
 }
 
-/// What a gate caller may do (the scheduler's roles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// Query gates.
-    Read,
-    /// Query, open and close gates.
-    Operator,
-}
-
-/// A tokens file that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TokensFileError {
-    /// The file could not be read.
-    #[error("reading tokens file: {0}")]
-    Io(#[from] std::io::Error),
-    /// The file holds no token: taking it would open the gates to every caller.
-    #[error(
-        "tokens file has no token: it would let every caller open gates; add a \
-         `<token> <role> <identity>` line, or run without a tokens file to run open"
-    )]
-    Empty,
-    /// A line is malformed; the token itself is not repeated in the message.
-    #[error("tokens file line {line}: {message}")]
-    Syntax {
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        message: &'static str,
-    },
-}
-
-/// The bearer tokens the gate service accepts, with their role and identity. Empty (no file)
-/// lets every caller in as operator.
-// The scheduler's `auth::Tokens` again: the analyzer cannot depend on the scheduler, and the
-// shared home (crates/runtime) is not this change's to make.
-#[derive(Clone, Default)]
-pub struct Tokens {
-    by_token: HashMap<String, (Role, String)>,
-}
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens")
-            .field("count", &self.by_token.len())
-            .finish()
-    }
-}
-
-impl Tokens {
-    /// Reads a tokens file.
-    ///
-    /// # Errors
-    /// As [`Tokens::parse`], or the file cannot be read.
-    pub fn load(path: &Path) -> Result<Self, TokensFileError> {
-        Self::parse(&std::fs::read_to_string(path)?)
-    }
-
-    /// Parses `<token> <read|operator> <identity>` lines; blank lines and `#` comments are
-    /// skipped.
-    ///
-    /// # Errors
-    /// The first malformed line, by number; [`TokensFileError::Empty`] for a file without a
-    /// token.
-    pub fn parse(text: &str) -> Result<Self, TokensFileError> {
-        let mut by_token = HashMap::new();
-        for (index, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let syntax = |message| TokensFileError::Syntax {
-                line: index + 1,
-                message,
-            };
-            let mut parts = line.split_whitespace();
-            let (Some(token), Some(role), Some(identity), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                return Err(syntax("expected `<token> <role> <identity>`"));
-            };
-            let role = match role {
-                "read" => Role::Read,
-                "operator" => Role::Operator,
-                _ => return Err(syntax("role must be `read` or `operator`")),
-            };
-            by_token.insert(token.to_owned(), (role, identity.to_owned()));
-        }
-        if by_token.is_empty() {
-            return Err(TokensFileError::Empty);
-        }
-        Ok(Self { by_token })
-    }
-
-    /// Whether authentication is switched on.
-    pub fn enabled(&self) -> bool {
-        !self.by_token.is_empty()
-    }
-
-    /// The caller's identity when its `Authorization` header names a token whose role is at
-    /// least `needs`; `anonymous` when authentication is off.
-    ///
-    /// # Errors
-    /// 401 for a missing or unknown token, 403 for a role below `needs`.
-    pub fn authorize(&self, headers: &HeaderMap, needs: Role) -> Result<String, StatusCode> {
-        if !self.enabled() {
-            return Ok("anonymous".to_owned());
-        }
-        let presented = (headers.get(axum::http::header::AUTHORIZATION))
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(StatusCode::UNAUTHORIZED)?;
-        let (role, identity) = (self.by_token.iter())
-            .find(|(token, _)| constant_time_eq(token.as_bytes(), presented.as_bytes()))
-            .map(|(_, caller)| caller.clone())
-            .ok_or(StatusCode::UNAUTHORIZED)?;
-        if role < needs {
+/// The caller's identity when its `Authorization` header names a token whose role is at
+/// least `needs` (`anonymous` when authentication is off).
+///
+/// # Errors
+/// 401 for a missing or unknown token, 403 for a role below `needs`.
+pub fn authorize(tokens: &Tokens, headers: &HeaderMap, needs: Role) -> Result<String, StatusCode> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match tokens.authorize(header, "gate write", needs) {
+        Ok(caller) => Ok(caller.identity),
+        Err(AuthError::Unauthenticated) => Err(StatusCode::UNAUTHORIZED),
+        Err(AuthError::PermissionDenied { identity, role, .. }) => {
             tracing::warn!(%identity, ?role, "gate write refused: needs operator");
-            return Err(StatusCode::FORBIDDEN);
+            Err(StatusCode::FORBIDDEN)
         }
-        Ok(identity)
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The two gates a rollout has here.
@@ -313,7 +201,7 @@ async fn set(
     gate: Gate,
     open: bool,
 ) -> StatusCode {
-    let actor = match store.tokens.authorize(headers, Role::Operator) {
+    let actor = match authorize(&store.tokens, headers, Role::Operator) {
         Ok(actor) => actor,
         Err(code) => return code,
     };
@@ -468,26 +356,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tokens_file_without_a_token_is_refused() {
-        for text in ["", "\n", "# only a comment\n"] {
-            assert!(
-                matches!(Tokens::parse(text), Err(TokensFileError::Empty)),
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn malformed_lines_name_the_line_not_the_token() {
-        let message = Tokens::parse("good operator bob\nsecret-value admin eve\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(message.contains("line 2"), "{message}");
-        assert!(!message.contains("secret-value"), "{message}");
-    }
-
-    #[test]
     fn writes_need_an_operator_token() {
         let tokens = Tokens::parse("r read auditor\nop operator alice\n").unwrap_or_default();
         let with = |value: &str| {
@@ -498,23 +366,23 @@ mod tests {
             headers
         };
         assert_eq!(
-            tokens.authorize(&HeaderMap::new(), Role::Operator),
+            authorize(&tokens, &HeaderMap::new(), Role::Operator),
             Err(StatusCode::UNAUTHORIZED)
         );
         assert_eq!(
-            tokens.authorize(&with("Bearer nope"), Role::Operator),
+            authorize(&tokens, &with("Bearer nope"), Role::Operator),
             Err(StatusCode::UNAUTHORIZED)
         );
         assert_eq!(
-            tokens.authorize(&with("Bearer r"), Role::Operator),
+            authorize(&tokens, &with("Bearer r"), Role::Operator),
             Err(StatusCode::FORBIDDEN)
         );
         assert_eq!(
-            tokens.authorize(&with("Bearer op"), Role::Operator),
+            authorize(&tokens, &with("Bearer op"), Role::Operator),
             Ok("alice".to_owned())
         );
         assert_eq!(
-            Tokens::default().authorize(&HeaderMap::new(), Role::Operator),
+            authorize(&Tokens::default(), &HeaderMap::new(), Role::Operator),
             Ok("anonymous".to_owned())
         );
     }
