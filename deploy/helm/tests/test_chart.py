@@ -29,22 +29,22 @@ ROUTER_PROVIDER_RULES = {
     "gatewayApi": {
         "apiGroups": ["gateway.networking.k8s.io"],
         "resources": ["httproutes"],
-        "verbs": ["create", "get", "list", "watch", "patch"],
+        "verbs": ["create", "get", "patch"],
     },
     "istio": {
         "apiGroups": ["networking.istio.io"],
         "resources": ["virtualservices"],
-        "verbs": ["create", "get", "list", "watch", "patch"],
+        "verbs": ["create", "get", "patch"],
     },
     "smi": {
         "apiGroups": ["split.smi-spec.io"],
         "resources": ["trafficsplits"],
-        "verbs": ["create", "get", "list", "watch", "patch"],
+        "verbs": ["create", "get", "patch"],
     },
     "nginxIngress": {
         "apiGroups": ["networking.k8s.io"],
         "resources": ["ingresses"],
-        "verbs": ["create", "get", "list", "watch", "patch", "delete"],
+        "verbs": ["create", "get", "patch"],
     },
     "endpointSlices": {
         "apiGroups": ["discovery.k8s.io"],
@@ -352,7 +352,7 @@ def test_gateway_api_adds_exactly_httproute_rules(chart: helm.Chart) -> None:
         {
             "apiGroups": ["gateway.networking.k8s.io"],
             "resources": ["httproutes"],
-            "verbs": ["create", "get", "list", "watch", "patch"],
+            "verbs": ["create", "get", "patch"],
         }
     ]
     groups = {g for rule in router_rules(after) for g in rule["apiGroups"]}
@@ -663,7 +663,7 @@ def test_controller_service_account_is_its_own(chart: helm.Chart) -> None:
     for binding in r.of_kind("ClusterRoleBinding") + r.of_kind("RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": NAMESPACE}]
     # Not even when the chart's shared ServiceAccount is not created: never `default`.
-    shared_off = render(chart, {"serviceAccount": {"create": False}})
+    shared_off = render(chart, {"serviceAccount": {"create": False, "name": "ops"}})
     assert shared_off.deployment("controller")["spec"]["template"]["spec"]["serviceAccountName"] == CONTROLLER
     assert shared_off.names("ServiceAccount") == {CONTROLLER}
     own = render(
@@ -817,3 +817,11 @@ def test_controller_schema_rejects_bad_values(chart: helm.Chart, bad: dict[str, 
         chart.validate_schema(bad)
     with pytest.raises(helm.HelmValuesError):
         chart.render(bad, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_no_pod_falls_back_to_the_default_service_account(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match="serviceAccount.name is required"):
+        chart.render({"serviceAccount": {"create": False}}, name=RELEASE, namespace=NAMESPACE)
+    r = render(chart, {"serviceAccount": {"create": False, "name": "ops"}})
+    for s in ("scheduler", "analyzer", "notifier"):
+        assert r.deployment(s)["spec"]["template"]["spec"]["serviceAccountName"] == "ops"

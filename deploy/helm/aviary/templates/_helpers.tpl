@@ -61,7 +61,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "aviary.fullname" .) .Values.serviceAccount.name -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false: the chart never falls back to the namespace's default ServiceAccount" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
 
