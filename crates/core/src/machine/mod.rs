@@ -5,7 +5,9 @@
 //! count a failed check and roll back at `threshold` (fail), or halt (inconclusive/error —
 //! never a failed check, never a promotion). Gates hold before starting
 //! (`confirm-rollout`), before each weight increase (`confirm-traffic-increase`) and before
-//! promotion (`confirm-promotion`); a rollout halted longer than `progressDeadlineSeconds` fails
+//! promotion (`confirm-promotion`; as in Flagger, a canary held there at max weight is still
+//! analysed every interval, failed checks count, and only the gate promotes); a rollout halted
+//! longer than `progressDeadlineSeconds` fails
 //! and rolls back. Deliberate holds (a closed confirm gate, `pause`, `approval`, Pause) are not
 //! halts and have no deadline.
 //!
@@ -590,9 +592,12 @@ impl Cx<'_> {
 
     fn verdict(&mut self, v: Verdict) {
         match self.st.wait {
-            Wait::Verdict { seq, .. } if seq == v.seq && self.st.phase == Phase::Progressing => {}
+            Wait::Verdict { seq, .. }
+                if seq == v.seq
+                    && matches!(self.st.phase, Phase::Progressing | Phase::WaitingPromotion) => {}
             _ => return self.ignore("stale verdict"),
         }
+        let waiting_promotion = self.st.phase == Phase::WaitingPromotion;
         let not_passed: Vec<String> = v
             .checks
             .iter()
@@ -615,6 +620,15 @@ impl Cx<'_> {
             return self.rollback("a rollback webhook asked for rollback".into());
         }
         match v.outcome {
+            // Held at max weight: a pass only lets the gate be asked again; it never promotes.
+            Outcome::Pass if waiting_promotion => {
+                self.clear_halt();
+                self.emit(
+                    EventKind::AnalysisPassed,
+                    "analysis at max weight passed: asking confirm-promotion",
+                );
+                self.check_gate(WebhookType::ConfirmPromotion);
+            }
             Outcome::Pass => {
                 self.clear_halt();
                 self.st.iterations_done += 1;
@@ -753,6 +767,9 @@ impl Cx<'_> {
             }
             WebhookType::ConfirmPromotion => {
                 self.emit(EventKind::GateClosed, reason);
+                // Observe the held canary for an interval; the tick analyses, then asks again.
+                self.observe_again();
+                return;
             }
             WebhookType::PreRollout => {
                 self.st.failed_checks += 1;
@@ -966,7 +983,9 @@ impl Cx<'_> {
                 self.schedule(self.now + ROUTE_ACK_TIMEOUT_MS);
             }
             Wait::Interval => match self.st.phase {
-                Phase::Progressing => self.request_analysis(),
+                // WaitingPromotion: as in Flagger, a canary held at max weight by a closed
+                // confirm-promotion gate is still analysed every interval.
+                Phase::Progressing | Phase::WaitingPromotion => self.request_analysis(),
                 Phase::Promoting => {
                     self.st.promotion_step += 1;
                     self.promote_route();
@@ -1116,6 +1135,11 @@ impl Cx<'_> {
                         format!("{} approved by command", gate.as_str()),
                     );
                     self.gate_open(gate, "approved by command");
+                }
+                // Held at max weight between two gate checks (observing or analysing).
+                _ if phase == WaitingPromotion => {
+                    self.emit(EventKind::Approved, "confirm-promotion approved by command");
+                    self.gate_open(WebhookType::ConfirmPromotion, "approved by command");
                 }
                 _ => return self.refuse(c),
             },

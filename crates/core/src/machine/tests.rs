@@ -1562,3 +1562,142 @@ mod workload {
         assert_eq!(ups, 2, "the new revision's canary is made ready again");
     }
 }
+
+/// Answers routes and verdicts (passing) until the confirm-promotion gate is first asked.
+fn to_confirm_promotion(sim: &mut Sim) -> u64 {
+    sim.input(Input::Tick);
+    for _ in 0..1_000 {
+        match sim.st.wait.clone() {
+            Wait::Gate {
+                gate: WebhookType::ConfirmPromotion,
+                seq: Some(seq),
+            } => return seq,
+            Wait::Route { seq, .. } => {
+                let r = sim.st.route.clone().expect("route");
+                sim.input(Input::RouteConfirmed {
+                    seq,
+                    observed: ObservedSplit {
+                        canary_weight: r.canary_weight,
+                        primary_weight: r.primary_weight,
+                        mirror_percent: 0,
+                    },
+                });
+            }
+            Wait::Verdict { seq, .. } => {
+                sim.input(Input::Verdict(verdict(seq, Outcome::Pass)));
+            }
+            _ => {
+                sim.now = sim.st.next_tick_at_ms.expect("tick");
+                sim.input(Input::Tick);
+            }
+        }
+    }
+    panic!("confirm-promotion never asked: {:?}", sim.st);
+}
+
+/// One interval held at max weight: the tick requests an analysis at the current weight.
+fn held_interval_analysis(sim: &mut Sim) -> AnalysisRequest {
+    assert_eq!(sim.st.wait, Wait::Interval, "observing the held canary");
+    sim.now = sim.st.next_tick_at_ms.expect("tick");
+    let acts = sim.input(Input::Tick);
+    assert_eq!(sim.st.phase, Phase::WaitingPromotion);
+    acts.into_iter()
+        .find_map(|a| match a {
+            Action::RequestAnalysis(r) => Some(r),
+            _ => None,
+        })
+        .expect("an analysis each interval while the gate is closed")
+}
+
+fn close_gate(sim: &mut Sim, seq: u64) {
+    sim.input(Input::GateResult {
+        seq,
+        gate: WebhookType::ConfirmPromotion,
+        open: false,
+    });
+    assert_eq!(sim.st.phase, Phase::WaitingPromotion);
+}
+
+#[test]
+fn confirm_promotion_closed_keeps_analysing_at_max_weight() {
+    let mut sim = Sim::new(canary(20, 10, 3).webhook("ship", WebhookType::ConfirmPromotion));
+    let gate = to_confirm_promotion(&mut sim);
+    close_gate(&mut sim, gate);
+    let before = sim.analyses();
+    for i in 0..5 {
+        let req = held_interval_analysis(&mut sim);
+        assert_eq!(req.canary_weight, 20, "analysed at max weight");
+        assert_eq!(req.window_end_ms - req.window_start_ms, MIN);
+        sim.input(Input::Verdict(verdict(req.seq, Outcome::Pass)));
+        // A pass alone does not promote: the gate is asked again.
+        let Wait::Gate {
+            gate: WebhookType::ConfirmPromotion,
+            seq: Some(g),
+        } = sim.st.wait
+        else {
+            panic!("interval {i}: gate not asked: {:?}", sim.st.wait)
+        };
+        close_gate(&mut sim, g);
+    }
+    assert_eq!(sim.analyses() - before, 5);
+    assert_eq!(sim.st.halted_since_ms, None, "a closed gate is a hold");
+    assert_eq!(sim.weights(), vec![0, 10, 20]);
+}
+
+#[test]
+fn confirm_promotion_closed_failing_checks_roll_back_at_threshold() {
+    let mut sim = Sim::new(canary(20, 10, 3).webhook("ship", WebhookType::ConfirmPromotion));
+    let gate = to_confirm_promotion(&mut sim);
+    close_gate(&mut sim, gate);
+    for n in 1..=3 {
+        let req = held_interval_analysis(&mut sim);
+        let acts = sim.input(Input::Verdict(verdict(req.seq, Outcome::Fail)));
+        assert_eq!(sim.st.failed_checks, n);
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::CheckGate { .. })),
+            "a failed check does not ask the gate"
+        );
+    }
+    assert_eq!(sim.st.phase, Phase::Failed);
+    assert!(matches!(sim.routes().last(), Some(r) if r.primary_weight == 100));
+
+    // A rollback webhook answering 2xx during the hold rolls back at once.
+    let mut sim = Sim::new(canary(20, 10, 3).webhook("ship", WebhookType::ConfirmPromotion));
+    let gate = to_confirm_promotion(&mut sim);
+    close_gate(&mut sim, gate);
+    let req = held_interval_analysis(&mut sim);
+    let mut v = verdict(req.seq, Outcome::Pass);
+    v.rollback_requested = true;
+    sim.input(Input::Verdict(v));
+    assert_eq!(sim.st.phase, Phase::Failed);
+}
+
+#[test]
+fn confirm_promotion_opening_after_held_analyses_promotes() {
+    let mut sim = Sim::new(canary(20, 10, 3).webhook("ship", WebhookType::ConfirmPromotion));
+    let gate = to_confirm_promotion(&mut sim);
+    close_gate(&mut sim, gate);
+    let req = held_interval_analysis(&mut sim);
+    sim.input(Input::Verdict(verdict(req.seq, Outcome::Fail)));
+    let req = held_interval_analysis(&mut sim);
+    sim.input(Input::Verdict(verdict(req.seq, Outcome::Pass)));
+    let Wait::Gate { seq: Some(g), gate } = sim.st.wait else {
+        panic!("{:?}", sim.st.wait)
+    };
+    sim.input(Input::GateResult {
+        seq: g,
+        gate,
+        open: true,
+    });
+    assert_eq!(sim.st.phase, Phase::Promoting);
+    sim.run(Outcome::Pass, true);
+    assert_eq!(sim.st.phase, Phase::Succeeded);
+
+    // Approve by command while the held canary is observed (no gate outstanding) promotes too.
+    let mut sim = Sim::new(canary(20, 10, 3).webhook("ship", WebhookType::ConfirmPromotion));
+    let gate = to_confirm_promotion(&mut sim);
+    close_gate(&mut sim, gate);
+    assert_eq!(sim.st.wait, Wait::Interval);
+    sim.command(Command::Approve).expect("approve while held");
+    assert_eq!(sim.st.phase, Phase::Promoting);
+}
