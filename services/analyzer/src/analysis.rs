@@ -1,6 +1,7 @@
-//! One analysis request in, one [`Verdict`] out: render each metric's queries for the
-//! request's window, ask the backend (cached per window, de-duplicated, bounded per backend),
-//! judge, call the webhooks, fold.
+//! One analysis request in, one [`Verdict`] out: call the webhooks first (as Flagger does; a
+//! failing `rollout` hook is a failed check and the metrics are then not queried), render each
+//! metric's queries for the request's window, ask the backend (cached per window,
+//! de-duplicated, bounded per backend), judge, fold.
 //!
 //! Window: every query is evaluated at `window_end` with a range of `window_end -
 //! window_start` (or the metric's own `interval`, when shorter), so the window starts no
@@ -148,13 +149,19 @@ impl Analyzer {
     }
 
     async fn judge_request(&self, request: &AnalysisRequest) -> Verdict {
-        let metrics = join_all(request.metrics.iter().map(|m| self.metric(request, m)));
-        let metrics = async {
-            let judged: Vec<(MetricResult, Option<Decision>)> = metrics.await;
-            judged
+        // Flagger's order: the hooks first (a rollback request or a failing `rollout` /
+        // `pre-rollout` hook ends the step's analysis as a failed check), the metrics only
+        // after every hook passed that part.
+        let webhooks: Vec<WebhookResult> =
+            join_all(request.webhooks.iter().map(|h| self.webhook(request, h))).await;
+        let judged: Vec<(MetricResult, Option<Decision>)> = match failed_check(&webhooks) {
+            Some(hook) => request
+                .metrics
+                .iter()
+                .map(|m| (not_queried(m, hook), None))
+                .collect(),
+            None => join_all(request.metrics.iter().map(|m| self.metric(request, m))).await,
         };
-        let hooks = join_all(request.webhooks.iter().map(|h| self.webhook(request, h)));
-        let (judged, webhooks) = futures::join!(metrics, hooks);
         let decisions: Vec<Option<Decision>> = judged.iter().map(|(_, d)| *d).collect();
         let metrics: Vec<MetricResult> = judged.into_iter().map(|(m, _)| m).collect();
         let folded_hooks = webhooks.iter().filter(|w| {
@@ -591,6 +598,36 @@ impl Analyzer {
             })
             .inc();
         result
+    }
+}
+
+/// The first hook whose failure is a failed check that ends the window's analysis before the
+/// metrics (Flagger runs rollback, pre-rollout and rollout hooks before its metric checks and
+/// stops at the first failure).
+fn failed_check(webhooks: &[WebhookResult]) -> Option<&WebhookResult> {
+    webhooks.iter().find(|w| {
+        w.outcome() == Outcome::Fail
+            && matches!(
+                w.r#type.parse::<HookType>(),
+                Ok(HookType::Rollout | HookType::PreRollout | HookType::Rollback)
+            )
+    })
+}
+
+/// A metric that was not queried because `hook` already failed the window: inconclusive on its
+/// own (it measured nothing); the hook's failure decides the verdict.
+fn not_queried(check: &MetricCheck, hook: &WebhookResult) -> MetricResult {
+    MetricResult {
+        name: check.name.clone(),
+        value: None,
+        min: check.min,
+        max: check.max,
+        primary_value: None,
+        outcome: Outcome::Inconclusive as i32,
+        reason: format!(
+            "not queried: {} webhook `{}` failed the check first",
+            hook.r#type, hook.name
+        ),
     }
 }
 
