@@ -73,51 +73,125 @@ fn cut(s: &str, max: usize) -> String {
     out
 }
 
-fn slack_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// Zero-width space: put inside mention markup, it leaves the text readable and the markup inert.
+const ZWSP: char = '\u{200B}';
+
+/// Inserts a zero-width space after every `<` (or `@`) that starts one of `prefixes`
+/// (ASCII case-insensitive), so chat tools show the markup instead of acting on it.
+fn defuse(s: &str, lead: char, prefixes: &[&str]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, c) in s.char_indices() {
+        out.push(c);
+        if c == lead {
+            let rest = &s.as_bytes()[i + c.len_utf8()..];
+            let hit = prefixes.iter().any(|p| {
+                rest.len() >= p.len() && rest[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            });
+            if hit {
+                out.push(ZWSP);
+            }
+        }
+    }
+    out
 }
 
-/// Slack's documented limits: header text 150, section text 3000, 10 fields of 2000.
+/// Escapes `&`, `<`, `>` as Slack documents ("Escaping text"), so no `<!channel>`, `<!here>`,
+/// `<!everyone>`, `<@U…>`, `<#C…>` or link survives, and cuts the *escaped* text to `max`
+/// characters without splitting an entity.
+fn slack_text(s: &str, max: usize) -> String {
+    let escaped_len = |c: char| match c {
+        '&' => 5,
+        '<' | '>' => 4,
+        _ => 1,
+    };
+    let total: usize = s.chars().map(escaped_len).sum();
+    let budget = if total <= max {
+        max
+    } else {
+        max.saturating_sub(1)
+    };
+    let mut out = String::with_capacity(s.len().min(max * 4));
+    let mut used = 0;
+    for c in s.chars() {
+        let n = escaped_len(c);
+        if used + n > budget {
+            out.push('…');
+            return out;
+        }
+        used += n;
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Builds a body with a per-text cap of `cap` characters, halving the cap until the JSON body
+/// is at most `max_bytes` (Teams and Google Chat limit the whole message in bytes, and a
+/// character may take up to 6 bytes once JSON-escaped).
+fn fit(max_bytes: usize, build: impl Fn(usize) -> Value) -> Value {
+    let mut cap = 4096;
+    loop {
+        let body = build(cap);
+        if cap <= 16 || body.to_string().len() <= max_bytes {
+            return body;
+        }
+        cap /= 2;
+    }
+}
+
+/// Slack's documented limits (Block Kit reference): header `plain_text` 150, section text
+/// 3000, at most 10 section fields of 2000 each, context element text 3000; the message
+/// `text` is cut to 3000 as well (Slack truncates it at 40 000).
+const SLACK_HEADER: usize = 150;
+const SLACK_TEXT: usize = 3000;
+const SLACK_FIELDS: usize = 10;
+const SLACK_FIELD: usize = 2000;
+
 fn slack(provider: &Provider, n: &Notification) -> Value {
     let mut blocks = vec![
         json!({
             "type": "header",
-            "text": {"type": "plain_text", "text": cut(&format!("{} {}", n.severity.emoji(), n.title), 150), "emoji": true},
+            "text": {"type": "plain_text", "text": slack_text(&format!("{} {}", n.severity.emoji(), n.title), SLACK_HEADER), "emoji": true},
         }),
         json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": cut(&slack_escape(&n.text), 3000)},
+            "text": {"type": "mrkdwn", "text": slack_text(&n.text, SLACK_TEXT)},
         }),
     ];
     let fields: Vec<Value> = n
         .fields
         .iter()
-        .take(10)
+        .take(SLACK_FIELDS)
         .map(|(label, value)| {
-            json!({"type": "mrkdwn", "text": cut(&format!("*{}*\n{}", slack_escape(label), slack_escape(value)), 2000)})
+            // The label is cut first so the value always has room; `*…*` is Slack's bold.
+            let label = slack_text(label, 200);
+            let value = slack_text(value, SLACK_FIELD - label.chars().count() - 3);
+            json!({"type": "mrkdwn", "text": format!("*{label}*\n{value}")})
         })
         .collect();
-    blocks.push(json!({"type": "section", "fields": fields}));
+    if !fields.is_empty() {
+        blocks.push(json!({"type": "section", "fields": fields}));
+    }
     if !n.metrics.is_empty() {
-        let lines: Vec<String> = n
-            .metrics
-            .iter()
-            .map(|m| format!("• {}", slack_escape(m)))
-            .collect();
+        let lines: Vec<String> = n.metrics.iter().map(|m| format!("• {m}")).collect();
+        let text = slack_text(&lines.join("\n"), SLACK_TEXT - "*Metrics*\n".len());
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": cut(&format!("*Metrics*\n{}", lines.join("\n")), 3000)},
+            "text": {"type": "mrkdwn", "text": format!("*Metrics*\n{text}")},
         }));
     }
     blocks.push(json!({
         "type": "context",
-        "elements": [{"type": "mrkdwn", "text": cut(&format!("Run `{}` · event `{}`", slack_escape(&n.describe), slack_escape(&n.id)), 3000)}],
+        "elements": [{"type": "mrkdwn", "text": slack_text(&format!("Run `{}` · event `{}`", n.describe, n.id), SLACK_TEXT)}],
     }));
     let mut body = json!({
-        // Slack shows `text` in notifications and where blocks cannot be rendered.
-        "text": cut(&n.plain(), 3000),
+        // Slack shows `text` in notifications and where blocks cannot be rendered; it is
+        // parsed for mentions like any mrkdwn, so it is escaped too.
+        "text": slack_text(&n.plain(), SLACK_TEXT),
         "blocks": blocks,
     });
     let extra = [
@@ -134,7 +208,17 @@ fn slack(provider: &Provider, n: &Notification) -> Value {
     body
 }
 
-fn adaptive_card(n: &Notification) -> Value {
+/// Teams posts (workflow webhooks and connectors) are limited to about 28 KB; the margin
+/// leaves room for what the service wraps around the card.
+const TEAMS_MAX_BYTES: usize = 27_000;
+
+/// Teams only turns `<at>name</at>` into a mention with a matching `msteams.entities` entry,
+/// which Aviary never sends; the markup is defused anyway so it shows as text.
+fn teams_text(s: &str, cap: usize) -> String {
+    cut(&defuse(s, '<', &["at>", "at ", "/at>"]), cap)
+}
+
+fn adaptive_card(n: &Notification, cap: usize) -> Value {
     let color = match n.severity {
         crate::notification::Severity::Info => "Good",
         crate::notification::Severity::Warn => "Warning",
@@ -143,18 +227,21 @@ fn adaptive_card(n: &Notification) -> Value {
     let facts: Vec<Value> = n
         .fields
         .iter()
-        .map(|(label, value)| json!({"title": label, "value": value}))
+        .take(25)
+        .map(|(label, value)| json!({"title": teams_text(label, 256.min(cap)), "value": teams_text(value, cap)}))
         .collect();
     let mut body = vec![
-        json!({"type": "TextBlock", "text": n.title, "weight": "Bolder", "size": "Medium", "color": color, "wrap": true}),
-        json!({"type": "TextBlock", "text": n.text, "wrap": true}),
+        json!({"type": "TextBlock", "text": teams_text(&n.title, 256.min(cap)), "weight": "Bolder", "size": "Medium", "color": color, "wrap": true}),
+        json!({"type": "TextBlock", "text": teams_text(&n.text, cap), "wrap": true}),
         json!({"type": "FactSet", "facts": facts}),
     ];
     if !n.metrics.is_empty() {
         let lines: Vec<String> = n.metrics.iter().map(|m| format!("- {m}")).collect();
-        body.push(json!({"type": "TextBlock", "text": lines.join("\n"), "wrap": true}));
+        body.push(
+            json!({"type": "TextBlock", "text": teams_text(&lines.join("\n"), cap), "wrap": true}),
+        );
     }
-    body.push(json!({"type": "TextBlock", "text": format!("Run: {}", n.describe), "fontType": "Monospace", "isSubtle": true, "wrap": true}));
+    body.push(json!({"type": "TextBlock", "text": teams_text(&format!("Run: {}", n.describe), cap), "fontType": "Monospace", "isSubtle": true, "wrap": true}));
     json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -165,71 +252,110 @@ fn adaptive_card(n: &Notification) -> Value {
 }
 
 fn teams(n: &Notification) -> Value {
-    json!({
-        "type": "message",
-        "attachments": [{
-            "contentType": "application/vnd.microsoft.card.adaptive",
-            "contentUrl": null,
-            "content": adaptive_card(n),
-        }],
+    fit(TEAMS_MAX_BYTES, |cap| {
+        json!({
+            "type": "message",
+            "attachments": [{
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": null,
+                "content": adaptive_card(n, cap),
+            }],
+        })
     })
 }
 
 fn teams_legacy(n: &Notification) -> Value {
-    let mut facts: Vec<Value> = n
-        .fields
-        .iter()
-        .map(|(label, value)| json!({"name": label, "value": value}))
-        .collect();
-    for m in &n.metrics {
-        facts.push(json!({"name": "Metric", "value": m}));
-    }
-    facts.push(json!({"name": "Run", "value": n.describe}));
-    json!({
-        "@type": "MessageCard",
-        "@context": "https://schema.org/extensions",
-        "summary": cut(&n.title, 200),
-        "themeColor": n.severity.color_hex(),
-        "title": n.title,
-        "sections": [{
-            "activityTitle": n.title,
-            "text": n.text,
-            "facts": facts,
-        }],
+    fit(TEAMS_MAX_BYTES, |cap| {
+        let mut facts: Vec<Value> = n
+            .fields
+            .iter()
+            .take(25)
+            .map(|(label, value)| json!({"name": teams_text(label, 256.min(cap)), "value": teams_text(value, cap)}))
+            .collect();
+        if !n.metrics.is_empty() {
+            facts.push(json!({"name": "Metrics", "value": teams_text(&n.metrics.join("\n"), cap)}));
+        }
+        facts.push(json!({"name": "Run", "value": teams_text(&n.describe, cap)}));
+        let title = teams_text(&n.title, 256.min(cap));
+        json!({
+            "@type": "MessageCard",
+            "@context": "https://schema.org/extensions",
+            "summary": teams_text(&n.title, 200.min(cap)),
+            "themeColor": n.severity.color_hex(),
+            "title": title,
+            "sections": [{
+                "activityTitle": title,
+                "text": teams_text(&n.text, cap),
+                "facts": facts,
+            }],
+        })
     })
 }
 
-/// Discord's documented limits: content 2000, title 256, description 4096, 25 fields of
-/// name 256 / value 1024.
+/// Discord's documented limits (Embed Limits): content 2000; embed title 256, description
+/// 4096, at most 25 fields of name 256 / value 1024, footer text 2048, and 6000 characters
+/// in total across title, description, field names and values, footer and author name.
+const DISCORD_CONTENT: usize = 2000;
+const DISCORD_TITLE: usize = 256;
+const DISCORD_DESCRIPTION: usize = 4096;
+const DISCORD_FIELDS: usize = 25;
+const DISCORD_FIELD_NAME: usize = 256;
+const DISCORD_FIELD_VALUE: usize = 1024;
+const DISCORD_FOOTER: usize = 2048;
+const DISCORD_EMBED_TOTAL: usize = 6000;
+
+/// `allowed_mentions.parse = []` already stops pings; the text is defused as well so a
+/// `@everyone` or `<@123>` never even renders as a mention.
+fn discord_text(s: &str, max: usize) -> String {
+    let s = defuse(s, '@', &["everyone", "here"]);
+    cut(&defuse(&s, '<', &["@", "#", "/"]), max)
+}
+
 fn discord(provider: &Provider, n: &Notification) -> Value {
-    let mut fields: Vec<Value> = n
+    let len = |s: &str| s.chars().count();
+    let title = discord_text(&n.title, DISCORD_TITLE);
+    let footer = discord_text(&format!("event {}", n.id), DISCORD_FOOTER);
+    let mut budget = DISCORD_EMBED_TOTAL - len(&title) - len(&footer);
+    let mut candidates: Vec<(String, String, bool)> = n
         .fields
         .iter()
-        .map(|(label, value)| json!({"name": cut(label, 256), "value": cut(value, 1024), "inline": true}))
+        .map(|(label, value)| (label.clone(), value.clone(), true))
         .collect();
     if !n.metrics.is_empty() {
-        fields.push(
-            json!({"name": "Metrics", "value": cut(&n.metrics.join("\n"), 1024), "inline": false}),
-        );
+        candidates.push(("Metrics".into(), n.metrics.join("\n"), false));
     }
-    fields.push(
-        json!({"name": "Run", "value": cut(&format!("`{}`", n.describe), 1024), "inline": false}),
-    );
-    fields.truncate(25);
+    candidates.push(("Run".into(), format!("`{}`", n.describe), false));
+    // The description keeps up to 1024 characters whatever the fields take.
+    let reserve = len(&n.text).min(DISCORD_FIELD_VALUE);
+    let mut field_budget = budget.saturating_sub(reserve);
+    let mut fields = Vec::new();
+    for (name, value, inline) in candidates.into_iter().take(DISCORD_FIELDS) {
+        let name = discord_text(&name, DISCORD_FIELD_NAME.min(field_budget));
+        let value_max = DISCORD_FIELD_VALUE.min(field_budget.saturating_sub(len(&name)));
+        // Discord rejects empty names and values; a field that no longer fits is dropped.
+        if name.is_empty() || value_max < 2 {
+            break;
+        }
+        let value = discord_text(&value, value_max);
+        let used = len(&name) + len(&value);
+        field_budget -= used;
+        budget -= used;
+        fields.push(json!({"name": name, "value": value, "inline": inline}));
+    }
     let mut embed = json!({
-        "title": cut(&n.title, 256),
-        "description": cut(&n.text, 4096),
+        "title": title,
+        "description": discord_text(&n.text, DISCORD_DESCRIPTION.min(budget)),
         "color": n.severity.color_int(),
         "fields": fields,
-        "footer": {"text": cut(&format!("event {}", n.id), 2048)},
+        "footer": {"text": footer},
     });
     if !n.time.is_empty() {
         embed["timestamp"] = json!(n.time);
     }
     let mut body = json!({
-        "content": cut(&format!("{} {}", n.severity.emoji(), n.title), 2000),
+        "content": discord_text(&format!("{} {}", n.severity.emoji(), n.title), DISCORD_CONTENT),
         "embeds": [embed],
-        // Event text must never ping @everyone or a role.
+        // Event text must never ping @everyone, a user or a role.
         "allowed_mentions": {"parse": []},
     });
     if let Some(username) = &provider.username {
@@ -241,33 +367,53 @@ fn discord(provider: &Provider, n: &Notification) -> Value {
     body
 }
 
+/// Google Chat: a message (text and cards) is at most 32 000 bytes, a card at most 32 KB
+/// (Chat API, "Send a message", `CardWithId`); the text itself is cut to 4096 characters.
+const GOOGLE_CHAT_MAX_BYTES: usize = 32_000;
+
+/// `<users/all>` and `<users/123>` mention people in a Chat message's `text`: defused.
+fn google_chat_text(s: &str, cap: usize) -> String {
+    cut(&defuse(s, '<', &["users/"]), cap)
+}
+
+/// Card text widgets take a subset of HTML: event text is HTML-escaped, so it can neither
+/// mention anyone nor inject markup.
+fn google_card_text(s: &str, cap: usize) -> String {
+    let s = cut(s, cap);
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 fn google_chat(n: &Notification) -> Value {
-    let mut widgets: Vec<Value> = vec![json!({"textParagraph": {"text": n.text}})];
-    widgets.extend(
-        n.fields
-            .iter()
-            .map(|(label, value)| json!({"decoratedText": {"topLabel": label, "text": value}})),
-    );
-    let mut sections = vec![json!({"widgets": widgets})];
-    if !n.metrics.is_empty() {
-        sections.push(json!({
-            "header": "Metrics",
-            "widgets": [{"textParagraph": {"text": n.metrics.join("<br>")}}],
+    fit(GOOGLE_CHAT_MAX_BYTES, |cap| {
+        let mut widgets: Vec<Value> =
+            vec![json!({"textParagraph": {"text": google_card_text(&n.text, cap)}})];
+        widgets.extend(n.fields.iter().take(25).map(|(label, value)| {
+            json!({"decoratedText": {"topLabel": google_card_text(label, 256.min(cap)), "text": google_card_text(value, cap)}})
         }));
-    }
-    sections.push(json!({
-        "widgets": [{"decoratedText": {"topLabel": "Run", "text": n.describe}}],
-    }));
-    json!({
-        "text": n.plain(),
-        "cardsV2": [{
-            // Unique per message; Chat only needs it to tell cards of one message apart.
-            "cardId": format!("aviary-{}", n.id.replace('/', "-")),
-            "card": {
-                "header": {"title": n.title, "subtitle": format!("severity {}", n.severity.as_str())},
-                "sections": sections,
-            },
-        }],
+        let mut sections = vec![json!({"widgets": widgets})];
+        if !n.metrics.is_empty() {
+            let lines: Vec<String> = n.metrics.iter().map(|m| google_card_text(m, cap)).collect();
+            sections.push(json!({
+                "header": "Metrics",
+                "widgets": [{"textParagraph": {"text": cut(&lines.join("<br>"), cap * 2)}}],
+            }));
+        }
+        sections.push(json!({
+            "widgets": [{"decoratedText": {"topLabel": "Run", "text": google_card_text(&n.describe, cap)}}],
+        }));
+        json!({
+            "text": google_chat_text(&n.plain(), cap),
+            "cardsV2": [{
+                // Unique per message; Chat only needs it to tell cards of one message apart.
+                "cardId": format!("aviary-{}", n.id.replace('/', "-")),
+                "card": {
+                    "header": {"title": google_card_text(&n.title, 256.min(cap)), "subtitle": format!("severity {}", n.severity.as_str())},
+                    "sections": sections,
+                },
+            }],
+        })
     })
 }
 
@@ -554,6 +700,169 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    const MENTIONS: &str = "<!channel> <!here> <!everyone> <@U123ABC> <#C456DEF|ops> @everyone @here \
+        <@123456> <@&789> <#42> <users/all> <users/1234> <at>Bob</at> <AT>Eve</AT> & <https://x|y> ";
+
+    /// An event whose outside text is 10 000 characters of mentions (reason, names, actor,
+    /// metric names), as one a hostile caller could provoke.
+    fn hostile() -> Notification {
+        let mut event = rolled_back();
+        let flood: String = MENTIONS.chars().cycle().take(10_000).collect();
+        event.data.reason = flood.clone();
+        event.data.actor = flood.clone();
+        event.data.name = flood.chars().take(300).collect();
+        event.data.canary = flood.clone();
+        for m in &mut event.data.metrics {
+            m.name = flood.clone();
+            m.reason = flood.clone();
+        }
+        Notification::new(&event, EventKind::Halted, Severity::Warn, &flood)
+    }
+
+    fn hostile_payload(yaml: &str) -> (Payload, Value) {
+        let p = provider(yaml);
+        let out = payload(&p, &hostile(), b"{}");
+        let v = serde_json::from_slice(&out.body).expect("json body");
+        (out, v)
+    }
+
+    /// Every string in `v`.
+    fn strings(v: &Value) -> Vec<&str> {
+        match v {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().flat_map(strings).collect(),
+            Value::Object(o) => o.values().flat_map(strings).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn chars(v: &Value) -> usize {
+        v.as_str().map_or(0, |s| s.chars().count())
+    }
+
+    fn assert_none_of(v: &Value, needles: &[&str]) {
+        for s in strings(v) {
+            let lower = s.to_ascii_lowercase();
+            for needle in needles {
+                assert!(!lower.contains(needle), "{needle:?} survived in {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn slack_keeps_limits_and_no_mention_under_hostile_text() {
+        let (_, v) = hostile_payload("providers: [{name: s, type: slack, url: 'https://x'}]");
+        assert!(chars(&v["text"]) <= 3000);
+        let blocks = v["blocks"].as_array().expect("blocks");
+        assert!(blocks.len() <= 50);
+        assert_eq!(blocks[0]["type"], "header");
+        assert!(chars(&blocks[0]["text"]["text"]) <= 150);
+        for b in blocks {
+            assert!(chars(&b["text"]["text"]) <= 3000, "{b}");
+            if let Some(fields) = b["fields"].as_array() {
+                assert!(fields.len() <= 10);
+                assert!(fields.iter().all(|f| chars(&f["text"]) <= 2000));
+            }
+            for e in b["elements"].as_array().into_iter().flatten() {
+                assert!(chars(&e["text"]) <= 3000);
+            }
+        }
+        // Escaped as Slack documents: no `<` or `>` is left for Slack to parse.
+        assert_none_of(&v, &["<", ">"]);
+        let section = v["blocks"][1]["text"]["text"].as_str().expect("text");
+        assert!(section.contains("&lt;!channel&gt;"), "{section}");
+    }
+
+    #[test]
+    fn discord_keeps_every_embed_limit_and_no_mention_under_hostile_text() {
+        let (_, v) = hostile_payload("providers: [{name: d, type: discord, url: 'https://x'}]");
+        assert_eq!(v["allowed_mentions"]["parse"], json!([]));
+        assert!(chars(&v["content"]) <= 2000);
+        let embeds = v["embeds"].as_array().expect("embeds");
+        let mut total = 0;
+        for e in embeds {
+            assert!(chars(&e["title"]) <= 256);
+            assert!(chars(&e["description"]) <= 4096);
+            assert!(chars(&e["footer"]["text"]) <= 2048);
+            let fields = e["fields"].as_array().expect("fields");
+            assert!(!fields.is_empty() && fields.len() <= 25);
+            for f in fields {
+                let (name, value) = (chars(&f["name"]), chars(&f["value"]));
+                assert!(
+                    (1..=256).contains(&name) && (1..=1024).contains(&value),
+                    "{f}"
+                );
+                total += name + value;
+            }
+            total += chars(&e["title"]) + chars(&e["description"]) + chars(&e["footer"]["text"]);
+            assert!(
+                chars(&e["description"]) >= 1000,
+                "the description keeps room"
+            );
+        }
+        assert!(total <= 6000, "embed total {total}");
+        assert_none_of(&v, &["@everyone", "@here", "<@", "<#"]);
+    }
+
+    #[test]
+    fn discord_total_holds_with_many_long_fields() {
+        let p = provider("providers: [{name: d, type: discord, url: 'https://x'}]");
+        let mut n = hostile();
+        n.fields = (0..40)
+            .map(|i| (format!("{i}{}", "n".repeat(300)), "v".repeat(2000)))
+            .collect();
+        let v: Value = serde_json::from_slice(&payload(&p, &n, b"{}").body).expect("json");
+        let e = &v["embeds"][0];
+        let fields = e["fields"].as_array().expect("fields");
+        assert!(fields.len() <= 25);
+        let total: usize = fields
+            .iter()
+            .map(|f| chars(&f["name"]) + chars(&f["value"]))
+            .sum::<usize>()
+            + chars(&e["title"])
+            + chars(&e["description"])
+            + chars(&e["footer"]["text"]);
+        assert!(total <= 6000, "embed total {total}");
+    }
+
+    #[test]
+    fn teams_cards_fit_28_kb_and_no_mention_under_hostile_text() {
+        for kind in ["teams", "teams-legacy"] {
+            let yaml = format!("providers: [{{name: t, type: {kind}, url: 'https://x'}}]");
+            let p = provider(&yaml);
+            let out = payload(&p, &hostile(), b"{}");
+            assert!(out.body.len() <= 28_000, "{kind}: {} bytes", out.body.len());
+            let v: Value = serde_json::from_slice(&out.body).expect("json");
+            assert_none_of(&v, &["<at>", "</at>"]);
+        }
+    }
+
+    #[test]
+    fn google_chat_fits_32_000_bytes_and_no_mention_under_hostile_text() {
+        let (out, v) =
+            hostile_payload("providers: [{name: g, type: google-chat, url: 'https://x'}]");
+        assert!(out.body.len() <= 32_000, "{} bytes", out.body.len());
+        assert!(chars(&v["text"]) <= 4096);
+        assert_none_of(&v, &["<users/"]);
+        let card = v["cardsV2"][0]["card"].to_string();
+        assert!(card.len() <= 32_000);
+    }
+
+    #[test]
+    fn defused_text_stays_readable() {
+        assert_eq!(
+            discord_text("hi @everyone", 100),
+            format!("hi @{ZWSP}everyone")
+        );
+        assert_eq!(
+            google_chat_text("<users/all> ok", 100),
+            format!("<{ZWSP}users/all> ok")
+        );
+        assert_eq!(slack_text("a<b", 10), "a&lt;b");
+        assert_eq!(slack_text("ab<cd", 5), "ab…");
+        assert_eq!(slack_text("é".repeat(5).as_str(), 3), "éé…");
     }
 
     #[test]
