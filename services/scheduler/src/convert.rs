@@ -372,6 +372,12 @@ pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
         });
     }
     let mut folded = outcome_from(v.outcome);
+    if !rollback_requested && v.webhooks.iter().any(|w| w.r#type == "rollback") {
+        // The analyzer folds a rollback hook it could not reach in as an error, which would
+        // halt the analysis. As in Flagger, an unreachable rollback hook only means "no
+        // rollback" (a 2xx is `rollback_requested` above): fold again without them.
+        folded = fold_without_rollback_hooks(v);
+    }
     if !v.error.is_empty() && folded == Outcome::Pass {
         folded = Outcome::Error;
     }
@@ -382,6 +388,32 @@ pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
         early_promote: v.decisive && folded == Outcome::Pass,
         checks,
         rollback_requested,
+    }
+}
+
+/// The verdict's outcome folded as the analyzer does (any fail, else any error, else any
+/// inconclusive, else pass) over its metrics and the webhooks that take part in the verdict,
+/// leaving out `rollback` hooks (and the informational `post-rollout` and `event`).
+fn fold_without_rollback_hooks(v: &pb::Verdict) -> Outcome {
+    let outcomes: Vec<Outcome> = v
+        .metrics
+        .iter()
+        .map(|m| outcome_from(m.outcome))
+        .chain(
+            v.webhooks
+                .iter()
+                .filter(|w| !matches!(w.r#type.as_str(), "rollback" | "post-rollout" | "event"))
+                .map(|w| outcome_from(w.outcome)),
+        )
+        .collect();
+    if outcomes.contains(&Outcome::Fail) {
+        Outcome::Fail
+    } else if outcomes.contains(&Outcome::Error) {
+        Outcome::Error
+    } else if outcomes.contains(&Outcome::Inconclusive) {
+        Outcome::Inconclusive
+    } else {
+        Outcome::Pass
     }
 }
 
@@ -668,5 +700,40 @@ mod tests {
         assert!(folded.rollback_requested);
         assert!(folded.fail_fast);
         assert!(folded.checks.is_empty());
+    }
+
+    #[test]
+    fn unreachable_rollback_hook_means_no_rollback_not_an_error() {
+        let v = pb::Verdict {
+            // The analyzer folded the unreachable rollback hook in as an error.
+            outcome: pb::Outcome::Error as i32,
+            metrics: vec![pb::MetricResult {
+                name: "request-success-rate".into(),
+                outcome: pb::Outcome::Pass as i32,
+                ..Default::default()
+            }],
+            webhooks: vec![
+                pb::WebhookResult {
+                    r#type: "rollback".into(),
+                    outcome: pb::Outcome::Error as i32,
+                    reason: "unreachable: connection refused".into(),
+                    ..Default::default()
+                },
+                pb::WebhookResult {
+                    r#type: "rollout".into(),
+                    outcome: pb::Outcome::Pass as i32,
+                    status_code: 200,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let folded = verdict(3, &v);
+        assert!(!folded.rollback_requested);
+        assert_eq!(folded.outcome, Outcome::Pass);
+        // Other checks still fold as before.
+        let mut failing = v.clone();
+        failing.metrics[0].outcome = pb::Outcome::Fail as i32;
+        assert_eq!(verdict(3, &failing).outcome, Outcome::Fail);
     }
 }
