@@ -33,6 +33,8 @@ pub struct Api {
     metrics: Metrics,
     /// Router-agent capabilities, opened on the first `Apply`.
     agents: Arc<tokio::sync::OnceCell<Bucket<pb::AgentCapabilities, Proto>>>,
+    /// How many refused calls are written to the events stream.
+    refusals: Arc<std::sync::Mutex<RefusalLimiter>>,
 }
 
 impl Api {
@@ -49,6 +51,9 @@ impl Api {
             tokens: Arc::new(tokens),
             metrics,
             agents: Arc::default(),
+            refusals: Arc::new(std::sync::Mutex::new(RefusalLimiter::new(
+                tokio::time::Instant::now(),
+            ))),
         }
     }
 
@@ -105,39 +110,73 @@ impl Api {
             Err(status) => status,
         };
         if let Some(reference) = reference {
-            let now = now_ms();
-            let data = aviary_proto::events::EventData {
-                namespace: reference.namespace.clone(),
-                name: reference.name.clone(),
-                reason: format!("{method} refused: {}", refused.message()),
-                actor: match refused.code() {
-                    tonic::Code::PermissionDenied => refused
-                        .message()
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_owned(),
-                    _ => "unauthenticated".to_owned(),
-                },
-                ..Default::default()
+            let actor = match refused.code() {
+                tonic::Code::PermissionDenied => refused
+                    .message()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+                _ => "unauthenticated".to_owned(),
             };
-            let id = format!(
-                "{}/{}/refused-{now}-{:08x}",
-                reference.namespace,
-                reference.name,
-                rand::random::<u32>()
-            );
-            let event = aviary_proto::events::AuditEvent::new(
-                aviary_proto::events::EventKind::Refused,
-                id,
-                convert::rfc3339(now),
-                data,
-            );
-            if let Err(error) = self.effects.publish_event(&event).await {
-                warn!(%error, "refusal not audited");
+            let peer = request
+                .remote_addr()
+                .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+            let decision = match self.refusals.lock() {
+                Ok(mut limiter) => limiter.decide(
+                    format!("{peer} {actor}"),
+                    method,
+                    tokio::time::Instant::now(),
+                ),
+                // A panic elsewhere poisoned the lock: fail closed on the stream, not the call.
+                Err(_) => RefusalAudit::Suppress,
+            };
+            let reason = format!("{method} refused: {}", refused.message());
+            match decision {
+                RefusalAudit::Suppress => {}
+                RefusalAudit::Record => {
+                    self.audit_refusal(reference, reason, actor.clone()).await;
+                }
+                RefusalAudit::RecordWithSummary(left_out) => {
+                    let summary = format!(
+                        "{left_out} more {method} calls from {peer} ({actor}) refused and not \
+                         audited in the last {}s",
+                        REFUSAL_WINDOW.as_secs()
+                    );
+                    warn!(method, %peer, %actor, left_out, "refused calls not audited");
+                    self.audit_refusal(reference, summary, actor.clone()).await;
+                    self.audit_refusal(reference, reason, actor).await;
+                }
             }
         }
         Err(refused)
+    }
+
+    /// Writes a `refused` event with `reason` and `actor` to `reference`'s audit stream.
+    async fn audit_refusal(&self, reference: &pb::RolloutRef, reason: String, actor: String) {
+        let now = now_ms();
+        let data = aviary_proto::events::EventData {
+            namespace: reference.namespace.clone(),
+            name: reference.name.clone(),
+            reason,
+            actor,
+            ..Default::default()
+        };
+        let id = format!(
+            "{}/{}/refused-{now}-{:08x}",
+            reference.namespace,
+            reference.name,
+            rand::random::<u32>()
+        );
+        let event = aviary_proto::events::AuditEvent::new(
+            aviary_proto::events::EventKind::Refused,
+            id,
+            convert::rfc3339(now),
+            data,
+        );
+        if let Err(error) = self.effects.publish_event(&event).await {
+            warn!(%error, "refusal not audited");
+        }
     }
 
     /// An operator command about one rollout: authorized (a refusal is audited), then queued.
@@ -549,5 +588,146 @@ impl RolloutService for Api {
             caller,
         )
         .await
+    }
+}
+
+/// Refusals of one caller (peer address and identity) on one method audited per window: enough
+/// to see who is knocking, too few for a flood to fill the events stream.
+const REFUSALS_AUDITED: u32 = 5;
+/// Refusals audited per window across all callers, so rotating tokens or source addresses
+/// cannot get around [`REFUSALS_AUDITED`] either.
+const REFUSALS_AUDITED_TOTAL: u32 = 100;
+/// The audit window: a summary of what was left out is written once per window and caller.
+const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Callers tracked at once; beyond it, new callers share one overflow entry (memory stays
+/// bounded whatever an attacker sends).
+const REFUSAL_CALLERS: usize = 4096;
+
+/// What to write about one refused call.
+#[derive(Debug, PartialEq, Eq)]
+enum RefusalAudit {
+    /// Write the refusal.
+    Record,
+    /// Write nothing: the caller is over its allowance this window.
+    Suppress,
+    /// Write the refusal and a summary: `n` refusals of this caller were left out in the window
+    /// that just ended.
+    RecordWithSummary(u64),
+}
+
+#[derive(Debug)]
+struct Window {
+    start: tokio::time::Instant,
+    recorded: u32,
+    suppressed: u64,
+}
+
+impl Window {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            start: now,
+            recorded: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+/// Fixed-window limits on refused-call audit events, per caller and method and in total.
+/// Deciding never waits: the refusal itself is returned whatever is decided here.
+#[derive(Debug)]
+struct RefusalLimiter {
+    callers: std::collections::HashMap<(String, &'static str), Window>,
+    total: Window,
+}
+
+impl RefusalLimiter {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            callers: std::collections::HashMap::new(),
+            total: Window::new(now),
+        }
+    }
+
+    fn decide(
+        &mut self,
+        caller: String,
+        method: &'static str,
+        now: tokio::time::Instant,
+    ) -> RefusalAudit {
+        if now.duration_since(self.total.start) >= REFUSAL_WINDOW {
+            self.total = Window::new(now);
+            self.callers
+                .retain(|_, w| now.duration_since(w.start) < REFUSAL_WINDOW || w.suppressed > 0);
+        }
+        let key = if self.callers.len() < REFUSAL_CALLERS
+            || self.callers.contains_key(&(caller.clone(), method))
+        {
+            (caller, method)
+        } else {
+            ("overflow".to_owned(), "*")
+        };
+        let window = self.callers.entry(key).or_insert_with(|| Window::new(now));
+        let mut summary = 0;
+        if now.duration_since(window.start) >= REFUSAL_WINDOW {
+            summary = window.suppressed;
+            *window = Window::new(now);
+        }
+        if window.recorded >= REFUSALS_AUDITED || self.total.recorded >= REFUSALS_AUDITED_TOTAL {
+            window.suppressed += 1;
+            self.total.suppressed += 1;
+            return RefusalAudit::Suppress;
+        }
+        window.recorded += 1;
+        self.total.recorded += 1;
+        match summary {
+            0 => RefusalAudit::Record,
+            n => RefusalAudit::RecordWithSummary(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_audited_a_few_per_caller_and_window_then_summarised() {
+        let start = tokio::time::Instant::now();
+        let mut limiter = RefusalLimiter::new(start);
+        let decisions: Vec<RefusalAudit> = (0..200)
+            .map(|_| limiter.decide("10.0.0.1 unauthenticated".into(), "Abort", start))
+            .collect();
+        let recorded = decisions
+            .iter()
+            .filter(|d| **d != RefusalAudit::Suppress)
+            .count();
+        assert_eq!(recorded, REFUSALS_AUDITED as usize);
+        // Another method of the same caller has its own allowance.
+        assert_eq!(
+            limiter.decide("10.0.0.1 unauthenticated".into(), "Pause", start),
+            RefusalAudit::Record
+        );
+        let later = start + REFUSAL_WINDOW;
+        assert_eq!(
+            limiter.decide("10.0.0.1 unauthenticated".into(), "Abort", later),
+            RefusalAudit::RecordWithSummary(195)
+        );
+        assert_eq!(
+            limiter.decide("10.0.0.1 unauthenticated".into(), "Abort", later),
+            RefusalAudit::Record
+        );
+    }
+
+    #[test]
+    fn rotating_callers_stay_under_the_total() {
+        let start = tokio::time::Instant::now();
+        let mut limiter = RefusalLimiter::new(start);
+        let recorded = (0..10_000)
+            .filter(|i| {
+                limiter.decide(format!("10.0.{i}.1 x"), "Abort", start) != RefusalAudit::Suppress
+            })
+            .count();
+        assert_eq!(recorded, REFUSALS_AUDITED_TOTAL as usize);
+        assert!(limiter.callers.len() <= REFUSAL_CALLERS + 1);
     }
 }

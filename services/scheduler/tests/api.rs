@@ -261,3 +261,56 @@ async fn delete_removes_only_a_finished_rollout_and_audits_it() {
 
     plane.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_refused_calls_writes_a_bounded_number_of_refused_events() {
+    let nats = NatsServer::start().await.unwrap();
+    let port = free_port().unwrap();
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    writeln!(tokens, "reader-token read auditor").unwrap();
+    let path = tokens.path().to_str().unwrap().to_owned();
+    let scheduler = Replica::start(&nats.url(), port, &["--tokens-file", &path]);
+    let mut client = api(port).await;
+
+    for i in 0..200 {
+        let mut abort = tonic::Request::new(pb::CommandRequest {
+            r#ref: Some(pb::RolloutRef::new("test", "flooded")),
+            reason: String::new(),
+        });
+        // Half without a token, half with one that may not abort.
+        if i % 2 == 1 {
+            abort
+                .metadata_mut()
+                .insert("authorization", "Bearer reader-token".parse().unwrap());
+        }
+        let code = client.abort(abort).await.unwrap_err().code();
+        let want = if i % 2 == 1 {
+            Code::PermissionDenied
+        } else {
+            Code::Unauthenticated
+        };
+        assert_eq!(code, want, "call {i}");
+    }
+
+    // Each refusal's event, if any, is published before the call returns.
+    let nats_client = nats.client().await.unwrap();
+    let refused: Vec<_> = audit_events(&nats_client, "flooded")
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "dev.aviary.rollout.refused")
+        .collect();
+    // Two callers (unauthenticated, auditor) on one method: a few each, not 200.
+    assert!(
+        (2..=10).contains(&refused.len()),
+        "{} refused events",
+        refused.len()
+    );
+    assert!(refused.iter().any(|e| e["data"]["actor"] == "auditor"));
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["data"]["actor"] == "unauthenticated")
+    );
+
+    scheduler.stop().await;
+}
