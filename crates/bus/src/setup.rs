@@ -21,6 +21,12 @@ use crate::names;
 pub struct SetupOptions {
     /// How long audit events are kept. The notifier must catch up within this.
     pub events_max_age: Duration,
+    /// Bytes the events stream may hold; past it the oldest events are dropped, so a flood of
+    /// events cannot fill the server's disk (and starve every other stream) before
+    /// `events_max_age` would have removed them.
+    pub events_max_bytes: i64,
+    /// Largest single audit event the events stream accepts; a publish above it is refused.
+    pub events_max_message_size: i32,
     /// How long dead letters are kept for inspection.
     pub dead_max_age: Duration,
     /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate. Longer than any
@@ -40,6 +46,12 @@ impl Default for SetupOptions {
     fn default() -> Self {
         Self {
             events_max_age: Duration::from_secs(30 * 24 * 3600),
+            // 1 GiB: months of events for hundreds of rollouts (an event is ~1-2 KiB), small
+            // next to a JetStream server's disk.
+            events_max_bytes: 1 << 30,
+            // 256 KiB: a generous event (a long reason and every metric) is a few tens of KiB;
+            // below the server's default 1 MiB max payload.
+            events_max_message_size: 256 << 10,
             dead_max_age: Duration::from_secs(14 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             lease_max_age: Duration::from_secs(60),
@@ -58,6 +70,8 @@ pub fn stream_configs(options: &SetupOptions) -> Vec<stream::Config> {
             subjects: vec![names::EVENTS_SUBJECTS.into()],
             storage: StorageType::File,
             max_age: options.events_max_age,
+            max_bytes: options.events_max_bytes,
+            max_message_size: options.events_max_message_size,
             duplicate_window: options.duplicate_window,
             num_replicas: options.replicas,
             ..Default::default()

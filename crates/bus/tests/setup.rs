@@ -129,3 +129,37 @@ async fn jetstream_data_survives_a_server_restart() -> TestResult {
     drop(client);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_events_stream_is_created_with_a_byte_limit() -> TestResult {
+    let (_server, _client, js) = nats().await?;
+    setup::ensure_all(&js).await?;
+    let events = js.get_stream(names::STREAM_EVENTS).await?;
+    let config = &events.cached_info().config;
+    let defaults = SetupOptions::default();
+    assert_eq!(config.max_bytes, 1 << 30);
+    assert_eq!(config.max_bytes, defaults.events_max_bytes);
+    assert_eq!(config.max_message_size, defaults.events_max_message_size);
+    assert_eq!(config.max_age, defaults.events_max_age);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_events_byte_limit_is_configurable_and_an_existing_stream_keeps_its_own() -> TestResult
+{
+    let (_server, _client, js) = nats().await?;
+    let options = SetupOptions {
+        events_max_bytes: 64 << 20,
+        events_max_message_size: 4096,
+        ..SetupOptions::default()
+    };
+    setup::ensure_all_with(&js, &options).await?;
+    let events = js.get_stream(names::STREAM_EVENTS).await?;
+    assert_eq!(events.cached_info().config.max_bytes, 64 << 20);
+    assert_eq!(events.cached_info().config.max_message_size, 4096);
+    // Run again with the defaults: the stream exists, is compatible, and is left as it is.
+    setup::ensure_all(&js).await?;
+    let events = js.get_stream(names::STREAM_EVENTS).await?;
+    assert_eq!(events.cached_info().config.max_bytes, 64 << 20);
+    Ok(())
+}
