@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use aviary_proto::naming::cluster_name;
 use aviary_proto::{AnalysisRequest, MetricCheck, MetricResult, Outcome, Verdict, WebhookResult};
 use futures::future::join_all;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use aviary_core::judge::{AlphaBudget, Counts, DEFAULT_RATE_TOLERANCE, Decision, tail_tolerance};
 
@@ -22,7 +24,7 @@ use crate::builtin::{
     run_count_templates,
 };
 use crate::cache::ResultCache;
-use crate::dedupe::{PerBackendLimit, SingleFlight};
+use crate::dedupe::{DetachedFlight, PerBackendLimit, SingleFlight};
 use crate::judge::{
     Criteria, Measured, NoDataPolicy, Observation, Sample, fold, histogram_from_buckets, judge,
     sequential_rates, sequential_tails,
@@ -38,6 +40,14 @@ use crate::webhook::{Hook, HookType, Payload, WebhookClient};
 /// Webhook timeout when the request gives none (Flagger's default is longer; a gate that takes
 /// more than this to answer is better reported than waited on).
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests judging metrics at once, unless [`Analyzer::with_max_concurrent`] says.
+pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+
+/// Identifies one webhook call: the request's idempotency key (rollout, generation, step),
+/// its window, and the hook's name, type and URL. Repeated requests for the same step share
+/// the call.
+type HookKey = (String, i64, i64, String, String, String);
 
 /// How the analyzer is set up.
 #[derive(Debug, Clone)]
@@ -77,6 +87,9 @@ pub struct Analyzer {
     cache: ResultCache<QueryKey, Answer>,
     limits: PerBackendLimit,
     webhooks: WebhookClient,
+    hooks: DetachedFlight<HookKey, Option<WebhookResult>>,
+    slots: Arc<Semaphore>,
+    stop: CancellationToken,
     metrics: AnalyzerMetrics,
 }
 
@@ -112,8 +125,26 @@ impl Analyzer {
             cache: ResultCache::default(),
             limits: PerBackendLimit::new(options.max_in_flight_per_backend),
             webhooks: options.webhooks,
+            hooks: DetachedFlight::default(),
+            slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT)),
+            stop: CancellationToken::new(),
             metrics,
         })
+    }
+
+    /// At most `n` (at least 1) requests judge their metrics at once; more wait for a slot.
+    /// Webhooks are awaited without a slot, so requests waiting on a slow hook do not hold
+    /// back requests that have none.
+    #[must_use]
+    pub fn with_max_concurrent(mut self, n: usize) -> Self {
+        self.slots = Arc::new(Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// Ends every webhook call in flight (each caller still waiting gets an error result);
+    /// called once the drain is over, so no hook outlives the worker.
+    pub fn stop_webhooks(&self) {
+        self.stop.cancel();
     }
 
     /// Sets up the Datadog, New Relic and Graphite clients (credentials, default URLs).
@@ -160,7 +191,12 @@ impl Analyzer {
                 .iter()
                 .map(|m| (not_queried(m, hook), None))
                 .collect(),
-            None => join_all(request.metrics.iter().map(|m| self.metric(request, m))).await,
+            None if request.metrics.is_empty() => Vec::new(),
+            None => {
+                // The semaphore is never closed.
+                let _slot = self.slots.acquire().await;
+                join_all(request.metrics.iter().map(|m| self.metric(request, m))).await
+            }
         };
         let decisions: Vec<Option<Decision>> = judged.iter().map(|(_, d)| *d).collect();
         let metrics: Vec<MetricResult> = judged.into_iter().map(|(m, _)| m).collect();
@@ -577,14 +613,42 @@ impl Analyzer {
                 .collect(),
         };
         let rollout = request.rollout.clone().unwrap_or_default();
-        let payload = Payload {
-            name: &rollout.name,
-            namespace: &rollout.namespace,
-            phase: &request.phase,
-            checksum: &request.checksum,
-            metadata: &hook.metadata,
+        let key = (
+            request.idempotency_key.clone(),
+            request.window_start_ms,
+            request.window_end_ms,
+            hook.name.clone(),
+            hook.kind.clone(),
+            hook.url.clone(),
+        );
+        let (phase, checksum) = (request.phase.clone(), request.checksum.clone());
+        let (client, stop) = (self.webhooks.clone(), self.stop.clone());
+        let unfinished = WebhookResult {
+            name: hook.name.clone(),
+            r#type: hook.kind.clone(),
+            status_code: 0,
+            outcome: Outcome::Error as i32,
+            reason: "call abandoned: the analyzer is stopping".into(),
         };
-        let result = self.webhooks.call(&hook, &payload).await;
+        // The call runs detached: a request that stops waiting (its requester gave up) leaves
+        // it running, and a repeated request for the same step joins it.
+        let (result, _started) = self
+            .hooks
+            .run(key, move || async move {
+                let payload = Payload {
+                    name: &rollout.name,
+                    namespace: &rollout.namespace,
+                    phase: &phase,
+                    checksum: &checksum,
+                    metadata: &hook.metadata,
+                };
+                tokio::select! {
+                    result = client.call(&hook, &payload) => Some(result),
+                    () = stop.cancelled() => None,
+                }
+            })
+            .await;
+        let result = result.flatten().unwrap_or(unfinished);
         let kind = check
             .r#type
             .parse::<HookType>()

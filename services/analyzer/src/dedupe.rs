@@ -11,7 +11,8 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, Semaphore, watch};
+use tracing::Instrument as _;
 
 /// Joins identical concurrent calls keyed by `K`.
 #[derive(Debug)]
@@ -56,6 +57,93 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
             }
         }
         (value, ran)
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+}
+
+/// Joins identical concurrent calls keyed by `K`, like [`SingleFlight`], but the call runs in
+/// a task of its own: a caller that stops waiting (its requester gave up) does not cancel it,
+/// so a repeated request joins the call still in flight instead of starting another. Used for
+/// webhooks, which may take their whole timeout to answer.
+#[derive(Debug)]
+pub struct DetachedFlight<K, V> {
+    inflight: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
+}
+
+impl<K, V> Default for DetachedFlight<K, V> {
+    fn default() -> Self {
+        Self {
+            inflight: Arc::default(),
+        }
+    }
+}
+
+/// Forgets a finished (or aborted) call, so the next identical call runs again.
+struct Forget<K: Eq + Hash, V> {
+    inflight: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash, V> Drop for Forget<K, V> {
+    fn drop(&mut self) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl<K, V> DetachedFlight<K, V>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Waits for the call keyed by `key`, starting `call` in a task of its own unless an
+    /// identical one is in flight. Returns the value (`None` when the call was aborted before
+    /// it finished) and whether this caller started the call. Dropping the returned future
+    /// stops waiting; the call goes on.
+    pub async fn run<F, Fut>(&self, key: K, call: F) -> (Option<V>, bool)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        let (mut rx, started) = {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key) {
+                Some(rx) => (rx.clone(), false),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(key.clone(), rx.clone());
+                    let forget = Forget {
+                        inflight: self.inflight.clone(),
+                        key,
+                    };
+                    let call = call();
+                    tokio::spawn(
+                        async move {
+                            let value = call.await;
+                            // Forget first: a caller arriving after this runs its own call.
+                            drop(forget);
+                            tx.send_replace(Some(value));
+                        }
+                        .in_current_span(),
+                    );
+                    (rx, true)
+                }
+            }
+        };
+        let value = match rx.wait_for(Option::is_some).await {
+            Ok(value) => value.clone(),
+            Err(_) => None,
+        };
+        (value, started)
     }
 
     /// Calls in flight now.
@@ -134,6 +222,32 @@ mod tests {
         let flight: SingleFlight<u8, u8> = SingleFlight::default();
         let (a, b) = tokio::join!(flight.run(1, || async { 1 }), flight.run(2, || async { 2 }));
         assert_eq!((a, b), ((1, true), (2, true)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_call_outlives_callers_that_stop_waiting() {
+        let flight: Arc<DetachedFlight<&str, u32>> = Arc::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let call = |calls: Arc<AtomicUsize>| {
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                7
+            }
+        };
+        // The first caller gives up after 1 s; the call goes on.
+        let gave_up = tokio::time::timeout(
+            Duration::from_secs(1),
+            flight.run("hook", call(calls.clone())),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert_eq!(flight.in_flight(), 1);
+        // A repeated caller joins it rather than calling again.
+        let (value, started) = flight.run("hook", call(calls.clone())).await;
+        assert_eq!((value, started), (Some(7), false));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(flight.in_flight(), 0, "finished calls are forgotten");
     }
 
     #[test]

@@ -143,9 +143,22 @@ pub struct Config {
     )]
     pub webhook_secret_file: Option<PathBuf>,
 
-    /// Analysis requests handled at once by this worker; more wait in NATS's buffer.
+    /// Analysis requests judging metrics at once; more wait for a slot. A request waiting on
+    /// its webhooks holds no slot.
     #[arg(long, env = "AVIARY_MAX_CONCURRENT_ANALYSES", default_value_t = 64)]
     pub max_concurrent_analyses: usize,
+
+    /// Analysis requests accepted at once (judging, waiting for a slot or for webhooks); more
+    /// wait in NATS's buffer.
+    #[arg(long, env = "AVIARY_MAX_PENDING_ANALYSES", default_value_t = 1024)]
+    pub max_pending_analyses: usize,
+
+    /// How long one request is worked on before the analyzer gives up on it without a reply:
+    /// by then the scheduler's request has timed out (its `--analysis-timeout-ms`, 30 s by
+    /// default) and nobody waits for the verdict. A webhook call it was waiting on goes on,
+    /// and the scheduler's next request for the step joins it.
+    #[arg(long, env = "AVIARY_ANALYSIS_BUDGET_MS", default_value_t = 30_000)]
+    pub analysis_budget_ms: u64,
 
     /// Datadog, New Relic and Graphite (metrics with `providerType` set to one of them).
     #[command(flatten)]
@@ -392,7 +405,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let analyzer = Arc::new(
         Analyzer::new(config.analyzer_options()?, metrics)
             .context("configuring the backend")?
-            .with_vendors(vendors),
+            .with_vendors(vendors)
+            .with_max_concurrent(config.max_concurrent_analyses),
     );
     let ready = Readiness::default();
     // The admin server outlives the drain, so /readyz reports "not ready" while draining.
@@ -425,12 +439,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         "analyzer ready"
     );
     let drain = Duration::from_millis(config.common.drain_timeout_ms);
-    let limit = Arc::new(Semaphore::new(config.max_concurrent_analyses.max(1)));
+    let limit = Arc::new(Semaphore::new(config.max_pending_analyses.max(1)));
+    let budget = Duration::from_millis(config.analysis_budget_ms);
     let task = tokio::spawn(async move {
         let result = serve(
             subscription,
-            client,
-            analyzer,
+            Worker {
+                client,
+                analyzer,
+                budget,
+            },
             limit,
             shutdown,
             ready,
@@ -443,10 +461,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(Running { admin_addr, task })
 }
 
-async fn serve(
-    mut subscription: async_nats::Subscriber,
+/// What each request's task needs.
+#[derive(Clone)]
+struct Worker {
     client: async_nats::Client,
     analyzer: Arc<Analyzer>,
+    budget: Duration,
+}
+
+/// Takes a message only once it holds an admission permit, and waits for the permit inside
+/// `select!` beside shutdown, so a worker whose every slot is taken still starts draining.
+async fn serve(
+    mut subscription: async_nats::Subscriber,
+    worker: Worker,
     limit: Arc<Semaphore>,
     shutdown: CancellationToken,
     ready: Readiness,
@@ -457,6 +484,7 @@ async fn serve(
     // Armed when draining starts; until then far enough away never to fire.
     let drain_deadline = tokio::time::sleep(Duration::from_secs(10 * 365 * 24 * 3600));
     tokio::pin!(drain_deadline);
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled(), if !draining => {
@@ -479,7 +507,10 @@ async fn serve(
                     tracing::error!(%error, "analysis task failed");
                 }
             }
-            message = subscription.next() => {
+            acquired = limit.clone().acquire_owned(), if permit.is_none() => {
+                permit = Some(acquired?);
+            }
+            message = subscription.next(), if permit.is_some() => {
                 let Some(message) = message else {
                     // Subscription closed (drained, or the client closed): finish in-flight.
                     while let Some(done) = tokio::select! {
@@ -492,16 +523,17 @@ async fn serve(
                     }
                     break;
                 };
-                let permit = limit.clone().acquire_owned().await?;
-                let (analyzer, client) = (analyzer.clone(), client.clone());
+                let permit = permit.take();
+                let worker = worker.clone();
                 tasks.spawn(async move {
-                    handle(&analyzer, &client, message).await;
+                    handle(&worker, message).await;
                     drop(permit);
                 });
             }
         }
     }
-    if let Err(error) = client.flush().await {
+    worker.analyzer.stop_webhooks();
+    if let Err(error) = worker.client.flush().await {
         tracing::warn!(%error, "flushing replies");
     }
     tracing::info!("analyzer stopped");
@@ -509,14 +541,22 @@ async fn serve(
 }
 
 /// Answers one request message: a verdict, or an error verdict when it does not decode.
-async fn handle(analyzer: &Analyzer, client: &async_nats::Client, message: async_nats::Message) {
+/// Gives up (without a reply) once the request has taken longer than the worker's budget.
+async fn handle(worker: &Worker, message: async_nats::Message) {
+    let (analyzer, client) = (&worker.analyzer, &worker.client);
     let span = tracing::info_span!("analysis", key = tracing::field::Empty);
     aviary_bus::trace::set_parent_from(&span, message.headers.as_ref());
     async {
         let verdict = match AnalysisRequest::decode(message.payload.clone()) {
             Ok(request) => {
                 tracing::Span::current().record("key", request.idempotency_key.as_str());
-                analyzer.analyze(&request).await
+                match tokio::time::timeout(worker.budget, analyzer.analyze(&request)).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => {
+                        tracing::warn!(budget_ms = worker.budget.as_millis(), "analysis took longer than its budget; the requester is gone, no verdict sent");
+                        return;
+                    }
+                }
             }
             Err(error) => {
                 analyzer.metrics().malformed.inc();
