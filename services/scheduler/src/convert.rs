@@ -194,13 +194,25 @@ pub fn workload_command(
 
 pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
     let spec = &record.rollout.spec;
+    // The run is over: with session affinity, the data plane keeps expiring this run's cookie
+    // (`Max-Age=-1`) after the promotion too, so no client keeps it.
+    let session_affinity = spec
+        .analysis
+        .session_affinity
+        .as_ref()
+        .zip(record.status.session_cookie.as_ref())
+        .map(|(sa, value)| machine::CookieAffinity {
+            cookie_name: sa.cookie_name.clone(),
+            cookie_value: value.clone(),
+            max_age_seconds: -1,
+        });
     let route = machine::DesiredRoute {
         seq,
         canary_weight: 0,
         primary_weight: 100,
         mirror_percent: 0,
         matches: Vec::new(),
-        session_affinity: None,
+        session_affinity,
     };
     let mut command = route_command(record, &route);
     // The roles swap: the canary serves everything as the primary, and the old primary stays
@@ -661,6 +673,56 @@ fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_finalise_route_keeps_expiring_the_affinity_cookie() {
+        let mut spec = aviary_core::spec::RolloutSpec::test();
+        spec.analysis.session_affinity = Some(aviary_core::spec::SessionAffinity {
+            cookie_name: "canary".into(),
+            max_age: Some(60),
+        });
+        let rollout = aviary_core::spec::Rollout {
+            api_version: aviary_core::spec::API_VERSION.into(),
+            kind: aviary_core::spec::KIND.into(),
+            metadata: aviary_core::spec::Metadata {
+                name: "podinfo".into(),
+                namespace: Some("test".into()),
+            },
+            spec: spec.clone(),
+        };
+        let mut status = machine::RolloutStatus::new(&spec, 1);
+        status.session_cookie = Some("abc".into());
+        let record = RolloutRecord {
+            manifest: crate::record::Manifest::new(""),
+            rollout,
+            generation: 1,
+            status,
+            commands: Vec::new(),
+            outbox: Vec::new(),
+            last_checks: Vec::new(),
+            event_seq: 0,
+        };
+        let route = finalise_command(&record, 9).route.unwrap_or_default();
+        let affinity = route.session_affinity.unwrap_or_default();
+        assert_eq!(
+            (
+                affinity.cookie_name.as_str(),
+                affinity.cookie_value.as_str(),
+                affinity.expired
+            ),
+            ("canary", "abc", true)
+        );
+        // Without affinity in the spec, none.
+        let mut plain = record.clone();
+        plain.rollout.spec.analysis.session_affinity = None;
+        assert!(
+            finalise_command(&plain, 9)
+                .route
+                .unwrap_or_default()
+                .session_affinity
+                .is_none()
+        );
+    }
 
     #[test]
     fn formats_rfc3339() {
