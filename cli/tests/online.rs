@@ -4,8 +4,7 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use aviary_proto as pb;
@@ -465,88 +464,10 @@ async fn text_from_the_bus_and_the_server_reaches_the_terminal_escaped() {
     }
 }
 
-/// Runs `openssl` in `dir` (the scheduler's TLS test makes its certificates the same way).
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, all from it.
-fn make_pki(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=aviary-test-ca",
-        ],
-    );
-    for (name, ext) in [
-        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n"))
-            .expect("write ext file");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "1",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_is_sent_to_a_server_that_requires_one() {
     let dir = tempfile::tempdir().expect("temp dir");
-    make_pki(dir.path());
+    aviary_testkit::tls::make_pki(dir.path()).unwrap();
     let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
     let plane = ControlPlane::start_tls(&[

@@ -22,6 +22,7 @@ pub mod nginx;
 mod process;
 pub mod prometheus;
 mod service;
+pub mod tls;
 pub mod victoria;
 
 use std::future::Future;

@@ -3,91 +3,11 @@
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
 mod common;
-
-use std::path::Path;
-use std::process::Command;
-
 use aviary_proto as pb;
 use aviary_proto::rollout_service_client::RolloutServiceClient;
 use aviary_testkit::{NatsServer, free_port};
 use common::Replica;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, all from it.
-fn make_pki(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=aviary-test-ca",
-        ],
-    );
-    for (name, ext) in [
-        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n")).unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "1",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-}
 
 async fn connect(
     port: u16,
@@ -104,7 +24,7 @@ async fn connect(
 #[tokio::test]
 async fn mutual_tls_admits_only_clients_with_a_certificate_and_health_reports_serving() {
     let pki = tempfile::tempdir().unwrap();
-    make_pki(pki.path());
+    aviary_testkit::tls::make_pki(pki.path()).unwrap();
     let path = |f: &str| pki.path().join(f).display().to_string();
     let nats = NatsServer::start().await.unwrap();
     let port = free_port().unwrap();
