@@ -57,6 +57,22 @@ impl Sim {
         self.feed(input).expect("not a command")
     }
 
+    /// Confirms the outstanding route as served exactly as asked.
+    fn confirm_route(&mut self) -> Vec<Action> {
+        let Wait::Route { seq, .. } = self.st.wait else {
+            panic!("no route outstanding: {:?}", self.st.wait)
+        };
+        let r = self.st.route.clone().expect("route");
+        self.input(Input::RouteConfirmed {
+            seq,
+            observed: ObservedSplit {
+                canary_weight: r.canary_weight,
+                primary_weight: r.primary_weight,
+                mirror_percent: r.mirror_percent,
+            },
+        })
+    }
+
     fn command(&mut self, c: Command) -> Result<Vec<Action>, CommandError> {
         self.feed(Input::Command(c))
     }
@@ -70,16 +86,8 @@ impl Sim {
                 return;
             }
             match self.st.wait.clone() {
-                Wait::Route { seq, .. } => {
-                    let r = self.st.route.clone().expect("route");
-                    self.input(Input::RouteConfirmed {
-                        seq,
-                        observed: ObservedSplit {
-                            canary_weight: r.canary_weight,
-                            primary_weight: r.primary_weight,
-                            mirror_percent: r.mirror_percent,
-                        },
-                    });
+                Wait::Route { .. } => {
+                    self.confirm_route();
                 }
                 Wait::Verdict { seq, .. } => {
                     self.input(Input::Verdict(verdict(seq, outcome)));
@@ -335,17 +343,7 @@ fn skip_analysis_promotes_without_metrics_or_webhooks_but_asks_confirm_rollout()
     // A closed confirm-rollout holds it, as in Flagger.
     let mut held = Sim::new(spec.clone());
     held.input(Input::Tick);
-    let Wait::Route { seq, .. } = held.st.wait else {
-        panic!("{:?}", held.st.wait)
-    };
-    held.input(Input::RouteConfirmed {
-        seq,
-        observed: ObservedSplit {
-            canary_weight: 0,
-            primary_weight: 100,
-            mirror_percent: 0,
-        },
-    });
+    held.confirm_route();
     let Wait::Gate { seq: Some(g), gate } = held.st.wait else {
         panic!("{:?}", held.st.wait)
     };
@@ -593,17 +591,7 @@ fn an_unanswered_pre_rollout_gate_halts_and_never_counts_a_failed_check() {
     let spec = canary(20, 10, 1).webhook("pre", WebhookType::PreRollout);
     let mut sim = Sim::new(spec);
     sim.input(Input::Tick);
-    let Wait::Route { seq, .. } = sim.st.wait else {
-        panic!()
-    };
-    sim.input(Input::RouteConfirmed {
-        seq,
-        observed: ObservedSplit {
-            canary_weight: 0,
-            primary_weight: 100,
-            mirror_percent: 0,
-        },
-    });
+    sim.confirm_route();
     for _ in 0..3 {
         let Wait::Gate { seq: Some(g), gate } = sim.st.wait else {
             panic!("{:?}", sim.st.wait)
@@ -900,17 +888,7 @@ fn commands_invalid_in_phase_change_nothing() {
 fn pause_resume_abort_setweight() {
     let mut sim = Sim::new(canary(50, 10, 2));
     sim.input(Input::Tick);
-    let Wait::Route { seq, .. } = sim.st.wait else {
-        panic!()
-    };
-    sim.input(Input::RouteConfirmed {
-        seq,
-        observed: ObservedSplit {
-            canary_weight: 0,
-            primary_weight: 100,
-            mirror_percent: 0,
-        },
-    });
+    sim.confirm_route();
     assert_eq!(sim.st.phase, Phase::Progressing);
     sim.command(Command::Pause).expect("pause");
     assert_eq!(sim.st.phase, Phase::Paused);
@@ -988,17 +966,7 @@ fn steps_strategy_follows_the_list() {
 fn promote_commands() {
     let mut sim = Sim::new(canary(50, 10, 2));
     sim.input(Input::Tick);
-    let Wait::Route { seq, .. } = sim.st.wait else {
-        panic!()
-    };
-    sim.input(Input::RouteConfirmed {
-        seq,
-        observed: ObservedSplit {
-            canary_weight: 0,
-            primary_weight: 100,
-            mirror_percent: 0,
-        },
-    });
+    sim.confirm_route();
     sim.command(Command::Promote { full: false })
         .expect("skip step");
     assert_eq!(sim.st.step, 1);
@@ -1433,18 +1401,7 @@ mod workload {
         s.progress_deadline_seconds = Some(60);
         let mut sim = Sim::new(s);
         sim.input(Input::Tick);
-        let seq = match sim.st.wait {
-            Wait::Route { seq, .. } => seq,
-            ref w => panic!("expected a route, got {w:?}"),
-        };
-        sim.input(Input::RouteConfirmed {
-            seq,
-            observed: ObservedSplit {
-                canary_weight: 0,
-                primary_weight: 100,
-                mirror_percent: 0,
-            },
-        });
+        sim.confirm_route();
         for _ in 0..100 {
             if sim.st.phase.is_terminal() {
                 break;
@@ -1516,16 +1473,8 @@ mod workload {
     /// Answers the one outstanding route or workload operation as done.
     fn answer(sim: &mut Sim) {
         match sim.st.wait.clone() {
-            Wait::Route { seq, .. } => {
-                let r = sim.st.route.clone().expect("route");
-                sim.input(Input::RouteConfirmed {
-                    seq,
-                    observed: ObservedSplit {
-                        canary_weight: r.canary_weight,
-                        primary_weight: r.primary_weight,
-                        mirror_percent: 0,
-                    },
-                });
+            Wait::Route { .. } => {
+                sim.confirm_route();
             }
             Wait::Workload { seq, .. } => {
                 sim.input(Input::WorkloadDone {
