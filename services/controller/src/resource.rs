@@ -123,7 +123,17 @@ pub async fn decode(
             })
             .map_err(|e| e.0.iter().map(ToString::to_string).collect()),
         Kind::Canary => {
-            let templates = crate::flagger::cluster_templates(client, namespace).await;
+            // Only a Canary with a templateRef needs the cluster's MetricTemplates listed.
+            let refs_templates = obj
+                .data
+                .pointer("/spec/analysis/metrics")
+                .and_then(Value::as_array)
+                .is_some_and(|m| m.iter().any(|m| m.get("templateRef").is_some()));
+            let templates = if refs_templates {
+                crate::flagger::cluster_templates(client, namespace).await
+            } else {
+                Vec::new()
+            };
             crate::flagger::decode_canary(&text, &templates)
         }
     }

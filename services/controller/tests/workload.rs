@@ -553,3 +553,56 @@ async fn a_failing_daemonset_canary_is_rolled_back_with_the_primary_daemonset_un
     controller.stop().await;
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_canarys_template_ref_resolves_from_the_clusters_metric_templates() {
+    let ingress = aviary_core::flagger::ingress_name(Some("gatewayapi:v1"), NS, NAME);
+    let world = World::start_for(&ingress).await;
+    world.config_map("hello");
+    world.deployment("podinfo:1");
+    let controller = world.controller("a").await;
+    let canary = json!({
+        "apiVersion": "flagger.app/v1beta1",
+        "kind": "Canary",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "provider": "gatewayapi:v1",
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME},
+            "service": {"port": 9898},
+            "analysis": {
+                "interval": "1s", "threshold": 1, "maxWeight": 50, "stepWeight": 25,
+                "metrics": [{"name": "errors", "templateRef": {"name": "errors"}, "thresholdRange": {"max": 1}}]
+            }
+        }
+    });
+    // No such template yet: the spec is invalid, and the status says why.
+    world.kube.upsert(canary.clone());
+    eventually(DEADLINE, "the missing template reported", || {
+        let message = world.status("flagger.app/v1beta1", "Canary")["message"].clone();
+        async move {
+            message
+                .as_str()
+                .is_some_and(|m| m.contains("templateRef") && m.contains("not found"))
+                .then_some(())
+        }
+    })
+    .await;
+    // The template appears in the cluster: the Canary decodes and is initialised.
+    world.kube.upsert(json!({
+        "apiVersion": "flagger.app/v1beta1",
+        "kind": "MetricTemplate",
+        "metadata": {"name": "errors", "namespace": NS},
+        "spec": {
+            "provider": {"type": "prometheus", "address": "http://127.0.0.1:1"},
+            "query": "sum(rate(errors{app=\"{{ target }}\"}[{{ interval }}]))"
+        }
+    }));
+    let mut changed = canary;
+    changed["spec"]["analysis"]["threshold"] = json!(2);
+    world.kube.upsert(changed);
+    world
+        .wait_phase("flagger.app/v1beta1", "Canary", "Initialized")
+        .await;
+    controller.stop().await;
+    world.stop().await;
+}
