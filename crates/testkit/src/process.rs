@@ -197,21 +197,105 @@ impl Drop for Process {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago: bound to port 0, then released.
+/// A TCP port on 127.0.0.1 that is free now and that nothing else hands out: for a child
+/// process (Envoy, NGINX, …) to bind by number.
 ///
-/// Another process can take it before the caller binds it, so callers retry on a bind
-/// failure (as [`crate::NatsServer::start`] does).
+/// A port the kernel picks for `bind(0)` comes from the ephemeral range, where any outgoing
+/// connection of any process may take it before the child binds it. So ports are handed out
+/// from outside that range (`net.ipv4.ip_local_port_range`), in turn from a counter shared by
+/// every test process on the machine (a locked file in the temp dir), and each is checked by
+/// binding it. Two tests running at once never get the same port until the counter has gone
+/// round the whole range.
 ///
 /// # Errors
-/// [`TestkitError::Io`] when no port can be bound.
+/// [`TestkitError::Io`] when the counter file cannot be used or no port in the range binds.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| TestkitError::io("binding 127.0.0.1:0", e))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| TestkitError::io("reading a bound address", e))?
-        .port();
-    Ok(port)
+    let ranges = unreserved_ranges(&ephemeral_range());
+    let span: u32 = ranges.iter().map(|r| u32::from(r.end - r.start)).sum();
+    let path = std::env::temp_dir().join("aviary-testkit-next-port");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| TestkitError::io(format!("opening {}", path.display()), e))?;
+    file.lock()
+        .map_err(|e| TestkitError::io(format!("locking {}", path.display()), e))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)
+        .map_err(|e| TestkitError::io(format!("reading {}", path.display()), e))?;
+    let mut next: u32 = text.trim().parse().unwrap_or_else(|_| seed() % span.max(1));
+    let mut found = None;
+    for _ in 0..span {
+        let port = nth_port(&ranges, next % span);
+        next = (next + 1) % span;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            found = Some(port);
+            break;
+        }
+    }
+    std::io::Seek::rewind(&mut file)
+        .and_then(|()| file.set_len(0))
+        .and_then(|()| std::io::Write::write_all(&mut file, next.to_string().as_bytes()))
+        .map_err(|e| TestkitError::io(format!("writing {}", path.display()), e))?;
+    found.ok_or_else(|| {
+        TestkitError::io(
+            "finding a free port outside the ephemeral range",
+            std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        )
+    })
+}
+
+/// The kernel's ephemeral port range, or Linux's default when it cannot be read.
+fn ephemeral_range() -> std::ops::RangeInclusive<u16> {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|b| b.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(low), Some(high)) if low <= high => low..=high,
+        _ => 32768..=60999,
+    }
+}
+
+/// The ports from 10000 up that are outside `ephemeral` (half-open ranges).
+fn unreserved_ranges(ephemeral: &std::ops::RangeInclusive<u16>) -> Vec<std::ops::Range<u16>> {
+    const FIRST: u16 = 10_000;
+    let mut ranges = Vec::new();
+    if *ephemeral.start() > FIRST {
+        ranges.push(FIRST..*ephemeral.start());
+    }
+    if *ephemeral.end() < u16::MAX {
+        ranges.push(ephemeral.end().saturating_add(1).max(FIRST)..u16::MAX);
+    }
+    if ranges.is_empty() {
+        // Every port is ephemeral: fall back to the whole unprivileged range.
+        ranges.push(FIRST..u16::MAX);
+    }
+    ranges
+}
+
+/// The `index`-th port across `ranges`.
+fn nth_port(ranges: &[std::ops::Range<u16>], mut index: u32) -> u16 {
+    for range in ranges {
+        let len = u32::from(range.end - range.start);
+        if index < len {
+            return range.start + u16::try_from(index).unwrap_or(0);
+        }
+        index -= len;
+    }
+    ranges[0].start
+}
+
+/// Where a fresh counter starts: spread by time and pid, so a new temp dir does not make every
+/// machine start at the same port.
+fn seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().wrapping_mul(2_654_435_761)
 }
 
 /// Where `name` is installed, looking in order at: the environment variable
@@ -260,4 +344,35 @@ fn workspace_root() -> PathBuf {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_come_from_outside_the_ephemeral_range_and_do_not_repeat() {
+        let ephemeral = ephemeral_range();
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        for port in &ports {
+            assert!(!ephemeral.contains(port), "{port} is in {ephemeral:?}");
+            assert!(*port >= 10_000, "{port}");
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+    }
+
+    #[test]
+    fn the_ranges_skip_the_ephemeral_ports() {
+        assert_eq!(
+            unreserved_ranges(&(32768..=60999)),
+            vec![10_000..32768, 61000..u16::MAX]
+        );
+        assert_eq!(unreserved_ranges(&(1024..=65535)), vec![10_000..u16::MAX]);
+        let ranges = unreserved_ranges(&(32768..=60999));
+        assert_eq!(nth_port(&ranges, 0), 10_000);
+        assert_eq!(nth_port(&ranges, 22768), 61000);
+    }
 }
