@@ -447,7 +447,8 @@ impl Decoder {
             spec.target_ref = self.target_ref(t, "spec.targetRef");
         }
         if let Some(s) = f.get("service") {
-            spec.service = self.service(s, "spec.service");
+            let workload = f.get("targetRef").is_some();
+            spec.service = self.service(s, "spec.service", workload);
         }
         spec.provider = self.string(&f, "provider");
         if let Some(r) = f.get("autoscalerRef") {
@@ -561,19 +562,21 @@ impl Decoder {
         out
     }
 
-    fn service(&mut self, v: &Value, path: &str) -> Option<ServiceSpec> {
+    fn service(&mut self, v: &Value, path: &str, workload: bool) -> Option<ServiceSpec> {
         let known = [
             "name",
             "port",
             "targetPort",
             "portName",
             "hosts",
+            "pathPrefix",
             "gateways",
             "gatewayRefs",
         ];
         let f = self.fields(v, path, &known)?;
         let port = self.port(&f, "port");
-        if port.is_none() && f.get("port").is_none() {
+        // Without a target, the block only selects requests (hosts, pathPrefix): no port.
+        if workload && port.is_none() && f.get("port").is_none() {
             self.err(&f.path("port"), "required");
         }
         let mut svc = ServiceSpec {
@@ -582,6 +585,7 @@ impl Decoder {
             target_port: self.port(&f, "targetPort"),
             port_name: self.string(&f, "portName"),
             hosts: self.strings(&f, "hosts"),
+            path_prefix: self.string(&f, "pathPrefix"),
             gateways: self.strings(&f, "gateways"),
             gateway_refs: Vec::new(),
         };

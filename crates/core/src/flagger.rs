@@ -1163,6 +1163,7 @@ impl Walk {
             target_port,
             port_name: self.d.string(&f, "portName"),
             hosts: self.d.strings(&f, "hosts"),
+            path_prefix: None,
             gateways: self.d.strings(&f, "gateways"),
             gateway_refs: Vec::new(),
         };

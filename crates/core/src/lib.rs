@@ -15,6 +15,7 @@ pub mod flagger;
 pub mod judge;
 pub mod machine;
 pub mod plan;
+pub mod route;
 pub mod spec;
 pub mod strategy;
 

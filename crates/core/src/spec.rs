@@ -224,7 +224,8 @@ pub struct ServiceSpec {
     /// from it (default: the `targetRef` name, as in Flagger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The port the Services expose.
+    /// The port the Services expose (workload mode; 0 when not given).
+    #[serde(default)]
     pub port: u16,
     /// The container port traffic goes to (default: `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,9 +233,14 @@ pub struct ServiceSpec {
     /// The name of the Services' port (default `http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_name: Option<String>,
-    /// Host names routed (Gateway API hostnames, Istio hosts).
+    /// Host names routed (Gateway API hostnames, Istio hosts); on an ingress served by a
+    /// router agent, the hosts whose requests this rollout's split takes (none: every host).
+    /// See [`crate::route::RouteSelector`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// The path prefix whose requests this rollout's split takes on an ingress (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
     /// Istio gateways.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
@@ -1168,6 +1174,7 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
                 if let Some(name) = &svc.port_name {
                     check_label(name, &field(&sp, "portName"), true, c);
                 }
+                crate::route::check(&svc.hosts, svc.path_prefix.as_deref(), &sp, c);
             }
         }
         // The controller fills the two sides in; what it filled in is checked like any target.
@@ -1178,8 +1185,21 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
             check_target(&s.canary, &field(path, "canary"), c);
         }
     } else {
-        if s.service.is_some() {
-            c.push(&field(path, "service"), "only meaningful with targetRef");
+        if let Some(svc) = &s.service {
+            // Without a target, the service block only selects the ingress's requests.
+            let sp = field(path, "service");
+            let workload_only = [
+                ("name", svc.name.is_some()),
+                ("port", svc.port != 0),
+                ("targetPort", svc.target_port.is_some()),
+                ("portName", svc.port_name.is_some()),
+                ("gateways", !svc.gateways.is_empty()),
+                ("gatewayRefs", !svc.gateway_refs.is_empty()),
+            ];
+            for (name, _) in workload_only.iter().filter(|(_, set)| *set) {
+                c.push(&field(&sp, name), "only meaningful with targetRef");
+            }
+            crate::route::check(&svc.hosts, svc.path_prefix.as_deref(), &sp, c);
         }
         check_target(&s.primary, &field(path, "primary"), c);
         check_target(&s.canary, &field(path, "canary"), c);
