@@ -307,6 +307,7 @@ impl Cx<'_> {
                 .as_ref()
                 .is_some_and(|r| r.same_split(&desired))
         {
+            // Same split: the windows judging it go on where the last one ended.
             self.route_ready();
             return;
         }
@@ -360,6 +361,8 @@ impl Cx<'_> {
         {
             self.clear_halt();
         }
+        // A new split is served: its first window starts now.
+        self.st.window_start_ms = Some(self.now);
         self.route_ready();
     }
 
@@ -431,6 +434,8 @@ impl Cx<'_> {
         self.st.paused_from = None;
         self.st.finished_at_ms = None;
         self.st.started_at_ms = Some(self.now);
+        // This run's windows judge this run's canary only.
+        self.st.window_start_ms = None;
         self.st.session_cookie = Some(format!("{:016x}", self.random));
         self.clear_halt();
         if self.m.has_hook(WebhookType::ConfirmRollout) {
@@ -566,7 +571,11 @@ impl Cx<'_> {
         let mut webhooks = self.m.webhooks(WebhookType::Rollout);
         webhooks.extend(self.m.webhooks(WebhookType::Rollback));
         let seq = self.next_seq();
-        let window_start = self.st.step_started_at_ms.unwrap_or(self.now);
+        let window_start = self
+            .st
+            .window_start_ms
+            .or(self.st.step_started_at_ms)
+            .unwrap_or(self.now);
         self.st.wait = Wait::Verdict {
             seq,
             requested_at_ms: self.now,
@@ -583,19 +592,29 @@ impl Cx<'_> {
         self.schedule(self.now + self.m.answer_timeout_ms());
     }
 
-    /// Observe the same route again with a fresh window starting now.
+    /// Observe the same route for another interval; the next window starts where the last
+    /// judged one ended (or, when none was judged, where the unjudged one started).
     fn observe_again(&mut self) {
-        self.st.step_started_at_ms = Some(self.now);
         self.st.wait = Wait::Interval;
         self.schedule(self.now + self.m.interval_ms());
     }
 
     fn verdict(&mut self, v: Verdict) {
-        match self.st.wait {
-            Wait::Verdict { seq, .. }
-                if seq == v.seq
-                    && matches!(self.st.phase, Phase::Progressing | Phase::WaitingPromotion) => {}
+        let window_end = match self.st.wait {
+            Wait::Verdict {
+                seq,
+                requested_at_ms,
+            } if seq == v.seq
+                && matches!(self.st.phase, Phase::Progressing | Phase::WaitingPromotion) =>
+            {
+                requested_at_ms
+            }
             _ => return self.ignore("stale verdict"),
+        };
+        // A measured window is done; an unmeasured one (error, inconclusive) is judged again,
+        // longer, so no request of the split goes unjudged.
+        if matches!(v.outcome, Outcome::Pass | Outcome::Fail) {
+            self.st.window_start_ms = Some(window_end);
         }
         let waiting_promotion = self.st.phase == Phase::WaitingPromotion;
         let not_passed: Vec<String> = v
@@ -1186,7 +1205,7 @@ impl Cx<'_> {
     }
 
     /// Re-enters the current stage after a pause: re-sends its route (a no-op when the data
-    /// plane already serves it) and starts a fresh window.
+    /// plane already serves it; its windows then go on where the last one ended).
     fn resume_here(&mut self) {
         match self.st.phase {
             Phase::Initialized => self.start_run(),

@@ -1650,3 +1650,90 @@ fn confirm_promotion_opening_after_held_analyses_promotes() {
     sim.command(Command::Approve).expect("approve while held");
     assert_eq!(sim.st.phase, Phase::Promoting);
 }
+
+/// Drives `sim` to its next analysis request (routes confirmed, time advanced to each tick).
+fn next_analysis(sim: &mut Sim) -> AnalysisRequest {
+    for _ in 0..1_000 {
+        match sim.st.wait.clone() {
+            Wait::Verdict { .. } => {
+                let found = sim.actions.iter().rev().find_map(|(_, a)| match a {
+                    Action::RequestAnalysis(r) => Some(r.clone()),
+                    _ => None,
+                });
+                return found.expect("the outstanding request");
+            }
+            Wait::Route { .. } => {
+                sim.confirm_route();
+            }
+            Wait::Idle if sim.st.phase == Phase::Initializing => {
+                sim.input(Input::Tick);
+            }
+            _ => {
+                sim.now = sim.now.max(sim.st.next_tick_at_ms.expect("a tick"));
+                sim.input(Input::Tick);
+            }
+        }
+    }
+    panic!("no analysis requested: {:?}", sim.st);
+}
+
+#[test]
+fn windows_tile_a_step_even_when_verdicts_take_time() {
+    // The analyzer takes 7 s to answer each request; the next window still starts where the
+    // last one ended, so the 7 s are judged too.
+    let mut sim = Sim::new(canary(50, 10, 5));
+    let first = next_analysis(&mut sim);
+    sim.now += 7_000;
+    sim.input(Input::Verdict(verdict(first.seq, Outcome::Fail)));
+    let second = next_analysis(&mut sim);
+    assert_eq!(second.step, first.step, "same step after a failed check");
+    assert_eq!(
+        second.window_start_ms, first.window_end_ms,
+        "the next window starts where the failed one ended"
+    );
+    assert_eq!(second.window_end_ms, first.window_end_ms + 7_000 + MIN);
+
+    // An unmeasured window (the backend erred) is judged again from where it started.
+    sim.now += 2_000;
+    sim.input(Input::Verdict(verdict(second.seq, Outcome::Error)));
+    let third = next_analysis(&mut sim);
+    assert_eq!(third.window_start_ms, second.window_start_ms);
+
+    // A pass moves to the next weight: its window starts at that weight's confirmation.
+    sim.input(Input::Verdict(verdict(third.seq, Outcome::Pass)));
+    assert!(
+        matches!(sim.st.wait, Wait::Route { .. }),
+        "{:?}",
+        sim.st.wait
+    );
+    sim.now += 3_000;
+    let confirmed_at = sim.now;
+    let fourth = next_analysis(&mut sim);
+    assert_eq!(fourth.canary_weight, 20);
+    assert_eq!(fourth.window_start_ms, confirmed_at);
+}
+
+#[test]
+fn windows_tile_the_iterations_of_one_split() {
+    // A/B testing: every iteration judges the same split; slow verdicts leave no gap.
+    let mut sim = Sim::new(
+        RolloutSpec::test()
+            .interval(HumanDuration::from_secs(60))
+            .threshold(3)
+            .iterations(3)
+            .match_header("x-canary", "always"),
+    );
+    let mut last: Option<AnalysisRequest> = None;
+    for _ in 0..3 {
+        let req = next_analysis(&mut sim);
+        if let Some(prev) = &last {
+            assert_eq!(
+                req.window_start_ms, prev.window_end_ms,
+                "{req:?} after {prev:?}"
+            );
+        }
+        sim.now += 4_000;
+        sim.input(Input::Verdict(verdict(req.seq, Outcome::Pass)));
+        last = Some(req);
+    }
+}

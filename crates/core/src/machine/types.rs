@@ -565,9 +565,13 @@ pub struct RolloutStatus {
     /// Gates opened in this run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates_open: Vec<WebhookType>,
-    /// When the current step's weights were confirmed (start of its analysis window).
+    /// When the current step's weights were confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at_ms: Option<u64>,
+    /// Where the next analysis window starts: when the split it judges was confirmed, then
+    /// where the last judged window ended, so a split's windows tile its time with no gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start_ms: Option<u64>,
     /// When the scheduler must tick next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_tick_at_ms: Option<u64>,
