@@ -18,6 +18,8 @@
 mod types;
 
 #[cfg(test)]
+mod ingress_tests;
+#[cfg(test)]
 mod tests;
 
 pub use types::*;
@@ -196,6 +198,9 @@ impl Cx<'_> {
             },
             Input::GateResult { seq, gate, open } => self.gate_result(seq, gate, open),
             Input::GateUnanswered { seq, gate, reason } => self.gate_unanswered(seq, gate, &reason),
+            Input::IngressesConfirmed { seq, ingresses } => {
+                self.ingresses_confirmed(seq, ingresses)
+            }
             Input::Finalised { seq } => match self.st.wait {
                 Wait::Finalise { seq: s, .. } if s == seq => self.succeed(),
                 _ => self.ignore("stale finalised"),
@@ -364,6 +369,49 @@ impl Cx<'_> {
         // A new split is served: its first window starts now.
         self.st.window_start_ms = Some(self.now);
         self.route_ready();
+    }
+
+    /// Every ingress's ack of route (or `Finalise`) `seq`: each must serve the split asked for;
+    /// the first that does not fails the route, named.
+    fn ingresses_confirmed(&mut self, seq: u64, ingresses: Vec<IngressSplit>) {
+        let want = match (&self.st.wait, &self.st.route) {
+            (Wait::Route { seq: s, .. }, Some(route)) if *s == seq => ObservedSplit {
+                canary_weight: route.canary_weight,
+                primary_weight: route.primary_weight,
+                mirror_percent: route.mirror_percent,
+            },
+            // The finalising route: the canary serves everything as the primary.
+            (Wait::Finalise { seq: s, .. }, _) if *s == seq => ObservedSplit {
+                canary_weight: 0,
+                primary_weight: 100,
+                mirror_percent: 0,
+            },
+            _ => return self.ignore("stale route ack"),
+        };
+        if ingresses.is_empty() {
+            return self.route_failed(seq, "no ingress acknowledged it");
+        }
+        if let Some(off) = ingresses.iter().find(|i| i.observed != want) {
+            let reason = format!(
+                "ingress {:?} serves {}/{} (mirror {}), wanted {}/{} (mirror {})",
+                off.ingress,
+                off.observed.canary_weight,
+                off.observed.primary_weight,
+                off.observed.mirror_percent,
+                want.canary_weight,
+                want.primary_weight,
+                want.mirror_percent
+            );
+            return match self.st.wait {
+                Wait::Finalise { .. } => self.ignore("finalising route not served everywhere"),
+                _ => self.route_failed(seq, &reason),
+            };
+        }
+        self.st.ingresses = ingresses;
+        match self.st.wait {
+            Wait::Finalise { .. } => self.succeed(),
+            _ => self.route_confirmed(seq, want),
+        }
     }
 
     fn route_failed(&mut self, seq: u64, reason: &str) {

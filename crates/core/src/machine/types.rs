@@ -201,6 +201,18 @@ pub struct ObservedSplit {
     pub mirror_percent: u8,
 }
 
+/// What one ingress's router agent acknowledged for a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSplit {
+    /// The ingress.
+    pub ingress: String,
+    /// The split its agent read back from the data plane.
+    pub observed: ObservedSplit,
+    /// When its agent confirmed it, epoch milliseconds.
+    pub confirmed_at_ms: u64,
+}
+
 /// The result of one analysis or one metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -356,6 +368,14 @@ pub enum Input {
         gate: WebhookType,
         /// Why there was no answer.
         reason: String,
+    },
+    /// Every ingress acknowledged route `seq` (or the `Finalise` `seq`), each with the split it
+    /// serves: every one must serve the split asked for, or the route failed at that ingress.
+    IngressesConfirmed {
+        /// The route's (or the `Finalise`'s) sequence number.
+        seq: u64,
+        /// Each ingress's acknowledgement.
+        ingresses: Vec<IngressSplit>,
     },
     /// The canary became the primary (answer to `Finalise`).
     Finalised {
@@ -603,6 +623,9 @@ pub struct RolloutStatus {
     /// Last human-readable reason.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The split each ingress acknowledged for the last confirmed route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingresses: Vec<IngressSplit>,
 }
 
 /// Why a command was refused; nothing changed.
