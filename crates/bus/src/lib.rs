@@ -4,7 +4,8 @@
 //!   shapes, with token validation.
 //! - [`connect`] — the `--nats-*` flags ([`NatsArgs`]) flattened into every service, and the
 //!   connection they describe.
-//! - [`setup`] — idempotent creation of the streams and buckets ([`setup::ensure_all`]).
+//! - [`setup`] — idempotent creation of the streams and buckets ([`setup::ensure_all`]), with
+//!   the `--js-replicas` flag ([`JetStreamArgs`]).
 //! - [`typed`] — protobuf publish / de-duplicated JetStream publish / request-reply, and
 //!   subscribers and consumers that decode each message, skip and count malformed ones
 //!   ([`BusMetrics`]), and open a span per message under the sender's trace.
@@ -27,3 +28,4 @@ pub mod typed;
 pub use connect::{NatsArgs, Secret};
 pub use error::{BusError, BusErrorKind};
 pub use metrics::BusMetrics;
+pub use setup::JetStreamArgs;

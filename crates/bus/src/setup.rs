@@ -4,6 +4,11 @@
 //! A stream or bucket that already exists is left as it is (an operator may have raised its
 //! replicas or limits) as long as this code can work with it: same storage type and, for
 //! streams, covering our subjects. Otherwise [`BusError::Incompatible`] says what differs.
+//! One that has fewer replicas than asked for is kept too, with a warning naming it: changing
+//! the replication of live state is an operator's decision, not a side effect of a restart.
+//!
+//! Replicas come from [`JetStreamArgs`] (`--js-replicas`), flattened into every service that
+//! calls [`ensure_all_with`]: 1 for a single server, 3 (or 5) for a JetStream cluster.
 
 use std::time::Duration;
 
@@ -15,6 +20,62 @@ use async_nats::jetstream::{
 
 use crate::BusError;
 use crate::names;
+
+/// The `--js-replicas` flag of every service that creates streams and buckets
+/// (`#[command(flatten)]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct JetStreamArgs {
+    /// Replicas of each JetStream stream and KV bucket created at start: 1 for a single
+    /// nats-server, 3 (or 5) for a JetStream cluster of at least that many servers. Existing
+    /// streams and buckets keep theirs.
+    #[arg(
+        long = "js-replicas",
+        env = "AVIARY_JS_REPLICAS",
+        default_value = "1",
+        value_parser = parse_replicas
+    )]
+    pub replicas: usize,
+}
+
+impl Default for JetStreamArgs {
+    fn default() -> Self {
+        Self { replicas: 1 }
+    }
+}
+
+impl JetStreamArgs {
+    /// The default [`SetupOptions`] with these replicas.
+    pub fn options(&self) -> SetupOptions {
+        SetupOptions {
+            replicas: self.replicas,
+            ..SetupOptions::default()
+        }
+    }
+}
+
+/// The replica counts JetStream can use: one copy, or a Raft group that survives the loss of
+/// a minority (an even count survives no more than the odd count below it, and JetStream
+/// allows at most 5).
+pub const VALID_REPLICAS: [usize; 3] = [1, 3, 5];
+
+/// Parses `--js-replicas`: 1, 3 or 5.
+///
+/// # Errors
+/// A sentence naming the flag and the accepted values.
+pub fn parse_replicas(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("--js-replicas: {s:?} is not a number (use 1, 3 or 5)"))?;
+    if VALID_REPLICAS.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "--js-replicas: {n} is not 1, 3 or 5 (1 for a single server; an odd count of up \
+             to 5 for a cluster, so a majority survives a lost server)"
+        ))
+    }
+}
 
 /// Settings of the streams and buckets that a deployment may want to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +99,8 @@ pub struct SetupOptions {
     pub lease_max_age: Duration,
     /// Revisions kept per rollout record, for debugging a history of decisions.
     pub rollout_history: i64,
-    /// Replicas of every stream and bucket (1 for a single server; 3 for a cluster).
+    /// Replicas of every stream and bucket (1 for a single server; 3 for a cluster). See
+    /// [`VALID_REPLICAS`].
     pub replicas: usize,
 }
 
@@ -125,12 +187,20 @@ pub async fn ensure_all(js: &jetstream::Context) -> Result<(), BusError> {
 /// Creates every stream and bucket that does not exist yet, and checks the ones that do.
 ///
 /// # Errors
+/// [`BusError::Config`] when `options.replicas` is not in [`VALID_REPLICAS`];
 /// [`BusError::Incompatible`] when one exists with another storage type or without our
-/// subjects; [`BusError::Nats`] when JetStream is unavailable or refuses.
+/// subjects; [`BusError::Nats`] when JetStream is unavailable or refuses (with more replicas
+/// than the cluster has servers, the reason says so).
 pub async fn ensure_all_with(
     js: &jetstream::Context,
     options: &SetupOptions,
 ) -> Result<(), BusError> {
+    if !VALID_REPLICAS.contains(&options.replicas) {
+        return Err(BusError::Config(format!(
+            "{} JetStream replicas asked for; use 1, 3 or 5",
+            options.replicas
+        )));
+    }
     for config in stream_configs(options) {
         let required = config.subjects.clone();
         let storage = config.storage;
@@ -140,13 +210,20 @@ pub async fn ensure_all_with(
                 Ok(_) => continue,
                 // Another replica created it between our look and our create.
                 Err(e) if is_code(&e, ErrorCode::STREAM_NAME_EXIST) => {}
-                Err(e) => return Err(BusError::nats("create stream", name, e)),
+                Err(e) => {
+                    return Err(BusError::nats(
+                        "create stream",
+                        name,
+                        with_replica_hint(e, options.replicas),
+                    ));
+                }
             }
         }
         let info = existing(js, &name).await?.ok_or_else(|| {
             BusError::nats("get stream", name.clone(), "vanished while being created")
         })?;
         check(&name, &info, storage, &required)?;
+        warn_if_fewer_replicas(&name, &info, options.replicas);
     }
     for config in bucket_configs(options) {
         let stream_name = format!("KV_{}", config.bucket);
@@ -157,7 +234,11 @@ pub async fn ensure_all_with(
                 Err(e) => {
                     // Lost a race with another replica? Then the bucket is there now.
                     if existing(js, &stream_name).await?.is_none() {
-                        return Err(BusError::nats("create bucket", stream_name, e));
+                        return Err(BusError::nats(
+                            "create bucket",
+                            stream_name,
+                            with_replica_hint(e, options.replicas),
+                        ));
                     }
                 }
             }
@@ -170,6 +251,7 @@ pub async fn ensure_all_with(
             )
         })?;
         check(&stream_name, &info, storage, &[])?;
+        warn_if_fewer_replicas(&stream_name, &info, options.replicas);
     }
     Ok(())
 }
@@ -190,6 +272,32 @@ async fn existing(js: &jetstream::Context, name: &str) -> Result<Option<stream::
 
 fn is_code(error: &async_nats::jetstream::context::CreateStreamError, code: ErrorCode) -> bool {
     matches!(error.kind(), CreateStreamErrorKind::JetStream(err) if err.error_code() == code)
+}
+
+/// The server's refusal, plus what to do when it is a replica count the cluster cannot place.
+fn with_replica_hint(error: impl std::fmt::Display, replicas: usize) -> String {
+    if replicas > 1 {
+        format!(
+            "{error} (asked for {replicas} replicas: JetStream needs a cluster of at least \
+             {replicas} servers with JetStream enabled; use --js-replicas 1 for a single server)"
+        )
+    } else {
+        error.to_string()
+    }
+}
+
+/// Existing state with fewer copies than asked for survives fewer server losses than the
+/// operator expects; say so, and how to change it, but leave it (see the module docs).
+fn warn_if_fewer_replicas(name: &str, existing: &stream::Config, replicas: usize) {
+    if existing.num_replicas < replicas {
+        tracing::warn!(
+            stream = name,
+            existing = existing.num_replicas,
+            asked = replicas,
+            "stream has fewer replicas than --js-replicas; kept as it is \
+             (raise it with `nats stream edit {name} --replicas {replicas}`)"
+        );
+    }
 }
 
 fn check(

@@ -2,7 +2,8 @@
 //! temporary directories.
 //!
 //! - [`NatsServer`] runs a real `nats-server` with JetStream, for bus, KV and stream tests,
-//!   with [`NatsServer::kill`], [`NatsServer::stop`] and [`NatsServer::restart`] for fault tests.
+//!   with [`NatsServer::kill`], [`NatsServer::stop`] and [`NatsServer::restart`] for fault tests;
+//!   [`NatsCluster`] routes several into one JetStream cluster and finds a stream's leader.
 //! - [`Process`] is the building block for every such component (nats-server today; Envoy,
 //!   Prometheus, NGINX and HAProxy the same way): spawn with arguments, capture its output to a
 //!   log file that is printed when something fails, poll a readiness probe against a deadline,
@@ -29,7 +30,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use process::{Process, free_port, tool_path};
 pub use service::Service;
 

@@ -1,12 +1,14 @@
 //! A real `nats-server` with JetStream for one test: loopback, ephemeral ports, file store in a
-//! temporary directory; killed and cleaned up on drop.
+//! temporary directory; killed and cleaned up on drop. [`NatsCluster`] is several of them
+//! routed into one JetStream cluster, each with its own store, for replication and fault tests.
 //!
 //! Readiness is "the client port greets with *our* server's INFO and the monitoring endpoint's
-//! `/healthz` answers 200" (JetStream, including file-store recovery after a restart, is up),
-//! polled against a deadline.
+//! `/healthz` answers 200" (JetStream, including file-store recovery after a restart, is up;
+//! in a cluster also: the node knows the meta leader and its streams have caught up), polled
+//! against a deadline.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -46,7 +48,19 @@ pub struct NatsServer {
     port: u16,
     monitor_port: u16,
     server_name: String,
+    cluster: Option<Routes>,
     dir: TempDir,
+}
+
+/// How a cluster node finds its peers.
+#[derive(Debug, Clone)]
+struct Routes {
+    /// The cluster's name (the same on every node).
+    name: String,
+    /// This node's route port.
+    port: u16,
+    /// The other nodes' route ports.
+    peers: Vec<u16>,
 }
 
 impl NatsServer {
@@ -60,6 +74,20 @@ impl NatsServer {
     /// `scripts/bootstrap.sh`); [`TestkitError::Exited`] / [`TestkitError::NotReady`] when it
     /// does not come up.
     pub async fn start() -> Result<Self> {
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let mut server = Self::new(free_port()?, free_port()?, None)?;
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(e @ TestkitError::Exited { .. }) if is_port_clash(&e) => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(no_attempts))
+    }
+
+    /// A server that is not started yet, with its own name and store.
+    fn new(port: u16, monitor_port: u16, cluster: Option<Routes>) -> Result<Self> {
         let bin = tool_path("nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("aviary-nats-")
@@ -71,41 +99,15 @@ impl NatsServer {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let log_path = dir.path().join("nats-server.log");
-        let store_dir = dir.path().join("jetstream");
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let (port, monitor_port) = (free_port()?, free_port()?);
-            match launch(
-                &bin,
-                port,
-                monitor_port,
-                &server_name,
-                &store_dir,
-                &log_path,
-            )
-            .await
-            {
-                Ok(process) => {
-                    return Ok(Self {
-                        process: Some(process),
-                        bin,
-                        port,
-                        monitor_port,
-                        server_name,
-                        dir,
-                    });
-                }
-                Err(e @ TestkitError::Exited { .. }) if is_port_clash(&e) => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| {
-            TestkitError::io(
-                "finding free ports",
-                std::io::Error::other("no attempts made"),
-            )
-        }))
+        Ok(Self {
+            process: None,
+            bin,
+            port,
+            monitor_port,
+            server_name,
+            cluster,
+            dir,
+        })
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -121,6 +123,16 @@ impl NatsServer {
     /// The monitoring (HTTP) port, for `/varz`, `/jsz`, `/healthz`.
     pub fn monitor_port(&self) -> u16 {
         self.monitor_port
+    }
+
+    /// The server's name (`server_name`), as JetStream names stream leaders and peers.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// Whether the server process runs (it was not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
     }
 
     /// The JetStream store directory (survives [`NatsServer::restart`]).
@@ -175,18 +187,84 @@ impl NatsServer {
         self.launch().await
     }
 
+    /// Starts the server (after [`NatsServer::kill`] or [`NatsServer::stop`]) on the same
+    /// ports and store, without stopping anything first; a cluster node rejoins its peers.
+    ///
+    /// # Errors
+    /// As [`NatsServer::restart`].
+    pub async fn start_again(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        self.launch().await
+    }
+
     async fn launch(&mut self) -> Result<()> {
-        let process = launch(
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Spawns the process without waiting for it: the nodes of a new cluster are only ready
+    /// once enough of them run to elect a JetStream meta leader.
+    fn spawn(&mut self) -> Result<()> {
+        let mut args: Vec<OsString> = vec![
+            "-js".into(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string().into(),
+            "-m".into(),
+            self.monitor_port.to_string().into(),
+            "--store_dir".into(),
+            self.store_dir().into(),
+            "-n".into(),
+            (&self.server_name).into(),
+        ];
+        if let Some(routes) = &self.cluster {
+            let peers: Vec<String> = routes
+                .peers
+                .iter()
+                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .collect();
+            args.extend([
+                "--cluster_name".into(),
+                (&routes.name).into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{}", routes.port).into(),
+                "--routes".into(),
+                peers.join(",").into(),
+            ]);
+        }
+        self.process = Some(Process::spawn(
+            "nats-server",
             &self.bin,
-            self.port,
-            self.monitor_port,
-            &self.server_name,
-            &self.store_dir(),
+            args,
             &self.log_path(),
-        )
-        .await?;
-        self.process = Some(process);
+        )?);
         Ok(())
+    }
+
+    /// Waits until the spawned process is ready (see the module docs).
+    async fn wait_ready(&mut self) -> Result<()> {
+        let (port, monitor_port) = (self.port, self.monitor_port);
+        let server_name = self.server_name.clone();
+        let Some(process) = self.process.as_mut() else {
+            return Ok(());
+        };
+        let ready = process
+            .wait_ready(READY_DEADLINE, || {
+                let server_name = server_name.clone();
+                async move {
+                    greets_as(port, &server_name).await.unwrap_or(false)
+                        && healthz_ok(monitor_port).await.unwrap_or(false)
+                }
+            })
+            .await;
+        if ready.is_err() {
+            // `wait_ready` already took an exited child; a hung one is killed here.
+            self.kill();
+        }
+        ready
     }
 
     fn log_path(&self) -> PathBuf {
@@ -203,36 +281,11 @@ impl Drop for NatsServer {
     }
 }
 
-/// Spawns nats-server and waits until it is ready.
-async fn launch(
-    bin: &Path,
-    port: u16,
-    monitor_port: u16,
-    server_name: &str,
-    store_dir: &Path,
-    log_path: &Path,
-) -> Result<Process> {
-    let args: Vec<OsString> = vec![
-        "-js".into(),
-        "-a".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string().into(),
-        "-m".into(),
-        monitor_port.to_string().into(),
-        "--store_dir".into(),
-        store_dir.into(),
-        "-n".into(),
-        server_name.into(),
-    ];
-    let mut process = Process::spawn("nats-server", bin, args, log_path)?;
-    process
-        .wait_ready(READY_DEADLINE, || async move {
-            greets_as(port, server_name).await.unwrap_or(false)
-                && healthz_ok(monitor_port).await.unwrap_or(false)
-        })
-        .await?;
-    Ok(process)
+fn no_attempts() -> TestkitError {
+    TestkitError::io(
+        "finding free ports",
+        std::io::Error::other("no attempts made"),
+    )
 }
 
 /// Whether the server failed because one of its ports was taken after [`free_port`] chose it.
@@ -274,4 +327,189 @@ async fn healthz_ok(port: u16) -> std::io::Result<bool> {
     tokio::time::timeout(PROBE_TIMEOUT, probe)
         .await
         .unwrap_or(Ok(false))
+}
+
+/// How long one JetStream API request of [`NatsCluster`] may take: a stream without a leader
+/// does not answer, and the caller polls again.
+const API_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A JetStream cluster of nats-servers on loopback: each node with its own client, route and
+/// monitoring ports and its own store directory, all routed to each other. Each node is a
+/// [`NatsServer`], so one can be killed ([`NatsServer::kill`]) and started again
+/// ([`NatsServer::start_again`]) to rejoin.
+///
+/// ```no_run
+/// # async fn t() -> aviary_testkit::Result<()> {
+/// let mut cluster = aviary_testkit::NatsCluster::start(3).await?;
+/// let client = cluster.client().await?;
+/// // … create an R3 stream "S" …
+/// let leader = cluster.stream_leader("S").await.expect("a leader");
+/// cluster.node_mut(leader).kill();
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (3 or 5 for a cluster that survives losing a minority) and waits
+    /// until every one is ready: routed, JetStream meta leader elected.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn start(size: usize) -> Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "aviary-test-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let route_ports = (0..size).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+            let mut nodes = Vec::with_capacity(size);
+            for (i, port) in route_ports.iter().enumerate() {
+                let routes = Routes {
+                    name: name.clone(),
+                    port: *port,
+                    peers: [&route_ports[..i], &route_ports[i + 1..]].concat(),
+                };
+                nodes.push(NatsServer::new(free_port()?, free_port()?, Some(routes))?);
+            }
+            let mut cluster = Self { nodes };
+            match cluster.launch_all().await {
+                Ok(()) => return Ok(cluster),
+                Err(e @ TestkitError::Exited { .. }) if is_port_clash(&e) => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(no_attempts))
+    }
+
+    async fn launch_all(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.spawn()?;
+        }
+        for node in &mut self.nodes {
+            node.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// The nodes, in start order.
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// Node `i`.
+    ///
+    /// # Panics
+    /// When there is no node `i`.
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, to kill, stop or start again.
+    ///
+    /// # Panics
+    /// When there is no node `i`.
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+
+    /// The index of the node named `server_name`.
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.server_name() == server_name)
+    }
+
+    /// Every node's client URL, comma-separated (the form `--nats-url` takes), so a client
+    /// fails over to any node.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client that knows every node and reconnects to another when its node goes.
+    ///
+    /// # Errors
+    /// [`TestkitError::Connect`] when no node accepts the connection.
+    pub async fn client(&self) -> Result<async_nats::Client> {
+        let urls: Vec<String> = self.nodes.iter().map(NatsServer::url).collect();
+        self.connect(&urls, async_nats::ConnectOptions::new()).await
+    }
+
+    /// A client of the running nodes only, that fails fast: for one look at the cluster.
+    async fn probe_client(&self) -> Result<async_nats::Client> {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(NatsServer::url)
+            .collect();
+        let options = async_nats::ConnectOptions::new()
+            .connection_timeout(API_TIMEOUT)
+            .request_timeout(Some(API_TIMEOUT));
+        self.connect(&urls, options).await
+    }
+
+    async fn connect(
+        &self,
+        urls: &[String],
+        options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::Client> {
+        let joined = urls.join(",");
+        let addrs = urls
+            .iter()
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| TestkitError::Connect {
+                url: joined.clone(),
+                reason: e.to_string(),
+            })?;
+        options
+            .connect(addrs)
+            .await
+            .map_err(|e| TestkitError::Connect {
+                url: joined,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The cluster part of `$JS.API.STREAM.INFO.<stream>` (a KV bucket's stream is
+    /// `KV_<bucket>`), asked of a running node; `None` while the stream has no leader to
+    /// answer (an election, or no quorum) or no node runs.
+    pub async fn stream_cluster(
+        &self,
+        stream: &str,
+    ) -> Option<async_nats::jetstream::stream::ClusterInfo> {
+        let client = self.probe_client().await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let info = tokio::time::timeout(API_TIMEOUT, async {
+            js.get_stream(stream).await.ok()?.info().await.ok().cloned()
+        })
+        .await
+        .ok()??;
+        info.cluster.filter(|c| c.leader.is_some())
+    }
+
+    /// The index of the node leading `stream` (a KV bucket's stream is `KV_<bucket>`), or
+    /// `None` while it has none.
+    pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let cluster = self.stream_cluster(stream).await?;
+        self.index_of(cluster.leader.as_deref()?)
+    }
+
+    /// Whether `stream` has a leader and every other replica is online and current: after a
+    /// node rejoins, it has caught up.
+    pub async fn stream_current(&self, stream: &str, replicas: usize) -> bool {
+        self.stream_cluster(stream).await.is_some_and(|c| {
+            c.replicas.len() + 1 == replicas && c.replicas.iter().all(|p| p.current && !p.offline)
+        })
+    }
 }
