@@ -96,7 +96,7 @@ providers:
     type: webhook
     url: http://127.0.0.1:$RECV/hook
 YAML
-start analyzer "$bin/aviary-analyzer" --prometheus-url "http://127.0.0.1:$PROM" --admin-addr "127.0.0.1:$(free_port)"
+start analyzer "$bin/aviary-analyzer" --prometheus-url "http://127.0.0.1:$PROM" --scrape-interval 1s --admin-addr "127.0.0.1:$(free_port)"
 start notifier "$bin/aviary-notifier" --config "$work/notifier.yaml" --cluster-name demo --admin-addr "127.0.0.1:$(free_port)"
 for i in 1 2; do
   port_var="S$i"; admin=$(free_port)

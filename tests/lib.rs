@@ -404,6 +404,9 @@ impl Stack {
                 prometheus.url(),
                 "--query-timeout-ms".into(),
                 "3000".into(),
+                // The testkit's Prometheus scrapes every second.
+                "--scrape-interval".into(),
+                "1s".into(),
             ],
         );
         analyzer.start().await;

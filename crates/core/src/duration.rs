@@ -82,6 +82,15 @@ impl From<HumanDuration> for std::time::Duration {
     }
 }
 
+/// [`parse_duration`] as a [`std::time::Duration`]: the parser of every duration flag
+/// (clap's `value_parser`).
+///
+/// # Errors
+/// As [`parse_duration`].
+pub fn parse_std_duration(input: &str) -> Result<std::time::Duration, DurationError> {
+    parse_duration(input).map(std::time::Duration::from)
+}
+
 /// Parses a duration string.
 ///
 /// Accepts one or more `<integer><unit>` parts with units `ms`, `s`, `m`, `h` (for example

@@ -143,6 +143,7 @@ def test_lint_is_clean_with_defaults_and_with_everything_on() -> None:
         ({"nats": {"auth": {"method": "kerberos"}}}, "/nats/auth/method"),
         ({"routerAgent": {"providers": {"linkerd": True}}}, "linkerd"),
         ({"admin": {"port": 70000}}, "/admin/port"),
+        ({"analyzer": {"prometheus": {"scrapeInterval": "often"}}}, "/analyzer/prometheus/scrapeInterval"),
     ],
 )
 def test_schema_rejects_invalid_values(chart: helm.Chart, bad: dict[str, Any], where: str) -> None:
@@ -276,6 +277,12 @@ def test_images_and_resources_follow_values(chart: helm.Chart) -> None:
     default = render(chart)
     app_version = chart.metadata["appVersion"]
     assert container(default.deployment("notifier"))["image"] == f"aviary-notifier:{app_version}"
+
+
+def test_analyzer_widens_windows_by_the_configured_scrape_interval(chart: helm.Chart) -> None:
+    assert env_of(render(chart).deployment("analyzer"))["AVIARY_SCRAPE_INTERVAL"] == "15s"
+    r = render(chart, {"analyzer": {"prometheus": {"scrapeInterval": "30s"}}})
+    assert env_of(r.deployment("analyzer"))["AVIARY_SCRAPE_INTERVAL"] == "30s"
 
 
 # --- NATS connection --------------------------------------------------------------------------

@@ -4,8 +4,14 @@
 //! de-duplicated, bounded per backend), judge, fold.
 //!
 //! Window: every query is evaluated at `window_end` with a range of `window_end -
-//! window_start` (or the metric's own `interval`, when shorter), so the window starts no
-//! earlier than the step's confirmed start and never mixes two steps.
+//! window_start` (or the metric's own `interval`, when shorter). The built-in metrics widen
+//! that range by one scrape interval ([`Analyzer::with_scrape_interval`]): `rate` and
+//! `increase` only see the samples inside their range, so without it the requests between the
+//! window's start and its first scrape would belong to no window. Widened, a window counts
+//! what happened between the last scrape at or before its start and the last scrape at or
+//! before its end; as the scheduler's windows tile a step (each starts where the last ended),
+//! every request of the step is counted once. The price, stated in docs/judge.md: the first
+//! window of a step can include up to one scrape interval of the previous step's traffic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +49,10 @@ pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Requests judging metrics at once, unless [`Analyzer::with_max_concurrent`] says.
 pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+
+/// How often the backend is assumed to scrape the data plane, unless
+/// [`Analyzer::with_scrape_interval`] says: a common Prometheus setting for proxies.
+pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Identifies one webhook call: the request's idempotency key (rollout, generation, step),
 /// its window, and the hook's name, type and URL. Repeated requests for the same step share
@@ -89,6 +99,7 @@ pub struct Analyzer {
     webhooks: WebhookClient,
     hooks: DetachedFlight<HookKey, Option<WebhookResult>>,
     slots: Arc<Semaphore>,
+    scrape_interval_ms: u64,
     stop: CancellationToken,
     metrics: AnalyzerMetrics,
 }
@@ -127,6 +138,7 @@ impl Analyzer {
             webhooks: options.webhooks,
             hooks: DetachedFlight::default(),
             slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT)),
+            scrape_interval_ms: millis(DEFAULT_SCRAPE_INTERVAL),
             stop: CancellationToken::new(),
             metrics,
         })
@@ -138,6 +150,14 @@ impl Analyzer {
     #[must_use]
     pub fn with_max_concurrent(mut self, n: usize) -> Self {
         self.slots = Arc::new(Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// The backend's scrape interval: the built-in metrics' ranges are widened by it so that
+    /// the samples at both edges of a window count (see the module docs).
+    #[must_use]
+    pub fn with_scrape_interval(mut self, interval: Duration) -> Self {
+        self.scrape_interval_ms = millis(interval);
         self
     }
 
@@ -302,6 +322,12 @@ impl Analyzer {
             check.interval_ms.min(window_ms)
         } else {
             window_ms
+        };
+        // A built-in query also reaches back to the last scrape at or before the window's start.
+        let range_ms = if check.query.is_empty() && builtin.is_some() {
+            range_ms + self.scrape_interval_ms
+        } else {
+            range_ms
         };
         let canary_vars = variables(request, range_ms)?;
         let canary_query = render(&template, &canary_vars).map_err(|e| e.to_string())?;
@@ -824,6 +850,11 @@ fn as_primary(vars: &Variables) -> Result<Variables, String> {
 
 /// Shares an analyzer between tasks.
 pub type SharedAnalyzer = Arc<Analyzer>;
+
+/// `d` in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 #[cfg(test)]
 mod tests {

@@ -126,6 +126,12 @@ pub struct Config {
     #[arg(long, env = "AVIARY_MAX_QUERIES_PER_BACKEND", default_value_t = 16)]
     pub max_queries_per_backend: usize,
 
+    /// How often Prometheus scrapes the data plane (for example `15s`). The built-in metrics
+    /// widen each window by it so the requests between a window's edge and the nearest scrape
+    /// are counted (docs/judge.md); set it to the scrape interval of the proxies' job.
+    #[arg(long, env = "AVIARY_SCRAPE_INTERVAL", default_value = "15s", value_parser = aviary_core::duration::parse_std_duration)]
+    pub scrape_interval: Duration,
+
     /// Data plane whose metrics the built-in metrics read: envoy, istio, linkerd, nginx,
     /// contour, gatewayapi. A request's `mesh` variable overrides it.
     #[arg(long, env = "AVIARY_MESH", default_value = "envoy")]
@@ -406,7 +412,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Analyzer::new(config.analyzer_options()?, metrics)
             .context("configuring the backend")?
             .with_vendors(vendors)
-            .with_max_concurrent(config.max_concurrent_analyses),
+            .with_max_concurrent(config.max_concurrent_analyses)
+            .with_scrape_interval(config.scrape_interval),
     );
     let ready = Readiness::default();
     // The admin server outlives the drain, so /readyz reports "not ready" while draining.

@@ -98,8 +98,12 @@ async fn a_canary_failing_every_request_is_zero_percent_not_no_data() {
     assert_eq!(verdict.outcome(), Outcome::Fail);
 }
 
+/// A built-in metric's window reaches back one scrape interval (to the last scrape at or before
+/// its start) and no further: a window starting a scrape interval after a change reads only the
+/// new rates, one starting at the change at most one interval of the old, and one ending before
+/// the change only the old.
 #[tokio::test]
-async fn windows_never_mix_steps() {
+async fn windows_reach_back_one_scrape_and_no_further() {
     let (fake, prom) = stack(Rates::new(1000.0, 2.0), Rates::new(1000.0, 0.0)).await;
     fake.wait_scrapes(2).await;
     fake.set_rates(CANARY, Rates::new(1000.0, 50.0));
@@ -119,9 +123,15 @@ async fn windows_never_mix_steps() {
     let end = now_ms();
     let analyzer = analyzer(&prom.url());
     let after = analyzer
-        .analyze(&request(switched, end, vec![success_rate_min(99.0)]))
+        .analyze(&request(switched + 1_000, end, vec![success_rate_min(99.0)]))
         .await;
     assert!(close(after.metrics[0].value, 50.0), "{after:?}");
+    let from_switch = analyzer
+        .analyze(&request(switched, end, vec![success_rate_min(99.0)]))
+        .await;
+    let mixed = from_switch.metrics[0].value.unwrap();
+    // At least four seconds at 50 % and at most one at 98 %.
+    assert!((50.0..=60.0).contains(&mixed), "{from_switch:?}");
     let before = analyzer
         .analyze(&request(
             switched - 6_000,

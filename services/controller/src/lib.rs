@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aviary_bus::BusMetrics;
-use aviary_core::duration::parse_duration;
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
 use futures::StreamExt;
@@ -55,11 +54,6 @@ use tracing::{info, warn};
 
 use resource::{Key, Kind};
 
-fn duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-        .map(|d| Duration::from_millis(d.as_millis()))
-        .map_err(|e| e.to_string())
-}
 
 /// The controller's flags.
 #[derive(Debug, Clone, clap::Parser)]
@@ -114,11 +108,11 @@ pub struct Config {
     pub identity: String,
 
     /// How long the Lease holds without renewal.
-    #[arg(long, env = "AVIARY_LEASE_DURATION", default_value = "15s", value_parser = duration_arg)]
+    #[arg(long, env = "AVIARY_LEASE_DURATION", default_value = "15s", value_parser = aviary_core::duration::parse_std_duration)]
     pub lease_duration: Duration,
 
     /// Every resource is reconciled at least this often.
-    #[arg(long, env = "AVIARY_RESYNC", default_value = "30s", value_parser = duration_arg)]
+    #[arg(long, env = "AVIARY_RESYNC", default_value = "30s", value_parser = aviary_core::duration::parse_std_duration)]
     pub resync: Duration,
 
     /// Kubeconfig file (in-cluster or the usual inference when unset).

@@ -117,6 +117,16 @@ impl FakeEnvoyMetrics {
         s.clusters.get_mut(cluster).unwrap().rates = rates;
     }
 
+    /// Adds `ok` successes and `err` 5xx to a cluster's counters at this instant.
+    pub fn add(&self, cluster: &str, ok: f64, err: f64) {
+        let mut s = self.state.lock().unwrap();
+        s.advance();
+        let c = s.clusters.get_mut(cluster).unwrap();
+        c.ok += ok;
+        c.err += err;
+        c.buckets[0] += ok + err;
+    }
+
     /// Scrapes served so far.
     pub fn scrapes(&self) -> u64 {
         self.state.lock().unwrap().scrapes
@@ -205,6 +215,8 @@ pub fn analyzer_with(config: PrometheusConfig) -> Analyzer {
         AnalyzerMetrics::unregistered(),
     )
     .unwrap()
+    // The testkit's Prometheus scrapes every second.
+    .with_scrape_interval(Duration::from_secs(1))
 }
 
 /// A request for rollout test/podinfo: primary podinfo-v1, canary podinfo-v2.
