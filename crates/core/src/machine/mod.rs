@@ -4,11 +4,13 @@
 //! after `interval` request analysis of the window since confirmation, then advance (pass),
 //! count a failed check and roll back at `threshold` (fail), or halt (inconclusive/error —
 //! never a failed check, never a promotion). Gates hold before starting
-//! (`confirm-rollout`), before each weight increase (`confirm-traffic-increase`) and before
-//! promotion (`confirm-promotion`; as in Flagger, a canary held there at max weight is still
-//! analysed every interval, failed checks count, and only the gate promotes); a rollout halted
-//! longer than `progressDeadlineSeconds` fails
-//! and rolls back. Deliberate holds (a closed confirm gate, `pause`, `approval`, Pause) are not
+//! (`confirm-rollout`; rollback hooks are polled while it is closed), before each weight
+//! increase (`confirm-traffic-increase`) and before promotion (`confirm-promotion`); as in
+//! Flagger, a canary held by either of the last two is still analysed every interval at its
+//! weight, failed checks count, and only the gate moves it on. A rollout halted longer than
+//! `progressDeadlineSeconds` fails and rolls back; a route no ingress confirms is sent again
+//! with a doubling wait ([`route_retry_ms`]). A halt or closed gate still in force at a later
+//! interval is emitted again marked [`REPEATED`], so it is notified once. Deliberate holds (a closed confirm gate, `pause`, `approval`, Pause) are not
 //! halts and have no deadline.
 //!
 //! Flow: `Machine::new(spec)` → `machine.step(&status, input, env)` → [`Decision`] (new status +
@@ -40,6 +42,19 @@ pub const MIN_ANSWER_TIMEOUT_MS: u64 = 30_000;
 /// Wait before sending a route again after an ingress reported it could not apply it: long
 /// enough not to hammer a failing agent, short next to any progress deadline.
 pub const ROUTE_RETRY_MS: u64 = 5_000;
+/// Longest wait between two sends of a route that keeps failing: an ingress no agent serves,
+/// or whose agent is gone for good, is asked every five minutes, not every few seconds for
+/// ever; a progress deadline still ends the run on time (a halt's ticks never pass it).
+pub const ROUTE_RETRY_MAX_MS: u64 = 300_000;
+
+/// The wait before sending a route again after its `attempts`-th failed or unanswered send:
+/// [`ROUTE_RETRY_MS`], doubled with each further attempt, at most [`ROUTE_RETRY_MAX_MS`].
+pub fn route_retry_ms(attempts: u32) -> u64 {
+    let doublings = attempts.saturating_sub(1).min(16);
+    ROUTE_RETRY_MS
+        .saturating_mul(1 << doublings)
+        .min(ROUTE_RETRY_MAX_MS)
+}
 /// Workload mode: how often the controller is asked again while a workload operation is not
 /// done yet (a canary becoming ready, a primary rolling out): pods take seconds to start.
 pub const WORKLOAD_POLL_MS: u64 = 2_000;
@@ -210,6 +225,21 @@ impl Cx<'_> {
                 done,
                 observed,
             } => self.workload_done(seq, done, observed),
+            Input::RollbackRequested { seq } => match self.st.wait {
+                Wait::Gate { seq: Some(s), .. } if s == seq => {
+                    self.rollback("a rollback webhook asked for rollback".into())
+                }
+                _ => self.ignore("stale rollback request"),
+            },
+            Input::HookFailed { hook, reason } => {
+                let mut details = BTreeMap::new();
+                details.insert("hook".into(), hook.as_str().to_owned());
+                self.emit_with(
+                    EventKind::HookFailed,
+                    format!("{} hooks failed: {reason}", hook.as_str()),
+                    details,
+                );
+            }
             Input::Command(c) => return self.command(c),
             Input::SpecChanged { generation } => self.spec_changed(generation),
         }
@@ -260,12 +290,16 @@ impl Cx<'_> {
         self.acts.push(Action::ScheduleTick { at_ms: at });
     }
 
+    /// Halts (toward the progress deadline). The same halt at a later interval is emitted
+    /// again for the audit trail, marked [`REPEATED`], so it is notified once.
     fn halt(&mut self, reason: String) {
+        let repeated = self.st.halted_since_ms.is_some()
+            && self.st.halt_reason.as_deref() == Some(reason.as_str());
         if self.st.halted_since_ms.is_none() {
             self.st.halted_since_ms = Some(self.now);
         }
         self.st.halt_reason = Some(reason.clone());
-        self.emit(EventKind::Halted, reason);
+        self.emit_with(EventKind::Halted, reason, repeated_details(repeated));
     }
 
     fn clear_halt(&mut self) {
@@ -323,6 +357,7 @@ impl Cx<'_> {
         };
         self.st.route = Some(desired.clone());
         self.st.route_confirmed = false;
+        self.st.route_attempts = 0;
         self.acts.push(Action::ApplyRoute(desired));
         self.schedule(self.now + ROUTE_ACK_TIMEOUT_MS);
     }
@@ -355,6 +390,7 @@ impl Cx<'_> {
             );
         }
         self.st.route_confirmed = true;
+        self.st.route_attempts = 0;
         self.st.canary_weight = observed.canary_weight;
         self.st.primary_weight = observed.primary_weight;
         self.st.mirror_percent = observed.mirror_percent;
@@ -419,11 +455,19 @@ impl Cx<'_> {
             Wait::Route { seq: want, .. } if want == seq => {}
             _ => return self.ignore("stale route failure"),
         }
-        // The halt counts toward the progress deadline; the next tick sends the route again.
+        // The halt counts toward the progress deadline; the next tick sends the route again,
+        // later with each failure (a rolled-back rollout whose agent is gone too).
         if !self.st.phase.is_terminal() {
             self.halt(format!("route {seq} not applied: {reason}"));
         }
-        self.schedule(self.now + ROUTE_RETRY_MS);
+        self.st.route_attempts = self.st.route_attempts.saturating_add(1);
+        let retry_at = self.now + route_retry_ms(self.st.route_attempts);
+        // This send was answered: the ack timeout counts from the next one.
+        self.st.wait = Wait::Route {
+            seq,
+            sent_at_ms: retry_at,
+        };
+        self.schedule(retry_at);
     }
 
     /// The requested route is served; decide what the phase does next.
@@ -471,6 +515,7 @@ impl Cx<'_> {
     // ---- run lifecycle ---------------------------------------------------------------------
 
     fn start_run(&mut self) {
+        self.st.gate_hold = None;
         self.st.run += 1;
         self.st.failed_checks = 0;
         self.st.iterations_done = 0;
@@ -536,6 +581,7 @@ impl Cx<'_> {
     }
 
     fn step_route(&mut self) {
+        self.st.gate_hold = None;
         let Some(s) = self.m.plan.step(self.st.step) else {
             return self.begin_promotion();
         };
@@ -605,7 +651,12 @@ impl Cx<'_> {
     }
 
     fn request_analysis(&mut self) {
-        let step = self.st.step;
+        // Held by a closed confirm-traffic-increase gate, the split served is the step before
+        // the one the gate holds back.
+        let step = match self.st.gate_hold {
+            Some(WebhookType::ConfirmTrafficIncrease) => self.st.step.saturating_sub(1),
+            _ => self.st.step,
+        };
         let metrics = match self
             .m
             .plan
@@ -696,6 +747,17 @@ impl Cx<'_> {
                 );
                 self.check_gate(WebhookType::ConfirmPromotion);
             }
+            // Held below the next weight (as Flagger: analysed every interval while the gate
+            // is closed): a pass asks the gate again; only the gate moves the weight up.
+            Outcome::Pass if self.st.gate_hold == Some(WebhookType::ConfirmTrafficIncrease) => {
+                self.clear_halt();
+                let weight = self.st.route.as_ref().map_or(0, |r| r.canary_weight);
+                self.emit(
+                    EventKind::AnalysisPassed,
+                    format!("analysis at {weight}% passed: asking confirm-traffic-increase"),
+                );
+                self.check_gate(WebhookType::ConfirmTrafficIncrease);
+            }
             Outcome::Pass => {
                 self.clear_halt();
                 self.st.iterations_done += 1;
@@ -766,10 +828,19 @@ impl Cx<'_> {
             gate,
             seq: Some(seq),
         };
+        let mut webhooks = self.m.webhooks(gate);
+        // Flagger polls rollback hooks in its Waiting phase too: a 2xx rolls back a rollout
+        // still held by a closed confirm-rollout gate.
+        if gate == WebhookType::ConfirmRollout
+            && self.st.phase == Phase::Waiting
+            && self.m.has_hook(WebhookType::Rollback)
+        {
+            webhooks.extend(self.m.webhooks(WebhookType::Rollback));
+        }
         self.acts.push(Action::CheckGate {
             seq,
             gate,
-            webhooks: self.m.webhooks(gate),
+            webhooks,
         });
         self.schedule(self.now + self.m.answer_timeout_ms());
     }
@@ -805,6 +876,7 @@ impl Cx<'_> {
 
     fn gate_open(&mut self, gate: WebhookType, why: &str) {
         self.clear_halt();
+        self.st.gate_hold = None;
         if self.st.phase == Phase::Waiting {
             self.st.phase = Phase::Initialized;
         }
@@ -833,10 +905,26 @@ impl Cx<'_> {
                 }
             }
             WebhookType::ConfirmPromotion => {
-                self.emit(EventKind::GateClosed, reason);
+                self.hold_at_gate(gate, reason);
                 // Observe the held canary for an interval; the tick analyses, then asks again.
                 self.observe_again();
                 return;
+            }
+            // As Flagger: not a halt (no deadline); the canary stays at its weight and is
+            // analysed every interval (failed checks count, rollback hooks are polled), and
+            // each pass asks the gate again. Before the first step nothing is served to judge.
+            WebhookType::ConfirmTrafficIncrease => {
+                self.hold_at_gate(gate, reason);
+                let served = self
+                    .st
+                    .step
+                    .checked_sub(1)
+                    .and_then(|i| self.m.plan.step(i))
+                    .is_some_and(|s| s.analysis);
+                if served && self.st.route_confirmed {
+                    self.observe_again();
+                    return;
+                }
             }
             WebhookType::PreRollout => {
                 self.st.failed_checks += 1;
@@ -854,6 +942,14 @@ impl Cx<'_> {
         self.schedule(self.now + self.m.interval_ms());
     }
 
+    /// A closed confirm gate holds the canary: reported at the first refusal, marked
+    /// [`REPEATED`] at the next ones of the same hold.
+    fn hold_at_gate(&mut self, gate: WebhookType, reason: String) {
+        let repeated = self.st.gate_hold == Some(gate);
+        self.st.gate_hold = Some(gate);
+        self.emit_with(EventKind::GateClosed, reason, repeated_details(repeated));
+    }
+
     // ---- promotion and the end -------------------------------------------------------------
 
     fn begin_promotion(&mut self) {
@@ -868,6 +964,7 @@ impl Cx<'_> {
     }
 
     fn start_promoting(&mut self) {
+        self.st.gate_hold = None;
         self.st.phase = Phase::Promoting;
         self.st.promotion_step = 0;
         if self.m.spec.is_workload() {
@@ -991,6 +1088,7 @@ impl Cx<'_> {
 
     /// Back to 100 % primary; phase Failed.
     fn rollback(&mut self, reason: String) {
+        self.st.gate_hold = None;
         self.st.phase = Phase::Failed;
         self.st.paused_from = None;
         self.st.weight_hold = None;
@@ -1034,10 +1132,11 @@ impl Cx<'_> {
                 self.st.next_tick_at_ms = None;
             }
             Wait::Route { seq, sent_at_ms } => {
-                if self.now.saturating_sub(sent_at_ms) >= ROUTE_ACK_TIMEOUT_MS
-                    && !self.st.phase.is_terminal()
-                {
-                    self.halt(format!("route {seq} not confirmed by every ingress"));
+                if self.now.saturating_sub(sent_at_ms) >= ROUTE_ACK_TIMEOUT_MS {
+                    self.st.route_attempts = self.st.route_attempts.saturating_add(1);
+                    if !self.st.phase.is_terminal() {
+                        self.halt(format!("route {seq} not confirmed by every ingress"));
+                    }
                 }
                 // Level-triggered: send the same route again.
                 if let Some(r) = self.st.route.clone() {
@@ -1047,7 +1146,8 @@ impl Cx<'_> {
                     seq,
                     sent_at_ms: self.now,
                 };
-                self.schedule(self.now + ROUTE_ACK_TIMEOUT_MS);
+                let wait = ROUTE_ACK_TIMEOUT_MS.max(route_retry_ms(self.st.route_attempts));
+                self.schedule(self.now + wait);
             }
             Wait::Interval => match self.st.phase {
                 // WaitingPromotion: as in Flagger, a canary held at max weight by a closed
@@ -1208,6 +1308,16 @@ impl Cx<'_> {
                     self.emit(EventKind::Approved, "confirm-promotion approved by command");
                     self.gate_open(WebhookType::ConfirmPromotion, "approved by command");
                 }
+                // Held below the next weight between two gate checks (observing or analysing).
+                _ if phase == Progressing
+                    && self.st.gate_hold == Some(WebhookType::ConfirmTrafficIncrease) =>
+                {
+                    self.emit(
+                        EventKind::Approved,
+                        "confirm-traffic-increase approved by command",
+                    );
+                    self.gate_open(WebhookType::ConfirmTrafficIncrease, "approved by command");
+                }
                 _ => return self.refuse(c),
             },
             Command::Retry => {
@@ -1244,6 +1354,7 @@ impl Cx<'_> {
         self.st.phase = Phase::Paused;
         self.st.wait = Wait::Idle;
         self.st.next_tick_at_ms = None;
+        self.st.gate_hold = None;
         self.clear_halt();
     }
 
@@ -1261,10 +1372,12 @@ impl Cx<'_> {
             Phase::WaitingPromotion => self.begin_promotion(),
             Phase::Promoting if self.m.spec.is_workload() => self.start_promoting(),
             Phase::Promoting => self.promote_route(),
+            // Entering the step again asks confirm-traffic-increase when its weight is still
+            // to be raised (paused while that gate held it back).
             _ => {
                 self.st.phase = Phase::Progressing;
                 self.st.step = self.st.step.min(self.m.plan.step_count().saturating_sub(1));
-                self.step_route();
+                self.enter_step(self.st.step);
             }
         }
     }
@@ -1305,4 +1418,13 @@ impl Cx<'_> {
             self.begin_promotion();
         }
     }
+}
+
+/// The details of an event that repeats one still in force, or none.
+fn repeated_details(repeated: bool) -> BTreeMap<String, String> {
+    let mut details = BTreeMap::new();
+    if repeated {
+        details.insert(REPEATED.to_owned(), "true".to_owned());
+    }
+    details
 }

@@ -5,6 +5,8 @@ use proptest::prelude::*;
 
 use super::Machine;
 use super::types::*;
+
+mod holds;
 use crate::duration::HumanDuration;
 use crate::spec::{AnalysisStep, ApprovalStep, PauseStep, RolloutSpec, Step, WebhookType};
 
@@ -727,11 +729,32 @@ fn gates_hold_and_open() {
         "window starts at confirmation"
     );
 
-    // A closed traffic-increase gate is a halt, and the deadline applies.
+    // A closed traffic-increase gate is a hold, as in Flagger: no halt, no deadline, and the
+    // weight never increases (more in `holds`).
     let mut sim = Sim::new(canary(20, 10, 2).webhook("more", WebhookType::ConfirmTrafficIncrease));
-    sim.run(Outcome::Pass, false);
-    assert_eq!(sim.st.phase, Phase::Failed);
-    assert!(sim.events().contains(&EventKind::Halted));
+    sim.input(Input::Tick);
+    sim.confirm_route();
+    for _ in 0..120 {
+        match sim.st.wait.clone() {
+            Wait::Gate {
+                gate,
+                seq: Some(seq),
+            } => {
+                sim.input(Input::GateResult {
+                    seq,
+                    gate,
+                    open: false,
+                });
+            }
+            _ => {
+                sim.now = sim.st.next_tick_at_ms.expect("a tick");
+                sim.input(Input::Tick);
+            }
+        }
+    }
+    assert_eq!(sim.st.phase, Phase::Progressing);
+    assert_eq!(sim.st.halted_since_ms, None);
+    assert!(!sim.events().contains(&EventKind::Halted));
     assert_eq!(sim.weights(), vec![0], "weight never increased");
 }
 

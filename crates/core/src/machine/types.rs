@@ -62,7 +62,7 @@ pub enum Wait {
     Route {
         /// The route's sequence number.
         seq: u64,
-        /// When it was (last) sent.
+        /// When it was (last) sent; after a failed send, when it is sent again.
         sent_at_ms: u64,
     },
     /// Observing the confirmed split until the interval has passed.
@@ -394,6 +394,20 @@ pub enum Input {
         /// What the controller observed, for the halt reason and the events.
         observed: String,
     },
+    /// A gate's check (`seq`) found a `rollback` webhook asking for rollback (polled with a
+    /// closed confirm-rollout gate, as Flagger polls them in its Waiting phase).
+    RollbackRequested {
+        /// The `CheckGate`'s sequence number.
+        seq: u64,
+    },
+    /// A hook run by [`Action::RunHooks`] (post-rollout, or rollback at a rollback) did not
+    /// answer 2xx or could not be reached: reported, nothing else changes.
+    HookFailed {
+        /// Which hooks.
+        hook: WebhookType,
+        /// Each failing hook and what it answered.
+        reason: String,
+    },
     /// A manual command.
     Command(Command),
     /// The stored spec changed; the machine was built from the new one.
@@ -473,7 +487,14 @@ pub enum EventKind {
     Aborted,
     /// A failed rollout was started again.
     Retried,
+    /// A `post-rollout` hook, or a `rollback` hook called at a rollback, did not answer 2xx.
+    HookFailed,
 }
+
+/// The key of [`AuditEvent::details`] marking an event that repeats one already emitted and
+/// still in force (the same halt at a later interval, a gate still closed): kept in the audit
+/// trail, notified once.
+pub const REPEATED: &str = "repeated";
 
 /// An audit record of one transition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -626,6 +647,18 @@ pub struct RolloutStatus {
     /// The split each ingress acknowledged for the last confirmed route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingresses: Vec<IngressSplit>,
+    /// Sends of the current route that failed or went unanswered: the wait before the next
+    /// send doubles with each (see [`super::route_retry_ms`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub route_attempts: u32,
+    /// A closed `confirm-traffic-increase` or `confirm-promotion` gate holding the canary at
+    /// its weight while it is analysed every interval (reported once per hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_hold: Option<WebhookType>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why a command was refused; nothing changed.
