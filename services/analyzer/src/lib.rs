@@ -554,6 +554,7 @@ async fn handle(worker: &Worker, message: async_nats::Message) {
     let span = tracing::info_span!("analysis", key = tracing::field::Empty);
     aviary_bus::trace::set_parent_from(&span, message.headers.as_ref());
     async {
+        let mut malformed = None;
         let verdict = match AnalysisRequest::decode(message.payload.clone()) {
             Ok(request) => {
                 tracing::Span::current().record("key", request.idempotency_key.as_str());
@@ -568,7 +569,10 @@ async fn handle(worker: &Worker, message: async_nats::Message) {
             Err(error) => {
                 analyzer.metrics().malformed.inc();
                 tracing::warn!(subject = %message.subject, %error, "undecodable analysis request");
-                error_verdict(None, &format!("undecodable analysis request: {error}"))
+                let reason = format!("undecodable analysis request: {error}");
+                let verdict = error_verdict(None, &reason);
+                malformed = Some(reason);
+                verdict
             }
         };
         tracing::info!(
@@ -583,6 +587,12 @@ async fn handle(worker: &Worker, message: async_nats::Message) {
         };
         let mut headers = async_nats::HeaderMap::new();
         aviary_bus::trace::inject_current(&mut headers);
+        // A request that does not decode is a client error, said as every responder says it
+        // (docs/bus.md); the body is still an error verdict for requesters that only decode.
+        if let Some(reason) = malformed {
+            headers.insert(aviary_bus::typed::SERVICE_ERROR, reason.as_str());
+            headers.insert(aviary_bus::typed::SERVICE_ERROR_CODE, "400");
+        }
         if let Err(error) = client
             .publish_with_headers(reply, headers, verdict.encode_to_vec().into())
             .await

@@ -143,6 +143,20 @@ async fn malformed_and_invalid_requests_get_error_verdicts() {
         .request(names::ANALYSIS_REQUEST, vec![0xff, 0xff, 0xff].into())
         .await
         .unwrap();
+    // Said as every responder says a client error (docs/bus.md), and in the body.
+    let headers = reply.headers.clone().expect("error headers");
+    assert_eq!(
+        headers
+            .get(aviary_bus::typed::SERVICE_ERROR_CODE)
+            .map(|v| v.as_str()),
+        Some("400")
+    );
+    assert!(
+        headers
+            .get(aviary_bus::typed::SERVICE_ERROR)
+            .is_some_and(|v| v.as_str().contains("undecodable")),
+        "{headers:?}"
+    );
     let verdict = Verdict::decode(reply.payload).unwrap();
     assert_eq!(verdict.outcome(), Outcome::Error);
     assert!(verdict.error.contains("undecodable"), "{verdict:?}");
