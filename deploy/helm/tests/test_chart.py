@@ -9,6 +9,8 @@ Run: `scripts/helm-test.sh` (or `.tools/venv/bin/python -m pytest -q deploy/helm
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,13 @@ def test_lint_is_clean_with_defaults_and_with_everything_on() -> None:
         ({"routerAgent": {"providers": {"linkerd": True}}}, "linkerd"),
         ({"admin": {"port": 70000}}, "/admin/port"),
         ({"analyzer": {"prometheus": {"scrapeInterval": "often"}}}, "/analyzer/prometheus/scrapeInterval"),
+        ({"nats": {"bundled": {"replicas": 2}}}, "/nats/bundled/replicas"),
+        ({"nats": {"bundled": {"replicas": 4}}}, "/nats/bundled/replicas"),
+        ({"nats": {"bundled": {"replicas": 0}}}, "/nats/bundled/replicas"),
+        ({"nats": {"jetstream": {"replicas": 2}}}, "/nats/jetstream/replicas"),
+        ({"nats": {"jetstream": {"replicas": 7}}}, "/nats/jetstream/replicas"),
+        ({"nats": {"bundled": {"cluster": {"routePassword": "short"}}}}, "/nats/bundled/cluster/routePassword"),
+        ({"nats": {"bundled": {"cluster": {"routeUser": "a:b@c"}}}}, "/nats/bundled/cluster/routeUser"),
     ],
 )
 def test_schema_rejects_invalid_values(chart: helm.Chart, bad: dict[str, Any], where: str) -> None:
@@ -158,6 +167,8 @@ def test_schema_rejects_invalid_values(chart: helm.Chart, bad: dict[str, Any], w
 def test_schema_accepts_the_defaults(chart: helm.Chart) -> None:
     chart.validate_schema({})
     chart.validate_schema({"scheduler": {"replicas": 3}, "nats": {"auth": {"method": "token", "token": "t"}}})
+    for servers in (1, 3, 5, 7):
+        chart.validate_schema({"nats": {"bundled": {"replicas": servers}, "jetstream": {"replicas": 1}}})
 
 
 # --- default render ---------------------------------------------------------------------------
@@ -408,7 +419,8 @@ def test_bundled_nats_runs_jetstream_on_a_pvc(chart: helm.Chart) -> None:
     conf = r.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
     assert "jetstream {" in conf and "store_dir: /data" in conf
     assert "token: $NATS_TOKEN" in conf and "s3cret" not in conf
-    assert conf.count(f"{FULLNAME}-nats-headless.{NAMESPACE}.svc:6222") == 3
+    routes = r.get("Secret", f"{FULLNAME}-nats-routes")["stringData"]["routes.conf"]
+    assert routes.count(f"{FULLNAME}-nats-headless.{NAMESPACE}.svc:6222") == 3
     pod = sts["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
@@ -425,6 +437,109 @@ def test_bundled_nats_refuses_creds_auth(chart: helm.Chart) -> None:
             name=RELEASE,
             namespace=NAMESPACE,
         )
+
+
+def bundled(**overrides: Any) -> dict[str, Any]:
+    """The bundled NATS (token auth) with `overrides` of `nats.bundled` or `nats.jetstream`."""
+    nats = {"bundled": {"enabled": True}, "auth": {"method": "token", "token": "s3cret"}}
+    for key, value in overrides.items():
+        nats.setdefault(key, {}).update(value)
+    return {"nats": nats}
+
+
+def test_js_replicas_reach_every_service_that_creates_streams(chart: helm.Chart) -> None:
+    r = render(chart, {"gate": {"enabled": True}})
+    creators = {"scheduler", "router-agent", "notifier", "gate"}
+    for component in DEFAULTS + ["gate"]:
+        env = env_of(r.deployment(component))
+        if component in creators:
+            # The chart's default: state survives the loss of one server.
+            assert env["AVIARY_JS_REPLICAS"] == "3", component
+        else:
+            assert "AVIARY_JS_REPLICAS" not in env, component
+    single = render(chart, {"nats": {"jetstream": {"replicas": 1}}})
+    assert env_of(single.deployment("scheduler"))["AVIARY_JS_REPLICAS"] == "1"
+
+
+def test_bundled_nats_is_a_cluster_of_three_with_authenticated_routes(chart: helm.Chart) -> None:
+    r = render(chart, bundled())
+    name = f"{FULLNAME}-nats"
+    sts = r.get("StatefulSet", name)
+    assert sts["spec"]["replicas"] == 3
+    conf = r.get("ConfigMap", name)["data"]["nats.conf"]
+    assert "cluster {" in conf and 'include "routes.conf"' in conf
+    # No route credentials in the ConfigMap: they are in the routes Secret.
+    routes = r.get("Secret", f"{name}-routes")["stringData"]
+    password = routes["password"]
+    assert len(password) >= 16 and password not in conf
+    assert routes["user"] == "aviary-route"
+    routes_conf = routes["routes.conf"]
+    assert 'user: "aviary-route"' in routes_conf and f'password: "{password}"' in routes_conf
+    for i in range(3):
+        peer = f"nats://aviary-route:{password}@{name}-{i}.{name}-headless.{NAMESPACE}.svc:6222"
+        assert f'"{peer}"' in routes_conf
+    # nats.conf includes routes.conf from its own directory: both land in /etc/nats.
+    pod = sts["spec"]["template"]["spec"]
+    (config,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    sources = config["projected"]["sources"]
+    assert sources[0]["configMap"]["name"] == name
+    assert sources[1]["secret"] == {"name": f"{name}-routes", "items": [{"key": "routes.conf", "path": "routes.conf"}]}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["config"] == "/etc/nats"
+    assert pod["containers"][0]["args"] == ["--config", "/etc/nats/nats.conf"]
+
+
+def test_a_given_route_password_is_used(chart: helm.Chart) -> None:
+    values = bundled(bundled={"cluster": {"routePassword": "a-very-long-route-pw"}})
+    routes = render(chart, values).get("Secret", f"{FULLNAME}-nats-routes")["stringData"]
+    assert routes["password"] == "a-very-long-route-pw"
+    assert "aviary-route:a-very-long-route-pw@" in routes["routes.conf"]
+
+
+def test_bundled_nats_pdb_keeps_a_quorum(chart: helm.Chart) -> None:
+    for servers, quorum in ((3, 2), (5, 3)):
+        r = render(chart, bundled(bundled={"replicas": servers}))
+        pdb = r.get("PodDisruptionBudget", f"{FULLNAME}-nats")
+        labels = r.get("StatefulSet", f"{FULLNAME}-nats")["spec"]["selector"]["matchLabels"]
+        assert pdb["spec"] == {"minAvailable": quorum, "selector": {"matchLabels": labels}}
+    off = render(chart, bundled(bundled={"podDisruptionBudget": {"enabled": False}}))
+    assert f"{FULLNAME}-nats" not in off.names("PodDisruptionBudget")
+
+
+def test_a_single_bundled_server_has_no_cluster_and_needs_one_replica(chart: helm.Chart) -> None:
+    r = render(chart, bundled(bundled={"replicas": 1}, jetstream={"replicas": 1}))
+    assert "cluster {" not in r.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
+    assert f"{FULLNAME}-nats-routes" not in r.names("Secret")
+    assert f"{FULLNAME}-nats" not in r.names("PodDisruptionBudget")
+    # Three replicas of every stream cannot live on one server: the render says so.
+    with pytest.raises(helm.HelmRenderError, match="nats.jetstream.replicas is 3 but the bundled NATS has 1 servers"):
+        chart.render(bundled(bundled={"replicas": 1}), name=RELEASE, namespace=NAMESPACE)
+
+
+def nats_server() -> str:
+    """nats-server from `scripts/bootstrap.sh` (`.tools/bin`), else the system's."""
+    bundled_bin = CHART.parents[2] / ".tools" / "bin" / "nats-server"
+    found = str(bundled_bin) if bundled_bin.exists() else shutil.which("nats-server")
+    assert found, "nats-server not found: run scripts/bootstrap.sh"
+    return found
+
+
+def test_bundled_nats_config_with_its_routes_is_valid_for_nats_server(chart: helm.Chart, tmp_path: Path) -> None:
+    r = render(chart, bundled())
+    # As the pod sees it: the ConfigMap and the routes Secret projected into one directory.
+    (tmp_path / "nats.conf").write_text(r.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"])
+    (tmp_path / "routes.conf").write_text(r.get("Secret", f"{FULLNAME}-nats-routes")["stringData"]["routes.conf"])
+    env = {"POD_NAME": f"{FULLNAME}-nats-0", "NATS_TOKEN": "s3cret", "PATH": "/usr/bin:/bin"}
+    checked = subprocess.run(
+        [nats_server(), "-t", "-c", "nats.conf"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    # Without the routes file the include fails: nats-server really reads it.
+    (tmp_path / "routes.conf").unlink()
+    missing = subprocess.run(
+        [nats_server(), "-t", "-c", "nats.conf"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert missing.returncode != 0 and "routes.conf" in missing.stderr + missing.stdout
 
 
 def test_service_monitor_toggle(chart: helm.Chart) -> None:

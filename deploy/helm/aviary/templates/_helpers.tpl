@@ -324,6 +324,11 @@ spec:
                 fieldRef:
                   fieldPath: metadata.name
             {{- include "aviary.nats.env" $root | nindent 12 }}
+            {{- if has .component (list "scheduler" "router-agent" "notifier" "gate") }}
+            {{- /* The components that create streams and buckets at start. */}}
+            - name: AVIARY_JS_REPLICAS
+              value: {{ $root.Values.nats.jetstream.replicas | quote }}
+            {{- end }}
             {{- with .env }}
             {{- . | nindent 12 }}
             {{- end }}
