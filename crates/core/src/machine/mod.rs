@@ -1094,7 +1094,11 @@ impl Cx<'_> {
         self.st.weight_hold = None;
         self.st.finished_at_ms = Some(self.now);
         self.clear_halt();
-        self.emit(EventKind::RolledBack, reason);
+        // The event announces the split it asks for (all traffic back on the primary), as a
+        // step's event announces its split; `step` says where it failed.
+        let mut details = BTreeMap::new();
+        details.insert("canaryWeight".into(), "0".into());
+        self.emit_with(EventKind::RolledBack, reason, details);
         if self.m.spec.analysis.has_webhook(WebhookType::Rollback) {
             self.acts.push(Action::RunHooks {
                 hook: WebhookType::Rollback,

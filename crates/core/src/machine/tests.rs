@@ -1760,3 +1760,22 @@ fn windows_tile_the_iterations_of_one_split() {
         last = Some(req);
     }
 }
+
+#[test]
+fn a_rollback_announces_the_split_it_asks_for() {
+    let mut sim = Sim::new(canary(50, 10, 1));
+    let req = next_analysis(&mut sim);
+    sim.input(Input::Verdict(verdict(req.seq, Outcome::Pass)));
+    let req = next_analysis(&mut sim);
+    assert_eq!(req.canary_weight, 20);
+    let acts = sim.input(Input::Verdict(verdict(req.seq, Outcome::Fail)));
+    let event = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Emit(e) if e.kind == EventKind::RolledBack => Some(e.clone()),
+            _ => None,
+        })
+        .expect("a rolled-back event");
+    assert_eq!(event.details.get("canaryWeight").map(String::as_str), Some("0"));
+    assert_eq!(event.step, 1, "where it failed");
+}
