@@ -35,7 +35,7 @@ pub enum Command {
     Pause(CommandArgs),
     /// Continue a paused or weight-held rollout.
     Resume(CommandArgs),
-    /// Skip the remaining steps (`--full` also skips analysis).
+    /// Skip the current step (`--full`: promote now, skipping every remaining step and analysis).
     Promote(PromoteArgs),
     /// Roll back to the primary now.
     Abort(CommandArgs),
@@ -338,7 +338,7 @@ pub struct PromoteArgs {
     /// The rollout.
     #[command(flatten)]
     pub target: RefArg,
-    /// Skip analysis too, not only the remaining steps.
+    /// Promote now: skip every remaining step and its analysis, not only the current step.
     #[arg(long = "full")]
     pub full: bool,
     /// The server.
