@@ -94,11 +94,16 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    /// Opens (creating if needed) the bucket with entries kept for `ttl`.
+    /// Opens (creating if needed, with `replicas` copies) the bucket with entries kept for
+    /// `ttl`.
     ///
     /// # Errors
     /// When JetStream refuses to create or open the bucket.
-    pub async fn open(js: &jetstream::Context, ttl: Duration) -> anyhow::Result<Self> {
+    pub async fn open(
+        js: &jetstream::Context,
+        ttl: Duration,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
         let kv = match js.get_key_value(BUCKET_NOTIFIED).await {
             Ok(kv) => kv,
             Err(_) => match js
@@ -108,6 +113,7 @@ impl Dedup {
                     history: 1,
                     max_age: ttl,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

@@ -65,6 +65,10 @@ pub struct Config {
     #[command(flatten)]
     pub nats: aviary_bus::NatsArgs,
 
+    /// Replicas of the JetStream streams and buckets created at start.
+    #[command(flatten)]
+    pub jetstream: aviary_bus::JetStreamArgs,
+
     /// Configuration file (YAML): providers, default provider, routes per rollout, retries.
     #[arg(long, env = "AVIARY_NOTIFIER_CONFIG")]
     pub config: PathBuf,
@@ -154,8 +158,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let client = config.nats.connect("aviary-notifier").await?;
     let js = jetstream::new(client.clone());
-    aviary_bus::setup::ensure_all(&js).await?;
-    let dedup = delivery::Dedup::open(&js, settings.dedup_ttl).await?;
+    aviary_bus::setup::ensure_all_with(&js, &config.jetstream.options()).await?;
+    let dedup = delivery::Dedup::open(&js, settings.dedup_ttl, config.jetstream.replicas).await?;
     let stream = js
         .get_stream(names::STREAM_EVENTS)
         .await

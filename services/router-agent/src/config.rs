@@ -47,6 +47,10 @@ pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    /// Replicas of the JetStream streams and buckets created at start.
+    #[command(flatten)]
+    pub jetstream: aviary_bus::JetStreamArgs,
+
     /// The ingress file (YAML) listing the ingresses this agent owns.
     #[arg(long, env = "AVIARY_ROUTER_CONFIG")]
     pub config_file: PathBuf,

@@ -121,7 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let client = config.nats.connect("aviary-router-agent").await?;
     let js = async_nats::jetstream::new(client.clone());
-    aviary_bus::setup::ensure_all(&js).await?;
+    aviary_bus::setup::ensure_all_with(&js, &config.jetstream.options()).await?;
     let routes: Bucket<DesiredRoute, Proto> = Bucket::open(&js, names::BUCKET_ROUTES).await?;
     let agents: Bucket<AgentCapabilities, Proto> = Bucket::open(&js, names::BUCKET_AGENTS).await?;
 

@@ -47,6 +47,9 @@ pub struct Config {
     /// NATS connection.
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// Replicas of the JetStream streams and buckets created at start.
+    #[command(flatten)]
+    pub jetstream: aviary_bus::JetStreamArgs,
     /// Address of the gRPC control API.
     #[arg(long, env = "AVIARY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -105,7 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let client = config.nats.connect("aviary-scheduler").await?;
     let js = async_nats::jetstream::new(client.clone());
-    aviary_bus::setup::ensure_all(&js).await?;
+    aviary_bus::setup::ensure_all_with(&js, &config.jetstream.options()).await?;
     let records: Bucket<record::RolloutRecord> = Bucket::open(&js, names::BUCKET_ROLLOUTS).await?;
     let leases: Bucket<lease::LeaseValue> = Bucket::open(&js, names::BUCKET_LEASES).await?;
     let leases_max_age = leases.store().status().await?.max_age();
