@@ -109,6 +109,29 @@ impl RouteSelector {
     }
 }
 
+/// Where a rollout's route would take requests another rollout already holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// The ingress both route.
+    pub ingress: String,
+    /// What both would take.
+    pub conflict: Conflict,
+}
+
+/// The first ingress, host and path prefix `spec` would take that `other` holds: both route
+/// the ingress and their selectors [`conflict`](RouteSelector::conflict).
+pub fn taken(spec: &RolloutSpec, other: &RolloutSpec) -> Option<Taken> {
+    let conflict = RouteSelector::of(spec).conflict(&RouteSelector::of(other))?;
+    let ingress = spec
+        .ingresses
+        .iter()
+        .find(|i| other.ingresses.iter().any(|o| o.name == i.name))?;
+    Some(Taken {
+        ingress: ingress.name.clone(),
+        conflict,
+    })
+}
+
 /// A host name a route may select: a DNS name of lower-case labels, optionally starting with
 /// `*.` (its subdomains), without a port.
 pub fn is_host(host: &str) -> bool {
@@ -235,6 +258,28 @@ mod tests {
             ..ServiceSpec::default()
         });
         assert!(RouteSelector::of(&spec).any_host());
+    }
+
+    #[test]
+    fn a_rollout_takes_only_what_another_holds_on_a_shared_ingress() {
+        let mut a = RolloutSpec::test();
+        let mut b = RolloutSpec::test();
+        let taken_ = taken(&a, &b).expect("two catch-alls on edge");
+        assert_eq!(taken_.ingress, "edge");
+        assert_eq!(taken_.conflict.host, "*");
+        b.ingresses[0].name = "other".into();
+        assert_eq!(taken(&a, &b), None);
+        b.ingresses[0].name = "edge".into();
+        a.service = Some(ServiceSpec {
+            hosts: vec!["a.example".into()],
+            ..ServiceSpec::default()
+        });
+        assert_eq!(taken(&a, &b), None);
+        b.service = a.service.clone();
+        assert_eq!(
+            taken(&a, &b).map(|t| t.conflict.host),
+            Some("a.example".into())
+        );
     }
 
     #[test]

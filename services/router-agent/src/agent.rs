@@ -1,9 +1,15 @@
 //! One ingress's control loop: route commands in, acks out, and a level-triggered reconcile.
 //!
-//! command → validate → apply (provider waits for the data plane's confirmation) → record the
-//! route in the routes KV → reply `RouteAck` with the observed split. On start and every
-//! reconcile interval, the desired route stored in KV is compared with what the data plane is
-//! confirmed serving, and re-applied when they differ (a drift correction).
+//! An ingress serves many rollouts at once: the agent keeps the [`RouteSet`] it serves, one
+//! route per rollout, each taking the hosts and path prefix it selects. A command replaces its
+//! rollout's route in that set and the whole set is applied; a command whose route would take a
+//! host and path another rollout holds is refused, naming it.
+//!
+//! command → validate → conflict check → apply the set (provider waits for the data plane's
+//! confirmation) → record the route in the routes KV → reply `RouteAck` with the split observed
+//! for that rollout. On start and every reconcile interval, the routes stored in KV under the
+//! ingress are compared with what the data plane is confirmed serving, and re-applied when they
+//! differ (a drift correction).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::model::Route;
+use crate::model::{Route, RouteSet};
 use crate::provider::{ApplyError, Provider};
 
 /// One ingress served by this agent.
@@ -30,8 +36,9 @@ pub struct Ingress {
     pub routes: Bucket<DesiredRoute, Proto>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Serialises applies from commands and reconciles.
-    lock: tokio::sync::Mutex<()>,
+    /// The routes the data plane serves (`None` until read from KV); held while applying, so
+    /// applies from commands and reconciles are serialised.
+    served: tokio::sync::Mutex<Option<RouteSet>>,
 }
 
 impl Ingress {
@@ -47,38 +54,52 @@ impl Ingress {
             provider,
             routes,
             metrics,
-            lock: tokio::sync::Mutex::new(()),
+            served: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// The desired route of this ingress stored in KV: under `<ingress>.>`, the most recently
-    /// written if several rollouts share the ingress (a single split is served per ingress).
+    /// The routes of this ingress stored in KV (under `<ingress>.>`), validated. An invalid
+    /// one is logged and left out; of two that take the same host and path, the one in
+    /// `preferred` (what is served) is kept, else the first by rollout.
     ///
     /// Errors: the bus's.
-    pub async fn desired(&self) -> Result<Option<DesiredRoute>, BusError> {
+    pub async fn desired(&self, preferred: &RouteSet) -> Result<RouteSet, BusError> {
         let prefix = format!("{}.", self.name);
         let keys = self.routes.keys().await?;
-        let mut newest: Option<(u64, DesiredRoute)> = None;
-        let mut found = 0;
+        let mut stored = Vec::new();
         for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
-            if let Some(entry) = self.routes.get(key).await? {
-                found += 1;
-                if newest.as_ref().is_none_or(|(rev, _)| entry.revision > *rev) {
-                    newest = Some((entry.revision, entry.value));
+            let Some(entry) = self.routes.get(key).await? else {
+                continue;
+            };
+            match Route::try_from(&entry.value) {
+                Ok(route) => stored.push(route),
+                Err(error) => {
+                    self.metrics.invalid(&self.name);
+                    tracing::warn!(ingress = %self.name, %key, %error, "ignoring an invalid stored route");
                 }
             }
         }
-        if found > 1 {
-            tracing::warn!(ingress = %self.name, routes = found,
-                "several rollouts route this ingress; serving the most recently written");
+        stored.sort_by_key(|r| (!preferred.contains_key(&r.key()), r.key()));
+        let mut routes = RouteSet::new();
+        for route in stored {
+            if let Some((holder, conflict)) = route.conflict(&routes) {
+                tracing::warn!(ingress = %self.name, rollout = %route.key(), holder = %holder.key(),
+                    %conflict, "ignoring a stored route that takes what another rollout holds");
+                continue;
+            }
+            routes.insert(route.key(), route);
         }
-        Ok(newest.map(|(_, route)| route))
+        Ok(routes)
     }
 
-    /// Applies `route`, timing it and counting the outcome.
-    async fn apply(&self, route: &Route) -> Result<crate::model::Observed, ApplyError> {
+    /// Applies `routes` for `route` (one of them), timing it and counting the outcome.
+    async fn apply(
+        &self,
+        routes: &RouteSet,
+        route: &Route,
+    ) -> Result<crate::model::Observed, ApplyError> {
         let started = Instant::now();
-        let result = self.provider.apply(route).await;
+        let result = self.provider.apply_routes(routes, route).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ApplyError::Rejected { .. }) => "rejected",
@@ -121,9 +142,29 @@ impl Ingress {
                 return ack;
             }
         };
-        let _guard = self.lock.lock().await;
-        match self.apply(&route).await {
+        let mut served = self.served.lock().await;
+        if served.is_none() {
+            match self.desired(&RouteSet::new()).await {
+                Ok(stored) => *served = Some(stored),
+                Err(error) => {
+                    ack.error = format!("reading the ingress's routes: {error}");
+                    return ack;
+                }
+            }
+        }
+        let current = served.clone().unwrap_or_default();
+        if let Some(refusal) = self.refusal(&current, &route) {
+            self.metrics.invalid(&self.name);
+            tracing::warn!(ingress = %self.name, key = %command.idempotency_key, %refusal,
+                "route command refused");
+            ack.error = refusal;
+            return ack;
+        }
+        let mut next = current;
+        next.insert(route.key(), route.clone());
+        match self.apply(&next, &route).await {
             Ok(observed) => {
+                *served = Some(next);
                 ack.ok = true;
                 ack.primary_weight = observed.primary_weight;
                 ack.canary_weight = observed.canary_weight;
@@ -144,6 +185,29 @@ impl Ingress {
         ack
     }
 
+    /// Why `route` cannot join `served`: it takes a host and path another rollout holds, or the
+    /// provider's one object already carries another rollout.
+    fn refusal(&self, served: &RouteSet, route: &Route) -> Option<String> {
+        if let Some((holder, conflict)) = route.conflict(served) {
+            return Some(format!(
+                "route.hosts: {conflict} on ingress {:?} is held by rollout {}",
+                self.name,
+                holder.key()
+            ));
+        }
+        let key = route.key();
+        if let Provider::Kube(_) = &self.provider
+            && let Some(other) = served.keys().find(|k| **k != key)
+        {
+            return Some(format!(
+                "route.rollout: ingress {:?} is one {} object, held by rollout {other}",
+                self.name,
+                self.provider.kind()
+            ));
+        }
+        None
+    }
+
     /// Writes the applied route to KV (by CAS; nothing when it is already there).
     async fn record(&self, desired: &DesiredRoute) -> Result<(), BusError> {
         let rollout = desired.rollout.clone().unwrap_or_default();
@@ -156,23 +220,27 @@ impl Ingress {
         Ok(())
     }
 
-    /// Brings the data plane to the desired route in KV; whether a drift was corrected.
+    /// Brings the data plane to the routes in KV; whether a drift was corrected.
     ///
     /// Errors: reading KV, or the apply's, as text.
     pub async fn reconcile(&self) -> Result<bool, String> {
-        let desired = self.desired().await.map_err(|e| e.to_string())?;
-        let Some(desired) = desired else {
+        let mut served = self.served.lock().await;
+        let preferred = served.clone().unwrap_or_default();
+        let desired = self.desired(&preferred).await.map_err(|e| e.to_string())?;
+        let Some(any) = desired.values().next().cloned() else {
+            // Nothing stored: the data plane keeps what it serves.
             return Ok(false);
         };
-        let route = Route::try_from(&desired).map_err(|e| format!("stored route: {e}"))?;
-        let _guard = self.lock.lock().await;
-        if self.provider.in_sync(&route).await {
+        if self.provider.in_sync_routes(&desired).await {
+            *served = Some(desired);
             return Ok(false);
         }
-        self.apply(&route).await.map_err(|e| e.to_string())?;
+        self.apply(&desired, &any)
+            .await
+            .map_err(|e| e.to_string())?;
+        *served = Some(desired);
         self.metrics.drift(&self.name);
-        tracing::warn!(ingress = %self.name, canary = route.canary_weight,
-            "data plane drifted from the desired route; corrected");
+        tracing::warn!(ingress = %self.name, "data plane drifted from the desired routes; corrected");
         Ok(true)
     }
 

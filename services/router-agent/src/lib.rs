@@ -35,7 +35,6 @@ use tracing::Instrument as _;
 pub use crate::config::Config;
 use crate::config::{IngressFile, ProviderConfig};
 use crate::metrics::Metrics;
-use crate::model::Route;
 use crate::provider::Provider;
 use crate::provider::envoy::EnvoyProvider;
 use crate::provider::envoy::slices::{EndpointSlices, SliceMetrics};
@@ -136,17 +135,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             metrics.clone(),
         ));
         if let Provider::Envoy(envoy) = &ingress.provider {
-            // Seed before serving: a reconnecting Envoy must get the stored route, never an
+            // Seed before serving: a reconnecting Envoy must get the stored routes, never an
             // empty configuration that would drop its traffic.
-            let stored = ingress.desired().await?;
-            let route = stored.as_ref().and_then(|d| match Route::try_from(d) {
-                Ok(route) => Some(route),
-                Err(error) => {
-                    tracing::warn!(ingress = %name, %error, "ignoring an invalid stored route");
-                    None
-                }
-            });
-            envoy.seed(route.as_ref());
+            let stored = ingress.desired(&model::RouteSet::new()).await?;
+            envoy.seed(&stored);
             if let Some(index) = xds_listeners.iter().position(|(n, _)| *n == name) {
                 let (_, listener) = xds_listeners.swap_remove(index);
                 let (serving, token) = (ingress.clone(), shutdown.clone());

@@ -3,9 +3,18 @@
 //! Protobuf types stay at the edge: [`Route::try_from`] names the bad field, and every provider
 //! works on [`Route`] only, so "weights sum to 100" or "an endpoint is `host:port`" is checked
 //! once.
+//!
+//! One ingress serves many rollouts: a [`RouteSet`] holds each one's route by rollout, and each
+//! route applies only to the requests its [`RouteSelector`] (hosts and path prefix) selects.
 
+use std::collections::BTreeMap;
+
+use aviary_core::route::{self, Conflict, RouteSelector};
 use aviary_proto::naming::cluster_name;
 use aviary_proto::{DesiredRoute, match_condition, string_match};
+
+/// Every route an ingress serves, by rollout ([`Route::key`]).
+pub type RouteSet = BTreeMap<String, Route>;
 
 /// A validated split for one ingress.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,6 +39,8 @@ pub struct Route {
     pub matches: Vec<Vec<Condition>>,
     /// Session affinity for canary users.
     pub affinity: Option<Affinity>,
+    /// The requests of the ingress this route takes.
+    pub selector: RouteSelector,
 }
 
 /// A backend and its endpoints.
@@ -137,6 +148,21 @@ pub struct Observed {
 }
 
 impl Route {
+    /// The rollout this route belongs to, `<namespace>/<name>`: its key in a [`RouteSet`].
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.rollout)
+    }
+
+    /// The first route of `routes` (other than this rollout's own) that holds a host and path
+    /// prefix this route would take, with what both take.
+    pub fn conflict<'a>(&self, routes: &'a RouteSet) -> Option<(&'a Route, Conflict)> {
+        let key = self.key();
+        routes
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .find_map(|(_, r)| self.selector.conflict(&r.selector).map(|c| (r, c)))
+    }
+
     /// The split this route asks for, as it would be observed.
     pub fn expected(&self) -> Observed {
         Observed {
@@ -158,15 +184,6 @@ impl Route {
 
     fn conditions(&self) -> impl Iterator<Item = &Condition> {
         self.matches.iter().flatten()
-    }
-
-    /// A stable fingerprint of the route, used as a data-plane config version.
-    pub fn fingerprint(&self) -> String {
-        use std::hash::{Hash, Hasher};
-        // SipHash with fixed keys: stable within a build, which is all a version needs.
-        let mut hasher = std::hash::DefaultHasher::new();
-        self.hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
     }
 }
 
@@ -258,6 +275,30 @@ impl TryFrom<&DesiredRoute> for Route {
             }
             _ => None,
         };
+        for (i, host) in route.hosts.iter().enumerate() {
+            if !route::is_host(host) {
+                return Err(invalid(
+                    format!("route.hosts[{i}]"),
+                    format!("{host:?} is not a lower-case host name without a port"),
+                ));
+            }
+        }
+        let path_prefix = if route.path_prefix.is_empty() {
+            route::DEFAULT_PATH_PREFIX.to_owned()
+        } else if route::is_path_prefix(&route.path_prefix) {
+            route.path_prefix.clone()
+        } else {
+            return Err(invalid(
+                "route.path_prefix",
+                format!(
+                    "{:?} must start with '/' and hold only URL path characters",
+                    route.path_prefix
+                ),
+            ));
+        };
+        let mut hosts = route.hosts.clone();
+        hosts.sort();
+        hosts.dedup();
         Ok(Self {
             namespace: rollout.namespace.clone(),
             rollout: rollout.name.clone(),
@@ -269,8 +310,38 @@ impl TryFrom<&DesiredRoute> for Route {
             mirror_percent: route.mirror_percent,
             matches,
             affinity,
+            selector: RouteSelector { hosts, path_prefix },
         })
     }
+}
+
+/// A stable fingerprint of every route of an ingress, used as a data-plane config version.
+pub fn fingerprint(routes: &RouteSet) -> String {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable within a build, which is all a version needs.
+    let mut hasher = std::hash::DefaultHasher::new();
+    routes.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// `route` as the only route of its ingress.
+pub fn alone(route: &Route) -> RouteSet {
+    RouteSet::from([(route.key(), route.clone())])
+}
+
+/// The routes of `routes` in the order a data plane must try them: a longer path prefix first,
+/// then a route naming hosts before a catch-all, then by rollout (so the order is stable).
+pub fn most_specific_first(routes: &RouteSet) -> Vec<&Route> {
+    let mut ordered: Vec<&Route> = routes.values().collect();
+    ordered.sort_by(|a, b| {
+        b.selector
+            .path_prefix
+            .len()
+            .cmp(&a.selector.path_prefix.len())
+            .then(a.selector.any_host().cmp(&b.selector.any_host()))
+            .then(a.key().cmp(&b.key()))
+    });
+    ordered
 }
 
 fn backend(
@@ -435,6 +506,55 @@ pub(crate) mod tests {
         assert_eq!(
             Route::try_from(&d).unwrap_err().field,
             "route.matches[0].conditions[0].name"
+        );
+    }
+
+    #[test]
+    fn selects_hosts_and_a_path_prefix_and_names_bad_ones() {
+        let route = Route::try_from(&desired(10)).unwrap();
+        assert_eq!(route.selector, RouteSelector::default());
+        let mut d = desired(10);
+        d.hosts = vec!["b.example".into(), "a.example".into()];
+        d.path_prefix = "/api".into();
+        let route = Route::try_from(&d).unwrap();
+        assert_eq!(route.selector.hosts, ["a.example", "b.example"]);
+        assert_eq!(route.selector.path_prefix, "/api");
+        d.hosts = vec!["a.example:80".into()];
+        assert_eq!(Route::try_from(&d).unwrap_err().field, "route.hosts[0]");
+        d.hosts.clear();
+        d.path_prefix = "api".into();
+        assert_eq!(Route::try_from(&d).unwrap_err().field, "route.path_prefix");
+    }
+
+    #[test]
+    fn orders_the_most_specific_route_first_and_finds_conflicts() {
+        let mut set = RouteSet::new();
+        let mut add = |name: &str, hosts: &[&str], prefix: &str| {
+            let mut d = desired(10);
+            d.rollout = Some(RolloutRef::new("test", name));
+            d.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+            d.path_prefix = prefix.into();
+            let route = Route::try_from(&d).unwrap();
+            set.insert(route.key(), route);
+        };
+        add("catch-all", &[], "/");
+        add("a", &["a.example"], "/");
+        add("api", &[], "/api");
+        let order: Vec<&str> = most_specific_first(&set)
+            .iter()
+            .map(|r| r.rollout.as_str())
+            .collect();
+        assert_eq!(order, ["api", "a", "catch-all"]);
+        let mut d = desired(10);
+        d.rollout = Some(RolloutRef::new("test", "second"));
+        let second = Route::try_from(&d).unwrap();
+        let (holder, conflict) = second.conflict(&set).unwrap();
+        assert_eq!(holder.rollout, "catch-all");
+        assert_eq!(conflict.host, "*");
+        let own = set["test/catch-all"].clone();
+        assert!(
+            own.conflict(&set).is_none(),
+            "a route never conflicts with itself"
         );
     }
 

@@ -124,9 +124,10 @@ async fn haproxy_weights_through_the_runtime_api() {
     let provider = Provider::Haproxy(HaproxyProvider::new(
         HaproxySettings {
             stats_socket: haproxy.stats_socket(),
-            backend: aviary_testkit::haproxy::BACKEND.into(),
+            backend: Some(aviary_testkit::haproxy::BACKEND.into()),
             primary_server: "primary".into(),
             canary_server: "canary".into(),
+            routes: Vec::new(),
         },
         TIMEOUT,
     ));

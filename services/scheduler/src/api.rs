@@ -72,6 +72,33 @@ impl Api {
             })
     }
 
+    /// Refuses `spec` (the rollout at `key`) when it would take a host and path prefix of an
+    /// ingress that another rollout holds, naming that rollout.
+    async fn check_routes(
+        &self,
+        key: &str,
+        spec: &aviary_core::RolloutSpec,
+    ) -> Result<(), Status> {
+        for other_key in self.records.keys().await.map_err(internal)? {
+            if other_key == key {
+                continue;
+            }
+            let Some(other) = self.records.get(&other_key).await.map_err(internal)? else {
+                continue;
+            };
+            if let Some(taken) = aviary_core::route::taken(spec, &other.value.rollout.spec) {
+                return Err(Status::failed_precondition(format!(
+                    "spec.service.hosts: on ingress {:?}, {} is held by rollout {}/{}",
+                    taken.ingress,
+                    taken.conflict,
+                    other.value.namespace(),
+                    other.value.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn authorize<T>(
         &self,
         request: &Request<T>,
@@ -308,6 +335,7 @@ impl RolloutService for Api {
         let key = names::rollout_key(rollout.namespace(), &rollout.metadata.name)
             .map_err(|e| Status::invalid_argument(format!("metadata: {e}")))?;
         self.check_capabilities(&rollout.spec).await?;
+        self.check_routes(&key, &rollout.spec).await?;
         let manifest = Manifest::new(&text);
         let mut changed = false;
         let written = self

@@ -7,6 +7,7 @@ use aviary_core::machine::{
     self, CheckResult, EventKind as CoreKind, Outcome, Phase, RolloutStatus,
 };
 use aviary_core::plan::Plan;
+use aviary_core::route::RouteSelector;
 use aviary_core::spec::{MatchRule, RolloutSpec, StringMatch, Target, Webhook};
 use aviary_proto as pb;
 use aviary_proto::events::{AuditEvent, EventData, EventKind, MetricValue};
@@ -122,9 +123,11 @@ fn match_rule(rule: &MatchRule) -> pb::MatchRule {
     }
 }
 
-/// The route command for a machine route: every ingress gets the same split.
+/// The route command for a machine route: every ingress gets the same split, for the requests
+/// the spec's [`RouteSelector`] selects.
 pub fn route_command(record: &RolloutRecord, route: &machine::DesiredRoute) -> pb::RouteCommand {
     let spec = &record.rollout.spec;
+    let selector = RouteSelector::of(spec);
     let rollout = pb::RolloutRef::new(record.namespace(), record.name());
     let key = format!(
         "{}/{}/{}/r{}",
@@ -155,8 +158,27 @@ pub fn route_command(record: &RolloutRecord, route: &machine::DesiredRoute) -> p
                     max_age_seconds: u32::try_from(a.max_age_seconds.max(0)).unwrap_or(u32::MAX),
                     expired: a.max_age_seconds < 0,
                 }),
+            hosts: selector.hosts,
+            path_prefix: selector.path_prefix,
         }),
     }
+}
+
+/// Each ingress's ack as the machine reads it (a value beyond a `u8` reads as 255, which no
+/// split asks for, so it fails the check).
+pub fn ingress_splits(acks: &[pb::RouteAck]) -> Vec<machine::IngressSplit> {
+    let percent = |v: u32| u8::try_from(v).unwrap_or(u8::MAX);
+    acks.iter()
+        .map(|ack| machine::IngressSplit {
+            ingress: ack.ingress.clone(),
+            observed: machine::ObservedSplit {
+                canary_weight: percent(ack.canary_weight),
+                primary_weight: percent(ack.primary_weight),
+                mirror_percent: percent(ack.mirror_percent),
+            },
+            confirmed_at_ms: u64::try_from(ack.confirmed_at_ms).unwrap_or(0),
+        })
+        .collect()
 }
 
 /// The route that makes the canary the primary: in endpoint mode the canary's endpoints serve
@@ -667,6 +689,17 @@ fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
         affinity_cookie: s.session_cookie.clone().unwrap_or_default(),
         waiting_gates,
         message: s.message.clone(),
+        ingresses: s
+            .ingresses
+            .iter()
+            .map(|i| pb::IngressSplit {
+                ingress: i.ingress.clone(),
+                primary_weight: u32::from(i.observed.primary_weight),
+                canary_weight: u32::from(i.observed.canary_weight),
+                mirror_percent: u32::from(i.observed.mirror_percent),
+                confirmed_at_ms: i64::try_from(i.confirmed_at_ms).unwrap_or(i64::MAX),
+            })
+            .collect(),
     }
 }
 

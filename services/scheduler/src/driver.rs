@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aviary_bus::BusError;
 use aviary_bus::kv::{Bucket, Entry};
-use aviary_core::machine::{Action, Env, Input, Machine, ObservedSplit, RolloutStatus};
+use aviary_core::machine::{Action, Env, Input, Machine, RolloutStatus};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -498,17 +498,10 @@ impl Driver {
                         let input = match shared.effects.apply_route(&ingresses, &command).await {
                             Ok(confirmed) => {
                                 latency.observe(started.elapsed().as_secs_f64());
-                                let ack = confirmed.acks.first().cloned().unwrap_or_default();
-                                Input::RouteConfirmed {
+                                // The machine checks every ingress's split, not only one.
+                                Input::IngressesConfirmed {
                                     seq,
-                                    observed: ObservedSplit {
-                                        canary_weight: u8::try_from(ack.canary_weight)
-                                            .unwrap_or(100),
-                                        primary_weight: u8::try_from(ack.primary_weight)
-                                            .unwrap_or(0),
-                                        mirror_percent: u8::try_from(ack.mirror_percent)
-                                            .unwrap_or(0),
-                                    },
+                                    ingresses: convert::ingress_splits(&confirmed.acks),
                                 }
                             }
                             Err(failed) => Input::RouteFailed {
@@ -606,8 +599,10 @@ impl Driver {
                     let ingresses = record.ingresses();
                     tokio::spawn(async move {
                         match shared.effects.apply_route(&ingresses, &command).await {
-                            Ok(_) => {
-                                let _ = inputs.send(Input::Finalised { seq }).await;
+                            Ok(confirmed) => {
+                                let ingresses = convert::ingress_splits(&confirmed.acks);
+                                let input = Input::IngressesConfirmed { seq, ingresses };
+                                let _ = inputs.send(input).await;
                             }
                             // The machine sends Finalise again at its next tick.
                             Err(failed) => warn!(reason = %failed, "finalising failed"),

@@ -4,6 +4,13 @@
 //!
 //! HAProxy's runtime API cannot add routing rules or mirroring, so only weighted splits are
 //! expressed; anything else is rejected with the feature named (see [`CAPABILITIES`]).
+//!
+//! Many rollouts on one HAProxy: the configuration the operator writes sends each host and
+//! path prefix to its own backend (`use_backend` on `hdr(host)` and `path_beg` ACLs), and
+//! `routes` in the settings says which backend serves which selection. A rollout's route
+//! drives the backend of exactly its selection (hosts and path prefix); `backend` is the one
+//! for a rollout that takes every host and path. A selection no backend is configured for is
+//! refused, naming it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,8 +18,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use aviary_core::route::{DEFAULT_PATH_PREFIX, RouteSelector};
+
 use super::{ApplyError, Capabilities};
-use crate::model::{Observed, Route};
+use crate::model::{Observed, Route, RouteSet};
 
 /// Weights only: matches, mirroring and affinity need configuration HAProxy's runtime API
 /// cannot change.
@@ -27,18 +36,65 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 const KIND: &str = "haproxy";
 
 /// Settings of an HAProxy ingress in the agent's config file.
+///
+/// ```yaml
+/// stats_socket: /run/haproxy/admin.sock
+/// backend: be_default               # a rollout taking every host and path
+/// routes:                           # the backends of other selections
+///   - { hosts: [shop.example.com], backend: be_shop }
+///   - { hosts: [shop.example.com], path_prefix: /api, backend: be_shop_api }
+/// ```
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct HaproxySettings {
     /// The stats socket, at `level admin`.
     pub stats_socket: PathBuf,
-    /// The backend holding the two servers.
-    pub backend: String,
+    /// The backend (holding the two servers) of a rollout that takes every host and path.
+    #[serde(default)]
+    pub backend: Option<String>,
     /// The server that is the primary.
     #[serde(default = "default_primary")]
     pub primary_server: String,
     /// The server that is the canary.
     #[serde(default = "default_canary")]
     pub canary_server: String,
+    /// The backends of other host and path selections.
+    #[serde(default)]
+    pub routes: Vec<HaproxyRoute>,
+}
+
+/// The backend HAProxy's configuration sends one host and path selection to.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyRoute {
+    /// The hosts (empty: any host).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The path prefix (default `/`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The backend holding the selection's primary and canary servers.
+    pub backend: String,
+}
+
+impl HaproxySettings {
+    /// The backend serving `selector`, if one is configured.
+    pub fn backend_for(&self, selector: &RouteSelector) -> Option<&str> {
+        if *selector == RouteSelector::default()
+            && let Some(backend) = &self.backend
+        {
+            return Some(backend);
+        }
+        self.routes
+            .iter()
+            .find(|r| {
+                let mut hosts = r.hosts.clone();
+                hosts.sort();
+                hosts.dedup();
+                let prefix = r.path_prefix.as_deref().unwrap_or(DEFAULT_PATH_PREFIX);
+                hosts == selector.hosts && prefix == selector.path_prefix
+            })
+            .map(|r| r.backend.as_str())
+    }
 }
 
 fn default_primary() -> String {
@@ -91,22 +147,31 @@ impl HaproxyProvider {
         }
     }
 
-    fn server(&self, name: &str) -> String {
-        format!("{}/{name}", self.settings.backend)
+    /// The backend of `route`'s selection.
+    ///
+    /// Errors: [`ApplyError::Unsupported`] when no backend is configured for it.
+    fn backend(&self, route: &Route) -> Result<&str, ApplyError> {
+        self.settings
+            .backend_for(&route.selector)
+            .ok_or(ApplyError::Unsupported {
+                provider: KIND.into(),
+                feature: "this host and path selection: no backend is configured for it \
+                          (backend, or routes in the ingress settings)",
+            })
     }
 
-    /// The current `(primary, canary)` weights.
+    /// The current `(primary, canary)` weights of `backend`'s servers.
     ///
     /// Errors: [`ApplyError::Rejected`] when HAProxy does not know the servers.
-    pub async fn weights(&self) -> Result<(u32, u32), ApplyError> {
-        let primary = self.weight(&self.settings.primary_server).await?;
-        let canary = self.weight(&self.settings.canary_server).await?;
+    pub async fn weights(&self, backend: &str) -> Result<(u32, u32), ApplyError> {
+        let primary = self.weight(backend, &self.settings.primary_server).await?;
+        let canary = self.weight(backend, &self.settings.canary_server).await?;
         Ok((primary, canary))
     }
 
-    async fn weight(&self, server: &str) -> Result<u32, ApplyError> {
+    async fn weight(&self, backend: &str, server: &str) -> Result<u32, ApplyError> {
         let answer = self
-            .command(&format!("get weight {}", self.server(server)))
+            .command(&format!("get weight {backend}/{server}"))
             .await?;
         // "10 (initial 1)"
         answer
@@ -116,24 +181,33 @@ impl HaproxyProvider {
             .ok_or_else(|| rejected(format!("get weight {server}: {answer}")))
     }
 
-    /// Whether the servers carry `route`'s weights.
-    pub async fn in_sync(&self, route: &Route) -> bool {
-        self.weights()
-            .await
-            .is_ok_and(|w| w == (route.primary_weight, route.canary_weight))
+    /// Whether the servers of every route's backend carry its weights.
+    pub async fn in_sync(&self, routes: &RouteSet) -> bool {
+        for route in routes.values() {
+            let Ok(backend) = self.backend(route) else {
+                return false;
+            };
+            let weights = self.weights(backend).await;
+            if !weights.is_ok_and(|w| w == (route.primary_weight, route.canary_weight)) {
+                return false;
+            }
+        }
+        true
     }
 
-    /// Points the servers at the route's endpoints, sets their weights, and reads them back.
+    /// Points the servers of `route`'s backend at its endpoints, sets their weights, and reads
+    /// them back. The other routes of the ingress are on other backends and left alone.
     ///
-    /// Errors: [`ApplyError::Unsupported`] for backends with several endpoints;
-    /// [`ApplyError::Rejected`] with HAProxy's answer; [`ApplyError::Io`].
-    pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
+    /// Errors: [`ApplyError::Unsupported`] for backends with several endpoints or a selection
+    /// without a backend; [`ApplyError::Rejected`] with HAProxy's answer; [`ApplyError::Io`].
+    pub async fn apply(&self, _routes: &RouteSet, route: &Route) -> Result<Observed, ApplyError> {
         let _guard = self.apply_lock.lock().await;
-        for (server, backend) in [
+        let backend = self.backend(route)?;
+        for (server, side) in [
             (&self.settings.primary_server, &route.primary),
             (&self.settings.canary_server, &route.canary),
         ] {
-            let [endpoint] = backend.endpoints.as_slice() else {
+            let [endpoint] = side.endpoints.as_slice() else {
                 return Err(ApplyError::Unsupported {
                     provider: KIND.into(),
                     feature: "more than one endpoint per backend",
@@ -141,10 +215,8 @@ impl HaproxyProvider {
             };
             let answer = self
                 .command(&format!(
-                    "set server {} addr {} port {}",
-                    self.server(server),
-                    endpoint.host,
-                    endpoint.port
+                    "set server {backend}/{server} addr {} port {}",
+                    endpoint.host, endpoint.port
                 ))
                 .await?;
             if !(answer.contains("changed") || answer.contains("no need")) {
@@ -156,13 +228,13 @@ impl HaproxyProvider {
             (&self.settings.canary_server, route.canary_weight),
         ] {
             let answer = self
-                .command(&format!("set weight {} {weight}", self.server(server)))
+                .command(&format!("set weight {backend}/{server} {weight}"))
                 .await?;
             if !answer.is_empty() {
                 return Err(rejected(format!("set weight {server} {weight}: {answer}")));
             }
         }
-        let (primary, canary) = self.weights().await?;
+        let (primary, canary) = self.weights(backend).await?;
         if (primary, canary) != (route.primary_weight, route.canary_weight) {
             return Err(rejected(format!(
                 "weights read back as {primary}/{canary}, want {}/{}",

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::model::{Observed, Route};
+use crate::model::{self, Observed, Route, RouteSet};
 
 /// What a provider can express; published to the agents KV so the scheduler can refuse specs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,27 +171,53 @@ impl Provider {
         }
     }
 
-    /// Applies `route` and returns the split read back from the data plane.
+    /// Applies `routes`, every route of the ingress, and returns the split read back from the
+    /// data plane for `route`, the one of them that changed. A Kubernetes provider owns one
+    /// object, so it applies `route` alone.
     ///
-    /// Errors: [`ApplyError::Unsupported`] before touching the data plane when the route needs
+    /// Errors: [`ApplyError::Unsupported`] before touching the data plane when `route` needs
     /// something the provider cannot express; otherwise what the data plane said.
-    pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
+    pub async fn apply_routes(
+        &self,
+        routes: &RouteSet,
+        route: &Route,
+    ) -> Result<Observed, ApplyError> {
         self.capabilities().check(self.kind(), route)?;
         match self {
-            Self::Envoy(p) => p.apply(route).await,
-            Self::Nginx(p) => p.apply(route).await,
-            Self::Haproxy(p) => p.apply(route).await,
+            Self::Envoy(p) => p.apply_routes(routes, route).await,
+            Self::Nginx(p) => p.apply(routes, route).await,
+            Self::Haproxy(p) => p.apply(routes, route).await,
             Self::Kube(p) => p.apply(route).await,
         }
     }
 
-    /// Whether the data plane is confirmed serving `route` (false means drift to correct).
-    pub async fn in_sync(&self, route: &Route) -> bool {
+    /// [`Provider::apply_routes`] with `route` as the ingress's only route.
+    ///
+    /// Errors: as [`Provider::apply_routes`].
+    pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
+        self.apply_routes(&model::alone(route), route).await
+    }
+
+    /// Whether the data plane is confirmed serving every route of `routes` (false means drift
+    /// to correct).
+    pub async fn in_sync_routes(&self, routes: &RouteSet) -> bool {
         match self {
-            Self::Envoy(p) => p.in_sync(route),
-            Self::Nginx(p) => p.in_sync(route).await,
-            Self::Haproxy(p) => p.in_sync(route).await,
-            Self::Kube(p) => p.in_sync(route).await,
+            Self::Envoy(p) => p.in_sync_routes(routes),
+            Self::Nginx(p) => p.in_sync(routes).await,
+            Self::Haproxy(p) => p.in_sync(routes).await,
+            Self::Kube(p) => {
+                for route in routes.values() {
+                    if !p.in_sync(route).await {
+                        return false;
+                    }
+                }
+                true
+            }
         }
+    }
+
+    /// [`Provider::in_sync_routes`] with `route` as the ingress's only route.
+    pub async fn in_sync(&self, route: &Route) -> bool {
+        self.in_sync_routes(&model::alone(route)).await
     }
 }

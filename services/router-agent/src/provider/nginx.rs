@@ -1,6 +1,11 @@
 //! The NGINX provider: renders an `http`-level include for one ingress, validates it with
 //! `nginx -t`, swaps it in atomically and reloads; the read-back is a status location in the
-//! rendered server that echoes the split and the config version the workers serve.
+//! rendered default server that echoes each rollout's split and the config version the
+//! workers serve.
+//!
+//! Every rollout routing the ingress is rendered at once: a `server` per host name the routes
+//! name, the default server for the routes that take any host, and a `location` per path
+//! prefix ([`render`]).
 //!
 //! apply: render → write `<include>.aviary-tmp` → `nginx -t` on a copy of the main config
 //! that includes the candidate → rename over the include → `nginx -s reload` → poll
@@ -15,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ApplyError, Capabilities};
-use crate::model::{Backend, ConditionKind, Observed, Route, StringMatch};
+use crate::model::{self, Backend, ConditionKind, Observed, Route, RouteSet, StringMatch};
 
 /// NGINX expresses weights, header and cookie matches, mirroring and session affinity.
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -70,6 +75,12 @@ pub struct NginxProvider {
 #[derive(Debug, serde::Deserialize)]
 struct Status {
     version: String,
+    /// Each rollout's split, by `<namespace>/<name>`.
+    routes: std::collections::BTreeMap<String, StatusSplit>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StatusSplit {
     primary: u32,
     canary: u32,
     mirror: u32,
@@ -108,22 +119,24 @@ impl NginxProvider {
         response.json().await.ok()
     }
 
-    /// Whether the workers serve the configuration rendered from `route`.
-    pub async fn in_sync(&self, route: &Route) -> bool {
+    /// Whether the workers serve the configuration rendered from `routes`.
+    pub async fn in_sync(&self, routes: &RouteSet) -> bool {
         self.status()
             .await
-            .is_some_and(|s| s.version == route.fingerprint())
+            .is_some_and(|s| s.version == model::fingerprint(routes))
     }
 
-    /// Renders, validates, swaps in and reloads `route`, then waits for the workers to serve it.
+    /// Renders, validates, swaps in and reloads `routes`, then waits for the workers to serve
+    /// them, and returns the split they serve for `route` (one of them).
     ///
     /// Errors: [`ApplyError::Rejected`] with `nginx -t`'s output; [`ApplyError::Io`] when
     /// files or the reload fail; [`ApplyError::Unconfirmed`] when the status location does not
-    /// report the new version in time.
-    pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
+    /// report the new version (with `route`'s split) in time.
+    pub async fn apply(&self, routes: &RouteSet, route: &Route) -> Result<Observed, ApplyError> {
         let _guard = self.apply_lock.lock().await;
-        let version = route.fingerprint();
-        let text = render(route, &self.settings.listen, &version);
+        let version = model::fingerprint(routes);
+        let key = route.key();
+        let text = render(routes, &self.settings.listen, &version);
         let include = &self.settings.include_path;
         let unchanged = tokio::fs::read_to_string(include)
             .await
@@ -144,16 +157,18 @@ impl NginxProvider {
             self.nginx(&["-s", "reload"], &self.settings.main_conf)
                 .await
                 .map_err(io)?;
-            return self.wait_serving(&version, &old_workers).await;
+            return self.wait_serving(&version, &key, &old_workers).await;
         }
-        self.wait_serving(&version, &[]).await
+        self.wait_serving(&version, &key, &[]).await
     }
 
-    /// Waits until the status location reports `version` and none of `old_workers` still
-    /// accepts connections (the master signals them only after starting the new ones).
+    /// Waits until the status location reports `version` with a split for `key`, and none of
+    /// `old_workers` still accepts connections (the master signals them only after starting the
+    /// new ones).
     async fn wait_serving(
         &self,
         version: &str,
+        key: &str,
         old_workers: &[String],
     ) -> Result<Observed, ApplyError> {
         let deadline = tokio::time::Instant::now() + self.apply_timeout;
@@ -161,6 +176,7 @@ impl NginxProvider {
             let status = self.status().await;
             if let Some(s) = &status
                 && s.version == version
+                && let Some(split) = s.routes.get(key)
                 && !self
                     .accepting_workers()
                     .await
@@ -168,9 +184,9 @@ impl NginxProvider {
                     .any(|w| old_workers.contains(w))
             {
                 return Ok(Observed {
-                    primary_weight: s.primary,
-                    canary_weight: s.canary,
-                    mirror_percent: s.mirror,
+                    primary_weight: split.primary,
+                    canary_weight: split.canary,
+                    mirror_percent: split.mirror,
                 });
             }
             if tokio::time::Instant::now() >= deadline {
@@ -297,23 +313,155 @@ fn upstream(out: &mut String, backend: &Backend) {
     let _ = writeln!(out, "}}");
 }
 
-/// Renders the include for `route`, listening on `listen`, tagged with `version`.
-pub fn render(route: &Route, listen: &str, version: &str) -> String {
-    let id: String = route
-        .ingress
+/// Renders the include for `routes`, listening on `listen`, tagged with `version`.
+///
+/// One `server` per host name the routes name (`server_name`), and a first, default server for
+/// every other host, which also holds the status location. A server has one `location` per path
+/// prefix, taken by the most specific route that takes its host with that prefix.
+pub fn render(routes: &RouteSet, listen: &str, version: &str) -> String {
+    let ingress = routes.values().next().map_or("", |r| r.ingress.as_str());
+    let ingress_id: String = ingress
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    let var = |name: &str| format!("$aviary_{id}_{name}");
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# Generated by aviary-router-agent for ingress {}; do not edit. version {version}",
-        route.ingress
+        "# Generated by aviary-router-agent for ingress {ingress}; do not edit. version {version}"
     );
-    upstream(&mut out, &route.primary);
-    upstream(&mut out, &route.canary);
+    let mut upstreams = std::collections::BTreeSet::new();
+    for route in routes.values() {
+        for backend in [&route.primary, &route.canary] {
+            if upstreams.insert(backend.cluster.clone()) {
+                upstream(&mut out, backend);
+            }
+        }
+    }
+    let mut rendered: Vec<(&Route, RouteVars)> = Vec::new();
+    for (n, route) in routes.values().enumerate() {
+        let vars = route_maps(&mut out, route, &format!("{ingress_id}_r{n}"));
+        rendered.push((route, vars));
+    }
 
+    let status_routes: Vec<String> = routes
+        .values()
+        .map(|r| {
+            format!(
+                "\"{}\":{{\"primary\":{},\"canary\":{},\"mirror\":{}}}",
+                r.key(),
+                r.primary_weight,
+                r.canary_weight,
+                r.mirror_percent
+            )
+        })
+        .collect();
+    let status = format!(
+        "{{\"version\":\"{version}\",\"routes\":{{{}}}}}",
+        status_routes.join(",")
+    );
+    // The default server comes first: it answers every host no other server names.
+    let _ = writeln!(out, "server {{\n    listen {listen};");
+    let _ = writeln!(
+        out,
+        "    location = {STATUS_PATH} {{\n        allow 127.0.0.1;\n        allow ::1;\n        deny all;\n        default_type application/json;\n        return 200 '{status}';\n    }}"
+    );
+    let catch_all = locations(&mut out, &rendered, None);
+    if !catch_all {
+        let _ = writeln!(out, "    location / {{\n        return 404;\n    }}");
+    }
+    let _ = writeln!(out, "}}");
+    let named: std::collections::BTreeSet<&str> = routes
+        .values()
+        .flat_map(|r| r.selector.hosts.iter().map(String::as_str))
+        .collect();
+    for host in named {
+        let _ = writeln!(
+            out,
+            "server {{\n    listen {listen};\n    server_name {host};"
+        );
+        if !locations(&mut out, &rendered, Some(host)) {
+            let _ = writeln!(out, "    location / {{\n        return 404;\n    }}");
+        }
+        let _ = writeln!(out, "}}");
+    }
+    out
+}
+
+/// The variables one route's maps define.
+struct RouteVars {
+    upstream: String,
+    cookie_header: Option<String>,
+    mirror: Option<String>,
+}
+
+/// How a route takes `host` (`None`: the default server): 0 names it, 1 by a wildcard, 2 takes
+/// any host; `None` when it does not take it.
+fn host_rank(route: &Route, host: Option<&str>) -> Option<u8> {
+    let hosts = &route.selector.hosts;
+    match host {
+        _ if hosts.is_empty() => Some(2),
+        None => None,
+        Some(host) if hosts.iter().any(|h| h == host) => Some(0),
+        Some(host) if !host.starts_with("*.") => hosts
+            .iter()
+            .filter_map(|h| h.strip_prefix('*'))
+            .any(|suffix| host.ends_with(suffix))
+            .then_some(1),
+        Some(_) => None,
+    }
+}
+
+/// Writes the locations of the server for `host`: per path prefix, the most specific route
+/// taking the host. Whether any location was written for `/`.
+fn locations(out: &mut String, rendered: &[(&Route, RouteVars)], host: Option<&str>) -> bool {
+    let mut by_prefix: std::collections::BTreeMap<&str, (u8, &Route, &RouteVars)> =
+        std::collections::BTreeMap::new();
+    for (route, vars) in rendered {
+        let Some(rank) = host_rank(route, host) else {
+            continue;
+        };
+        let prefix = route.selector.path_prefix.as_str();
+        let better = by_prefix
+            .get(prefix)
+            .is_none_or(|(r, held, _)| (rank, route.key()) < (*r, held.key()));
+        if better {
+            by_prefix.insert(prefix, (rank, route, vars));
+        }
+    }
+    for (prefix, (_, route, vars)) in &by_prefix {
+        let _ = writeln!(out, "    location {prefix} {{");
+        let _ = writeln!(out, "        proxy_pass http://{};", vars.upstream);
+        let _ = writeln!(out, "        proxy_http_version 1.1;");
+        let _ = writeln!(out, "        proxy_set_header Connection \"\";");
+        if let Some(cookie) = &vars.cookie_header {
+            let _ = writeln!(out, "        add_header Set-Cookie {cookie};");
+        }
+        if vars.mirror.is_some() {
+            let _ = writeln!(out, "        mirror {};", mirror_location(route));
+            let _ = writeln!(out, "        mirror_request_body on;");
+        }
+        let _ = writeln!(out, "    }}");
+        if let Some(mirror) = &vars.mirror {
+            let _ = writeln!(
+                out,
+                "    location = {} {{\n        internal;\n        if ({mirror} = 0) {{\n            return 204;\n        }}\n        proxy_pass http://{}$request_uri;\n    }}",
+                mirror_location(route),
+                route.canary.cluster
+            );
+        }
+    }
+    by_prefix.contains_key("/")
+}
+
+/// The internal location mirroring one route's requests.
+fn mirror_location(route: &Route) -> String {
+    format!("/__aviary/mirror/{}/{}", route.namespace, route.rollout)
+}
+
+/// Writes the `split_clients` and `map`s deciding one route's upstream, with variables named
+/// `$aviary_<id>_…`.
+fn route_maps(out: &mut String, route: &Route, id: &str) -> RouteVars {
+    let var = |name: &str| format!("$aviary_{id}_{name}");
     let _ = writeln!(out, "split_clients \"${{request_id}}\" {} {{", var("split"));
     match route.canary_weight {
         0 => {}
@@ -420,44 +568,18 @@ pub fn render(route: &Route, listen: &str, version: &str) -> String {
         Some(a) => Some(quote(&a.set_cookie())),
         None => None,
     };
-    if route.mirror_percent > 0 {
+    let mirror = (route.mirror_percent > 0).then(|| {
         let _ = writeln!(
             out,
             "split_clients \"${{request_id}}mirror\" {} {{\n    {}% 1;\n    * 0;\n}}",
             var("mirror"),
             route.mirror_percent
         );
+        var("mirror")
+    });
+    RouteVars {
+        upstream: var("upstream"),
+        cookie_header,
+        mirror,
     }
-
-    let status = format!(
-        "{{\"version\":\"{version}\",\"primary\":{},\"canary\":{},\"mirror\":{}}}",
-        route.primary_weight, route.canary_weight, route.mirror_percent
-    );
-    let _ = writeln!(out, "server {{\n    listen {listen};");
-    let _ = writeln!(
-        out,
-        "    location = {STATUS_PATH} {{\n        allow 127.0.0.1;\n        allow ::1;\n        deny all;\n        default_type application/json;\n        return 200 '{status}';\n    }}"
-    );
-    let _ = writeln!(out, "    location / {{");
-    let _ = writeln!(out, "        proxy_pass http://{};", var("upstream"));
-    let _ = writeln!(out, "        proxy_http_version 1.1;");
-    let _ = writeln!(out, "        proxy_set_header Connection \"\";");
-    if let Some(cookie) = &cookie_header {
-        let _ = writeln!(out, "        add_header Set-Cookie {cookie};");
-    }
-    if route.mirror_percent > 0 {
-        let _ = writeln!(out, "        mirror /__aviary/mirror;");
-        let _ = writeln!(out, "        mirror_request_body on;");
-    }
-    let _ = writeln!(out, "    }}");
-    if route.mirror_percent > 0 {
-        let _ = writeln!(
-            out,
-            "    location = /__aviary/mirror {{\n        internal;\n        if ({} = 0) {{\n            return 204;\n        }}\n        proxy_pass http://{}$request_uri;\n    }}",
-            var("mirror"),
-            route.canary.cluster
-        );
-    }
-    let _ = writeln!(out, "}}");
-    out
 }

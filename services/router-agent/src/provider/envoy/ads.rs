@@ -24,13 +24,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::resources::{cluster_type_url, route_type_url};
-use crate::model::Route;
+use crate::model::RouteSet;
 
 /// Everything one ingress's Envoys should hold, with a version per type.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// The route the resources were built from (`None`: no route yet).
-    pub route: Option<Route>,
+    /// The routes the resources were built from (empty: no route yet).
+    pub routes_served: RouteSet,
     /// CDS resources.
     pub clusters: Vec<Any>,
     /// Version of `clusters` (a content hash, so a restarted agent recognises Envoy's).

@@ -4,6 +4,10 @@
 //! `deploy/envoy/bootstrap.yaml`); the listener's HTTP connection manager takes its routes over
 //! RDS by the name `route_config_name`.
 //!
+//! Every rollout routing the ingress is served at once: one virtual host per host name the
+//! routes name (and `*`), each with the routes that take it, most specific first
+//! ([`resources::route_configuration`]).
+//!
 //! apply: snapshot with old ∪ new clusters and the new routes → wait for every connected Envoy
 //! to ACK both versions (CDS first, RDS once CDS is held) → drop clusters no longer used → ACK.
 //! A NACK fails the apply with Envoy's message and restores the previous snapshot.
@@ -33,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use self::ads::{AdsService, Snapshot, XdsState};
 use self::slices::{EndpointSliceSettings, EndpointSlices};
 use super::{ApplyError, Capabilities};
-use crate::model::{Observed, Route};
+use crate::model::{Observed, Route, RouteSet};
 
 /// Envoy expresses everything Aviary asks for.
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -83,9 +87,11 @@ impl EnvoyProvider {
     ) -> Self {
         let route_config_name = route_config_name.into();
         let state = Arc::new(XdsState::new(connected));
-        state
-            .snapshot
-            .send_replace(Arc::new(build(&route_config_name, None, Vec::new())));
+        state.snapshot.send_replace(Arc::new(build(
+            &route_config_name,
+            &RouteSet::new(),
+            Vec::new(),
+        )));
         Self {
             route_config_name,
             state,
@@ -103,20 +109,23 @@ impl EnvoyProvider {
     }
 
     /// Sets what Envoys are served without waiting for them: used on start, before the server
-    /// accepts connections, so a reconnecting Envoy is handed the stored route and not an empty
-    /// configuration.
-    pub fn seed(&self, route: Option<&Route>) {
-        let clusters = route.map(|r| self.clusters(r)).unwrap_or_default();
-        self.state
-            .snapshot
-            .send_replace(Arc::new(build(&self.route_config_name, route, clusters)));
+    /// accepts connections, so a reconnecting Envoy is handed the stored routes and not an
+    /// empty configuration.
+    pub fn seed(&self, routes: &RouteSet) {
+        let clusters = self.clusters(routes);
+        self.state.snapshot.send_replace(Arc::new(build(
+            &self.route_config_name,
+            routes,
+            clusters,
+        )));
     }
 
-    /// The clusters of `route`'s two backends, with endpoints from the EndpointSlices when
+    /// The clusters of every route's two backends, with endpoints from the EndpointSlices when
     /// they are followed.
-    fn clusters(&self, route: &Route) -> Vec<Cluster> {
-        [&route.primary, &route.canary]
-            .into_iter()
+    fn clusters(&self, routes: &RouteSet) -> Vec<Cluster> {
+        routes
+            .values()
+            .flat_map(|route| [&route.primary, &route.canary])
             .map(|backend| match &self.slices {
                 Some(slices) => resources::cluster(&slices.resolve(backend)),
                 None => resources::cluster(backend),
@@ -161,12 +170,13 @@ impl EnvoyProvider {
     async fn push_clusters(&self) {
         let _guard = self.apply_lock.lock().await;
         let current = self.state.snapshot.borrow().clone();
-        let Some(route) = current.route.as_ref() else {
+        let routes = &current.routes_served;
+        if routes.is_empty() {
             return;
-        };
-        let next = build(&self.route_config_name, Some(route), self.clusters(route));
+        }
+        let next = build(&self.route_config_name, routes, self.clusters(routes));
         if next.cds_version != current.cds_version {
-            tracing::info!(ingress = %route.ingress, cds_version = %next.cds_version,
+            tracing::info!(ingress = %self.route_config_name, cds_version = %next.cds_version,
                 "endpoints changed; pushing clusters");
             self.state.snapshot.send_replace(Arc::new(next));
         }
@@ -210,10 +220,15 @@ impl EnvoyProvider {
             && self.connected_proxies() > 0
     }
 
-    /// Whether every connected Envoy holds the snapshot built from `route`.
+    /// [`EnvoyProvider::in_sync_routes`] with `route` as the ingress's only route.
     pub fn in_sync(&self, route: &Route) -> bool {
+        self.in_sync_routes(&crate::model::alone(route))
+    }
+
+    /// Whether every connected Envoy holds the snapshot built from `routes`.
+    pub fn in_sync_routes(&self, routes: &RouteSet) -> bool {
         let snapshot = self.state.snapshot.borrow().clone();
-        if snapshot.route.as_ref() != Some(route) {
+        if &snapshot.routes_served != routes {
             return false;
         }
         let proxies = self.state.proxies();
@@ -223,28 +238,36 @@ impl EnvoyProvider {
         })
     }
 
-    /// Pushes `route` to every connected Envoy and waits for their ACKs.
+    /// [`EnvoyProvider::apply_routes`] with `route` as the ingress's only route.
+    ///
+    /// Errors: as [`EnvoyProvider::apply_routes`].
+    pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
+        self.apply_routes(&crate::model::alone(route), route).await
+    }
+
+    /// Pushes `routes` to every connected Envoy, waits for their ACKs, and returns the split
+    /// served for `route` (one of them).
     ///
     /// Errors: [`ApplyError::Rejected`] with Envoy's message on a NACK;
     /// [`ApplyError::Unconfirmed`] when no Envoy is connected or not all ACK in time.
-    pub async fn apply(&self, route: &Route) -> Result<Observed, ApplyError> {
+    pub async fn apply_routes(
+        &self,
+        routes: &RouteSet,
+        route: &Route,
+    ) -> Result<Observed, ApplyError> {
         let _guard = self.apply_lock.lock().await;
         let previous = self.state.snapshot.borrow().clone();
         let deadline = tokio::time::Instant::now() + self.apply_timeout;
         // Phase 1: keep the clusters the old routes use until Envoy holds the new routes.
-        let mut transitional_clusters: Vec<Cluster> = previous
-            .route
-            .as_ref()
-            .map(|r| self.clusters(r))
-            .unwrap_or_default();
-        let clusters = self.clusters(route);
+        let mut transitional_clusters = self.clusters(&previous.routes_served);
+        let clusters = self.clusters(routes);
         transitional_clusters.extend(clusters.iter().cloned());
         let transitional = Arc::new(build(
             &self.route_config_name,
-            Some(route),
+            routes,
             transitional_clusters,
         ));
-        let final_snapshot = Arc::new(build(&self.route_config_name, Some(route), clusters));
+        let final_snapshot = Arc::new(build(&self.route_config_name, routes, clusters));
         let phases = if transitional.cds_version == final_snapshot.cds_version {
             vec![final_snapshot]
         } else {
@@ -312,15 +335,15 @@ impl EnvoyProvider {
     }
 }
 
-/// The snapshot serving `route` with `clusters` (deduplicated by name, the last one winning).
-fn build(route_config_name: &str, route: Option<&Route>, clusters: Vec<Cluster>) -> Snapshot {
+/// The snapshot serving `routes` with `clusters` (deduplicated by name, the last one winning).
+fn build(route_config_name: &str, routes_served: &RouteSet, clusters: Vec<Cluster>) -> Snapshot {
     let clusters: BTreeMap<String, Cluster> =
         clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
     let clusters: Vec<_> = clusters.values().map(resources::to_any).collect();
-    let config = resources::route_configuration(route_config_name, route);
+    let config = resources::route_configuration(route_config_name, routes_served);
     let routes = vec![(config.name.clone(), resources::to_any(&config))];
     Snapshot {
-        route: route.cloned(),
+        routes_served: routes_served.clone(),
         cds_version: version(clusters.iter().map(|a| a.encode_to_vec())),
         clusters,
         rds_version: version(routes.iter().map(|(_, a)| a.encode_to_vec())),

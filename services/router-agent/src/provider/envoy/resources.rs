@@ -1,8 +1,12 @@
-//! Pure translation of a [`Route`] into Envoy xDS resources: one cluster per backend (CDS) and
-//! one `RouteConfiguration` for the ingress (RDS).
+//! Pure translation of the routes of an ingress ([`RouteSet`]) into Envoy xDS resources: one
+//! cluster per backend (CDS) and one `RouteConfiguration` for the ingress (RDS).
 //!
-//! Route order in the virtual host: affinity pin → A/B matches → weighted default. The first
-//! route that matches wins, so a pinned or matched request always reaches the canary.
+//! Virtual hosts: one per host name a route names, and `*` for the routes that take any host.
+//! A host's virtual host holds the routes that take it: those naming it, those naming a
+//! wildcard (`*.example.com`) that covers it, then the catch-alls, a longer path prefix before a
+//! shorter one (Envoy picks the virtual host by the most specific domain, then the first route
+//! that matches). Within one rollout: affinity pin → A/B matches → weighted default, so a
+//! pinned or matched request always reaches the canary.
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
@@ -21,7 +25,7 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use prost::{Message, Name};
 
-use crate::model::{Backend, Condition, ConditionKind, Route, StringMatch};
+use crate::model::{Backend, Condition, ConditionKind, Route, RouteSet, StringMatch};
 
 /// How long Envoy waits for a TCP connection to a backend; backends are local or in-cluster.
 const CONNECT_TIMEOUT_SECONDS: i64 = 2;
@@ -85,14 +89,85 @@ pub fn cluster(backend: &Backend) -> Cluster {
     }
 }
 
-/// The route configuration `name` serving `route` (an empty one, answering 404, without a route).
-pub fn route_configuration(name: &str, route: Option<&Route>) -> RouteConfiguration {
-    let Some(route) = route else {
-        return RouteConfiguration {
-            name: name.to_owned(),
-            ..Default::default()
-        };
-    };
+/// The route configuration `name` serving `routes` (an empty one, answering 404, without any).
+pub fn route_configuration(name: &str, routes: &RouteSet) -> RouteConfiguration {
+    let named: std::collections::BTreeSet<&str> = routes
+        .values()
+        .flat_map(|r| r.selector.hosts.iter().map(String::as_str))
+        .collect();
+    let mut virtual_hosts: Vec<VirtualHost> = named
+        .into_iter()
+        .map(|host| {
+            // A Host header may carry a port; a wildcard domain cannot take a second wildcard.
+            let mut domains = vec![host.to_owned()];
+            if !host.starts_with("*.") {
+                domains.push(format!("{host}:*"));
+            }
+            virtual_host(host, domains, routes, Some(host))
+        })
+        .collect();
+    if routes.values().any(|r| r.selector.any_host()) {
+        virtual_hosts.push(virtual_host("*", vec!["*".into()], routes, None));
+    }
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// How a route takes `host` (`None`: the catch-all virtual host): 0 names it, 1 by a wildcard,
+/// 2 takes any host; `None` when it does not take it.
+fn host_rank(route: &Route, host: Option<&str>) -> Option<u8> {
+    let hosts = &route.selector.hosts;
+    match host {
+        _ if hosts.is_empty() => Some(2),
+        None => None,
+        Some(host) if hosts.iter().any(|h| h == host) => Some(0),
+        Some(host) if !host.starts_with("*.") => hosts
+            .iter()
+            .filter_map(|h| h.strip_prefix('*'))
+            .any(|suffix| host.ends_with(suffix))
+            .then_some(1),
+        Some(_) => None,
+    }
+}
+
+/// The virtual host `name` for `host`, with every route that takes it, most specific first.
+fn virtual_host(
+    name: &str,
+    domains: Vec<String>,
+    routes: &RouteSet,
+    host: Option<&str>,
+) -> VirtualHost {
+    let mut taking: Vec<(u8, &Route)> = routes
+        .values()
+        .filter_map(|r| host_rank(r, host).map(|rank| (rank, r)))
+        .collect();
+    taking.sort_by(|(ra, a), (rb, b)| {
+        b.selector
+            .path_prefix
+            .len()
+            .cmp(&a.selector.path_prefix.len())
+            .then(ra.cmp(rb))
+            .then(a.key().cmp(&b.key()))
+    });
+    VirtualHost {
+        name: name.to_owned(),
+        domains,
+        routes: taking
+            .into_iter()
+            .flat_map(|(_, r)| rollout_routes(r))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The Envoy routes of one rollout: affinity pin, A/B matches, then the weighted split, all
+/// under its path prefix.
+fn rollout_routes(route: &Route) -> Vec<EnvoyRoute> {
+    let prefix = route.selector.path_prefix.as_str();
+    let id = route.key();
     let mut routes = Vec::new();
     let expire_cookie: Vec<HeaderValueOption> = match &route.affinity {
         Some(a) if a.expired => vec![set_cookie(a.set_cookie())],
@@ -100,19 +175,25 @@ pub fn route_configuration(name: &str, route: Option<&Route>) -> RouteConfigurat
     };
     if let Some(a) = route.affinity.as_ref().filter(|a| !a.expired) {
         routes.push(EnvoyRoute {
-            name: "affinity".into(),
-            r#match: Some(prefix_match(vec![cookie_matcher(
-                &a.cookie_name,
-                &regex::escape(&a.cookie_value),
-            )])),
+            name: format!("{id}/affinity"),
+            r#match: Some(prefix_match(
+                prefix,
+                vec![cookie_matcher(
+                    &a.cookie_name,
+                    &regex::escape(&a.cookie_value),
+                )],
+            )),
             action: Some(to_cluster(&route.canary.cluster)),
             ..Default::default()
         });
     }
     for (i, rule) in route.matches.iter().enumerate() {
         routes.push(EnvoyRoute {
-            name: format!("match-{i}"),
-            r#match: Some(prefix_match(rule.iter().map(condition_matcher).collect())),
+            name: format!("{id}/match-{i}"),
+            r#match: Some(prefix_match(
+                prefix,
+                rule.iter().map(condition_matcher).collect(),
+            )),
             action: Some(to_cluster(&route.canary.cluster)),
             response_headers_to_add: expire_cookie.clone(),
             ..Default::default()
@@ -158,8 +239,8 @@ pub fn route_configuration(name: &str, route: Option<&Route>) -> RouteConfigurat
         Vec::new()
     };
     routes.push(EnvoyRoute {
-        name: "split".into(),
-        r#match: Some(prefix_match(Vec::new())),
+        name: format!("{id}/split"),
+        r#match: Some(prefix_match(prefix, Vec::new())),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(
                 WeightedCluster {
@@ -173,16 +254,7 @@ pub fn route_configuration(name: &str, route: Option<&Route>) -> RouteConfigurat
         response_headers_to_add: expire_cookie,
         ..Default::default()
     });
-    RouteConfiguration {
-        name: name.to_owned(),
-        virtual_hosts: vec![VirtualHost {
-            name: route.ingress.clone(),
-            domains: vec!["*".into()],
-            routes,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    routes
 }
 
 /// Packs a resource into an `Any`.
@@ -193,9 +265,9 @@ pub fn to_any<M: Message + Name>(message: &M) -> Any {
     }
 }
 
-fn prefix_match(headers: Vec<HeaderMatcher>) -> RouteMatch {
+fn prefix_match(prefix: &str, headers: Vec<HeaderMatcher>) -> RouteMatch {
     RouteMatch {
-        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+        path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_owned())),
         headers,
         ..Default::default()
     }
@@ -295,6 +367,89 @@ mod tests {
         Route::try_from(&desired(canary)).unwrap()
     }
 
+    fn set(routes: &[Route]) -> RouteSet {
+        routes.iter().map(|r| (r.key(), r.clone())).collect()
+    }
+
+    fn one(route: &Route) -> RouteConfiguration {
+        route_configuration("edge", &set(std::slice::from_ref(route)))
+    }
+
+    fn named(name: &str, hosts: &[&str], prefix: &str) -> Route {
+        let mut d = desired(10);
+        d.rollout = Some(aviary_proto::RolloutRef::new("test", name));
+        d.primary.as_mut().unwrap().name = format!("{name}-v1");
+        d.canary.as_mut().unwrap().name = format!("{name}-v2");
+        d.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+        d.path_prefix = prefix.into();
+        Route::try_from(&d).unwrap()
+    }
+
+    fn route_names(vhost: &VirtualHost) -> Vec<&str> {
+        vhost.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn each_host_gets_its_rollouts_most_specific_first_then_the_catch_alls() {
+        let config = route_configuration(
+            "edge",
+            &set(&[
+                named("web", &[], "/"),
+                named("a", &["a.example"], "/"),
+                named("a-api", &["a.example"], "/api"),
+                named("sub", &["*.example"], "/"),
+            ]),
+        );
+        let hosts: Vec<(&str, Vec<&str>)> = config
+            .virtual_hosts
+            .iter()
+            .map(|v| {
+                (
+                    v.name.as_str(),
+                    v.domains.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("*.example", vec!["*.example"]),
+                ("a.example", vec!["a.example", "a.example:*"]),
+                ("*", vec!["*"]),
+            ]
+        );
+        assert_eq!(
+            route_names(&config.virtual_hosts[1]),
+            [
+                "test/a-api/split",
+                "test/a/split",
+                "test/sub/split",
+                "test/web/split"
+            ]
+        );
+        assert_eq!(
+            route_names(&config.virtual_hosts[0]),
+            ["test/sub/split", "test/web/split"]
+        );
+        assert_eq!(route_names(&config.virtual_hosts[2]), ["test/web/split"]);
+        let api = &config.virtual_hosts[1].routes[0];
+        assert_eq!(
+            api.r#match.as_ref().unwrap().path_specifier,
+            Some(route_match::PathSpecifier::Prefix("/api".into()))
+        );
+    }
+
+    #[test]
+    fn without_a_catch_all_an_unnamed_host_has_no_virtual_host() {
+        let config = route_configuration("edge", &set(&[named("a", &["a.example"], "/")]));
+        assert!(config.virtual_hosts.iter().all(|v| v.name != "*"));
+        assert!(
+            route_configuration("edge", &RouteSet::new())
+                .virtual_hosts
+                .is_empty()
+        );
+    }
+
     fn split(config: &RouteConfiguration) -> &RouteAction {
         let last = config.virtual_hosts[0].routes.last().unwrap();
         match last.action.as_ref().unwrap() {
@@ -305,7 +460,7 @@ mod tests {
 
     #[test]
     fn weights_leave_out_zero_entries() {
-        let config = route_configuration("edge", Some(&route(0)));
+        let config = one(&route(0));
         let Some(route_action::ClusterSpecifier::WeightedClusters(w)) =
             &split(&config).cluster_specifier
         else {
@@ -324,9 +479,9 @@ mod tests {
             max_age_seconds: 60,
             expired: false,
         });
-        let config = route_configuration("edge", Some(&r));
+        let config = one(&r);
         let routes = &config.virtual_hosts[0].routes;
-        assert_eq!(routes[0].name, "affinity");
+        assert_eq!(routes[0].name, "test/podinfo/affinity");
         let Some(route_action::ClusterSpecifier::WeightedClusters(w)) =
             &split(&config).cluster_specifier
         else {
@@ -342,7 +497,7 @@ mod tests {
             "aviary-cookie=abc; Max-Age=60; Path=/"
         );
         r.affinity.as_mut().unwrap().expired = true;
-        let config = route_configuration("edge", Some(&r));
+        let config = one(&r);
         assert_eq!(config.virtual_hosts[0].routes.len(), 1);
         assert!(
             config.virtual_hosts[0].routes[0].response_headers_to_add[0]
