@@ -30,6 +30,9 @@ pub enum EventKind {
     GateOpened,
     /// An analysis result, with every metric's value.
     Verdict,
+    /// A failed check (a metric or `rollout`/`pre-rollout` hook out of bounds) that counts
+    /// toward `threshold`; `reason` says how many of how many, `metrics` which failed.
+    CheckFailed,
     /// The canary is being promoted.
     Promoting,
     /// The rollout finished with the canary promoted.
@@ -42,8 +45,12 @@ pub enum EventKind {
     Command,
     /// An unauthenticated or unauthorised call was refused.
     Refused,
-    /// A finished rollout was deleted through the control API (traffic stays as it was left).
+    /// A rollout was deleted through the control API: a finished one, or any with `force`
+    /// (traffic stays as it was left).
     Deleted,
+    /// A `post-rollout` hook, or a `rollback` hook called at a rollback, did not answer 2xx;
+    /// `reason` names the hook and what it answered.
+    HookFailed,
 }
 
 impl EventKind {
@@ -151,6 +158,11 @@ pub struct EventData {
     /// The rollout's `event` webhooks: each is posted every event of the rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_webhooks: Vec<EventHook>,
+    /// The event goes on with something an earlier event of the same type reported and that is
+    /// still in force (the same halt or closed gate, at a later interval; a promotion reaching
+    /// its finalising step): recorded for the audit trail, posted to chat only once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
 }
 
 /// A CloudEvents 1.0 event in structured JSON mode.

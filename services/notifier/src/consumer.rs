@@ -6,7 +6,7 @@
 //! Flagger calls them for every event.
 //!
 //! ```text
-//! AVIARY_EVENTS ─► decode ─► classify ─► route ─► Job per provider ─► … ─► all settled ─► ack
+//! AVIARY_EVENTS ─► decode ─► posted? ─► route ─► Job per provider ─► … ─► all settled ─► ack
 //!                    │ bad: log + count + ack      │ + post per event webhook ─┘
 //!                    │                             │ neither: ack
 //! ```
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{self, HookEvent, Job, Outcome, Shared};
 use crate::metrics::Metrics;
-use crate::notification::{Notification, classify};
+use crate::notification::{Notification, posted};
 use crate::settings::{EventWebhooks, Settings};
 
 /// What the loop needs besides the consumer.
@@ -149,13 +149,12 @@ async fn dispatch(
         return None;
     };
     let d = &event.data;
-    let targets = classify(kind, &d.reason, p.settings.notify_step_advanced)
+    let targets = posted(kind, d, p.settings.notify_step_advanced)
         .map(|severity| {
             let rollout = format!("{}/{}", d.namespace, d.name);
             (
                 severity,
-                p.settings
-                    .targets_with_alerts(&rollout, severity, &d.alerts),
+                p.settings.targets_for(kind, &rollout, severity, &d.alerts),
             )
         })
         .filter(|(_, targets)| !targets.is_empty());

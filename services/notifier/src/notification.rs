@@ -67,9 +67,12 @@ impl Severity {
 /// Whether an event of `kind` is posted, and at which severity. `None`: not posted.
 ///
 /// Started, gate waiting, promoting, succeeded, commands and deletions are `info` (an abort is
-/// `warn`); halted is `warn`; rolled back and deadline exceeded are `error`. Step advances are
-/// posted only when `step_advanced` is set; created, gate opened, verdict and refused never are
-/// (verdicts are summed up in the rollback that follows them).
+/// `warn`); halted, a failed check and a failed hook are `warn`; rolled back and deadline
+/// exceeded are `error`. Step advances are posted only when `step_advanced` is set; created,
+/// gate opened, verdict and refused never are (verdicts are summed up in the rollback that
+/// follows them). Failed checks go only to providers that ask for them
+/// ([`crate::settings::Provider::notify_failed_checks`]), and an event marked `repeated` (a
+/// halt still in force, a promotion's finalising step) is not posted again: see [`posted`].
 pub fn classify(kind: EventKind, reason: &str, step_advanced: bool) -> Option<Severity> {
     match kind {
         EventKind::Started
@@ -79,7 +82,7 @@ pub fn classify(kind: EventKind, reason: &str, step_advanced: bool) -> Option<Se
         EventKind::Command if reason.to_ascii_lowercase().contains("abort") => Some(Severity::Warn),
         EventKind::Command | EventKind::Deleted => Some(Severity::Info),
         EventKind::StepAdvanced if step_advanced => Some(Severity::Info),
-        EventKind::Halted => Some(Severity::Warn),
+        EventKind::Halted | EventKind::CheckFailed | EventKind::HookFailed => Some(Severity::Warn),
         EventKind::RolledBack | EventKind::DeadlineExceeded => Some(Severity::Error),
         EventKind::StepAdvanced
         | EventKind::Created
@@ -87,6 +90,19 @@ pub fn classify(kind: EventKind, reason: &str, step_advanced: bool) -> Option<Se
         | EventKind::Verdict
         | EventKind::Refused => None,
     }
+}
+
+/// Whether an event of `kind` with `data` is posted to chat providers, and at which severity:
+/// [`classify`], except that an event repeating one already posted (`data.repeated`) is not.
+pub fn posted(
+    kind: EventKind,
+    data: &aviary_proto::events::EventData,
+    step_advanced: bool,
+) -> Option<Severity> {
+    if data.repeated {
+        return None;
+    }
+    classify(kind, &data.reason, step_advanced)
 }
 
 /// A message about one event, before it is shaped for a provider.
@@ -149,6 +165,8 @@ fn verb(kind: EventKind) -> &'static str {
         EventKind::GateWaiting => "is waiting at a gate",
         EventKind::GateOpened => "passed a gate",
         EventKind::Verdict => "was analysed",
+        EventKind::CheckFailed => "failed a check",
+        EventKind::HookFailed => "had a hook fail",
         EventKind::Promoting => "is being promoted",
         EventKind::Succeeded => "was promoted",
         EventKind::RolledBack => "was rolled back",
@@ -215,6 +233,11 @@ impl Notification {
                 }
             }
             EventKind::Halted => format!("Halted: {}", or_unknown(&d.reason)),
+            EventKind::CheckFailed => match metric_values.iter().find(|m| m.outcome == "fail") {
+                Some(m) => format!("Check failed: {}", metric_line(m)),
+                None => format!("Check failed: {}", or_unknown(&d.reason)),
+            },
+            EventKind::HookFailed => format!("Hook failed: {}", or_unknown(&d.reason)),
             EventKind::DeadlineExceeded => format!(
                 "Halted longer than the progress deadline: {}",
                 or_unknown(&d.reason)
@@ -474,6 +497,8 @@ pub(crate) mod tests {
         assert_eq!(classify(StepAdvanced, "", false), None);
         assert_eq!(classify(StepAdvanced, "", true), Some(Severity::Info));
         assert_eq!(classify(Verdict, "", true), None);
+        assert_eq!(classify(CheckFailed, "", false), Some(Severity::Warn));
+        assert_eq!(classify(HookFailed, "", false), Some(Severity::Warn));
         assert_eq!(classify(Created, "", true), None);
     }
 

@@ -15,6 +15,7 @@
 //!     username: aviary
 //!     iconEmoji: ":bird:"
 //!     template: "{{rollout}} is {{phase}} on {{cluster}}"
+//!     notifyFailedChecks: true    # also each failed check below the threshold (opt-in)
 //!   - name: audit
 //!     type: webhook
 //!     urlEnv: AUDIT_URL
@@ -153,6 +154,8 @@ struct RawProvider {
     secret_env: Option<String>,
     signature_header: Option<String>,
     timeout: Option<String>,
+    #[serde(default)]
+    notify_failed_checks: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +253,9 @@ pub struct Provider {
     pub signature_header: String,
     /// Timeout of one HTTP attempt.
     pub timeout: Duration,
+    /// Also post each failed check (`check-failed`) below the threshold, not only the
+    /// rollback that the threshold brings (as Flagger's per-provider opt-in).
+    pub notify_failed_checks: bool,
 }
 
 /// One rollout's route to a provider.
@@ -402,6 +408,7 @@ impl Settings {
                 secret,
                 signature_header,
                 timeout,
+                notify_failed_checks: p.notify_failed_checks,
             });
         }
         let index = |field: String, name: &str| {
@@ -522,6 +529,26 @@ impl Settings {
     /// each provider at most once, in provider order.
     pub fn targets(&self, rollout: &str, severity: Severity) -> Vec<usize> {
         self.targets_with_alerts(rollout, severity, &[])
+    }
+
+    /// [`Settings::targets_with_alerts`] for an event of `kind`: a failed check goes only to the
+    /// providers that ask for failed checks (`notifyFailedChecks`).
+    pub fn targets_for(
+        &self,
+        kind: aviary_proto::events::EventKind,
+        rollout: &str,
+        severity: Severity,
+        alerts: &[aviary_proto::events::AlertRoute],
+    ) -> Vec<usize> {
+        let mut targets = self.targets_with_alerts(rollout, severity, alerts);
+        if kind == aviary_proto::events::EventKind::CheckFailed {
+            targets.retain(|&i| {
+                self.providers
+                    .get(i)
+                    .is_some_and(|p| p.notify_failed_checks)
+            });
+        }
+        targets
     }
 
     /// [`Settings::targets`] plus the rollout's own `alerts` carried in the event: each names a

@@ -320,6 +320,50 @@ fn internal(error: BusError) -> Status {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
+impl Api {
+    /// `Delete` and `ForceDelete`: removes the record by revision and audits it. Without
+    /// `force`, a rollout that still needs its driver (moving traffic, or waiting for a route
+    /// ack) is refused with `FailedPrecondition`.
+    async fn delete_rollout(
+        &self,
+        request: Request<pb::CommandRequest>,
+        force: bool,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let method = if force { "ForceDelete" } else { "Delete" };
+        let reference = request.get_ref().r#ref.clone();
+        let caller = self
+            .authorize_for(&request, method, Role::Operator, reference.as_ref())
+            .await?;
+        let entry = self.load(reference.as_ref()).await?;
+        let record = &entry.value;
+        if record.needs_driver() && !force {
+            return Err(Status::failed_precondition(format!(
+                "rollout is {} ({}): abort it or let it finish before deleting it, or delete \
+                 it with force",
+                record.status.phase,
+                convert::outstanding(&record.status.wait)
+            )));
+        }
+        // By revision: a rollout re-applied or commanded since it was read is not deleted.
+        self.records
+            .delete(&entry.key, Some(entry.revision))
+            .await
+            .map_err(|error| match error {
+                BusError::Conflict { .. } => {
+                    Status::aborted("the rollout changed while deleting it; try again")
+                }
+                error => internal(error),
+            })?;
+        info!(rollout = %entry.key, actor = %caller.identity, force, "rollout deleted");
+        let reason = &request.get_ref().reason;
+        let event = convert::deleted_event(record, &caller.identity, reason, force, now_ms());
+        if let Err(error) = self.effects.publish_event(&event).await {
+            warn!(%error, rollout = %entry.key, "deletion not audited");
+        }
+        Ok(Response::new(convert::rollout(record, entry.revision)))
+    }
+}
+
 #[tonic::async_trait]
 impl RolloutService for Api {
     async fn apply(
@@ -560,35 +604,14 @@ impl RolloutService for Api {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let reference = request.get_ref().r#ref.clone();
-        let caller = self
-            .authorize_for(&request, "Delete", Role::Operator, reference.as_ref())
-            .await?;
-        let entry = self.load(reference.as_ref()).await?;
-        let record = &entry.value;
-        if record.needs_driver() {
-            return Err(Status::failed_precondition(format!(
-                "rollout is {}: abort it or let it finish before deleting it",
-                record.status.phase
-            )));
-        }
-        // By revision: a rollout re-applied or commanded since it was read is not deleted.
-        self.records
-            .delete(&entry.key, Some(entry.revision))
-            .await
-            .map_err(|error| match error {
-                BusError::Conflict { .. } => {
-                    Status::aborted("the rollout changed while deleting it; try again")
-                }
-                error => internal(error),
-            })?;
-        info!(rollout = %entry.key, actor = %caller.identity, "rollout deleted");
-        let reason = &request.get_ref().reason;
-        let event = convert::deleted_event(record, &caller.identity, reason, now_ms());
-        if let Err(error) = self.effects.publish_event(&event).await {
-            warn!(%error, rollout = %entry.key, "deletion not audited");
-        }
-        Ok(Response::new(convert::rollout(record, entry.revision)))
+        self.delete_rollout(request, false).await
+    }
+
+    async fn force_delete(
+        &self,
+        request: Request<pb::CommandRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        self.delete_rollout(request, true).await
     }
 
     async fn set_weight(

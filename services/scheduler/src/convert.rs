@@ -425,6 +425,26 @@ pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
     }
 }
 
+/// The hooks of a [`machine::Action::RunHooks`] call that were not delivered: each that did not
+/// answer 2xx (`<name>: HTTP <status>`, or why it could not be reached), and the analyzer's own
+/// refusal. Empty when every hook answered 2xx.
+pub fn failed_hooks(v: &pb::Verdict) -> Vec<String> {
+    let mut failed: Vec<String> = v
+        .webhooks
+        .iter()
+        .filter(|w| !(200..300).contains(&w.status_code))
+        .map(|w| match (w.status_code, w.reason.is_empty()) {
+            (0, false) => format!("{}: {}", w.name, w.reason),
+            (0, true) => format!("{}: not reached", w.name),
+            (status, _) => format!("{}: HTTP {status}", w.name),
+        })
+        .collect();
+    if !v.error.is_empty() {
+        failed.push(v.error.clone());
+    }
+    failed
+}
+
 /// The verdict's outcome folded as the analyzer does (any fail, else any error, else any
 /// inconclusive, else pass) over its metrics and the webhooks that take part in the verdict,
 /// leaving out `rollback` hooks (and the informational `post-rollout` and `event`).
@@ -467,7 +487,9 @@ pub fn audit_event(
         CoreKind::Waiting | CoreKind::WaitingPromotion => EventKind::GateWaiting,
         CoreKind::GateOpened | CoreKind::Approved => EventKind::GateOpened,
         CoreKind::GateClosed | CoreKind::Halted => EventKind::Halted,
-        CoreKind::AnalysisPassed | CoreKind::CheckFailed => EventKind::Verdict,
+        CoreKind::AnalysisPassed => EventKind::Verdict,
+        CoreKind::CheckFailed => EventKind::CheckFailed,
+        CoreKind::HookFailed => EventKind::HookFailed,
         CoreKind::Paused
         | CoreKind::Resumed
         | CoreKind::WeightSet
@@ -490,7 +512,10 @@ pub fn audit_event(
         .filter(|_| {
             matches!(
                 kind,
-                EventKind::Verdict | EventKind::RolledBack | EventKind::Halted
+                EventKind::Verdict
+                    | EventKind::CheckFailed
+                    | EventKind::RolledBack
+                    | EventKind::Halted
             )
         })
         .map(|v| verdict_metrics(spec, v))
@@ -516,24 +541,59 @@ pub fn audit_event(
         reason,
         metrics,
         actor: actor.to_owned(),
+        // Finalising goes on with the promotion its `promoting` event announced.
+        repeated: event.details.contains_key(machine::REPEATED)
+            || event.kind == CoreKind::Finalising,
         ..event_data(record)
     };
     let id = format!("{}/{}/{}", record.namespace(), record.name(), sequence);
     AuditEvent::new(kind, id, rfc3339(at_ms), data)
 }
 
-/// The event recording that `actor` deleted the rollout of `record` (its next sequence number).
-pub fn deleted_event(record: &RolloutRecord, actor: &str, reason: &str, at_ms: u64) -> AuditEvent {
+/// What a rollout's driver is waiting for, in words (for refusals and forced deletions).
+pub fn outstanding(wait: &machine::Wait) -> String {
+    use machine::Wait;
+    match wait {
+        Wait::Idle => "nothing outstanding".to_owned(),
+        Wait::Route { seq, .. } => format!("route {seq} not acknowledged by every ingress"),
+        Wait::Interval => "observing a step".to_owned(),
+        Wait::Verdict { seq, .. } => format!("waiting for verdict {seq}"),
+        Wait::Gate { gate, .. } => format!("at the {} gate", gate.as_str()),
+        Wait::Pause { .. } => "at a pause step".to_owned(),
+        Wait::Approval => "at an approval step".to_owned(),
+        Wait::Workload { op, .. } => format!("waiting for {}", op.as_str()),
+        Wait::Finalise { seq, .. } => format!("finalise {seq} not confirmed"),
+    }
+}
+
+/// The event recording that `actor` deleted the rollout of `record` (its next sequence number);
+/// a `forced` deletion says so, and what the rollout was still waiting for.
+pub fn deleted_event(
+    record: &RolloutRecord,
+    actor: &str,
+    reason: &str,
+    forced: bool,
+    at_ms: u64,
+) -> AuditEvent {
     let status = &record.status;
+    let what = if forced {
+        format!(
+            "deleted by force ({}, {})",
+            status.phase,
+            outstanding(&status.wait)
+        )
+    } else {
+        "deleted".to_owned()
+    };
     let data = EventData {
         step: u32::try_from(status.step).unwrap_or(u32::MAX),
         phase: status.phase.to_string(),
         canary_weight: u32::from(status.canary_weight),
         primary_weight: 100 - u32::from(status.canary_weight.min(100)),
         reason: if reason.is_empty() {
-            "deleted".to_owned()
+            what
         } else {
-            format!("deleted: {reason}")
+            format!("{what}: {reason}")
         },
         actor: actor.to_owned(),
         ..event_data(record)

@@ -70,6 +70,10 @@ struct Driver {
     machine: Machine,
     inputs: mpsc::Sender<Input>,
     published: HashSet<String>,
+    /// Post-rollout and rollback hooks being called; each yields the input reporting its
+    /// failure. The driver outlives a finished rollout until they are done, so a failure is
+    /// still reported (each call is bounded by the hooks' own timeouts).
+    hooks: tokio::task::JoinSet<Option<Input>>,
 }
 
 /// The fields of the held record a decision replaces, kept until the decision is stored.
@@ -146,7 +150,7 @@ async fn run(
     restamp.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let lost = driver.held.epoch.lost().clone();
     loop {
-        if !driver.entry.value.needs_driver() {
+        if !driver.entry.value.needs_driver() && driver.hooks.is_empty() {
             Box::pin(driver.settle_outbox()).await;
             Box::pin(driver.shared.leases.release(&driver.held)).await;
             info!(phase = %driver.entry.value.status.phase, "rollout settled; released");
@@ -167,6 +171,16 @@ async fn run(
                 return Exit::Shutdown;
             }
             Some(input) = input_rx.recv() => Box::pin(driver.handle(input, None)).await,
+            Some(called) = driver.hooks.join_next(), if !driver.hooks.is_empty() => {
+                match called {
+                    Ok(Some(failed)) => Box::pin(driver.handle(failed, None)).await,
+                    Ok(None) => Ok(()),
+                    Err(error) => {
+                        warn!(%error, "hook call task failed");
+                        Ok(())
+                    }
+                }
+            }
             Some(()) = wake.recv() => Box::pin(driver.reload()).await,
             Ok(()) = seen.changed() => {
                 let revision = *seen.borrow_and_update();
@@ -220,6 +234,7 @@ impl Driver {
             machine,
             inputs,
             published: HashSet::new(),
+            hooks: tokio::task::JoinSet::new(),
         })
     }
 
@@ -544,10 +559,17 @@ impl Driver {
                             }
                         } else {
                             match shared.effects.analyze(&request).await {
+                                // A rollback hook polled with the gate asked for rollback.
+                                Ok(v) if convert::verdict(seq, &v).rollback_requested => {
+                                    Input::RollbackRequested { seq }
+                                }
+                                // Open when the gate's own hooks passed (a rollback hook
+                                // polled with it, not asking, takes no part).
                                 Ok(v) => Input::GateResult {
                                     seq,
                                     gate,
-                                    open: v.outcome == aviary_proto::Outcome::Pass as i32,
+                                    open: convert::verdict(seq, &v).outcome
+                                        == aviary_core::machine::Outcome::Pass,
                                 },
                                 // No analyzer answered: a halt, not a closed gate.
                                 Err(error) => Input::GateUnanswered {
@@ -564,11 +586,19 @@ impl Driver {
                     let shared = self.shared.clone();
                     let seq = record.status.seq;
                     let request = convert::webhook_request(record, seq, &webhooks);
-                    tokio::spawn(async move {
-                        if let Err(error) = shared.effects.analyze(&request).await {
-                            warn!(hook = hook.as_str(), %error, "hooks failed");
+                    let call = async move {
+                        let failed = match shared.effects.analyze(&request).await {
+                            Ok(verdict) => convert::failed_hooks(&verdict),
+                            Err(error) => vec![format!("not called: {error}")],
+                        };
+                        if failed.is_empty() {
+                            return None;
                         }
-                    });
+                        let reason = failed.join("; ");
+                        warn!(hook = hook.as_str(), %reason, "hooks failed");
+                        Some(Input::HookFailed { hook, reason })
+                    };
+                    self.hooks.spawn(tracing::Instrument::in_current_span(call));
                 }
                 Action::Workload { seq, op } => {
                     let command = convert::workload_command(record, seq, op);
