@@ -45,8 +45,9 @@ pub enum Command {
     Retry(CommandArgs),
     /// Hold the canary at an exact weight until resumed.
     SetWeight(SetWeightArgs),
-    /// Remove a finished rollout (traffic stays as it left it); abort a running one first.
-    Delete(CommandArgs),
+    /// Remove a finished rollout (traffic stays as it left it); abort a running one first, or
+    /// `--force` (for one whose route no router agent acknowledges, e.g. its ingress has none).
+    Delete(DeleteArgs),
     /// Print audit events from the NATS events stream (`--follow` keeps printing).
     Events(EventsArgs),
     /// Open, close or check a rollout's gate on an `aviary-gate` service.
@@ -330,6 +331,19 @@ pub struct CommandArgs {
     /// Output format.
     #[command(flatten)]
     pub format: FormatArg,
+}
+
+/// `aviary delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Delete whatever the rollout's state: one still moving traffic, or one waiting for a
+    /// route acknowledgement that never comes (its ingress has no router agent). Audited as a
+    /// forced deletion; traffic stays as it is.
+    #[arg(long = "force")]
+    pub force: bool,
+    /// The rollout, reason, server and output format.
+    #[command(flatten)]
+    pub command: CommandArgs,
 }
 
 /// `aviary promote`.

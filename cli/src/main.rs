@@ -73,7 +73,7 @@ fn run_online(command: &Command, out: &mut dyn Write) -> anyhow::Result<ExitCode
             Command::Approve(a) => online::command(Verb::Approve, a, out).await,
             Command::Retry(a) => online::command(Verb::Retry, a, out).await,
             Command::SetWeight(a) => online::set_weight(a, out).await,
-            Command::Delete(a) => online::command(Verb::Delete, a, out).await,
+            Command::Delete(a) => online::delete(a, out).await,
             Command::Events(a) => online::events(a, out).await,
             Command::Gate(a) => gate::run(a, out).await,
         }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::args::{
-    ApplyArgs, CommandArgs, EventsArgs, Format, GetArgs, ListArgs, PromoteArgs, RefArg,
+    ApplyArgs, CommandArgs, DeleteArgs, EventsArgs, Format, GetArgs, ListArgs, PromoteArgs, RefArg,
     SetWeightArgs, WatchArgs,
 };
 use crate::client;
@@ -198,6 +198,18 @@ pub enum Verb {
     Retry,
     /// `Delete`.
     Delete,
+    /// `ForceDelete`.
+    ForceDelete,
+}
+
+/// `aviary delete [--force] NS/NAME`.
+pub async fn delete(args: &DeleteArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let verb = if args.force {
+        Verb::ForceDelete
+    } else {
+        Verb::Delete
+    };
+    command(verb, &args.command, out).await
 }
 
 /// `aviary pause|resume|abort|approve|retry|delete NS/NAME`.
@@ -218,9 +230,10 @@ pub async fn command(
         Verb::Approve => api.approve(request).await?,
         Verb::Retry => api.retry(request).await?,
         Verb::Delete => api.delete(request).await?,
+        Verb::ForceDelete => api.force_delete(request).await?,
     }
     .into_inner();
-    if matches!(verb, Verb::Delete) && args.format.output == Format::Table {
+    if matches!(verb, Verb::Delete | Verb::ForceDelete) && args.format.output == Format::Table {
         let status = rollout.status.clone().unwrap_or_default();
         writeln!(
             out,
