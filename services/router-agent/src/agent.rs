@@ -59,8 +59,10 @@ impl Ingress {
     }
 
     /// The routes of this ingress stored in KV (under `<ingress>.>`), validated. An invalid
-    /// one is logged and left out; of two that take the same host and path, the one in
-    /// `preferred` (what is served) is kept, else the first by rollout.
+    /// one is logged and left out; of two that take the same host and path (which Apply
+    /// refuses, so only a race between two Applies writes them), the one in `preferred` (what
+    /// is served) is kept, else the one stored longest unchanged (the lower KV revision: a
+    /// refused route is sent, and so written, again and again).
     ///
     /// Errors: the bus's.
     pub async fn desired(&self, preferred: &RouteSet) -> Result<RouteSet, BusError> {
@@ -72,16 +74,16 @@ impl Ingress {
                 continue;
             };
             match Route::try_from(&entry.value) {
-                Ok(route) => stored.push(route),
+                Ok(route) => stored.push((entry.revision, route)),
                 Err(error) => {
                     self.metrics.invalid(&self.name);
                     tracing::warn!(ingress = %self.name, %key, %error, "ignoring an invalid stored route");
                 }
             }
         }
-        stored.sort_by_key(|r| (!preferred.contains_key(&r.key()), r.key()));
+        stored.sort_by_key(|(revision, r)| (!preferred.contains_key(&r.key()), *revision));
         let mut routes = RouteSet::new();
-        for route in stored {
+        for (_, route) in stored {
             if let Some((holder, conflict)) = route.conflict(&routes) {
                 tracing::warn!(ingress = %self.name, rollout = %route.key(), holder = %holder.key(),
                     %conflict, "ignoring a stored route that takes what another rollout holds");

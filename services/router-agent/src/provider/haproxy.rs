@@ -262,3 +262,43 @@ fn rejected(detail: String) -> ApplyError {
         detail,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn settings() -> HaproxySettings {
+        serde_yaml::from_str(
+            "stats_socket: /run/haproxy/admin.sock
+backend: be_default
+routes:
+  - { hosts: [shop.example], backend: be_shop }
+  - { hosts: [shop.example], path_prefix: /api, backend: be_shop_api }
+",
+        )
+        .unwrap()
+    }
+
+    fn selector(hosts: &[&str], prefix: &str) -> RouteSelector {
+        RouteSelector {
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            path_prefix: prefix.into(),
+        }
+    }
+
+    #[test]
+    fn each_selection_drives_its_own_backend() {
+        let s = settings();
+        assert_eq!(s.backend_for(&RouteSelector::default()), Some("be_default"));
+        assert_eq!(
+            s.backend_for(&selector(&["shop.example"], "/")),
+            Some("be_shop")
+        );
+        assert_eq!(
+            s.backend_for(&selector(&["shop.example"], "/api")),
+            Some("be_shop_api")
+        );
+        assert_eq!(s.backend_for(&selector(&["blog.example"], "/")), None);
+    }
+}
