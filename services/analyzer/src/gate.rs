@@ -55,6 +55,10 @@ pub struct GateConfig {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    /// Replicas of the JetStream streams and buckets created at start.
+    #[command(flatten)]
+    pub jetstream: aviary_bus::JetStreamArgs,
+
     /// Address the gate endpoints listen on.
     #[arg(
         long,
@@ -318,7 +322,7 @@ pub async fn start_gate(
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
-    aviary_bus::setup::ensure_all(&js)
+    aviary_bus::setup::ensure_all_with(&js, &config.jetstream.options())
         .await
         .context("creating the streams and buckets")?;
     let bucket = Bucket::open(&js, names::BUCKET_GATES)
