@@ -235,7 +235,6 @@ pub struct ServiceSpec {
     pub port_name: Option<String>,
     /// Host names routed (Gateway API hostnames, Istio hosts); on an ingress served by a
     /// router agent, the hosts whose requests this rollout's split takes (none: every host).
-    /// See [`crate::route::RouteSelector`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     /// The path prefix whose requests this rollout's split takes on an ingress (default `/`).
