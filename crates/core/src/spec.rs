@@ -6,6 +6,7 @@
 //! ([`Rollout::validate`], [`RolloutSpec::validate`]) and reports every problem with its path.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -522,6 +523,41 @@ impl WebhookType {
     }
 }
 
+/// One webhook attempt's timeout when the hook gives none.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The wait before a webhook's first retry; it doubles up to [`MAX_WEBHOOK_BACKOFF`].
+pub const WEBHOOK_BACKOFF: Duration = Duration::from_millis(200);
+
+/// The longest wait between two attempts of a webhook.
+pub const MAX_WEBHOOK_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The longest one call of a webhook can take: every attempt's `timeout` (else
+/// [`DEFAULT_WEBHOOK_TIMEOUT`]) and the backoff between them. Whoever waits for a hook's
+/// answer (the scheduler, the analyzer) waits at least this long, so a hook's own `timeout` is
+/// honoured end to end.
+pub fn webhook_call_budget(timeout: Option<Duration>, retries: u32) -> Duration {
+    let attempt = timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
+    let mut total = attempt;
+    let mut delay = WEBHOOK_BACKOFF;
+    for _ in 0..retries.min(64) {
+        total = total.saturating_add(delay).saturating_add(attempt);
+        delay = (delay * 2).min(MAX_WEBHOOK_BACKOFF);
+    }
+    total
+}
+
+/// The longest of several webhook calls made at once, each given as its `timeout` (`None`:
+/// the default) and `retries`; `None` when there are none.
+pub fn longest_webhook_call(
+    calls: impl IntoIterator<Item = (Option<Duration>, u32)>,
+) -> Option<Duration> {
+    calls
+        .into_iter()
+        .map(|(timeout, retries)| webhook_call_budget(timeout, retries))
+        .max()
+}
+
 /// A gate or hook called over HTTP.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -543,6 +579,13 @@ pub struct Webhook {
     /// Passed through in the payload.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+impl Webhook {
+    /// The longest one call of this hook can take ([`webhook_call_budget`]).
+    pub fn call_budget(&self) -> Duration {
+        webhook_call_budget(self.timeout.map(Duration::from), self.retries.unwrap_or(0))
+    }
 }
 
 /// Alert severity.
@@ -1435,6 +1478,32 @@ impl Rollout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_call_lasts_every_attempt_and_the_backoff_between() {
+        assert_eq!(
+            super::webhook_call_budget(None, 0),
+            super::DEFAULT_WEBHOOK_TIMEOUT
+        );
+        assert_eq!(
+            super::webhook_call_budget(Some(std::time::Duration::from_secs(10)), 2),
+            std::time::Duration::from_millis(10_000 + 200 + 10_000 + 400 + 10_000)
+        );
+        // The backoff stops doubling at its cap.
+        let many = super::webhook_call_budget(Some(std::time::Duration::from_millis(1)), 10);
+        assert_eq!(
+            many,
+            std::time::Duration::from_millis(11 + 200 + 400 + 800 + 1600 + 3200 + 5 * 5000)
+        );
+        assert_eq!(
+            super::longest_webhook_call([
+                (Some(std::time::Duration::from_secs(1)), 0),
+                (Some(std::time::Duration::from_secs(600)), 0)
+            ]),
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(super::longest_webhook_call([]), None);
+    }
 
     #[test]
     fn test_builder_is_valid() {

@@ -45,7 +45,7 @@ use crate::webhook::{Hook, HookType, Payload, WebhookClient};
 
 /// Webhook timeout when the request gives none (Flagger's default is longer; a gate that takes
 /// more than this to answer is better reported than waited on).
-pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = aviary_core::spec::DEFAULT_WEBHOOK_TIMEOUT;
 
 /// Requests judging metrics at once, unless [`Analyzer::with_max_concurrent`] says.
 pub const DEFAULT_MAX_CONCURRENT: usize = 64;

@@ -547,6 +547,21 @@ async fn serve(
     Ok(())
 }
 
+/// How long `request` is worked on: the worker's budget, or its longest webhook call when that
+/// is longer (a hook's own `timeout` is honoured end to end; the scheduler waits as long).
+fn request_budget(budget: Duration, request: &AnalysisRequest) -> Duration {
+    let hooks = aviary_core::spec::longest_webhook_call(request.webhooks.iter().map(|w| {
+        (
+            (w.timeout_ms > 0).then(|| Duration::from_millis(w.timeout_ms)),
+            w.retries,
+        )
+    }));
+    hooks.map_or(budget, |longest| budget.max(longest + HOOK_BUDGET_MARGIN))
+}
+
+/// Added to a request's longest webhook call in its budget: its own metric queries.
+const HOOK_BUDGET_MARGIN: Duration = Duration::from_secs(2);
+
 /// Answers one request message: a verdict, or an error verdict when it does not decode.
 /// Gives up (without a reply) once the request has taken longer than the worker's budget.
 async fn handle(worker: &Worker, message: async_nats::Message) {
@@ -558,7 +573,8 @@ async fn handle(worker: &Worker, message: async_nats::Message) {
         let verdict = match AnalysisRequest::decode(message.payload.clone()) {
             Ok(request) => {
                 tracing::Span::current().record("key", request.idempotency_key.as_str());
-                match tokio::time::timeout(worker.budget, analyzer.analyze(&request)).await {
+                let budget = request_budget(worker.budget, &request);
+                match tokio::time::timeout(budget, analyzer.analyze(&request)).await {
                     Ok(verdict) => verdict,
                     Err(_) => {
                         tracing::warn!(budget_ms = worker.budget.as_millis(), "analysis took longer than its budget; the requester is gone, no verdict sent");

@@ -151,9 +151,9 @@ pub struct WebhookClient {
 }
 
 /// The first retry waits this long; each later one twice as long, up to [`MAX_BACKOFF`].
-pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(200);
+pub const DEFAULT_BACKOFF: Duration = aviary_core::spec::WEBHOOK_BACKOFF;
 /// Backoff cap: a hook that is down for longer is reported, not waited on.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = aviary_core::spec::MAX_WEBHOOK_BACKOFF;
 
 impl WebhookClient {
     /// A client that signs bodies with `secret` when one is given.

@@ -166,14 +166,23 @@ impl Effects {
     ///
     /// Errors: [`BusError::NoResponders`] when no analyzer runs, [`BusError::Timeout`] when none
     /// answered in time, [`BusError::Remote`] when the analyzer refused the request.
+    ///
+    /// The wait is `--analysis-timeout-ms`, or longer when the request calls webhooks: their
+    /// longest call (each hook's own `timeout`, retries included) and a margin, so a long
+    /// pre-rollout test is not cut short. Other rollouts do not wait meanwhile: each request
+    /// is its own task.
     pub async fn analyze(&self, request: &AnalysisRequest) -> Result<Verdict, BusError> {
-        typed::request(
-            &self.client,
-            names::ANALYSIS_REQUEST,
-            request,
-            self.analysis_timeout,
-        )
-        .await
+        let hooks = aviary_core::spec::longest_webhook_call(request.webhooks.iter().map(|w| {
+            (
+                (w.timeout_ms > 0).then(|| Duration::from_millis(w.timeout_ms)),
+                w.retries,
+            )
+        }));
+        let timeout = hooks.map_or(self.analysis_timeout, |longest| {
+            self.analysis_timeout
+                .max(longest + Duration::from_millis(aviary_core::machine::HOOK_ANSWER_MARGIN_MS))
+        });
+        typed::request(&self.client, names::ANALYSIS_REQUEST, request, timeout).await
     }
 
     /// Appends an audit event to the events stream (de-duplicated by its id).

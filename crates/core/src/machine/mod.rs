@@ -39,6 +39,10 @@ pub const ROUTE_ACK_TIMEOUT_MS: u64 = 30_000;
 /// Shortest wait for a verdict, gate answer or finalisation: one query round trip against a
 /// slow metrics backend (the wait is the analysis interval when that is longer).
 pub const MIN_ANSWER_TIMEOUT_MS: u64 = 30_000;
+
+/// Added to the longest webhook call when waiting for an answer that calls webhooks: the
+/// trip over the bus and the analyzer's own work.
+pub const HOOK_ANSWER_MARGIN_MS: u64 = 5_000;
 /// Wait before sending a route again after an ingress reported it could not apply it: long
 /// enough not to hammer a failing agent, short next to any progress deadline.
 pub const ROUTE_RETRY_MS: u64 = 5_000;
@@ -172,6 +176,18 @@ impl Machine {
 
     fn answer_timeout_ms(&self) -> u64 {
         self.interval_ms().max(MIN_ANSWER_TIMEOUT_MS)
+    }
+
+    /// How long an answer that calls `webhooks` is waited for: at least the longest call of
+    /// one of them (they run at once), plus [`HOOK_ANSWER_MARGIN_MS`], so a ten-minute
+    /// pre-rollout test gets its ten minutes before "no answer" halts.
+    fn answer_timeout_for(&self, webhooks: &[Webhook]) -> u64 {
+        let longest = webhooks
+            .iter()
+            .map(|w| u64::try_from(w.call_budget().as_millis()).unwrap_or(u64::MAX))
+            .max()
+            .map_or(0, |ms| ms.saturating_add(HOOK_ANSWER_MARGIN_MS));
+        self.answer_timeout_ms().max(longest)
     }
 
     fn deadline_ms(&self) -> u64 {
@@ -669,6 +685,7 @@ impl Cx<'_> {
         };
         let mut webhooks = self.m.webhooks(WebhookType::Rollout);
         webhooks.extend(self.m.webhooks(WebhookType::Rollback));
+        let answer_timeout = self.m.answer_timeout_for(&webhooks);
         let seq = self.next_seq();
         let window_start = self
             .st
@@ -688,7 +705,7 @@ impl Cx<'_> {
             metrics,
             webhooks,
         }));
-        self.schedule(self.now + self.m.answer_timeout_ms());
+        self.schedule(self.now + answer_timeout);
     }
 
     /// Observe the same route for another interval; the next window starts where the last
@@ -837,12 +854,13 @@ impl Cx<'_> {
         {
             webhooks.extend(self.m.webhooks(WebhookType::Rollback));
         }
+        let answer_timeout = self.m.answer_timeout_for(&webhooks);
         self.acts.push(Action::CheckGate {
             seq,
             gate,
             webhooks,
         });
-        self.schedule(self.now + self.m.answer_timeout_ms());
+        self.schedule(self.now + answer_timeout);
     }
 
     fn gate_result(&mut self, seq: u64, gate: WebhookType, open: bool) {

@@ -1776,6 +1776,63 @@ fn a_rollback_announces_the_split_it_asks_for() {
             _ => None,
         })
         .expect("a rolled-back event");
-    assert_eq!(event.details.get("canaryWeight").map(String::as_str), Some("0"));
+    assert_eq!(
+        event.details.get("canaryWeight").map(String::as_str),
+        Some("0")
+    );
     assert_eq!(event.step, 1, "where it failed");
+}
+
+#[test]
+fn a_long_hook_gets_its_own_timeout_before_no_answer_halts() {
+    // A ten-minute pre-rollout test: the gate's answer is waited for ten minutes and a margin,
+    // not the usual answer timeout.
+    let mut spec = canary(50, 10, 2).webhook("load-test", WebhookType::PreRollout);
+    spec.analysis.webhooks[0].timeout = Some(HumanDuration::from_secs(600));
+    let mut sim = Sim::new(spec);
+    sim.input(Input::Tick);
+    for _ in 0..10 {
+        if let Wait::Gate {
+            gate: WebhookType::PreRollout,
+            seq: Some(_),
+        } = sim.st.wait
+        {
+            break;
+        }
+        if let Wait::Route { .. } = sim.st.wait {
+            sim.confirm_route();
+        } else {
+            sim.now = sim.st.next_tick_at_ms.expect("a tick");
+            sim.input(Input::Tick);
+        }
+    }
+    let Wait::Gate {
+        gate: WebhookType::PreRollout,
+        seq: Some(seq),
+    } = sim.st.wait
+    else {
+        panic!("pre-rollout asked: {:?}", sim.st.wait)
+    };
+    let asked = sim.now;
+    assert_eq!(
+        sim.st.next_tick_at_ms,
+        Some(asked + 600_000 + super::HOOK_ANSWER_MARGIN_MS)
+    );
+    // Nine minutes in: still waiting, no halt.
+    sim.now = asked + 540_000;
+    sim.input(Input::Tick);
+    assert!(sim.st.halted_since_ms.is_none(), "{:?}", sim.st.halt_reason);
+    // The answer after nine and a half minutes is taken.
+    sim.now = asked + 570_000;
+    sim.input(Input::GateResult {
+        seq,
+        gate: WebhookType::PreRollout,
+        open: true,
+    });
+    assert!(sim.st.halted_since_ms.is_none());
+    assert!(
+        matches!(sim.st.wait, Wait::Route { .. }),
+        "{:?}",
+        sim.st.wait
+    );
 }
