@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use aviary_proto as pb;
 use aviary_proto::events::{AuditEvent, EventKind};
 use aviary_proto::rollout_service_client::RolloutServiceClient;
+use aviary_testkit::nginx::Nginx;
 use aviary_testkit::prometheus::{Prometheus, ScrapeTarget};
 use aviary_testkit::{NatsServer, Process, free_port, tool_path};
 use tokio_util::sync::CancellationToken;
@@ -207,7 +208,8 @@ pub struct App {
 }
 
 impl App {
-    async fn start(version: &str, behaviour: &AppBehaviour) -> Self {
+    /// Starts an app reporting `version` (in `x-version` and its metrics) behaving as told.
+    pub async fn start(version: &str, behaviour: &AppBehaviour) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = aviary_demo::app::AppConfig {
@@ -268,6 +270,8 @@ pub struct StackOptions {
     pub notifier: bool,
     /// The canary's behaviour.
     pub canary: AppBehaviour,
+    /// Also run a real NGINX as a second ingress, `internal`, of the same router agent.
+    pub nginx: bool,
 }
 
 impl Default for StackOptions {
@@ -277,6 +281,7 @@ impl Default for StackOptions {
             gate: false,
             notifier: false,
             canary: AppBehaviour::default(),
+            nginx: false,
         }
     }
 }
@@ -287,8 +292,10 @@ pub struct Stack {
     pub schedulers: Vec<Scheduler>,
     /// The analyzer.
     pub analyzer: Service,
-    /// The router agent owning ingress `edge`.
+    /// The router agent owning ingress `edge` (and `internal`, with NGINX).
     pub agent: Service,
+    /// NGINX, the data plane of ingress `internal`, when asked for.
+    pub nginx: Option<Nginx>,
     /// `aviary-gate`, when asked for.
     pub gate: Option<Service>,
     /// Its endpoint port.
@@ -327,13 +334,25 @@ impl Stack {
         // Router agent first: Envoy is ready only once its ADS server has answered.
         let xds_port = free_port().unwrap();
         let agent_file = dir.path().join("agent.yaml");
-        std::fs::write(
-            &agent_file,
-            format!(
-                "ingresses:\n  - name: edge\n    provider: envoy\n    xds_addr: 127.0.0.1:{xds_port}\n"
-            ),
-        )
-        .unwrap();
+        let mut agent_config = format!(
+            "ingresses:\n  - name: edge\n    provider: envoy\n    xds_addr: 127.0.0.1:{xds_port}\n"
+        );
+        let nginx = if options.nginx {
+            let nginx = Nginx::start().await.unwrap();
+            agent_config.push_str(&format!(
+                "  - name: internal\n    provider: nginx\n    bin: {}\n    main_conf: {}\n    include_path: {}\n    prefix: {}\n    listen: \"{}\"\n    pid_file: {}\n",
+                nginx.bin().display(),
+                nginx.main_conf().display(),
+                nginx.include_path().display(),
+                nginx.prefix().display(),
+                nginx.listen(),
+                nginx.prefix().join("nginx.pid").display(),
+            ));
+            Some(nginx)
+        } else {
+            None
+        };
+        std::fs::write(&agent_file, agent_config).unwrap();
         let mut agent = Service::new(
             "router-agent",
             "aviary-router-agent",
@@ -495,6 +514,7 @@ impl Stack {
             schedulers,
             analyzer,
             agent,
+            nginx,
             gate,
             gate_port,
             notifier,
@@ -514,6 +534,12 @@ impl Stack {
     /// `http://127.0.0.1:<port>/`: where clients send traffic (Envoy's listener).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.envoy_listener)
+    }
+
+    /// `http://127.0.0.1:<port>/` of NGINX, ingress `internal` (a stack started with `nginx`).
+    pub fn nginx_url(&self) -> String {
+        let nginx = self.nginx.as_ref().expect("a stack started with nginx");
+        format!("{}/", nginx.url().trim_end_matches('/'))
     }
 
     /// `http://127.0.0.1:<port>` of `aviary-gate`.
@@ -591,6 +617,19 @@ impl Stack {
         )
         .await;
         response.into_inner().rollout.expect("applied rollout")
+    }
+
+    /// Applies `manifest` through the control API of the first running replica, without
+    /// waiting for any route: the API's answer as it is.
+    pub async fn try_apply(&self, manifest: &str) -> Result<pb::Rollout, tonic::Status> {
+        let response = self
+            .api()
+            .await
+            .apply(pb::ApplyRequest {
+                manifest: manifest.to_owned(),
+            })
+            .await?;
+        Ok(response.into_inner().rollout.expect("applied rollout"))
     }
 
     /// The rollout `name` as the API shows it.
