@@ -3,6 +3,8 @@
 //! (its finalising step is marked repeated), and a post-rollout hook that fails is recorded
 //! as `hook-failed` after the rollout succeeded.
 
+#![allow(clippy::unwrap_used)] // test stand-ins: a panic is the failure report
+
 mod common;
 
 use std::sync::{Arc, Mutex};

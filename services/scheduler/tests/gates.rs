@@ -2,6 +2,8 @@
 //! analysed every interval at its weight (no halt, failed checks count), and while
 //! `confirm-rollout` is closed the rollback hooks are polled with it.
 
+#![allow(clippy::unwrap_used)] // test stand-ins: a panic is the failure report
+
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,8 @@
 //! route is sent again later each time, not every few seconds for ever, and an aborted one
 //! whose rollback route is never acknowledged can still be deleted with force, audited.
 
+#![allow(clippy::unwrap_used)] // test stand-ins: a panic is the failure report
+
 mod common;
 
 use std::sync::{Arc, Mutex};
