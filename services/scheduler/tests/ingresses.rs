@@ -3,6 +3,8 @@
 //! carry each rollout's hosts and path prefix; a rollout over two ingresses checks both acks
 //! (weights and mirror) and shows each ingress's observed split in its status.
 
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
 mod common;
 
 use std::sync::{Arc, Mutex};
