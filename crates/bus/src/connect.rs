@@ -131,6 +131,11 @@ pub struct NatsArgs {
     #[arg(long = "nats-name", env = "AVIARY_NATS_NAME")]
     pub name: Option<String>,
 
+    /// Prefix of this connection's reply inboxes (default: `_INBOX_<service>`, the one its
+    /// NATS user may subscribe to; see docs/bus.md).
+    #[arg(long = "nats-inbox-prefix", env = "AVIARY_NATS_INBOX_PREFIX")]
+    pub inbox_prefix: Option<String>,
+
     /// How long the first connection attempt may take.
     #[arg(long = "nats-connect-timeout", env = "AVIARY_NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -155,6 +160,7 @@ impl fmt::Debug for NatsArgs {
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
             .field("name", &self.name)
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -174,11 +180,13 @@ impl NatsArgs {
             tls_cert_file: None,
             tls_key_file: None,
             name: None,
+            inbox_prefix: None,
             connect_timeout: Duration::from_secs(5),
         }
     }
 
-    /// Connects, naming the connection `--nats-name` or else `service`.
+    /// Connects, naming the connection `--nats-name` or else `service`, with the reply inboxes
+    /// under `--nats-inbox-prefix` or else [`crate::names::inbox_prefix`] of `service`.
     ///
     /// Once connected, the client reconnects forever (a NATS restart must not end a service).
     ///
@@ -211,8 +219,13 @@ impl NatsArgs {
                 "use only one of user/password, token, NKey seed file, credentials file".into(),
             ));
         }
+        let inbox_prefix = match &self.inbox_prefix {
+            Some(prefix) => crate::names::token("--nats-inbox-prefix", prefix)?.to_owned(),
+            None => crate::names::inbox_prefix(service),
+        };
         let mut options = ConnectOptions::new()
             .name(self.name.as_deref().unwrap_or(service))
+            .custom_inbox_prefix(inbox_prefix)
             .connection_timeout(self.connect_timeout)
             .max_reconnects(None);
         match (&self.user, &self.password) {

@@ -10,6 +10,8 @@
 //!   subscribers and consumers that decode each message, skip and count malformed ones
 //!   ([`BusMetrics`]), and open a span per message under the sender's trace.
 //! - [`kv`] — typed KV buckets where every write is a compare-and-swap on the revision.
+//! - [`permissions`] — one NATS identity per service with exactly its subjects, rendered as
+//!   the nats-server configuration and the docs table.
 //! - [`trace`] — W3C trace context in NATS headers.
 //!
 //! Flow of one message: `typed::publish` encodes the protobuf and injects the current span's
@@ -21,6 +23,7 @@ mod error;
 pub mod kv;
 mod metrics;
 pub mod names;
+pub mod permissions;
 pub mod setup;
 pub mod trace;
 pub mod typed;

@@ -34,6 +34,17 @@ pub const BUCKET_LEASES: &str = "aviary_leases";
 pub const BUCKET_GATES: &str = "aviary_gates";
 /// KV bucket of router-agent capabilities, key [`agent_key`] (the ingress).
 pub const BUCKET_AGENTS: &str = "aviary_agents";
+/// Every bucket [`crate::setup`] creates.
+pub const BUCKETS: [&str; 5] = [
+    BUCKET_ROLLOUTS,
+    BUCKET_ROUTES,
+    BUCKET_LEASES,
+    BUCKET_GATES,
+    BUCKET_AGENTS,
+];
+/// The notifier's own KV bucket of delivered `(provider, event id)` pairs, which it creates
+/// itself (with its de-duplication TTL); named here for [`crate::permissions`].
+pub const BUCKET_NOTIFIED: &str = "aviary_notified";
 
 /// Prefix of route commands; one subject per ingress, see [`route_subject`]. Request/reply:
 /// the agent answers with the split it observed on the data plane.
@@ -65,9 +76,15 @@ pub const WAKE_ALL: &str = "aviary.rollout.wake.>";
 /// event is handled once.
 pub const CONSUMER_NOTIFIER: &str = "aviary-notifier";
 
-/// Prefix of reply inboxes (the NATS default): requesters must be allowed to subscribe to
-/// `_INBOX.>` and responders to publish to it.
+/// Prefix of reply inboxes (the NATS default). Aviary's connections use one per service
+/// instead ([`inbox_prefix`]), so a service can be allowed its own replies and no one else's.
 pub const INBOX_PREFIX: &str = "_INBOX";
+
+/// The reply-inbox prefix of `service`'s connections (`_INBOX_aviary-scheduler`): it may
+/// subscribe to `<prefix>.>`, and responders answer there through `allow_responses`.
+pub fn inbox_prefix(service: &str) -> String {
+    format!("{INBOX_PREFIX}_{service}")
+}
 
 /// Checks that `token` can be used as one subject token / KV key part.
 ///

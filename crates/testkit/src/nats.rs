@@ -74,9 +74,25 @@ impl NatsServer {
     /// `scripts/bootstrap.sh`); [`TestkitError::Exited`] / [`TestkitError::NotReady`] when it
     /// does not come up.
     pub async fn start() -> Result<Self> {
+        Self::start_with_config("").await
+    }
+
+    /// [`NatsServer::start`] with `config` (nats-server configuration text, e.g. an
+    /// `authorization { users = [...] }` block) in its configuration file; ports, store and
+    /// name still come from the testkit.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`]; [`TestkitError::Exited`] with the server's complaint when it
+    /// rejects `config`.
+    pub async fn start_with_config(config: &str) -> Result<Self> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let mut server = Self::new(free_port()?, free_port()?, None)?;
+            if !config.is_empty() {
+                let path = server.config_path();
+                std::fs::write(&path, config)
+                    .map_err(|e| TestkitError::io(format!("writing {}", path.display()), e))?;
+            }
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 Err(e @ TestkitError::Exited { .. }) if is_port_clash(&e) => last_error = Some(e),
@@ -207,7 +223,11 @@ impl NatsServer {
     /// Spawns the process without waiting for it: the nodes of a new cluster are only ready
     /// once enough of them run to elect a JetStream meta leader.
     fn spawn(&mut self) -> Result<()> {
-        let mut args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = Vec::new();
+        if self.config_path().exists() {
+            args.extend(["-c".into(), self.config_path().into()]);
+        }
+        args.extend::<[OsString; 11]>([
             "-js".into(),
             "-a".into(),
             "127.0.0.1".into(),
@@ -219,7 +239,7 @@ impl NatsServer {
             self.store_dir().into(),
             "-n".into(),
             (&self.server_name).into(),
-        ];
+        ]);
         if let Some(routes) = &self.cluster {
             let peers: Vec<String> = routes
                 .peers
@@ -265,6 +285,10 @@ impl NatsServer {
             self.kill();
         }
         ready
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.conf")
     }
 
     fn log_path(&self) -> PathBuf {
