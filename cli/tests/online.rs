@@ -526,3 +526,60 @@ async fn a_client_certificate_is_sent_to_a_server_that_requires_one() {
     .await;
     assert_eq!(half.status.code(), Some(2), "--cert-file needs --key-file");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_no_router_agent_acks_is_deleted_only_with_force() {
+    let plane = ControlPlane::start(&[]).await;
+    let file = manifest_file(
+        &CANARY
+            .replace("name: podinfo,", "name: stuck,")
+            .replace("name: edge", "name: nowhere"),
+    );
+    let path = file.path().to_string_lossy().into_owned();
+    let applied = aviary(&plane, &["apply", "-f", &path]).await;
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied.stderr));
+
+    // No agent serves `nowhere`: the first route is never acknowledged.
+    let refused = aviary(&plane, &["delete", "test/stuck"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+    let why = text(&refused.stderr);
+    assert!(
+        why.contains("FailedPrecondition")
+            && why.contains("not acknowledged")
+            && why.contains("force"),
+        "{why}"
+    );
+    let forced = aviary(
+        &plane,
+        &[
+            "delete",
+            "--force",
+            "test/stuck",
+            "--reason",
+            "ingress retired",
+        ],
+    )
+    .await;
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    assert!(
+        text(&forced.stdout).starts_with("test/stuck: deleted (was Initializing"),
+        "{}",
+        text(&forced.stdout)
+    );
+    let gone = aviary(&plane, &["get", "test/stuck"]).await;
+    assert!(
+        text(&gone.stderr).contains("NotFound"),
+        "{}",
+        text(&gone.stderr)
+    );
+    let client = plane.nats.client().await.expect("nats client");
+    let events = stored_events(&client, "test", "stuck").await;
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "dev.aviary.rollout.deleted", "{events:#?}");
+    let reason = last["data"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("deleted by force (Initializing, route ")
+            && reason.ends_with(": ingress retired"),
+        "{reason}"
+    );
+}
