@@ -1,37 +1,48 @@
 //! Simulation harness for the statistical judge: the same synthetic request streams judged by
-//! Aviary's sequential judge, by Flagger's threshold rule and by a Kayenta-style Mann-Whitney
-//! test repeated every interval.
+//! Aviary's judge and by Flagger's threshold rule, in the same run.
 //!
-//! Streams: 10, 100 and 1 000 requests per second overall, volume swinging ±50 % over 15
-//! minutes plus Poisson noise, canary weight 5 % rising by 5 every 3 minutes to 50 %, 30
-//! minutes at most. Primary error rate 0.5 %, latency lognormal (median 100 ms, σ 0.5, p99
-//! ≈ 320 ms) in Envoy's default buckets. Scenarios: A/A; canary +1, +2, +5 points of errors;
-//! canary p99 +20 % (latency × 1.2).
+//! A run is 30 minutes in 10-second slices. Canary weight 5 %, +5 every minute to 50 % (nine
+//! weight steps in the first nine minutes), then held. Volume swings ±50 % over a 20-minute
+//! period (diurnal, compressed) with Poisson noise. Primary errors 0.5 %; latency lognormal
+//! (median 100 ms, σ 0.5, p99 ≈ 320 ms) in Envoy's default buckets. Streams:
 //!
-//! Judges (a rollback when either metric fails):
-//! - `sequential`: [`aviary_core::judge`], looks every 10 s, α = 0.01 for the rollout split
-//!   over the two metrics, error tolerance 0.5 points, tail tolerance 0.5 points above p99;
-//! - `threshold`: Flagger — every minute, success rate ≥ 99 % and p99 ≤ 1.1 × the primary's
-//!   p99 (as `histogram_quantile` reports it) over the last minute; rollback at 5 failed
-//!   checks;
-//! - `mannwhitney`: Kayenta — every minute, a two-sided Mann-Whitney test (98 % confidence)
-//!   of the canary's 10-second error rates and p99s since the start against the primary's;
-//!   rollback at the first "canary higher".
+//! - A/A at 0.1, 1, 10, 100, 1 000 and 10 000 rps;
+//! - shared outage: A/A plus one outage hitting both sides (5–30 s, 10–100 % errors) starting
+//!   right after a weight step in the first nine minutes, 10 to 10 000 rps;
+//! - clustered: A/A where each side's error rate per slice is drawn from a Beta (mean 0.5 %,
+//!   concentration 20: sd ≈ 1.5 points), 10 to 10 000 rps;
+//! - within tolerance: canary +0.25 points (half the tolerance), 10 to 10 000 rps;
+//! - latency +10 %: canary latency × 1.1 (p99 +10 %, inside `maxRatio` 1.5), 10 to 10 000 rps;
+//!   latency × 2 (outside it); a shared outage whose requests are also 3 × slower on both
+//!   sides;
+//! - regressions: +2 points at 10 rps, +1 at 100 rps, +5 at 100–10 000 rps, and +5 starting
+//!   at minute 15 (after the walk, before the end).
 //!
-//! Prints JSON lines `{"name","value","unit"}` (see `docs/judge.md` for the full list).
+//! Judges (each stops at its first rollback; the weight schedule does not react, so both see
+//! the same requests):
+//! - `judge`: [`aviary_core::judge`], a look at every slice end on the run's 10-second slices
+//!   (regrouped as the analyzer's `slice_windows` does beyond 60 slices), α = 0.01, error
+//!   tolerance 0.5 points, latency `maxRatio` 1.5 on p99;
+//! - `threshold`: Flagger's rule as Flagger runs it — a check every minute on the last minute,
+//!   success rate ≥ 99 % (request-duration: p99 ≤ 500 ms, its documented example), no data is
+//!   a failed check, failed checks accumulate, rollback at the tick after the fifth.
+//!
+//! Prints JSON lines `{"name","value","unit"}`; each `judge_*` figure has a `threshold_*`
+//! twin from the same streams (see `docs/judge.md`).
 
-use aviary_core::judge::baseline::{FlaggerRule, mann_whitney};
+use aviary_analyzer::judge::MAX_SLICES;
 use aviary_core::judge::{
-    AlphaBudget, Counts, DEFAULT_RATE_TOLERANCE, Decision, Histogram, compare_rates, compare_tails,
-    tail_tolerance,
+    Counts, DEFAULT_MAX_RATIO, DEFAULT_RATE_TOLERANCE, Decision, Histogram, Slice,
+    compare_quantiles, compare_slices,
 };
 
-const TICK_S: u64 = 10;
-const HORIZON_S: u64 = 30 * 60;
+const SLICE_S: u64 = 10;
+const SLICES: usize = 180;
+const CHECK_SLICES: usize = 6;
+const THRESHOLD: u32 = 5;
 const BASE_ERROR: f64 = 0.005;
-const AA_RUNS: usize = 1000;
-const AB_RUNS: usize = 200;
-const RPS: [f64; 3] = [10.0, 100.0, 1000.0];
+const ALPHA: f64 = 0.01;
+const RUNS: usize = 500;
 /// Envoy's default histogram buckets (ms), finite ones.
 const BOUNDS: [f64; 18] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -39,7 +50,8 @@ const BOUNDS: [f64; 18] = [
 ];
 const LAT_MEDIAN_MS: f64 = 100.0;
 const LAT_SIGMA: f64 = 0.5;
-const JUDGES: [&str; 3] = ["sequential", "threshold", "mannwhitney"];
+/// Latency factor of the requests in a shared outage.
+const OUTAGE_SLOWDOWN: f64 = 3.0;
 
 fn line(name: &str, value: f64, unit: &str) {
     println!(
@@ -196,278 +208,451 @@ fn histogram_quantile(q: f64, buckets: &[u64]) -> Option<f64> {
     Some(BOUNDS[BOUNDS.len() - 1])
 }
 
-#[derive(Default, Clone)]
+impl Rng {
+    /// Gamma(k, 1), Marsaglia-Tsang (with the `k < 1` boost).
+    fn gamma(&mut self, k: f64) -> f64 {
+        if k < 1.0 {
+            return self.gamma(k + 1.0) * self.uniform().max(1e-300).powf(1.0 / k);
+        }
+        let d = k - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.normal();
+            let v = (1.0 + c * x).powi(3);
+            if v > 0.0 && self.uniform().max(1e-300).ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+
+    /// Beta with mean `m` and concentration `k`.
+    fn beta(&mut self, m: f64, k: f64) -> f64 {
+        let a = self.gamma(m * k);
+        let b = self.gamma((1.0 - m) * k);
+        a / (a + b)
+    }
+}
+
+/// What a stream does to the two sides.
+#[derive(Clone, Copy)]
+struct Scenario {
+    rps: f64,
+    /// Added to the canary's error rate, from slice `from` on.
+    delta: f64,
+    from: usize,
+    /// Per-slice rates drawn from Beta(mean, this), per side.
+    concentration: Option<f64>,
+    /// A shared outage.
+    outage: bool,
+    /// Canary latency factor.
+    latency: f64,
+}
+
+impl Scenario {
+    fn aa(rps: f64) -> Self {
+        Self {
+            rps,
+            delta: 0.0,
+            from: 0,
+            concentration: None,
+            outage: false,
+            latency: 1.0,
+        }
+    }
+}
+
+/// One side of one slice.
+#[derive(Clone, Default)]
 struct Side {
-    requests: u64,
-    errors: u64,
+    counts: Counts,
     buckets: Vec<u64>,
 }
 
-impl Side {
-    fn new() -> Self {
-        Self {
-            buckets: vec![0; BOUNDS.len() + 1],
-            ..Self::default()
-        }
-    }
-
-    fn add(&mut self, other: &Side) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
-        }
-    }
-
-    fn histogram(&self) -> Histogram {
-        let mut cumulative = Vec::with_capacity(BOUNDS.len());
-        let mut c = 0;
-        for b in &self.buckets[..BOUNDS.len()] {
-            c += b;
-            cumulative.push(c);
-        }
-        Histogram {
-            bounds: BOUNDS.to_vec(),
-            cumulative,
-            total: self.buckets.iter().sum(),
-        }
-    }
+fn weight(slice: usize) -> f64 {
+    let step = (slice / CHECK_SLICES).min(9);
+    0.05 * (step + 1) as f64
 }
 
-#[derive(Clone, Copy)]
-struct Scenario {
-    name: &'static str,
-    canary_error: f64,
-    latency_scale: f64,
+fn volume(slice: usize) -> f64 {
+    let t = (slice as u64 * SLICE_S) as f64;
+    1.0 + 0.5 * (2.0 * std::f64::consts::PI * t / 1200.0).sin()
 }
 
-/// When each judge rolled back (seconds since the start, canary requests by then), if it did.
-#[derive(Default, Clone, Copy)]
-struct Outcome {
-    rollback: [Option<(u64, u64)>; 3],
-    /// The sequential judge passed first (an early promotion): no rollback can follow.
-    sequential_passed: bool,
-}
-
-fn run(rps: f64, s: Scenario, seed: u64, primary_p99: f64) -> Outcome {
+/// The stream: per slice, the canary's and the primary's counts and latency buckets.
+fn stream(s: Scenario, seed: u64, latency: bool) -> Vec<(Side, Side)> {
     let mut rng = Rng::new(seed);
-    let phase = rng.uniform() * std::f64::consts::TAU;
-    let base_probs = bucket_probs(1.0);
-    let canary_probs = bucket_probs(s.latency_scale);
-    let alpha = AlphaBudget::default().per_metric(2);
-    let tail_tol = tail_tolerance(0.99, None);
-    let flagger = FlaggerRule::default();
-    let (mut cum_c, mut cum_p) = (Side::new(), Side::new());
-    let (mut min_c, mut min_p) = (Side::new(), Side::new());
-    let mut ticks_c: Vec<(f64, Option<f64>)> = Vec::new();
-    let mut ticks_p: Vec<(f64, Option<f64>)> = Vec::new();
-    let mut failed_checks = 0;
-    let mut out = Outcome::default();
-    let mut t = 0;
-    while t < HORIZON_S {
-        t += TICK_S;
-        let volume = 1.0 + 0.5 * (std::f64::consts::TAU * t as f64 / 900.0 + phase).sin();
-        let n = rng.poisson(rps * volume * TICK_S as f64);
-        let weight = (5 * (1 + (t - TICK_S) / 180)).min(50) as f64 / 100.0;
-        let nc = rng.binomial(n, weight);
-        let mut tick_c = Side::new();
-        let mut tick_p = Side::new();
-        tick_c.requests = nc;
-        tick_p.requests = n - nc;
-        tick_c.errors = rng.binomial(nc, s.canary_error);
-        tick_p.errors = rng.binomial(n - nc, BASE_ERROR);
-        rng.multinomial(nc, &canary_probs, &mut tick_c.buckets);
-        rng.multinomial(n - nc, &base_probs, &mut tick_p.buckets);
-        cum_c.add(&tick_c);
-        cum_p.add(&tick_p);
-        min_c.add(&tick_c);
-        min_p.add(&tick_p);
-        let rate = |x: &Side| (x.requests > 0).then(|| x.errors as f64 / x.requests as f64);
-        if let (Some(rc), Some(rp)) = (rate(&tick_c), rate(&tick_p)) {
-            ticks_c.push((rc, histogram_quantile(0.99, &tick_c.buckets)));
-            ticks_p.push((rp, histogram_quantile(0.99, &tick_p.buckets)));
-        }
-
-        // Sequential: every tick, on everything since the start.
-        if out.rollback[0].is_none() && !out.sequential_passed {
-            let r = compare_rates(
-                Counts::new(cum_c.requests, cum_c.errors),
-                Counts::new(cum_p.requests, cum_p.errors),
-                DEFAULT_RATE_TOLERANCE,
-                alpha,
-            );
-            let l = compare_tails(
-                &cum_c.histogram(),
-                &cum_p.histogram(),
-                0.99,
-                tail_tol,
-                alpha,
-            )
-            .map(|j| j.decision)
-            .unwrap_or(Decision::Continue);
-            if r.decision == Decision::Fail || l == Decision::Fail {
-                out.rollback[0] = Some((t, cum_c.requests));
-            } else if r.decision == Decision::Pass && l == Decision::Pass {
-                out.sequential_passed = true;
-            }
-        }
-
-        if t % 60 == 0 {
-            // Flagger: the last minute against fixed bounds.
-            if out.rollback[1].is_none() {
-                let slow = histogram_quantile(0.99, &min_c.buckets)
-                    .is_some_and(|p99| p99 > 1.1 * primary_p99);
-                if flagger.check_fails(min_c.requests, min_c.errors) || slow {
-                    failed_checks += 1;
-                    if failed_checks >= flagger.threshold {
-                        out.rollback[1] = Some((t, cum_c.requests));
+    // The outage: right after one of the nine weight steps, 5–30 s, 10–100 % errors.
+    let (o_start, o_len, o_rate) = if s.outage {
+        let step = 1 + (rng.uniform() * 9.0) as u64;
+        let start = step * CHECK_SLICES as u64 * SLICE_S;
+        (
+            start,
+            5 + (rng.uniform() * 26.0) as u64,
+            0.1 + 0.9 * rng.uniform(),
+        )
+    } else {
+        (0, 0, 0.0)
+    };
+    let probs_p = (bucket_probs(1.0), bucket_probs(OUTAGE_SLOWDOWN));
+    let probs_c = (
+        bucket_probs(s.latency),
+        bucket_probs(s.latency * OUTAGE_SLOWDOWN),
+    );
+    (0..SLICES)
+        .map(|i| {
+            let w = weight(i);
+            let mean = s.rps * SLICE_S as f64 * volume(i);
+            let start = i as u64 * SLICE_S;
+            let overlap = (start + SLICE_S)
+                .min(o_start + o_len)
+                .saturating_sub(start.max(o_start));
+            let f = overlap as f64 / SLICE_S as f64;
+            let side = |share: f64, rate: f64, probs: &(Vec<f64>, Vec<f64>), rng: &mut Rng| {
+                let n = rng.poisson(mean * share);
+                let rate = match s.concentration {
+                    Some(k) => rng.beta(rate, k),
+                    None => rate,
+                };
+                let in_outage = rng.binomial(n, f);
+                let errors = rng.binomial(n - in_outage, rate) + rng.binomial(in_outage, o_rate);
+                let mut buckets = Vec::new();
+                if latency {
+                    // Requests in the outage are slower on both sides too.
+                    buckets = vec![0; probs.0.len()];
+                    let mut slow = vec![0; probs.1.len()];
+                    rng.multinomial(n - in_outage, &probs.0, &mut buckets);
+                    rng.multinomial(in_outage, &probs.1, &mut slow);
+                    for (b, v) in buckets.iter_mut().zip(slow) {
+                        *b += v;
                     }
                 }
-            }
-            // Kayenta: Mann-Whitney on 10-second values since the start, every minute.
-            if out.rollback[2].is_none() {
-                let e_c: Vec<f64> = ticks_c.iter().map(|x| x.0).collect();
-                let e_p: Vec<f64> = ticks_p.iter().map(|x| x.0).collect();
-                let l_c: Vec<f64> = ticks_c.iter().filter_map(|x| x.1).collect();
-                let l_p: Vec<f64> = ticks_p.iter().filter_map(|x| x.1).collect();
-                let higher = |x: &[f64], y: &[f64]| {
-                    let mw = mann_whitney(x, y);
-                    mw.p_two_sided < 0.02 && mw.u > (x.len() * y.len()) as f64 / 2.0
-                };
-                if higher(&e_c, &e_p) || higher(&l_c, &l_p) {
-                    out.rollback[2] = Some((t, cum_c.requests));
+                Side {
+                    counts: Counts::new(n, errors),
+                    buckets,
                 }
-            }
-            min_c = Side::new();
-            min_p = Side::new();
+            };
+            let extra = if i >= s.from { s.delta } else { 0.0 };
+            let c = side(w, BASE_ERROR + extra, &probs_c, &mut rng);
+            let p = side(1.0 - w, BASE_ERROR, &probs_p, &mut rng);
+            (c, p)
+        })
+        .collect()
+}
+
+/// The first slice (1-based count of slices seen) at which each judge rolls back, if any:
+/// `(judge, threshold)`.
+fn judge_stream(st: &[(Side, Side)], latency: bool) -> (Option<usize>, Option<usize>) {
+    let mut judge = None;
+    let mut base: Vec<Slice> = Vec::with_capacity(SLICES);
+    let mut hist = (Histogram::default(), Histogram::default());
+    if latency {
+        for h in [&mut hist.0, &mut hist.1] {
+            h.bounds = BOUNDS.to_vec();
+            h.cumulative = vec![0; BOUNDS.len()];
         }
-        if out.rollback.iter().all(Option::is_some) {
+    }
+    for (i, (c, p)) in st.iter().enumerate() {
+        if latency {
+            for (h, side) in [(&mut hist.0, c), (&mut hist.1, p)] {
+                let mut run = 0;
+                for (k, b) in side.buckets.iter().take(BOUNDS.len()).enumerate() {
+                    run += b;
+                    h.cumulative[k] += run;
+                }
+                h.total += side.counts.trials;
+            }
+            let j = compare_quantiles(&hist.0, &hist.1, 0.99, DEFAULT_MAX_RATIO, ALPHA);
+            if j.map(|j| j.decision) == Ok(Decision::Fail) {
+                judge = Some(i + 1);
+                break;
+            }
+            continue;
+        }
+        base.push(Slice::new(c.counts, p.counts));
+        // As the analyzer's slice_windows: at most MAX_SLICES slices, aligned to the start.
+        let group = base.len().div_ceil(MAX_SLICES as usize);
+        let slices: Vec<Slice> = base
+            .chunks(group)
+            .map(|g| {
+                g.iter().fold(Slice::default(), |a, s| {
+                    Slice::new(
+                        Counts::new(
+                            a.canary.trials + s.canary.trials,
+                            a.canary.events + s.canary.events,
+                        ),
+                        Counts::new(
+                            a.primary.trials + s.primary.trials,
+                            a.primary.events + s.primary.events,
+                        ),
+                    )
+                })
+            })
+            .collect();
+        if compare_slices(&slices, DEFAULT_RATE_TOLERANCE, ALPHA).decision == Decision::Fail {
+            judge = Some(i + 1);
             break;
         }
     }
-    out
+    (judge, flagger(st, latency))
 }
 
-/// Median with undecided runs counted as never (capped at the horizon).
-fn censored_median(mut v: Vec<f64>, runs: usize) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(runs / 2).copied().unwrap_or(HORIZON_S as f64)
+/// Flagger's rule: a check per minute on the last minute; no data fails; rollback at the
+/// tick after the fifth failed check.
+fn flagger(st: &[(Side, Side)], latency: bool) -> Option<usize> {
+    let mut failed = 0;
+    for (m, minute) in st.chunks(CHECK_SLICES).enumerate() {
+        // Checked at the tick after the check that reached the threshold.
+        if failed >= THRESHOLD {
+            return Some((m + 1) * CHECK_SLICES);
+        }
+        let n: u64 = minute.iter().map(|(c, _)| c.counts.trials).sum();
+        let fails = if latency {
+            let mut buckets = vec![0u64; BOUNDS.len() + 1];
+            for (c, _) in minute {
+                for (b, v) in buckets.iter_mut().zip(&c.buckets) {
+                    *b += v;
+                }
+            }
+            histogram_quantile(0.99, &buckets).is_none_or(|p99| p99 > 500.0)
+        } else {
+            let e: u64 = minute.iter().map(|(c, _)| c.counts.events).sum();
+            n == 0 || 100.0 * (1.0 - e as f64 / n as f64) < 99.0
+        };
+        if fails {
+            failed += 1;
+        }
+    }
+    // Reached at the last check: the rollback tick is after the run.
+    None
+}
+
+/// Runs a scenario at each rate: the share of runs each judge rolled back, and the seconds to
+/// each rollback.
+struct Tally {
+    runs: usize,
+    rolled: [usize; 2],
+    /// Runs and rollbacks per scenario.
+    per: Vec<(usize, [usize; 2])>,
+    seconds: [Vec<f64>; 2],
+}
+
+fn tally(scenarios: &[Scenario], runs: usize, latency: bool, seed: u64) -> Tally {
+    let mut t = Tally {
+        runs: 0,
+        rolled: [0; 2],
+        per: vec![(0, [0; 2]); scenarios.len()],
+        seconds: [Vec::new(), Vec::new()],
+    };
+    for (k, s) in scenarios.iter().enumerate() {
+        t.per[k].0 = runs;
+        for r in 0..runs {
+            let st = stream(*s, seed ^ ((k as u64) << 32) ^ r as u64, latency);
+            let (j, f) = judge_stream(&st, latency);
+            t.runs += 1;
+            for (i, at) in [j, f].into_iter().enumerate() {
+                if let Some(at) = at {
+                    t.rolled[i] += 1;
+                    t.per[k].1[i] += 1;
+                    t.seconds[i].push((at as u64 * SLICE_S) as f64);
+                }
+            }
+        }
+    }
+    t
+}
+
+impl Tally {
+    fn rate(&self, i: usize) -> f64 {
+        self.rolled[i] as f64 / self.runs.max(1) as f64
+    }
+
+    fn median(&self, i: usize) -> f64 {
+        let mut v = self.seconds[i].clone();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    /// `judge_<name>` and `threshold_<name>` as rates.
+    fn report(&self, name: &str) {
+        line(&format!("judge_{name}"), self.rate(0), "ratio");
+        line(&format!("threshold_{name}"), self.rate(1), "ratio");
+    }
+}
+
+fn at(rps: &[f64], f: impl Fn(f64) -> Scenario) -> Vec<Scenario> {
+    rps.iter().map(|&r| f(r)).collect()
 }
 
 fn main() {
-    // What Prometheus reports as the primary's p99 with unlimited data (interpolated within
-    // its bucket), so Flagger's bound is 10 % above what the user sees on the dashboard.
-    let expected: Vec<u64> = bucket_probs(1.0)
-        .iter()
-        .map(|p| (p * 1e9).round() as u64)
-        .collect();
-    let primary_p99 = histogram_quantile(0.99, &expected).unwrap_or(f64::INFINITY);
-    let scenarios = [
-        Scenario {
-            name: "aa",
-            canary_error: BASE_ERROR,
-            latency_scale: 1.0,
-        },
-        Scenario {
-            name: "plus1",
-            canary_error: BASE_ERROR + 0.01,
-            latency_scale: 1.0,
-        },
-        Scenario {
-            name: "plus2",
-            canary_error: BASE_ERROR + 0.02,
-            latency_scale: 1.0,
-        },
-        Scenario {
-            name: "plus5",
-            canary_error: BASE_ERROR + 0.05,
-            latency_scale: 1.0,
-        },
-        Scenario {
-            name: "p99_plus20",
-            canary_error: BASE_ERROR,
-            latency_scale: 1.2,
-        },
-    ];
     let started = std::time::Instant::now();
-    let mut speed = (0.0, 0.0);
-    for (si, s) in scenarios.iter().enumerate() {
-        let runs = if s.name == "aa" { AA_RUNS } else { AB_RUNS };
-        let mut times: [Vec<f64>; 3] = Default::default();
-        let mut requests: [Vec<f64>; 3] = Default::default();
-        let mut rollbacks = [0usize; 3];
-        let mut early = 0usize;
-        for (ri, &rps) in RPS.iter().enumerate() {
-            let mut rps_times: [Vec<f64>; 3] = Default::default();
-            for i in 0..runs {
-                let seed = ((si * 10 + ri) * 1_000_000 + i) as u64;
-                let o = run(rps, *s, seed, primary_p99);
-                early += usize::from(o.sequential_passed);
-                for j in 0..3 {
-                    if let Some((t, n)) = o.rollback[j] {
-                        rollbacks[j] += 1;
-                        times[j].push(t as f64);
-                        rps_times[j].push(t as f64);
-                        requests[j].push(n as f64);
-                    }
-                }
-            }
-            if s.name != "aa" {
-                for (j, judge) in JUDGES.iter().enumerate() {
-                    line(
-                        &format!("judge_detect_seconds_{}_{judge}_{}rps", s.name, rps as u64),
-                        censored_median(rps_times[j].clone(), runs),
-                        "s",
-                    );
-                }
-            }
-        }
-        let total = runs * RPS.len();
-        for (j, judge) in JUDGES.iter().enumerate() {
-            let rate = rollbacks[j] as f64 / total as f64;
-            if s.name == "aa" {
-                line(
-                    &format!("judge_false_rollback_rate_aa_{judge}"),
-                    rate,
-                    "ratio",
-                );
-                if j == 0 {
-                    line("judge_false_rollback_rate_aa", rate, "ratio");
-                }
-                continue;
-            }
-            line(&format!("judge_power_{}_{judge}", s.name), rate, "ratio");
-            let median = censored_median(times[j].clone(), total);
+    let every = [0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0];
+    let from_10 = [10.0, 100.0, 1_000.0, 10_000.0];
+
+    let aa = tally(&at(&every, Scenario::aa), RUNS, false, 1);
+    aa.report("false_rollback_rate_aa");
+    for (&rps, (runs, rolled)) in every.iter().zip(&aa.per) {
+        let label = format!("{rps}").replace('.', "_");
+        for (i, who) in ["judge", "threshold"].into_iter().enumerate() {
             line(
-                &format!("judge_detect_seconds_{}_{judge}", s.name),
-                median,
-                "s",
-            );
-            line(
-                &format!("judge_detect_requests_{}_{judge}", s.name),
-                censored_median(requests[j].clone(), total),
-                "requests",
-            );
-            if j == 0 {
-                line(&format!("judge_power_{}", s.name), rate, "ratio");
-            }
-            if s.name == "plus5" {
-                match j {
-                    0 => speed.0 = median,
-                    1 => speed.1 = median,
-                    _ => {}
-                }
-            }
-        }
-        if s.name == "aa" {
-            line(
-                "judge_early_promotion_rate_aa",
-                early as f64 / total as f64,
+                &format!("{who}_false_rollback_rate_aa_{label}rps"),
+                rolled[i] as f64 / *runs as f64,
                 "ratio",
             );
         }
     }
-    line("judge_speedup_vs_threshold_plus5", speed.1 / speed.0, "x");
-    line("judge_alpha", AlphaBudget::default().alpha, "ratio");
-    line("judge_bench_seconds", started.elapsed().as_secs_f64(), "s");
+    let outage = tally(
+        &at(&from_10, |rps| Scenario {
+            outage: true,
+            ..Scenario::aa(rps)
+        }),
+        RUNS,
+        false,
+        2,
+    );
+    outage.report("false_rollback_rate_shared_outage");
+    let clustered = tally(
+        &at(&from_10, |rps| Scenario {
+            concentration: Some(20.0),
+            ..Scenario::aa(rps)
+        }),
+        RUNS,
+        false,
+        3,
+    );
+    clustered.report("false_rollback_rate_clustered");
+    let within = tally(
+        &at(&from_10, |rps| Scenario {
+            delta: 0.0025,
+            ..Scenario::aa(rps)
+        }),
+        RUNS,
+        false,
+        4,
+    );
+    within.report("false_rollback_rate_within_tolerance");
+    let slow = tally(
+        &at(&from_10, |rps| Scenario {
+            latency: 1.1,
+            ..Scenario::aa(rps)
+        }),
+        RUNS / 5,
+        true,
+        5,
+    );
+    slow.report("latency_false_fail_rate_p99_plus10");
+    let shared_slowdown = tally(
+        &at(&from_10, |rps| Scenario {
+            outage: true,
+            ..Scenario::aa(rps)
+        }),
+        RUNS / 5,
+        true,
+        10,
+    );
+    shared_slowdown.report("latency_false_fail_rate_shared_outage");
+    let twice = tally(
+        &at(&from_10, |rps| Scenario {
+            latency: 2.0,
+            ..Scenario::aa(rps)
+        }),
+        RUNS / 5,
+        true,
+        11,
+    );
+    twice.report("latency_power_p99_x2");
+    line(
+        "judge_latency_median_seconds_to_rollback_p99_x2",
+        twice.median(0),
+        "s",
+    );
+    line(
+        "threshold_latency_median_seconds_to_rollback_p99_x2",
+        twice.median(1),
+        "s",
+    );
+    let plus2 = tally(
+        &[Scenario {
+            delta: 0.02,
+            ..Scenario::aa(10.0)
+        }],
+        RUNS,
+        false,
+        6,
+    );
+    plus2.report("power_plus2_10rps");
+    let plus1 = tally(
+        &[Scenario {
+            delta: 0.01,
+            ..Scenario::aa(100.0)
+        }],
+        RUNS,
+        false,
+        7,
+    );
+    plus1.report("power_plus1_100rps");
+    let plus5 = tally(
+        &at(&[100.0, 1_000.0, 10_000.0], |rps| Scenario {
+            delta: 0.05,
+            ..Scenario::aa(rps)
+        }),
+        RUNS,
+        false,
+        8,
+    );
+    plus5.report("power_plus5");
+    let (j, f) = (plus5.median(0), plus5.median(1));
+    line("judge_median_seconds_to_rollback_plus5", j, "s");
+    line("threshold_median_seconds_to_rollback_plus5", f, "s");
+    line("judge_speedup_vs_threshold_plus5", f / j, "x");
+    line("threshold_speedup_vs_threshold_plus5", 1.0, "x");
+    for (k, rps) in [100.0, 1_000.0, 10_000.0].into_iter().enumerate() {
+        let one = tally(
+            &[Scenario {
+                delta: 0.05,
+                ..Scenario::aa(rps)
+            }],
+            RUNS / 5,
+            false,
+            8 ^ ((k as u64) << 32),
+        );
+        line(
+            &format!("judge_median_seconds_to_rollback_plus5_{rps}rps"),
+            one.median(0),
+            "s",
+        );
+        line(
+            &format!("threshold_median_seconds_to_rollback_plus5_{rps}rps"),
+            one.median(1),
+            "s",
+        );
+    }
+    let late = tally(
+        &at(&[100.0, 1_000.0], |rps| Scenario {
+            delta: 0.05,
+            from: 90,
+            ..Scenario::aa(rps)
+        }),
+        RUNS / 5,
+        false,
+        9,
+    );
+    late.report("power_plus5_from_minute_15");
+    line(
+        "judge_median_seconds_to_rollback_plus5_from_minute_15",
+        late.median(0) - 900.0,
+        "s",
+    );
+    line(
+        "threshold_median_seconds_to_rollback_plus5_from_minute_15",
+        late.median(1) - 900.0,
+        "s",
+    );
+    line(
+        "judge_simulation_seconds",
+        started.elapsed().as_secs_f64(),
+        "s",
+    );
 }

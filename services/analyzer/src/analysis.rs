@@ -23,7 +23,9 @@ use futures::future::join_all;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use aviary_core::judge::{AlphaBudget, Counts, DEFAULT_RATE_TOLERANCE, Decision, tail_tolerance};
+use aviary_core::judge::{
+    AlphaBudget, Counts, DEFAULT_MAX_RATIO, DEFAULT_RATE_TOLERANCE, Decision, Slice,
+};
 
 use crate::builtin::{
     Builtin, DURATION_QUANTILE, Mesh, request_count_template, run_bucket_template,
@@ -32,8 +34,9 @@ use crate::builtin::{
 use crate::cache::ResultCache;
 use crate::dedupe::{DetachedFlight, PerBackendLimit, SingleFlight};
 use crate::judge::{
-    Criteria, Measured, NoDataPolicy, Observation, Sample, fold, histogram_from_buckets, judge,
-    sequential_rates, sequential_tails,
+    Criteria, MIN_SLICE_MS, Measured, NoDataPolicy, Observation, Sample, SequentialStep, fold,
+    histogram_from_buckets, judge, sequential_quantiles, sequential_rates, sequential_step,
+    slice_windows,
 };
 use crate::metrics::{
     AnalyzerMetrics, OutcomeLabels, ProviderLabels, QueryLabels, WebhookLabels, outcome_label,
@@ -303,18 +306,26 @@ impl Analyzer {
             min_requests: check.min_requests,
             lower_is_worse: builtin.is_some_and(Builtin::lower_is_worse),
         };
-        let decision = if sequential {
+        let (criteria, decision) = if sequential {
             let (result, decision) = self
                 .sequential(request, check, builtin, mesh, provider)
                 .await?;
-            // `continue` neither promotes early nor halts: the window's threshold part (if
-            // any) decides this step, as it would without the sequential judge.
-            if decision != Decision::Continue || !criteria.has_bound() {
-                return Ok((result, Some(decision)));
+            let since_weight_change = (request.window_end_ms - request.window_start_ms)
+                .max(0)
+                .unsigned_abs();
+            // A decision stands (decisive unless it is a pass too soon after the weight
+            // change); without one only the thresholdRange judges the window, or it holds.
+            match sequential_step(decision, &criteria, since_weight_change) {
+                SequentialStep::Decided { decisive: true } => {
+                    return Ok((result, Some(decision)));
+                }
+                SequentialStep::Decided { decisive: false } | SequentialStep::Hold => {
+                    return Ok((result, Some(Decision::Continue)));
+                }
+                SequentialStep::Window => (criteria.window_only(), Some(Decision::Continue)),
             }
-            Some(decision)
         } else {
-            None
+            (criteria, None)
         };
 
         let window_ms = (request.window_end_ms - request.window_start_ms).unsigned_abs();
@@ -436,9 +447,8 @@ impl Analyzer {
             end_ms: request.window_end_ms,
         };
         if builtin == Builtin::RequestDuration {
-            // The share of requests slower than the primary's p99 bucket may exceed the
-            // primary's 1 % by (maxRatio − 1) × 1 % (docs/judge.md).
-            let tolerance = tail_tolerance(DURATION_QUANTILE, check.max_ratio);
+            // The canary's p99 within maxRatio × the primary's (docs/judge.md).
+            let max_ratio = check.max_ratio.unwrap_or(DEFAULT_MAX_RATIO);
             let template = run_bucket_template(mesh);
             let (canary_query, primary_query) = (
                 render(&template, &canary_vars)?,
@@ -450,46 +460,54 @@ impl Analyzer {
             );
             let canary = canary.map_err(|e| format!("canary histogram query failed: {e}"))?;
             let primary = primary.map_err(|e| format!("primary histogram query failed: {e}"))?;
-            return sequential_tails(
+            return sequential_quantiles(
                 &check.name,
                 histogram_from_buckets(&canary)?,
                 histogram_from_buckets(&primary)?,
                 DURATION_QUANTILE,
-                tolerance,
+                max_ratio,
                 alpha,
             );
         }
         let tolerance = check
             .max_delta
             .map_or(DEFAULT_RATE_TOLERANCE, |points| points / 100.0);
+        // Each side's counts per 10-second slice of the run (longer slices past 60 of them),
+        // each slice queried at its own end with its own length as the range.
         let (all, failed) = run_count_templates(mesh);
-        let queries = [
-            render(&all, &canary_vars)?,
-            render(&failed, &canary_vars)?,
-            render(&all, &primary_vars)?,
-            render(&failed, &primary_vars)?,
-        ];
+        let windows = slice_windows(run_start, request.window_end_ms, MIN_SLICE_MS);
+        let mut queries = Vec::with_capacity(4 * windows.len());
+        for &(start_ms, end_ms) in &windows {
+            let len = (end_ms - start_ms).unsigned_abs();
+            let mut cv = canary_vars.clone();
+            cv.insert("run".into(), prometheus_duration(len));
+            let pv = as_primary(&cv)?;
+            let at = Window { start_ms, end_ms };
+            for (template, vars) in [(&all, &cv), (&failed, &cv), (&all, &pv), (&failed, &pv)] {
+                queries.push((render(template, vars)?, at));
+            }
+        }
         let measured = join_all(
             queries
                 .iter()
-                .map(|q| self.sample(&backend, provider, q, at)),
+                .map(|(q, at)| self.sample(&backend, provider, q, *at)),
         )
         .await;
-        let mut counts = [0u64; 4];
-        for (i, m) in measured.into_iter().enumerate() {
-            counts[i] = match m.map_err(|e| format!("counting query failed: {e}"))? {
-                // increase() extrapolates: counts come back fractional.
-                Sample::Value(v) => v.max(0.0).round() as u64,
-                Sample::NoData => 0,
-            };
+        let mut counts = Vec::with_capacity(measured.len());
+        for m in measured {
+            counts.push(
+                match m.map_err(|e| format!("counting query failed: {e}"))? {
+                    // increase() extrapolates: counts come back fractional.
+                    Sample::Value(v) => v.max(0.0).round() as u64,
+                    Sample::NoData => 0,
+                },
+            );
         }
-        Ok(sequential_rates(
-            &check.name,
-            Counts::new(counts[0], counts[1]),
-            Counts::new(counts[2], counts[3]),
-            tolerance,
-            alpha,
-        ))
+        let slices: Vec<Slice> = counts
+            .chunks_exact(4)
+            .map(|c| Slice::new(Counts::new(c[0], c[1]), Counts::new(c[2], c[3])))
+            .collect();
+        Ok(sequential_rates(&check.name, &slices, tolerance, alpha))
     }
 
     fn backend(&self, provider: &str, address: &str) -> Result<Backend, String> {

@@ -9,7 +9,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use aviary_core::judge::{Counts, Decision, Histogram, compare_rates, compare_tails};
+use aviary_core::judge::{
+    Decision, Histogram, MIN_PROMOTION_SPAN_MS, Slice, compare_quantiles, compare_slices,
+};
 use aviary_proto::{MetricResult, Outcome};
 
 /// What one query measured: a number, or nothing (empty vector, NaN, ±Inf).
@@ -114,7 +116,7 @@ impl Criteria {
         self.max_delta.is_some() || self.max_ratio.is_some()
     }
 
-    /// Whether any bound is set (a sequential metric without one passes while it continues).
+    /// Whether any bound is set.
     pub fn has_bound(&self) -> bool {
         self.min.is_some() || self.max.is_some() || self.relative()
     }
@@ -262,40 +264,128 @@ fn decide(c: &Criteria, obs: &Observation) -> (Outcome, String) {
     (Outcome::Pass, format!("{value} is within bounds"))
 }
 
-/// Judges a `judge: sequential` error-rate metric on cumulative counts since the run started
-/// (see [`aviary_core::judge::rate`]). `tolerance` is a proportion (0.005 = half a point of
-/// success rate); `alpha` is this metric's share of the rollout's budget.
+/// What a sequential metric's decision does to this step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequentialStep {
+    /// The judge decided for the run: its result stands. `decisive`: it may end the rollout
+    /// now (a fail always; a pass only after [`MIN_PROMOTION_SPAN_MS`] at the current weight).
+    Decided {
+        /// Whether the verdict may roll back at once or promote early.
+        decisive: bool,
+    },
+    /// No decision yet, and the metric has a `thresholdRange`: the window is judged against it
+    /// alone (Flagger's rule), never against `maxDelta` / `maxRatio`, which are the judge's
+    /// tolerance.
+    Window,
+    /// No decision yet and nothing else to judge: inconclusive, so the step holds (towards the
+    /// progress deadline) instead of passing on no evidence.
+    Hold,
+}
+
+/// What `decision` means for the step, for a metric judged with `criteria`, analysed
+/// `since_weight_change_ms` after the current weights were confirmed.
+pub fn sequential_step(
+    decision: Decision,
+    criteria: &Criteria,
+    since_weight_change_ms: u64,
+) -> SequentialStep {
+    match decision {
+        Decision::Fail => SequentialStep::Decided { decisive: true },
+        Decision::Pass => SequentialStep::Decided {
+            decisive: since_weight_change_ms >= MIN_PROMOTION_SPAN_MS,
+        },
+        Decision::Continue if criteria.min.is_some() || criteria.max.is_some() => {
+            SequentialStep::Window
+        }
+        Decision::Continue => SequentialStep::Hold,
+    }
+}
+
+impl Criteria {
+    /// The criteria a sequential metric's window is judged by when the judge has not decided:
+    /// `thresholdRange` only.
+    pub fn window_only(&self) -> Self {
+        Self {
+            max_delta: None,
+            max_ratio: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// Most slices one look queries (four counts each): an hour at one-minute slices. A longer
+/// run gets longer slices.
+pub const MAX_SLICES: u64 = 60;
+
+/// Shortest slice: two of Prometheus' usual 5-second scrapes in each, so `increase()` has
+/// something to extrapolate from.
+pub const MIN_SLICE_MS: u64 = 10_000;
+
+/// The time slices of a run from `run_start_ms` to `window_end_ms`, as `(start, end)` in
+/// milliseconds: `slice_ms` long (at least [`MIN_SLICE_MS`], longer when the run would need
+/// more than [`MAX_SLICES`]), aligned to the run's start so a slice is the same query at every
+/// look, the last one ending at the window's end. Empty when the run has not started.
+pub fn slice_windows(run_start_ms: i64, window_end_ms: i64, slice_ms: u64) -> Vec<(i64, i64)> {
+    let run = window_end_ms.saturating_sub(run_start_ms);
+    if run <= 0 {
+        return Vec::new();
+    }
+    let run = run.unsigned_abs();
+    let len = slice_ms.max(MIN_SLICE_MS).max(run.div_ceil(MAX_SLICES));
+    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    let mut start = run_start_ms;
+    while start < window_end_ms {
+        let end = start.saturating_add(len).min(window_end_ms);
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+/// Judges a `judge: sequential` error-rate metric on each side's counts per time slice of
+/// the run (see [`aviary_core::judge::slices`]). `tolerance` is a proportion (0.005 = half a
+/// point of success rate); `alpha` is this metric's share of the rollout's budget.
 ///
-/// Returns the result and the judge's decision: `Fail` and `Pass` are decisive (for the whole
-/// run); on `Continue` the caller judges the window's threshold part, if any.
+/// Returns the result and the judge's decision: `Fail` and `Pass` are for the whole run;
+/// `Continue` is inconclusive (see [`sequential_step`] for what the caller does with it).
 pub fn sequential_rates(
     name: &str,
-    canary: Counts,
-    primary: Counts,
+    slices: &[Slice],
     tolerance: f64,
     alpha: f64,
 ) -> (MetricResult, Decision) {
-    let j = compare_rates(canary, primary, tolerance, alpha);
-    let percent = |c: Counts| (c.trials > 0).then(|| 100.0 * (1.0 - c.rate()));
-    let (lo, hi) = (100.0 * j.difference.lower, 100.0 * j.difference.upper);
+    let j = compare_slices(slices, tolerance, alpha);
+    let total = |side: fn(&Slice) -> aviary_core::judge::Counts| {
+        slices.iter().map(side).fold((0u64, 0u64), |(n, e), c| {
+            (n + c.trials, e + c.events.min(c.trials))
+        })
+    };
+    let (cn, ce) = total(|s| s.canary);
+    let (pn, pe) = total(|s| s.primary);
+    let percent = |n: u64, e: u64| (n > 0).then(|| 100.0 * (1.0 - e as f64 / n as f64));
+    let (lo, hi) = (100.0 * j.interval.lower, 100.0 * j.interval.upper);
     let tol = 100.0 * tolerance;
     let (outcome, verdict) = match j.decision {
         Decision::Fail => (Outcome::Fail, "canary worse by more than the tolerance"),
         Decision::Pass => (Outcome::Pass, "canary not worse than the tolerance"),
-        Decision::Continue => (Outcome::Pass, "no decision yet"),
+        Decision::Continue => (Outcome::Inconclusive, "no decision yet"),
     };
     let reason = format!(
-        "sequential: {verdict}: canary error rate minus primary's in [{lo:.3}, {hi:.3}] points \
-         (tolerance {tol} points, α {alpha}); {} of {} canary and {} of {} primary requests \
-         failed since the run started",
-        canary.events, canary.trials, primary.events, primary.trials
+        "sequential: {verdict}: canary error rate minus primary's {:.3} points, in \
+         [{lo:.3}, {hi:.3}] (tolerance {tol} points, α {alpha}) within {} slices \
+         (overdispersion {:.2}); {ce} of {cn} canary and {pe} of {pn} primary requests failed \
+         since the run started",
+        100.0 * j.difference,
+        j.slices,
+        j.dispersion,
     );
     let result = MetricResult {
         name: name.to_owned(),
-        value: percent(canary),
+        value: percent(cn, ce),
         min: None,
         max: None,
-        primary_value: percent(primary),
+        primary_value: percent(pn, pe),
         outcome: outcome as i32,
         reason,
     };
@@ -335,23 +425,22 @@ pub fn histogram_from_buckets(buckets: &[(String, f64)]) -> Result<Histogram, St
 }
 
 /// Judges a `judge: sequential` latency metric on the cumulative histograms since the run
-/// started (see [`aviary_core::judge::latency`]): is the canary's share of requests slower
-/// than the primary's `quantile` bucket larger than the primary's by more than `tolerance` (a
-/// proportion)? `alpha` is this metric's share of the rollout's budget.
+/// started (see [`aviary_core::judge::latency`]): is the canary's `quantile` within
+/// `max_ratio` × the primary's? `alpha` is this metric's share of the rollout's budget.
 ///
 /// A side with no data at all is judged as no requests on the other side's bounds.
 ///
-/// Returns the result (value and primary value: each side's percent of requests slower than
-/// the deciding bound) and the judge's decision, as [`sequential_rates`].
+/// Returns the result (value and primary value: each side's interpolated quantile, in the
+/// histogram's unit) and the judge's decision, as [`sequential_rates`].
 ///
 /// # Errors
 /// When the two histograms have different bucket bounds.
-pub fn sequential_tails(
+pub fn sequential_quantiles(
     name: &str,
     canary: Histogram,
     primary: Histogram,
     quantile: f64,
-    tolerance: f64,
+    max_ratio: f64,
     alpha: f64,
 ) -> Result<(MetricResult, Decision), String> {
     let empty_like = |other: &Histogram| Histogram {
@@ -367,53 +456,41 @@ pub fn sequential_tails(
         }
         _ => (canary, primary),
     };
-    let j = compare_tails(&canary, &primary, quantile, tolerance, alpha)
+    let j = compare_quantiles(&canary, &primary, quantile, max_ratio, alpha)
         .map_err(|e| format!("sequential latency: {e}"))?;
+    let q = 100.0 * quantile;
     let (outcome, verdict) = match j.decision {
         Decision::Fail => (
             Outcome::Fail,
-            "canary's tail slower by more than the tolerance",
+            format!("canary's p{q} above {max_ratio} × the primary's"),
         ),
-        Decision::Pass => (Outcome::Pass, "canary's tail not slower than the tolerance"),
-        Decision::Continue => (Outcome::Pass, "no decision yet"),
+        Decision::Pass => (
+            Outcome::Pass,
+            format!("canary's p{q} within {max_ratio} × the primary's"),
+        ),
+        Decision::Continue => (Outcome::Inconclusive, "no decision yet".to_owned()),
     };
-    let slower_percent = |h: &Histogram, bound: f64| {
-        let i = h.bounds.iter().position(|&b| b == bound)?;
-        (h.total > 0).then(|| {
-            let slower = h.total - h.cumulative[i].min(h.total);
-            100.0 * slower as f64 / h.total as f64
-        })
+    let shown = |side: Option<(aviary_core::judge::Interval, f64)>| match side {
+        Some((i, estimate)) => format!("{estimate:.1} in [{:.1}, {:.1}]", i.lower, i.upper),
+        None => "no requests".to_owned(),
     };
-    let tol = 100.0 * tolerance;
-    let q = 100.0 * quantile;
-    let (value, primary_value, detail) = match j.deciding {
-        Some(b) => (
-            slower_percent(&canary, b.bound),
-            slower_percent(&primary, b.bound),
-            format!(
-                "at le={}: canary share slower minus primary's in [{:.3}, {:.3}] points",
-                b.bound,
-                100.0 * b.difference.lower,
-                100.0 * b.difference.upper
-            ),
-        ),
-        None => (
-            None,
-            None,
-            "the primary has no bucket at its p{q} yet".to_owned(),
-        ),
+    let finite = |side: Option<(aviary_core::judge::Interval, f64)>| {
+        side.map(|(_, e)| e).filter(|e| e.is_finite())
     };
     let reason = format!(
-        "sequential: {verdict}: {detail} (tolerance {tol:.3} points over the primary's p{q} \
-         bucket, α {alpha}); {} canary and {} primary requests since the run started",
-        canary.total, primary.total
+        "sequential: {verdict}: p{q} canary {}, primary {} (interpolated within buckets, α \
+         {alpha}); {} canary and {} primary requests since the run started",
+        shown(j.canary),
+        shown(j.primary),
+        canary.total,
+        primary.total
     );
     let result = MetricResult {
         name: name.to_owned(),
-        value,
+        value: finite(j.canary),
         min: None,
         max: None,
-        primary_value,
+        primary_value: finite(j.primary),
         outcome: outcome as i32,
         reason,
     };
@@ -592,11 +669,34 @@ mod tests {
     }
 
     #[test]
+    fn slices_are_aligned_to_the_run_start() {
+        assert_eq!(
+            slice_windows(0, 150_000, 60_000),
+            vec![(0, 60_000), (60_000, 120_000), (120_000, 150_000)]
+        );
+        assert_eq!(slice_windows(0, 25_000, 1_000).len(), 3, "10 s at least");
+        let long = slice_windows(0, 3 * 3_600_000, 60_000);
+        assert_eq!(long.len() as u64, MAX_SLICES);
+        assert_eq!(long.last().map(|w| w.1), Some(3 * 3_600_000));
+        assert!(slice_windows(5, 5, 60_000).is_empty());
+    }
+
+    fn slices(n: usize, canary: (u64, u64), primary: (u64, u64)) -> Vec<Slice> {
+        use aviary_core::judge::Counts;
+        vec![
+            Slice::new(
+                Counts::new(canary.0, canary.1),
+                Counts::new(primary.0, primary.1)
+            );
+            n
+        ]
+    }
+
+    #[test]
     fn sequential_rates_decide_for_the_run() {
         let (r, d) = sequential_rates(
             "request-success-rate",
-            Counts::new(20_000, 1_100),
-            Counts::new(200_000, 1_000),
+            &slices(10, (2_000, 110), (20_000, 100)),
             0.005,
             0.01,
         );
@@ -608,17 +708,74 @@ mod tests {
         );
         assert!((r.value.unwrap() - 94.5).abs() < 1e-9);
         assert!((r.primary_value.unwrap() - 99.5).abs() < 1e-9);
-        let (r, d) = sequential_rates("m", Counts::new(30, 1), Counts::new(300, 1), 0.005, 0.01);
-        assert_eq!((r.outcome(), d), (Outcome::Pass, Decision::Continue));
-        assert!(r.reason.contains("no decision yet"), "{}", r.reason);
-        let (_, d) = sequential_rates(
-            "m",
-            Counts::new(100_000, 500),
-            Counts::new(400_000, 2_000),
-            0.005,
-            0.01,
-        );
+        let (_, d) = sequential_rates("m", &slices(10, (10_000, 50), (40_000, 200)), 0.005, 0.01);
         assert_eq!(d, Decision::Pass);
+    }
+
+    /// Issue 15, case 5: no decision is not a pass. Today's judge answered `continue` with a
+    /// pass, so at low traffic the walk went on to promotion on no evidence.
+    #[test]
+    fn no_decision_is_inconclusive() {
+        let (r, d) = sequential_rates("m", &slices(6, (3, 0), (30, 0)), 0.005, 0.01);
+        assert_eq!(
+            (r.outcome(), d),
+            (Outcome::Inconclusive, Decision::Continue)
+        );
+        assert!(r.reason.contains("no decision yet"), "{}", r.reason);
+        let bare = Criteria::default();
+        assert_eq!(
+            sequential_step(Decision::Continue, &bare, 600_000),
+            SequentialStep::Hold
+        );
+        // An early promotion needs a minute of evidence at the current weight.
+        assert_eq!(
+            sequential_step(Decision::Pass, &bare, MIN_PROMOTION_SPAN_MS - 1),
+            SequentialStep::Decided { decisive: false }
+        );
+        assert_eq!(
+            sequential_step(Decision::Pass, &bare, MIN_PROMOTION_SPAN_MS),
+            SequentialStep::Decided { decisive: true }
+        );
+        assert_eq!(
+            sequential_step(Decision::Fail, &bare, 0),
+            SequentialStep::Decided { decisive: true }
+        );
+    }
+
+    /// Issue 15, case 3: `maxDelta` is the judge's tolerance and nothing else. Today's judge let
+    /// a `continue` fall through to a per-window check of `maxDelta` (canary 98.5 % against a
+    /// primary at 99.5 %, one noisy window) and failed the step.
+    #[test]
+    fn max_delta_is_only_the_tolerance() {
+        let c = Criteria {
+            max_delta: Some(0.5),
+            lower_is_worse: true,
+            ..Criteria::default()
+        };
+        assert_eq!(
+            sequential_step(Decision::Continue, &c, 60_000),
+            SequentialStep::Hold,
+            "maxDelta switches no window check on"
+        );
+        let noisy = Observation {
+            canary: Ok(Sample::Value(98.5)),
+            primary: Some(Ok(Sample::Value(99.5))),
+            requests: None,
+        };
+        assert_eq!(
+            outcome(&c, &noisy),
+            Outcome::Fail,
+            "the threshold judge's maxDelta"
+        );
+        let with_range = Criteria {
+            min: Some(98.0),
+            ..c.clone()
+        };
+        assert_eq!(
+            sequential_step(Decision::Continue, &with_range, 60_000),
+            SequentialStep::Window
+        );
+        assert_eq!(outcome(&with_range.window_only(), &noisy), Outcome::Pass);
     }
 
     fn buckets(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
@@ -643,48 +800,51 @@ mod tests {
     }
 
     #[test]
-    fn sequential_tails_fail_pass_and_continue() {
+    fn sequential_quantiles_fail_pass_and_continue() {
         let h = |pairs: &[(&str, f64)]| histogram_from_buckets(&buckets(pairs)).unwrap();
-        let primary = h(&[("50", 9_800.0), ("100", 10_000.0), ("+Inf", 10_000.0)]);
-        let slow = h(&[("50", 5_000.0), ("100", 8_000.0), ("+Inf", 10_000.0)]);
-        let (r, d) = sequential_tails("d", slow, primary.clone(), 0.99, 0.005, 0.01).unwrap();
+        let primary = h(&[
+            ("50", 98_000.0),
+            ("100", 99_500.0),
+            ("250", 100_000.0),
+            ("+Inf", 100_000.0),
+        ]);
+        let slow = h(&[
+            ("50", 5_000.0),
+            ("100", 8_000.0),
+            ("250", 9_000.0),
+            ("+Inf", 10_000.0),
+        ]);
+        let (r, d) = sequential_quantiles("d", slow, primary.clone(), 0.99, 1.5, 0.01).unwrap();
         assert_eq!(
             (r.outcome(), d),
             (Outcome::Fail, Decision::Fail),
             "{}",
             r.reason
         );
-        let same = h(&[("50", 98_000.0), ("100", 100_000.0), ("+Inf", 100_000.0)]);
-        let (r, d) = sequential_tails("d", same, primary.clone(), 0.99, 0.005, 0.01).unwrap();
+        assert_eq!(r.value, None, "the canary's p99 is in the +Inf bucket");
+        let same = primary.clone();
+        let (r, d) = sequential_quantiles("d", same, primary.clone(), 0.99, 1.5, 0.01).unwrap();
         assert_eq!(
             (r.outcome(), d),
             (Outcome::Pass, Decision::Pass),
             "{}",
             r.reason
         );
-        assert_eq!(
-            r.value,
-            Some(0.0),
-            "nobody slower than the primary's p99 bucket"
-        );
+        // p99 interpolated in (50, 100]: 50 + 50 × (0.99 − 0.98) / (0.995 − 0.98).
+        let p99 = 50.0 + 50.0 * 0.01 / 0.015;
+        assert!((r.value.unwrap() - p99).abs() < 1e-9, "{r:?}");
         // No canary data yet: nothing to decide.
-        let (r, d) = sequential_tails(
-            "d",
-            Histogram::default(),
-            primary.clone(),
-            0.99,
-            0.005,
-            0.01,
-        )
-        .unwrap();
+        let (r, d) =
+            sequential_quantiles("d", Histogram::default(), primary.clone(), 0.99, 1.5, 0.01)
+                .unwrap();
         assert_eq!(
             (r.outcome(), d),
-            (Outcome::Pass, Decision::Continue),
+            (Outcome::Inconclusive, Decision::Continue),
             "{}",
             r.reason
         );
         let other = h(&[("60", 1.0), ("+Inf", 1.0)]);
-        assert!(sequential_tails("d", other, primary, 0.99, 0.005, 0.01).is_err());
+        assert!(sequential_quantiles("d", other, primary, 0.99, 1.5, 0.01).is_err());
     }
 
     #[test]

@@ -1,24 +1,20 @@
-//! Latency: a sequential test for an upward shift of the canary's tail, from histogram
-//! buckets.
+//! Latency: is the canary's q-quantile within `maxRatio` of the primary's, from histogram
+//! buckets?
 //!
-//! For every finite bucket bound `b`, "slower than `b`" is a Bernoulli trial, so the two
-//! sides' shares of requests slower than `b` are compared by the joint test of
-//! [`super::rate`]. The α of the metric is split evenly (Bonferroni) over every bound of the
-//! histogram, which makes all of them hold at once at every look; the judge may then look at
-//! whichever bounds it likes — even bounds picked from the data, such as the primary's
-//! q-quantile bucket — without spending more than α.
+//! For every finite bucket bound `b`, "at most `b`" is a Bernoulli trial, so each side's share
+//! of requests at most `b` has a confidence sequence ([`super::rate::rate_interval`]); α is
+//! split evenly over both sides and every bound (Bonferroni), so all of them hold at once at
+//! every look. Between bounds the distribution is taken as uniform within its bucket, as
+//! Prometheus' `histogram_quantile` does, which turns the band on the CDF into a confidence
+//! interval for each side's q-quantile. The bucket layout is the resolution: inside a bucket
+//! the quantile is interpolated, not measured, and a quantile in the `+Inf` bucket has no
+//! upper end.
 //!
-//! `fail`: at some bound in the tail (where the primary's share slower than it is at most
-//! [`TAIL_FACTOR`] × `(1 − q)`), the canary's share exceeds the primary's by more than the
-//! tolerance. `pass`: at the primary's q-quantile bucket bound and every bound above it, the
-//! canary's share exceeds the primary's by less than the tolerance.
+//! `fail`: the canary's quantile is above `maxRatio` × the primary's, i.e. the lower end of the
+//! canary's interval exceeds `maxRatio` × the upper end of the primary's. `pass`: the upper end
+//! of the canary's is at most `maxRatio` × the lower end of the primary's.
 
-use super::rate::{Counts, Decision, Interval, compare_rates};
-
-/// How far into the body the tail reaches: bounds the primary exceeds up to 10 × `(1 − q)` of
-/// the time (p90 and up for p99). A shift of the whole distribution shows there as well as at
-/// the quantile, with more data; a body-only change (faster median, same tail) is not judged.
-pub const TAIL_FACTOR: f64 = 10.0;
+use super::rate::{Counts, Decision, Interval, rate_interval};
 
 /// A cumulative histogram since the run started: `cumulative[i]` requests took at most
 /// `bounds[i]`; `total` requests in all (the `+Inf` bucket).
@@ -33,33 +29,74 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// Requests slower than bound `i`, as counts of trials and events.
-    fn slower_than(&self, i: usize) -> Counts {
-        let at_most = self.cumulative.get(i).copied().unwrap_or(0).min(self.total);
-        Counts::new(self.total, self.total - at_most)
+    /// Requests at most bound `i`, as counts of trials and events.
+    fn at_most(&self, i: usize) -> Counts {
+        Counts::new(self.total, self.cumulative.get(i).copied().unwrap_or(0))
+    }
+
+    fn check(&self) -> Result<(), HistogramError> {
+        if self.bounds.len() != self.cumulative.len() {
+            return Err(HistogramError::Malformed(
+                "bounds and counts differ in length",
+            ));
+        }
+        if self.bounds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(HistogramError::Malformed("bounds are not ascending"));
+        }
+        Ok(())
+    }
+
+    /// The confidence interval of the q-quantile when each bound's share holds at
+    /// `alpha_per_bound`; the observed (interpolated) quantile as `estimate`, `None` without
+    /// requests.
+    fn quantile(&self, q: f64, alpha_per_bound: f64) -> Option<(Interval, f64)> {
+        if self.total == 0 {
+            return None;
+        }
+        let (mut lo, mut hi, mut point) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut run_lo, mut run_hi) = (0.0f64, 0.0f64);
+        for i in 0..self.bounds.len() {
+            let c = self.at_most(i);
+            let band = rate_interval(c, alpha_per_bound);
+            run_lo = run_lo.max(band.lower);
+            run_hi = run_hi.max(band.upper);
+            lo.push(run_lo);
+            hi.push(run_hi);
+            point.push(c.rate());
+        }
+        let lower = interpolate(&self.bounds, &hi, q).unwrap_or(f64::INFINITY);
+        let upper = interpolate(&self.bounds, &lo, q).unwrap_or(f64::INFINITY);
+        let estimate = interpolate(&self.bounds, &point, q).unwrap_or(f64::INFINITY);
+        Some((Interval { lower, upper }, estimate))
     }
 }
 
-/// One bound's comparison.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BoundJudgement {
-    /// The bucket bound.
-    pub bound: f64,
-    /// Confidence sequence for `canary share slower − primary share slower`.
-    pub difference: Interval,
-    /// Its conclusion against the tolerance.
-    pub decision: Decision,
+/// The first `x` where the piecewise-linear CDF through `(0, 0)` and `(bounds[i], cdf[i])`
+/// reaches `q`; `None` when it stays below `q` up to the last finite bound (the quantile is in
+/// the `+Inf` bucket).
+fn interpolate(bounds: &[f64], cdf: &[f64], q: f64) -> Option<f64> {
+    let (mut x0, mut f0) = (0.0f64.min(bounds.first().copied().unwrap_or(0.0)), 0.0);
+    for (&x, &f) in bounds.iter().zip(cdf) {
+        if f >= q {
+            if f <= f0 {
+                return Some(x);
+            }
+            return Some(x0 + (x - x0) * (q - f0) / (f - f0));
+        }
+        (x0, f0) = (x, f);
+    }
+    None
 }
 
-/// The tail comparison at one look.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TailJudgement {
+/// The quantile comparison at one look.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantileJudgement {
     /// The conclusion.
     pub decision: Decision,
-    /// The primary's q-quantile bucket bound, when the primary has data.
-    pub quantile_bound: Option<f64>,
-    /// The bound that decided (the failing one, or the quantile bound), if any.
-    pub deciding: Option<BoundJudgement>,
+    /// The canary's q-quantile: confidence interval and interpolated estimate.
+    pub canary: Option<(Interval, f64)>,
+    /// The primary's.
+    pub primary: Option<(Interval, f64)>,
 }
 
 /// Why two histograms cannot be compared.
@@ -73,71 +110,40 @@ pub enum HistogramError {
     Malformed(&'static str),
 }
 
-/// Compares the tails: is the canary's share of requests slower than the primary's
-/// `quantile` (e.g. 0.99) larger than the primary's by more than `tolerance` (a proportion)?
+/// Compares the q-quantiles (e.g. `quantile` 0.99): `Fail` when the canary's is above
+/// `max_ratio` × the primary's, `Pass` when it is at most that, each with probability of
+/// error at most `alpha` at every look; otherwise `Continue`.
 ///
 /// # Errors
 /// [`HistogramError`] when the histograms do not share their bounds or are malformed.
-pub fn compare_tails(
+pub fn compare_quantiles(
     canary: &Histogram,
     primary: &Histogram,
     quantile: f64,
-    tolerance: f64,
+    max_ratio: f64,
     alpha: f64,
-) -> Result<TailJudgement, HistogramError> {
-    for h in [canary, primary] {
-        if h.bounds.len() != h.cumulative.len() {
-            return Err(HistogramError::Malformed(
-                "bounds and counts differ in length",
-            ));
-        }
-        if h.bounds.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(HistogramError::Malformed("bounds are not ascending"));
-        }
-    }
+) -> Result<QuantileJudgement, HistogramError> {
+    canary.check()?;
+    primary.check()?;
     if canary.bounds != primary.bounds {
         return Err(HistogramError::BoundsDiffer);
     }
-    let k = canary.bounds.len().max(1);
-    let per_bound = alpha / k as f64;
-    let tail_share = 1.0 - quantile;
-    let mut quantile_bound = None;
-    let mut all_pass = true;
-    let mut pass_at_quantile = None;
-    for (i, &bound) in canary.bounds.iter().enumerate() {
-        let primary_slower = primary.slower_than(i);
-        if primary_slower.trials == 0 || primary_slower.rate() > TAIL_FACTOR * tail_share {
-            continue;
+    // Both sides, every bound.
+    let per_bound = alpha / (2 * canary.bounds.len().max(1)) as f64;
+    let c = canary.quantile(quantile, per_bound);
+    let p = primary.quantile(quantile, per_bound);
+    let decision = match (c, p) {
+        (Some((ci, _)), Some((pi, _))) if ci.lower > max_ratio * pi.upper => Decision::Fail,
+        (Some((ci, _)), Some((pi, _)))
+            if ci.upper.is_finite() && ci.upper <= max_ratio * pi.lower =>
+        {
+            Decision::Pass
         }
-        let j = compare_rates(canary.slower_than(i), primary_slower, tolerance, per_bound);
-        let judged = BoundJudgement {
-            bound,
-            difference: j.difference,
-            decision: j.decision,
-        };
-        if j.decision == Decision::Fail {
-            return Ok(TailJudgement {
-                decision: Decision::Fail,
-                quantile_bound,
-                deciding: Some(judged),
-            });
-        }
-        if primary_slower.rate() <= tail_share {
-            all_pass &= j.decision == Decision::Pass;
-            if quantile_bound.is_none() {
-                quantile_bound = Some(bound);
-                pass_at_quantile = Some(judged);
-            }
-        }
-    }
-    let decision = if all_pass && quantile_bound.is_some() {
-        Decision::Pass
-    } else {
-        Decision::Continue
+        _ => Decision::Continue,
     };
-    Ok(TailJudgement {
+    Ok(QuantileJudgement {
         decision,
-        quantile_bound,
-        deciding: pass_at_quantile,
+        canary: c,
+        primary: p,
     })
 }

@@ -1,9 +1,13 @@
 //! The statistical judge: anytime-valid comparison of the canary with the primary over the
-//! whole run so far. Pure math: cumulative counts and histograms in, [`Decision`] out; the
+//! whole run so far. Pure math: counts per time slice and histograms in, [`Decision`] out; the
 //! analyzer queries the counts, the bench simulates them.
 //!
-//! - [`rate`]: error rates, from a joint e-process on both sides' counts.
-//! - [`latency`]: upward shift of the tail, from histogram buckets.
+//! - [`slices`]: error rates, canary against primary within the same time slices, with the
+//!   variance widened by the slices' overdispersion. This is what decides.
+//! - [`latency`]: the q-quantile's ratio to the primary's, from histogram buckets.
+//! - [`rate`]: per-side confidence sequences (used by [`latency`]) and the pooled joint test
+//!   on whole-run counts, which assumes exchangeable requests (kept to show what the slices
+//!   fix; it decides nothing).
 //! - [`baseline`]: Flagger's threshold rule and Kayenta's Mann-Whitney, for comparison only.
 //!
 //! One error budget α per rollout ([`DEFAULT_ALPHA`]) covers every metric and every look:
@@ -14,10 +18,12 @@
 pub mod baseline;
 pub mod latency;
 pub mod rate;
+pub mod slices;
 pub mod special;
 
-pub use latency::{Histogram, HistogramError, TailJudgement, compare_tails};
+pub use latency::{Histogram, HistogramError, QuantileJudgement, compare_quantiles};
 pub use rate::{Counts, Decision, Interval, RateJudgement, compare_rates, rate_interval};
+pub use slices::{Slice, SliceJudgement, compare_slices};
 
 /// α per rollout when none is configured: at most one run in a hundred ends wrongly (a
 /// rollback of a canary that is within tolerance, or an early promotion of one that is not)
@@ -55,12 +61,14 @@ impl AlphaBudget {
     }
 }
 
-/// Latency tolerance for quantile `q` and allowed ratio `r` of slow-request shares: the
-/// canary's share of requests slower than the primary's q-quantile may be `r × (1 − q)` at
-/// most, i.e. exceed the primary's `1 − q` by `(r − 1)(1 − q)`. Without `r`, 1.5.
-pub fn tail_tolerance(quantile: f64, max_ratio: Option<f64>) -> f64 {
-    (max_ratio.unwrap_or(1.5) - 1.0).max(0.0) * (1.0 - quantile)
-}
+/// Latency tolerance when the metric sets no `maxRatio`: the canary's p99 may be 1.5 × the
+/// primary's (the ratio Flagger's docs use for request duration).
+pub const DEFAULT_MAX_RATIO: f64 = 1.5;
+
+/// How long after the last weight change a pass must have been evidenced before it may
+/// promote early: a regression that starts with a new weight (or just before the pass) gets a
+/// minute of its own traffic to show, the length of Flagger's usual interval.
+pub const MIN_PROMOTION_SPAN_MS: u64 = 60_000;
 
 #[cfg(test)]
 mod tests;
