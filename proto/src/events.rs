@@ -28,7 +28,7 @@ pub enum EventKind {
     GateWaiting,
     /// A gate opened.
     GateOpened,
-    /// An analysis result, with every metric's value.
+    /// An analysis that passed, with every metric's value (a failed one is [`Self::CheckFailed`]).
     Verdict,
     /// A failed check (a metric or `rollout`/`pre-rollout` hook out of bounds) that counts
     /// toward `threshold`; `reason` says how many of how many, `metrics` which failed.
