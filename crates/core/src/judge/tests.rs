@@ -494,6 +494,36 @@ fn slices_fail_regressions_and_pass_equal_canaries() {
     );
 }
 
+/// A regression that starts after 30 healthy minutes is failed from the restart at its start,
+/// not diluted by the run before it: within two minutes at 100 rps and 50 % weight.
+#[test]
+fn a_regression_that_starts_mid_run_is_failed_from_its_start() {
+    let mut rng = Rng(11);
+    let mut slices: Vec<Slice> = (0..180)
+        .map(|_| {
+            Slice::new(
+                Counts::new(500, rng.binomial(500, 0.005)),
+                Counts::new(500, rng.binomial(500, 0.005)),
+            )
+        })
+        .collect();
+    let j = compare_slices(&slices, DEFAULT_RATE_TOLERANCE, 0.01);
+    assert_ne!(j.decision, Decision::Fail, "{j:?}");
+    let failed_after = (1..=60).find(|_| {
+        slices.push(Slice::new(
+            Counts::new(500, rng.binomial(500, 0.055)),
+            Counts::new(500, rng.binomial(500, 0.005)),
+        ));
+        compare_slices(&slices, DEFAULT_RATE_TOLERANCE, 0.01).decision == Decision::Fail
+    });
+    let after = failed_after.expect("failed within 10 minutes");
+    assert!(
+        after <= 12,
+        "failed {} s after the regression began",
+        10 * after
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
