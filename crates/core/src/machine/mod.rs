@@ -584,6 +584,8 @@ impl Cx<'_> {
     }
 
     fn enter_step(&mut self, i: usize) {
+        // A step entered anew (resumed, skipped to) reports its own hold.
+        self.st.gate_hold = None;
         let Some(next) = self.m.plan.step(i).map(|s| s.canary_weight) else {
             return self.begin_promotion();
         };
