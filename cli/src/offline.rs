@@ -173,9 +173,31 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "-" }
 }
 
-fn hold(step: &PlannedStep) -> String {
+fn hold(step: &PlannedStep, rollout: &Rollout) -> String {
     match step.hold {
         None => "-".into(),
+        Some(Hold::Check) => {
+            let check = step
+                .source
+                .and_then(|i| rollout.spec.steps.as_ref()?.get(i))
+                .and_then(|s| match s {
+                    aviary_core::spec::Step::Check(c) => Some(c),
+                    _ => None,
+                });
+            match check {
+                Some(c) => match &c.on_failure {
+                    Some(f) => format!(
+                        "check {} (failed: back to {} at {}%, {}x)",
+                        c.name,
+                        f.go_to,
+                        f.set_weight,
+                        f.max_returns()
+                    ),
+                    None => format!("check {} (failed: rollback)", c.name),
+                },
+                None => "check".into(),
+            }
+        }
         Some(Hold::Approval) => "approval".into(),
         Some(Hold::Pause { duration: Some(d) }) => format!("pause {d}"),
         Some(Hold::Pause { duration: None }) => "pause until resumed".into(),
@@ -244,7 +266,7 @@ fn write_table(rollout: &Rollout, plan: &Plan, out: &mut dyn Write) -> anyhow::R
             },
             yes_no(s.matched()).into(),
             yes_no(s.analysis).into(),
-            hold(&s),
+            hold(&s, rollout),
         ]);
     }
     for (i, w) in plan.promotion.weights.iter().enumerate() {

@@ -32,6 +32,7 @@ const EXAMPLES: &[&str] = &[
     "blue-green-mirror.yaml",
     "session-affinity.yaml",
     "steps.yaml",
+    "campaign.yaml",
 ];
 
 #[test]
@@ -564,4 +565,16 @@ fn flagger_combinations_are_accepted_with_a_warning_at_their_path() {
         err.contains("warning: spec.analysis.stepWeight: ignored, iterations is set"),
         "{err}"
     );
+}
+
+#[test]
+fn a_campaign_plan_shows_its_stages_and_where_a_failing_check_returns() {
+    let o = aviary(&["plan", "-f", &example("campaign.yaml")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let table = stdout(&o);
+    assert!(
+        table.contains("check e2e (failed: back to small at 2%, 2x)"),
+        "{table}"
+    );
+    assert!(table.contains("check final (failed: rollback)"), "{table}");
 }

@@ -12,10 +12,11 @@ use serde_yaml::{Mapping, Value};
 use crate::duration::{HumanDuration, parse_duration};
 use crate::error::{FieldError, ValidationErrors, Warning, field, index};
 use crate::spec::{
-    Alert, Analysis, AnalysisStep, ApprovalStep, GatewayRef, HeaderRouteStep, IngressRef, Judge,
-    MatchRule, Metadata, Metric, MetricProvider, MirrorStep, ObjectRef, OnNoData, PauseStep,
-    ProviderRef, Rollout, RolloutSpec, ServiceSpec, SessionAffinity, Severity, Step, StringMatch,
-    Target, TargetRef, ThresholdRange, Webhook, WebhookType, WorkloadKind,
+    Alert, Analysis, AnalysisStep, ApprovalStep, CheckFailure, CheckStep, GatewayRef,
+    HeaderRouteStep, IngressRef, Judge, MatchRule, Metadata, Metric, MetricProvider, MirrorStep,
+    ObjectRef, OnNoData, PauseStep, ProviderRef, Rollout, RolloutSpec, ServiceSpec,
+    SessionAffinity, Severity, Step, StringMatch, Target, TargetRef, ThresholdRange, Webhook,
+    WebhookType, WorkloadKind,
 };
 use crate::strategy::Strategy;
 
@@ -918,6 +919,40 @@ impl Decoder {
         Some(a)
     }
 
+    fn check_step(&mut self, v: &Value, path: &str) -> Option<CheckStep> {
+        let known = ["name", "url", "timeout", "retries", "onFailure"];
+        let f = self.fields(v, path, &known)?;
+        let on_failure = match f.get("onFailure") {
+            Some(body) => {
+                let fp = f.path("onFailure");
+                let g = self.fields(body, &fp, &["goTo", "setWeight", "maxReturns"])?;
+                let go_to = self.string(&g, "goTo");
+                let set_weight = self.weight(&g, "setWeight", 0);
+                for (key, missing) in [
+                    ("goTo", go_to.is_none()),
+                    ("setWeight", set_weight.is_none()),
+                ] {
+                    if missing && g.get(key).is_none() {
+                        self.err(&g.path(key), "required");
+                    }
+                }
+                Some(CheckFailure {
+                    go_to: go_to.unwrap_or_default(),
+                    set_weight: set_weight.unwrap_or(0),
+                    max_returns: self.count32(&g, "maxReturns", 1),
+                })
+            }
+            None => None,
+        };
+        Some(CheckStep {
+            name: self.string(&f, "name").unwrap_or_default(),
+            url: self.string(&f, "url").unwrap_or_default(),
+            timeout: self.duration(&f, "timeout"),
+            retries: self.count32(&f, "retries", 0),
+            on_failure,
+        })
+    }
+
     fn step(&mut self, v: &Value, path: &str) -> Option<Step> {
         let kinds = [
             "setWeight",
@@ -926,6 +961,8 @@ impl Decoder {
             "approval",
             "setHeaderRoute",
             "setMirror",
+            "stage",
+            "check",
         ];
         let f = self.fields(v, path, &kinds)?;
         let present: Vec<&str> = kinds
@@ -977,6 +1014,8 @@ impl Decoder {
                 };
                 Some(Step::SetHeaderRoute(HeaderRouteStep { matches }))
             }
+            "stage" => self.string_at(body, &sp).map(Step::Stage),
+            "check" => self.check_step(body, &sp).map(Step::Check),
             _ => {
                 let g = self.fields(body, &sp, &["weight"])?;
                 let weight = match g.get("weight") {
@@ -1209,6 +1248,72 @@ spec:
                 .any(|e| e.starts_with("spec.analysis.mirrorWeight:")),
             "{:?}",
             errors(&bad)
+        );
+    }
+
+    #[test]
+    fn campaign_steps_decode_and_their_returns_are_checked() {
+        let base = VALID.replace("    maxWeight: 50\n    stepWeight: 2\n", "");
+        let steps = "  steps:\n    - stage: one\n    - setWeight: 10\n    - stage: two\n    - setWeight: 40\n    - check: {name: e2e, url: http://tests/e2e, timeout: 2m, onFailure: {goTo: one, setWeight: 5, maxReturns: 2}}\n";
+        let (r, ws, _) = with_warnings(&(base.clone() + steps));
+        assert!(ws.is_empty(), "{ws:?}");
+        let got = r.spec.steps.expect("steps");
+        assert_eq!(got[0], Step::Stage("one".into()));
+        let Step::Check(c) = &got[4] else {
+            panic!("{:?}", got[4])
+        };
+        assert_eq!(c.name, "e2e");
+        assert_eq!(c.timeout, Some(HumanDuration::from_secs(120)));
+        let back = c.on_failure.as_ref().expect("onFailure");
+        assert_eq!(
+            (back.go_to.as_str(), back.set_weight, back.max_returns()),
+            ("one", 5, 2)
+        );
+
+        let cases = [
+            // A stage after the check, or none of that name.
+            (
+                "goTo: one",
+                "goTo: three",
+                "spec.steps[4].check.onFailure.goTo",
+            ),
+            // Not lower than the 40 % the check runs at.
+            (
+                "setWeight: 5",
+                "setWeight: 40",
+                "spec.steps[4].check.onFailure.setWeight",
+            ),
+            (
+                "maxReturns: 2",
+                "maxReturns: 11",
+                "spec.steps[4].check.onFailure.maxReturns",
+            ),
+            (
+                "timeout: 2m",
+                "timeout: 2m, typo: 1",
+                "spec.steps[4].check.typo",
+            ),
+            (
+                "url: http://tests/e2e",
+                "url: tests",
+                "spec.steps[4].check.url",
+            ),
+            ("- stage: two", "- stage: one", "spec.steps[2].stage"),
+        ];
+        for (from, to, path) in cases {
+            let bad = base.clone() + &steps.replace(from, to);
+            let errs = errors(&bad);
+            assert!(errs.iter().any(|e| e.starts_with(path)), "{to}: {errs:?}");
+        }
+        // A goTo must look back: a stage after the check is refused too.
+        let later = base
+            + "  steps:\n    - setWeight: 40\n    - check: {name: c, url: http://t/c, onFailure: {goTo: later, setWeight: 5}}\n    - stage: later\n";
+        assert!(
+            errors(&later)
+                .iter()
+                .any(|e| e.starts_with("spec.steps[1].check.onFailure.goTo")),
+            "{:?}",
+            errors(&later)
         );
     }
 

@@ -121,6 +121,8 @@ pub enum Hold {
     },
     /// `approval:`: until approved through the control API.
     Approval,
+    /// `check:`: until the step's HTTP check (the `check` at the step's `source`) answers.
+    Check,
 }
 
 /// Promotion: the minimum time before it starts and the weights it moves through.
@@ -232,6 +234,8 @@ impl Plan {
                             s.mirror = m.weight > 0;
                             s.mirror_weight = (m.weight > 0).then_some(m.weight.min(100));
                         }
+                        Step::Stage(_) => {}
+                        Step::Check(_) => s.hold = Some(Hold::Check),
                     }
                     cur = s.clone();
                     steps.push(s);

@@ -642,6 +642,73 @@ pub enum Step {
     SetHeaderRoute(HeaderRouteStep),
     /// Mirror this percentage of requests to the canary (0 turns mirroring off).
     SetMirror(MirrorStep),
+    /// Names the position of the next step, so a failing `check` can return here.
+    Stage(String),
+    /// Call an HTTP check (2xx passes); on failure roll back, or return to an earlier stage at
+    /// a lower weight a bounded number of times.
+    Check(CheckStep),
+}
+
+/// `check: {name, url, timeout?, retries?, onFailure?}`: a test stage of a campaign.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStep {
+    /// Unique among the rollout's checks; named in events.
+    pub name: String,
+    /// `http://` or `https://` URL, POSTed Flagger's webhook payload; a 2xx passes.
+    pub url: String,
+    /// Per-attempt timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Extra attempts after a failed call (transport errors, timeouts, 5xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// What a failure does; without it the rollout is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<CheckFailure>,
+}
+
+impl CheckStep {
+    /// The check as the webhook the analyzer calls (judged as a `rollout` hook).
+    pub fn webhook(&self) -> Webhook {
+        Webhook {
+            name: self.name.clone(),
+            kind: WebhookType::Rollout,
+            url: self.url.clone(),
+            timeout: self.timeout,
+            retries: self.retries,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// `onFailure: {goTo, setWeight, maxAttempts?}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckFailure {
+    /// The `stage` (before the check) the rollout returns to.
+    pub go_to: String,
+    /// The canary weight it returns with: lower than the weight the check failed at. It
+    /// replaces the weight of the stage's first `setWeight`.
+    pub set_weight: u8,
+    /// How many times this check may send the rollout back (default 1); one more failure
+    /// rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_returns: Option<u32>,
+}
+
+impl CheckFailure {
+    /// Returns allowed when `maxReturns` is not given.
+    pub const DEFAULT_MAX_RETURNS: u32 = 1;
+    /// The most returns a check may allow.
+    pub const MAX_RETURNS: u32 = 10;
+
+    /// `maxReturns`, or its default.
+    pub fn max_returns(&self) -> u32 {
+        self.max_returns.unwrap_or(Self::DEFAULT_MAX_RETURNS)
+    }
 }
 
 /// `pause: {}` or `pause: {duration: 5m}`.
@@ -1177,7 +1244,69 @@ fn validate_steps(steps: &[Step], path: &str, c: &mut Collector) {
             Step::SetMirror(m) => {
                 check_weight(m.weight, &field(&field(&sp, "setMirror"), "weight"), 0, c)
             }
+            Step::Stage(name) => {
+                let np = field(&sp, "stage");
+                check_label(name, &np, true, c);
+                if steps[..i]
+                    .iter()
+                    .any(|s| matches!(s, Step::Stage(n) if n == name))
+                {
+                    c.push(&np, format!("duplicate stage {name:?}"));
+                }
+            }
+            Step::Check(k) => check_check_step(steps, i, k, &field(&sp, "check"), c),
         }
+    }
+}
+
+/// A `check` step: its call, and a return that goes to an earlier stage at a lower weight.
+fn check_check_step(steps: &[Step], i: usize, k: &CheckStep, path: &str, c: &mut Collector) {
+    check_label(&k.name, &field(path, "name"), true, c);
+    if steps[..i]
+        .iter()
+        .any(|s| matches!(s, Step::Check(o) if o.name == k.name))
+    {
+        c.push(
+            &field(path, "name"),
+            format!("duplicate check {:?}", k.name),
+        );
+    }
+    check_url(&k.url, &field(path, "url"), c);
+    check_duration(k.timeout, &field(path, "timeout"), c);
+    let Some(f) = &k.on_failure else { return };
+    let fp = field(path, "onFailure");
+    if !steps[..i]
+        .iter()
+        .any(|s| matches!(s, Step::Stage(n) if *n == f.go_to))
+    {
+        c.push(
+            &field(&fp, "goTo"),
+            format!("{:?} names no stage before this check", f.go_to),
+        );
+    }
+    // The weight the check runs at: the last setWeight before it.
+    let at = steps[..i]
+        .iter()
+        .rev()
+        .find_map(|s| match s {
+            Step::SetWeight(w) => Some(*w),
+            _ => None,
+        })
+        .unwrap_or(0);
+    if f.set_weight >= at {
+        c.push(
+            &field(&fp, "setWeight"),
+            format!(
+                "{} is not lower than the weight the check runs at ({at})",
+                f.set_weight
+            ),
+        );
+    }
+    if !(1..=CheckFailure::MAX_RETURNS).contains(&f.max_returns()) {
+        c.push(
+            &field(&fp, "maxReturns"),
+            format!("must be 1 to {}", CheckFailure::MAX_RETURNS),
+        );
     }
 }
 

@@ -54,7 +54,6 @@ use tracing::{info, warn};
 
 use resource::{Key, Kind};
 
-
 /// The controller's flags.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(

@@ -561,6 +561,7 @@ pub fn outstanding(wait: &machine::Wait) -> String {
         Wait::Gate { gate, .. } => format!("at the {} gate", gate.as_str()),
         Wait::Pause { .. } => "at a pause step".to_owned(),
         Wait::Approval => "at an approval step".to_owned(),
+        Wait::Check { .. } => "at a check step".to_owned(),
         Wait::Workload { op, .. } => format!("waiting for {}", op.as_str()),
         Wait::Finalise { seq, .. } => format!("finalise {seq} not confirmed"),
     }

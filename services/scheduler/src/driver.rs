@@ -582,6 +582,36 @@ impl Driver {
                         let _ = inputs.send(input).await;
                     });
                 }
+                Action::RunCheck { seq, webhook } => {
+                    let shared = self.shared.clone();
+                    let inputs = self.inputs.clone();
+                    let request =
+                        convert::webhook_request(record, seq, std::slice::from_ref(&webhook));
+                    tokio::spawn(async move {
+                        let input = match shared.effects.analyze(&request).await {
+                            Ok(v) => {
+                                let passed = v.outcome == aviary_proto::Outcome::Pass as i32;
+                                let reason = v
+                                    .webhooks
+                                    .first()
+                                    .map(|w| w.reason.clone())
+                                    .filter(|r| !r.is_empty())
+                                    .unwrap_or(v.error);
+                                Input::CheckResult {
+                                    seq,
+                                    passed,
+                                    reason: if passed { String::new() } else { reason },
+                                }
+                            }
+                            // No analyzer answered: a halt, not a failed check.
+                            Err(error) => Input::CheckUnanswered {
+                                seq,
+                                reason: error.to_string(),
+                            },
+                        };
+                        let _ = inputs.send(input).await;
+                    });
+                }
                 Action::RunHooks { hook, webhooks } => {
                     let shared = self.shared.clone();
                     let seq = record.status.seq;

@@ -29,8 +29,10 @@ pub use types::*;
 use std::collections::BTreeMap;
 
 use crate::error::ValidationErrors;
-use crate::plan::{Hold, Plan};
-use crate::spec::{DEFAULT_SESSION_MAX_AGE, MatchRule, RolloutSpec, Step, Webhook, WebhookType};
+use crate::plan::{Hold, Plan, PlannedStep};
+use crate::spec::{
+    CheckStep, DEFAULT_SESSION_MAX_AGE, MatchRule, RolloutSpec, Step, Webhook, WebhookType,
+};
 use crate::strategy::Strategy;
 
 /// How long every ingress has to acknowledge a route before advancement halts. Data planes
@@ -229,6 +231,15 @@ impl Cx<'_> {
             },
             Input::GateResult { seq, gate, open } => self.gate_result(seq, gate, open),
             Input::GateUnanswered { seq, gate, reason } => self.gate_unanswered(seq, gate, &reason),
+            Input::CheckResult {
+                seq,
+                passed,
+                reason,
+            } => self.check_result(seq, passed, &reason),
+            Input::CheckUnanswered { seq, reason } => match self.st.wait {
+                Wait::Check { seq: Some(s) } if s == seq => self.check_unanswered(&reason),
+                _ => self.ignore("stale check result"),
+            },
             Input::IngressesConfirmed { seq, ingresses } => {
                 self.ingresses_confirmed(seq, ingresses)
             }
@@ -545,6 +556,8 @@ impl Cx<'_> {
         self.st.started_at_ms = Some(self.now);
         // This run's windows judge this run's canary only.
         self.st.window_start_ms = None;
+        self.st.check_returns.clear();
+        self.st.return_weight = None;
         self.st.session_cookie = Some(format!("{:016x}", self.random));
         self.clear_halt();
         if self.m.has_hook(WebhookType::ConfirmRollout) {
@@ -604,7 +617,7 @@ impl Cx<'_> {
             return self.begin_promotion();
         };
         let (canary, mirror, matches) = (
-            s.canary_weight,
+            self.served_weight(&s),
             if s.mirror {
                 s.mirror_weight.unwrap_or(100)
             } else {
@@ -628,6 +641,119 @@ impl Cx<'_> {
             details,
         );
         self.go_route(canary, mirror, matches, false);
+    }
+
+    /// The canary weight step `s` (the current one) serves: its planned weight, unless a check
+    /// sent the run back with a lower one (served from the stage until the `setWeight` after
+    /// the stage's first, which it replaces).
+    fn served_weight(&mut self, s: &PlannedStep) -> u8 {
+        let Some((weight, replaced)) = self.st.return_weight else {
+            return s.canary_weight;
+        };
+        let sets_weight = s
+            .source
+            .and_then(|i| self.m.spec.steps.as_ref().and_then(|steps| steps.get(i)))
+            .is_some_and(|step| matches!(step, Step::SetWeight(_)));
+        match replaced {
+            _ if !sets_weight => weight,
+            None => {
+                self.st.return_weight = Some((weight, Some(self.st.step)));
+                weight
+            }
+            Some(step) if step == self.st.step => weight,
+            Some(_) => {
+                self.st.return_weight = None;
+                s.canary_weight
+            }
+        }
+    }
+
+    /// The current step's `check`, if it is a check step.
+    fn current_check(&self) -> Option<CheckStep> {
+        let source = self.m.plan.step(self.st.step)?.source?;
+        match self.m.spec.steps.as_ref()?.get(source)? {
+            Step::Check(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    fn run_check(&mut self) {
+        let Some(check) = self.current_check() else {
+            return self.advance();
+        };
+        let webhook = check.webhook();
+        let answer_timeout = self.m.answer_timeout_for(std::slice::from_ref(&webhook));
+        let seq = self.next_seq();
+        self.st.wait = Wait::Check { seq: Some(seq) };
+        self.acts.push(Action::RunCheck { seq, webhook });
+        self.schedule(self.now + answer_timeout);
+    }
+
+    fn check_unanswered(&mut self, reason: &str) {
+        let name = self.current_check().map(|c| c.name).unwrap_or_default();
+        // No answer is a halt (toward the progress deadline), never a failed check.
+        self.halt(format!("check {name}: no answer: {reason}"));
+        self.st.wait = Wait::Check { seq: None };
+        self.schedule(self.now + self.m.interval_ms());
+    }
+
+    fn check_result(&mut self, seq: u64, passed: bool, reason: &str) {
+        match self.st.wait {
+            Wait::Check { seq: Some(s) } if s == seq && self.st.phase == Phase::Progressing => {}
+            _ => return self.ignore("stale check result"),
+        }
+        let Some(check) = self.current_check() else {
+            return self.ignore("not a check step");
+        };
+        let name = &check.name;
+        if passed {
+            self.clear_halt();
+            self.emit(EventKind::AnalysisPassed, format!("check {name} passed"));
+            return self.advance();
+        }
+        let why = if reason.is_empty() { "failed" } else { reason };
+        let Some(back) = &check.on_failure else {
+            return self.rollback(format!("check {name} failed: {why}"));
+        };
+        let returns = self.st.check_returns.get(name).copied().unwrap_or(0) + 1;
+        if returns > back.max_returns() {
+            return self.rollback(format!(
+                "check {name} failed: {why}; it already sent the rollout back {} time(s)",
+                back.max_returns()
+            ));
+        }
+        let Some(stage) = self.stage_step(&back.go_to) else {
+            return self.rollback(format!(
+                "check {name} failed: {why}; no stage {:?}",
+                back.go_to
+            ));
+        };
+        self.st.check_returns.insert(name.clone(), returns);
+        self.st.return_weight = Some((back.set_weight, None));
+        let mut details = BTreeMap::new();
+        details.insert("check".into(), name.clone());
+        details.insert("stage".into(), back.go_to.clone());
+        self.emit_with(
+            EventKind::CheckFailed,
+            format!(
+                "check {name} failed: {why}; back to stage {} at {}% (return {returns} of {})",
+                back.go_to,
+                back.set_weight,
+                back.max_returns()
+            ),
+            details,
+        );
+        self.st.step = stage;
+        self.step_route();
+    }
+
+    /// The plan step of the `stage` named `name`.
+    fn stage_step(&self, name: &str) -> Option<usize> {
+        let steps = self.m.spec.steps.as_ref()?;
+        let source = steps
+            .iter()
+            .position(|s| matches!(s, Step::Stage(n) if n == name))?;
+        self.m.plan.steps().position(|s| s.source == Some(source))
     }
 
     /// The step's route is confirmed: hold, observe or move on.
@@ -656,6 +782,7 @@ impl Cx<'_> {
                 self.st.next_tick_at_ms = None;
                 self.emit(EventKind::Paused, "approval step: waiting for approve");
             }
+            Some(Hold::Check) => self.run_check(),
             None if s.analysis => {
                 self.st.wait = Wait::Interval;
                 self.schedule(self.now + self.m.interval_ms());
@@ -1109,6 +1236,7 @@ impl Cx<'_> {
     /// Back to 100 % primary; phase Failed.
     fn rollback(&mut self, reason: String) {
         self.st.gate_hold = None;
+        self.st.return_weight = None;
         self.st.phase = Phase::Failed;
         self.st.paused_from = None;
         self.st.weight_hold = None;
@@ -1186,6 +1314,8 @@ impl Cx<'_> {
             },
             Wait::Verdict { .. } => self.analysis_timeout(),
             Wait::Gate { gate, seq: None } => self.check_gate(gate),
+            Wait::Check { seq: None } => self.run_check(),
+            Wait::Check { seq: Some(_) } => self.check_unanswered("none in time"),
             Wait::Gate { gate, seq: Some(_) } => {
                 // No answer is an unavailable analyzer: a halt, never a failed check.
                 self.halt(format!("{} gate: no answer in time", gate.as_str()));

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use super::Machine;
 use super::types::*;
 
+mod campaign;
 mod holds;
 use crate::duration::HumanDuration;
 use crate::spec::{AnalysisStep, ApprovalStep, PauseStep, RolloutSpec, Step, WebhookType};
@@ -107,6 +108,13 @@ impl Sim {
                 Wait::Finalise { seq, .. } => {
                     self.input(Input::Finalised { seq });
                 }
+                Wait::Check { seq: Some(seq) } => {
+                    self.input(Input::CheckResult {
+                        seq,
+                        passed: outcome == Outcome::Pass,
+                        reason: String::new(),
+                    });
+                }
                 Wait::Workload { seq, .. } => {
                     self.input(Input::WorkloadDone {
                         seq,
@@ -118,7 +126,10 @@ impl Sim {
                     self.input(Input::Tick);
                 }
                 Wait::Idle | Wait::Approval | Wait::Pause { until_ms: None } => return,
-                Wait::Interval | Wait::Pause { .. } | Wait::Gate { seq: None, .. } => {
+                Wait::Interval
+                | Wait::Pause { .. }
+                | Wait::Gate { seq: None, .. }
+                | Wait::Check { seq: None } => {
                     let at = self.st.next_tick_at_ms.expect("a tick is scheduled");
                     self.now = self.now.max(at);
                     self.input(Input::Tick);

@@ -91,6 +91,12 @@ pub enum Wait {
     },
     /// An `approval:` step, until Approve or Promote.
     Approval,
+    /// A `check:` step: asked (`seq` set) or unanswered and to be asked again at the next tick.
+    #[serde(rename_all = "camelCase")]
+    Check {
+        /// The outstanding `RunCheck`, if any.
+        seq: Option<u64>,
+    },
     /// Workload mode: a [`WorkloadOp`] awaiting its `WorkloadDone` (sent again at the next
     /// tick while not done).
     #[serde(rename_all = "camelCase")]
@@ -369,6 +375,25 @@ pub enum Input {
         /// Why there was no answer.
         reason: String,
     },
+    /// The answer to `RunCheck` `seq`: passed, or failed with why. No answer at all (the
+    /// analyzer down or timing out) is `CheckUnanswered`, a halt.
+    #[serde(rename_all = "camelCase")]
+    CheckResult {
+        /// The `RunCheck`'s sequence number.
+        seq: u64,
+        /// Whether the check passed.
+        passed: bool,
+        /// Why it failed (empty when it passed).
+        reason: String,
+    },
+    /// `RunCheck` `seq` got no answer: a halt; the check is asked again.
+    #[serde(rename_all = "camelCase")]
+    CheckUnanswered {
+        /// The `RunCheck`'s sequence number.
+        seq: u64,
+        /// Why there was no answer.
+        reason: String,
+    },
     /// Every ingress acknowledged route `seq` (or the `Finalise` `seq`), each with the split it
     /// serves: every one must serve the split asked for, or the route failed at that ingress.
     IngressesConfirmed {
@@ -533,6 +558,14 @@ pub enum Action {
         /// The webhooks to call (empty for gates held by the API only).
         webhooks: Vec<Webhook>,
     },
+    /// Call a `check` step's HTTP check; answer with `CheckResult` or `CheckUnanswered`.
+    #[serde(rename_all = "camelCase")]
+    RunCheck {
+        /// Sequence number for the answer.
+        seq: u64,
+        /// The check, as a webhook.
+        webhook: Webhook,
+    },
     /// Call these hooks and do not wait (post-rollout, rollback notification).
     #[serde(rename_all = "camelCase")]
     RunHooks {
@@ -606,6 +639,14 @@ pub struct RolloutStatus {
     /// Gates opened in this run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates_open: Vec<WebhookType>,
+    /// Times each `check` step (by name) sent this run back to an earlier stage.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub check_returns: BTreeMap<String, u32>,
+    /// After a check sent the run back: the weight it returned with, served from the stage
+    /// until the `setWeight` after the stage's first one; the plan step of the `setWeight` it
+    /// replaced, once entered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_weight: Option<(u8, Option<usize>)>,
     /// When the current step's weights were confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at_ms: Option<u64>,
