@@ -1,7 +1,7 @@
 //! The permissions of `aviary_bus::permissions` on a real nats-server: each identity can do its
 //! own work, and what it must not do is refused by the server. The shipped configuration
-//! (`deploy/nats/permissions.conf`) and the table in `docs/bus.md` are generated from the same
-//! source; `AVIARY_REGENERATE=1` rewrites them.
+//! (`deploy/nats/permissions.conf`, and the Helm chart's copy), and the table in `docs/bus.md`
+//! are generated from the same source; `AVIARY_REGENERATE=1` rewrites them.
 
 mod common;
 
@@ -44,9 +44,15 @@ fn up_to_date(path: &PathBuf, current: &str, want: &str) {
 
 #[test]
 fn the_shipped_config_and_the_docs_come_from_the_one_source() {
-    let config = workspace().join("deploy/nats/permissions.conf");
-    let current = std::fs::read_to_string(&config).unwrap_or_default();
-    up_to_date(&config, &current, &permissions::shipped_config());
+    // The shipped configuration, and the chart's copy that its bundled NATS loads.
+    for path in [
+        "deploy/nats/permissions.conf",
+        "deploy/helm/aviary/files/nats-permissions.conf",
+    ] {
+        let config = workspace().join(path);
+        let current = std::fs::read_to_string(&config).unwrap_or_default();
+        up_to_date(&config, &current, &permissions::shipped_config());
+    }
 
     let docs = workspace().join("docs/bus.md");
     let text = std::fs::read_to_string(&docs).expect("docs/bus.md");

@@ -542,6 +542,53 @@ def test_bundled_nats_config_with_its_routes_is_valid_for_nats_server(chart: hel
     assert missing.returncode != 0 and "routes.conf" in missing.stderr + missing.stdout
 
 
+PER_SERVICE_USERS = ["analyzer", "cli-operator", "cli-read", "controller", "gate", "notifier", "router-agent", "scheduler"]
+
+
+def test_per_service_identities_reach_every_service_and_the_bundled_nats(chart: helm.Chart, tmp_path: Path) -> None:
+    r = render(chart, {"gate": {"enabled": True}, "nats": {"bundled": {"enabled": True}, "auth": {"method": "perService"}}})
+    users = r.get("Secret", f"{FULLNAME}-nats-users")["data"]
+    # Every user the generated permissions define, each with its own password.
+    assert sorted(users) == PER_SERVICE_USERS
+    assert len(set(users.values())) == len(users)
+    for component in DEFAULTS + ["gate"]:
+        env = env_of(r.deployment(component))
+        assert env["AVIARY_NATS_USER"] == component
+        assert env["AVIARY_NATS_PASSWORD"] == {"secretKeyRef": {"name": f"{FULLNAME}-nats-users", "key": component}}
+        assert "AVIARY_NATS_TOKEN" not in env
+    # The bundled NATS loads the generated permissions, with each password from the Secret.
+    data = r.get("ConfigMap", f"{FULLNAME}-nats")["data"]
+    shipped = (CHART.parents[1] / "nats" / "permissions.conf").read_text()
+    assert data["permissions.conf"] == shipped
+    assert 'include "permissions.conf"' in data["nats.conf"]
+    sts = r.get("StatefulSet", f"{FULLNAME}-nats")
+    env = {e["name"]: e.get("valueFrom") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for user in PER_SERVICE_USERS:
+        variable = "AVIARY_NATS_PASSWORD_" + user.upper().replace("-", "_")
+        assert env[variable] == {"secretKeyRef": {"name": f"{FULLNAME}-nats-users", "key": user}}
+    # nats-server accepts the rendered configuration as the pod sees it.
+    for name, text in data.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "routes.conf").write_text(r.get("Secret", f"{FULLNAME}-nats-routes")["stringData"]["routes.conf"])
+    passwords = {"AVIARY_NATS_PASSWORD_" + u.upper().replace("-", "_"): "pw" for u in PER_SERVICE_USERS}
+    checked = subprocess.run(
+        [nats_server(), "-t", "-c", "nats.conf"],
+        cwd=tmp_path,
+        env={"POD_NAME": f"{FULLNAME}-nats-0", "PATH": "/usr/bin:/bin", **passwords},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+def test_per_service_passwords_can_come_from_an_existing_secret(chart: helm.Chart) -> None:
+    r = render(chart, {"nats": {"auth": {"method": "perService", "perService": {"existingSecret": "mine"}}}})
+    assert f"{FULLNAME}-nats-users" not in r.names("Secret")
+    env = env_of(r.deployment("scheduler"))
+    assert env["AVIARY_NATS_PASSWORD"] == {"secretKeyRef": {"name": "mine", "key": "scheduler"}}
+
+
 def test_service_monitor_toggle(chart: helm.Chart) -> None:
     assert render(chart).of_kind("ServiceMonitor") == []
     r = render(chart, {"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}}})

@@ -105,6 +105,25 @@ NATS: URL and credentials from a Secret.
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret of per-service NATS passwords (method perService), one key per user. */}}
+{{- define "aviary.nats.usersSecretName" -}}
+{{- if .Values.nats.auth.perService.existingSecret -}}
+{{- .Values.nats.auth.perService.existingSecret -}}
+{{- else -}}
+{{- printf "%s-nats-users" (include "aviary.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The NATS users of method perService, read from the generated permissions file (one
+`AVIARY_NATS_PASSWORD_<USER>` per user), so the chart names no user the code does not define.
+*/}}
+{{- define "aviary.nats.users" -}}
+{{- range regexFindAll "AVIARY_NATS_PASSWORD_[A-Z_]+" (.Files.Get "files/nats-permissions.conf") -1 }}
+- {{ trimPrefix "AVIARY_NATS_PASSWORD_" . | lower | replace "_" "-" }}
+{{- end }}
+{{- end -}}
+
 {{- define "aviary.nats.bundledName" -}}
 {{- printf "%s-nats" (include "aviary.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -324,6 +343,16 @@ spec:
                 fieldRef:
                   fieldPath: metadata.name
             {{- include "aviary.nats.env" $root | nindent 12 }}
+            {{- if eq $root.Values.nats.auth.method "perService" }}
+            {{- /* Each component is the NATS user of its name (deploy/nats/permissions.conf). */}}
+            - name: AVIARY_NATS_USER
+              value: {{ .component | quote }}
+            - name: AVIARY_NATS_PASSWORD
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "aviary.nats.usersSecretName" $root }}
+                  key: {{ .component }}
+            {{- end }}
             {{- if has .component (list "scheduler" "router-agent" "notifier" "gate") }}
             {{- /* The components that create streams and buckets at start. */}}
             - name: AVIARY_JS_REPLICAS
