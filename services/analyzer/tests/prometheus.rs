@@ -381,4 +381,15 @@ async fn sequential_latency_does_not_fail_equal_distributions() {
         v.metrics.iter().all(|m| m.outcome() != Outcome::Error),
         "{v:?}"
     );
+    // The success rate was counted per slice of the run, from Prometheus: every request a
+    // success on both sides, but fewer than six slices, so no decision, which holds the step
+    // (inconclusive), never passes it.
+    let rate = &v.metrics[1];
+    assert_eq!(rate.outcome(), Outcome::Inconclusive, "{v:?}");
+    assert!(rate.reason.contains("no decision yet"), "{v:?}");
+    assert!(
+        close(rate.value, 100.0) && close(rate.primary_value, 100.0),
+        "{v:?}"
+    );
+    assert!(!v.decisive, "{v:?}");
 }
