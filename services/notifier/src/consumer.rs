@@ -126,6 +126,34 @@ async fn hand_back(messages: &mut pull::Stream, limit: usize) {
     }
 }
 
+/// Keeps an event that cannot be read in `aviary.dead.<its subject>` (stream `AVIARY_DEAD`),
+/// headers and payload as received plus [`DEAD_REASON`](aviary_bus::typed::DEAD_REASON);
+/// whether the stream stored it.
+async fn dead_letter(p: &Pipeline, message: &async_nats::Message, reason: &str) -> bool {
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(
+        aviary_bus::typed::DEAD_REASON,
+        reason.replace(['\r', '\n'], " "),
+    );
+    let dead = aviary_bus::names::dead_letter_subject(&message.subject);
+    let stored = match p
+        .shared
+        .js
+        .publish_with_headers(dead.clone(), headers, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match stored {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, dead_letter = %dead, %error, "could not dead-letter an event; it is redelivered");
+            false
+        }
+    }
+}
+
 /// Decodes and routes one message; returns the task that waits for its jobs and acks it.
 async fn dispatch(
     message: async_nats::jetstream::Message,
@@ -136,9 +164,12 @@ async fn dispatch(
     let event: AuditEvent = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,
         Err(error) => {
-            tracing::warn!(%subject, %error, "skipping an event that does not decode");
+            tracing::warn!(%subject, %error, "dead-lettering an event that does not decode");
             p.metrics.invalid("json");
-            ack(&acker, &subject).await;
+            // Kept, not lost: acked only once it is in the dead-letter stream (else redelivered).
+            if dead_letter(p, &message, &format!("undecodable event: {error}")).await {
+                ack(&acker, &subject).await;
+            }
             return None;
         }
     };

@@ -337,7 +337,7 @@ rollouts:
 }
 
 #[tokio::test]
-async fn garbage_on_the_events_subject_is_counted_and_skipped() {
+async fn garbage_on_the_events_subject_is_counted_dead_lettered_and_skipped() {
     let (nats, js) = nats().await;
     let rx = Receiver::start().await;
     let yaml = format!(
@@ -371,6 +371,19 @@ async fn garbage_on_the_events_subject_is_counted_and_skipped() {
     assert_eq!(event_id(&rx.delivered("/hook")[0]), "test/podinfo/2/2");
     assert_eq!(notifier.metrics().invalid_events("json"), 1);
     assert_eq!(notifier.metrics().invalid_events("unknown_type"), 1);
+    // The undecodable one is kept in the dead-letter stream, as received, with why.
+    let dead = js.get_stream(aviary_bus::names::STREAM_DEAD).await.unwrap();
+    let kept = dead
+        .get_last_raw_message_by_subject("aviary.dead.aviary.events.test.podinfo")
+        .await
+        .unwrap();
+    assert_eq!(&kept.payload[..], b"not json {");
+    let why = kept
+        .headers
+        .get(aviary_bus::typed::DEAD_REASON)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert!(why.starts_with("undecodable event"), "{why}");
     let scraped = notifier.scrape().await;
     assert!(
         scraped.contains("aviary_notifier_invalid_events_total{reason=\"json\"} 1"),

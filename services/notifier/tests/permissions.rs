@@ -77,11 +77,15 @@ rollouts:
     })
     .await;
     let operator = js_as(&nats, "cli-operator").await;
-    // The post the provider refuses is given up and dead-lettered.
-    eventually(DEADLINE, "the refused post dead-lettered", || async {
-        let mut dead = operator.get_stream(names::STREAM_DEAD).await.ok()?;
-        (dead.info().await.ok()?.state.messages == 1).then_some(())
-    })
+    // The post the provider refuses is given up and dead-lettered, and so is the garbage.
+    eventually(
+        DEADLINE,
+        "the refused post and the garbage dead-lettered",
+        || async {
+            let mut dead = operator.get_stream(names::STREAM_DEAD).await.ok()?;
+            (dead.info().await.ok()?.state.messages == 2).then_some(())
+        },
+    )
     .await;
     all_acked(&operator).await;
     assert_eq!(notifier.metrics().invalid_events("json"), 1);
