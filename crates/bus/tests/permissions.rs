@@ -172,10 +172,15 @@ async fn each_service_does_its_work_and_no_more() -> TestResult {
             }
         }
     });
-    analyzer.flush().await?;
-    let reply = scheduler
-        .request(names::ANALYSIS_REQUEST, "request".into())
-        .await?;
+    // The subscription reaches the server in its own time (a flush only writes it out):
+    // ask until someone listens.
+    let reply = aviary_testkit::eventually(DEADLINE, "the analyzer answers", || async {
+        scheduler
+            .request(names::ANALYSIS_REQUEST, "request".into())
+            .await
+            .ok()
+    })
+    .await;
     assert_eq!(reply.payload.as_ref(), b"verdict");
 
     // The analyzer may not write rollouts.

@@ -61,10 +61,14 @@ async fn the_analyzer_answers_the_scheduler_under_its_own_identity() {
     .connect(nats.url())
     .await
     .unwrap();
-    let reply = scheduler
-        .request(names::ANALYSIS_REQUEST, "not protobuf".into())
-        .await
-        .unwrap();
+    // Ready does not promise the server has its subscription yet: ask until someone answers.
+    let reply = aviary_testkit::eventually(Duration::from_secs(10), "an answer", || async {
+        scheduler
+            .request(names::ANALYSIS_REQUEST, "not protobuf".into())
+            .await
+            .ok()
+    })
+    .await;
     let code = reply
         .headers
         .as_ref()

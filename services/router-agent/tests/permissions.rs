@@ -62,13 +62,15 @@ async fn the_router_agent_works_under_its_own_identity() {
         .expect("agents bucket");
     assert!(agents.get("edge").await.expect("read").is_some());
     // A route command that does not decode is answered (400) into the scheduler's inbox.
-    let reply = scheduler
-        .request(
-            names::route_subject("edge").expect("subject"),
-            "not protobuf".into(),
-        )
-        .await
-        .expect("an answer");
+    // Ready does not promise the server has its subscription yet: ask until someone answers.
+    let subject = names::route_subject("edge").expect("subject");
+    let reply = aviary_testkit::eventually(Duration::from_secs(10), "an answer", || async {
+        scheduler
+            .request(subject.clone(), "not protobuf".into())
+            .await
+            .ok()
+    })
+    .await;
     let code = reply
         .headers
         .as_ref()
