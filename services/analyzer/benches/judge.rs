@@ -573,6 +573,24 @@ fn main() {
         twice.median(1),
         "s",
     );
+    for (k, rps) in from_10.into_iter().enumerate() {
+        let one = tally(
+            &[Scenario {
+                latency: 2.0,
+                ..Scenario::aa(rps)
+            }],
+            RUNS / 10,
+            true,
+            11 ^ ((k as u64) << 32),
+        );
+        for (i, who) in ["judge", "threshold"].into_iter().enumerate() {
+            line(
+                &format!("{who}_latency_median_seconds_to_rollback_p99_x2_{rps}rps"),
+                one.median(i),
+                "s",
+            );
+        }
+    }
     let plus2 = tally(
         &[Scenario {
             delta: 0.02,
@@ -583,6 +601,13 @@ fn main() {
         6,
     );
     plus2.report("power_plus2_10rps");
+    for (i, who) in ["judge", "threshold"].into_iter().enumerate() {
+        line(
+            &format!("{who}_median_seconds_to_rollback_plus2_10rps"),
+            plus2.median(i),
+            "s",
+        );
+    }
     let plus1 = tally(
         &[Scenario {
             delta: 0.01,
@@ -593,6 +618,13 @@ fn main() {
         7,
     );
     plus1.report("power_plus1_100rps");
+    for (i, who) in ["judge", "threshold"].into_iter().enumerate() {
+        line(
+            &format!("{who}_median_seconds_to_rollback_plus1_100rps"),
+            plus1.median(i),
+            "s",
+        );
+    }
     let plus5 = tally(
         &at(&[100.0, 1_000.0, 10_000.0], |rps| Scenario {
             delta: 0.05,
