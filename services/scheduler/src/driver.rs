@@ -201,6 +201,14 @@ async fn run(
     }
 }
 
+impl Drop for Driver {
+    /// Hook calls still running when the driver stops (lease lost, shutdown) go on to the
+    /// end, as calls that nothing waits for; only their failure goes unreported.
+    fn drop(&mut self) {
+        self.hooks.detach_all();
+    }
+}
+
 impl Driver {
     /// Reads the record and builds the machine; releases the lease when either fails.
     async fn load(
