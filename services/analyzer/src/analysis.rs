@@ -23,9 +23,7 @@ use futures::future::join_all;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use aviary_core::judge::{
-    AlphaBudget, Counts, DEFAULT_MAX_RATIO, DEFAULT_RATE_TOLERANCE, Decision, Slice,
-};
+use aviary_core::judge::{AlphaBudget, DEFAULT_MAX_RATIO, DEFAULT_RATE_TOLERANCE, Decision};
 
 use crate::builtin::{
     Builtin, DURATION_QUANTILE, Mesh, request_count_template, run_bucket_template,
@@ -36,7 +34,7 @@ use crate::dedupe::{DetachedFlight, PerBackendLimit, SingleFlight};
 use crate::judge::{
     Criteria, MIN_SLICE_MS, Measured, NoDataPolicy, Observation, Sample, SequentialStep, fold,
     histogram_from_buckets, judge, sequential_quantiles, sequential_rates, sequential_step,
-    slice_windows,
+    slice_windows, slices_from_cumulative,
 };
 use crate::metrics::{
     AnalyzerMetrics, OutcomeLabels, ProviderLabels, QueryLabels, WebhookLabels, outcome_label,
@@ -472,17 +470,24 @@ impl Analyzer {
         let tolerance = check
             .max_delta
             .map_or(DEFAULT_RATE_TOLERANCE, |points| points / 100.0);
-        // Each side's counts per 10-second slice of the run (longer slices past 60 of them),
-        // each slice queried at its own end with its own length as the range.
+        // Each side's counts since the run started, at the end of every 10-second slice of
+        // the run (longer slices past 60 of them); a slice's counts are the differences. A
+        // range from the run's start always spans scrapes, where a 10-second range alone
+        // would often hold one sample and count nothing.
         let (all, failed) = run_count_templates(mesh);
         let windows = slice_windows(run_start, request.window_end_ms, MIN_SLICE_MS);
         let mut queries = Vec::with_capacity(4 * windows.len());
-        for &(start_ms, end_ms) in &windows {
-            let len = (end_ms - start_ms).unsigned_abs();
+        for &(_, end_ms) in &windows {
             let mut cv = canary_vars.clone();
-            cv.insert("run".into(), prometheus_duration(len));
+            cv.insert(
+                "run".into(),
+                prometheus_duration((end_ms - run_start).unsigned_abs()),
+            );
             let pv = as_primary(&cv)?;
-            let at = Window { start_ms, end_ms };
+            let at = Window {
+                start_ms: run_start,
+                end_ms,
+            };
             for (template, vars) in [(&all, &cv), (&failed, &cv), (&all, &pv), (&failed, &pv)] {
                 queries.push((render(template, vars)?, at));
             }
@@ -503,10 +508,11 @@ impl Analyzer {
                 },
             );
         }
-        let slices: Vec<Slice> = counts
+        let cumulative: Vec<[u64; 4]> = counts
             .chunks_exact(4)
-            .map(|c| Slice::new(Counts::new(c[0], c[1]), Counts::new(c[2], c[3])))
+            .map(|c| [c[0], c[1], c[2], c[3]])
             .collect();
+        let slices = slices_from_cumulative(&cumulative);
         Ok(sequential_rates(&check.name, &slices, tolerance, alpha))
     }
 

@@ -343,6 +343,29 @@ pub fn slice_windows(run_start_ms: i64, window_end_ms: i64, slice_ms: u64) -> Ve
     out
 }
 
+/// Slices from counts since the run started at each slice's end, `[canary requests, canary
+/// errors, primary requests, primary errors]`, oldest first: each slice is the difference from
+/// the one before. `increase()` extrapolates, so a count can dip below the one before it; a
+/// dip is no traffic in that slice, not a negative one, and the next slice counts from the
+/// highest count seen.
+pub fn slices_from_cumulative(cumulative: &[[u64; 4]]) -> Vec<Slice> {
+    let mut seen = [0u64; 4];
+    cumulative
+        .iter()
+        .map(|c| {
+            let mut d = [0u64; 4];
+            for i in 0..4 {
+                d[i] = c[i].saturating_sub(seen[i]);
+                seen[i] = seen[i].max(c[i]);
+            }
+            Slice::new(
+                aviary_core::judge::Counts::new(d[0], d[1]),
+                aviary_core::judge::Counts::new(d[2], d[3]),
+            )
+        })
+        .collect()
+}
+
 /// Judges a `judge: sequential` error-rate metric on each side's counts per time slice of
 /// the run (see [`aviary_core::judge::slices`]). `tolerance` is a proportion (0.005 = half a
 /// point of success rate); `alpha` is this metric's share of the rollout's budget.
@@ -679,6 +702,21 @@ mod tests {
         assert_eq!(long.len() as u64, MAX_SLICES);
         assert_eq!(long.last().map(|w| w.1), Some(3 * 3_600_000));
         assert!(slice_windows(5, 5, 60_000).is_empty());
+    }
+
+    #[test]
+    fn slices_are_differences_of_counts_since_the_start() {
+        use aviary_core::judge::Counts;
+        let s = slices_from_cumulative(&[[100, 1, 900, 5], [250, 2, 1_800, 9], [240, 2, 2_700, 9]]);
+        assert_eq!(
+            s,
+            vec![
+                Slice::new(Counts::new(100, 1), Counts::new(900, 5)),
+                Slice::new(Counts::new(150, 1), Counts::new(900, 4)),
+                // An extrapolated dip is no traffic, and the next slice counts from 250.
+                Slice::new(Counts::new(0, 0), Counts::new(900, 0)),
+            ]
+        );
     }
 
     fn slices(n: usize, canary: (u64, u64), primary: (u64, u64)) -> Vec<Slice> {
