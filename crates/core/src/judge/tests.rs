@@ -358,6 +358,36 @@ impl Rng {
     }
 }
 
+/// The normal mixture's boundary on Gaussian random walks with known variance: 2 000 walks of
+/// 300 unit steps at α = 0.1; a formula that spent more than α would show as a count near or
+/// above 200 (Binomial(2000, 0.1): sd 13), so 240 bounds it with room. Most walks never get
+/// close: the boundary is valid at every look, so it is conservative at any one horizon.
+#[test]
+fn the_mixture_boundary_holds_alpha_on_random_walks() {
+    let mut rng = Rng(5);
+    let crossed = (0..2_000)
+        .filter(|_| {
+            let mut s = 0.0;
+            (1..=300).any(|n| {
+                s += rng.normal();
+                s >= slices::mixture_boundary(n as f64, 0.1)
+            })
+        })
+        .count();
+    assert!(crossed <= 240, "{crossed} of 2000 crossed at α = 0.1");
+    // And it is not vacuous: a drift of 0.3 a step crosses in most walks.
+    let drifted = (0..200)
+        .filter(|_| {
+            let mut s = 0.0;
+            (1..=300).any(|n| {
+                s += 0.3 + rng.normal();
+                s >= slices::mixture_boundary(n as f64, 0.1)
+            })
+        })
+        .count();
+    assert!(drifted >= 180, "{drifted} of 200 drifting walks crossed");
+}
+
 /// Issue 15, case 1: a 10-second outage on both sides (20 % errors) right after the canary's
 /// weight went from 10 to 20 %, at 1 000 rps, looked at 70 s in. On whole-run counts the
 /// outage is a quarter of the canary's requests but an eighth of the primary's, and the pooled
