@@ -59,7 +59,8 @@ impl Ingress {
     }
 
     /// The routes of this ingress stored in KV (under `<ingress>.>`), validated. An invalid
-    /// one is logged and left out; of two that take the same host and path (which Apply
+    /// one, or one this provider cannot serve (refused when it was commanded), is logged and
+    /// left out; of two that take the same host and path (which Apply
     /// refuses, so only a race between two Applies writes them), the one in `preferred` (what
     /// is served) is kept, else the one stored longest unchanged (the lower KV revision: a
     /// refused route is sent, and so written, again and again).
@@ -74,7 +75,13 @@ impl Ingress {
                 continue;
             };
             match Route::try_from(&entry.value) {
-                Ok(route) => stored.push((entry.revision, route)),
+                Ok(route) => match self.provider.can_serve(&route) {
+                    Ok(()) => stored.push((entry.revision, route)),
+                    Err(error) => {
+                        tracing::debug!(ingress = %self.name, %key, %error,
+                            "leaving out a stored route this data plane cannot serve");
+                    }
+                },
                 Err(error) => {
                     self.metrics.invalid(&self.name);
                     tracing::warn!(ingress = %self.name, %key, %error, "ignoring an invalid stored route");

@@ -356,3 +356,100 @@ async fn rollouts_on_one_nginx_each_split_only_their_hosts_and_paths() {
     assert!(refused.error.contains("test/api"), "{refused:?}");
     assert_eq!(internal.reconcile().await, Ok(false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_on_one_haproxy_drive_each_selections_backend() {
+    use aviary_router_agent::provider::haproxy::{HaproxyProvider, HaproxyRoute, HaproxySettings};
+    use aviary_testkit::haproxy::{Haproxy, HaproxyBackend};
+
+    let nats = NatsServer::start().await.unwrap();
+    let (shop, api, web) = (
+        Service::start("shop").await,
+        Service::start("api").await,
+        Service::start("web").await,
+    );
+    let backend =
+        |name: &str, service: &Service, hosts: &[&str], prefix: Option<&str>| HaproxyBackend {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            path_prefix: prefix.map(str::to_owned),
+            primary: service.primary.endpoint(),
+            canary: service.canary.endpoint(),
+        };
+    // The operator's configuration: the most specific selection first.
+    let haproxy = Haproxy::start_with_backends(&[
+        backend("be_api", &api, &["shop.example"], Some("/api")),
+        backend("be_shop", &shop, &["shop.example"], None),
+        backend("be_web", &web, &[], None),
+    ])
+    .await
+    .unwrap();
+    let route = |hosts: &[&str], prefix: Option<&str>, backend: &str| HaproxyRoute {
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        path_prefix: prefix.map(str::to_owned),
+        backend: backend.into(),
+    };
+    let provider = Provider::Haproxy(HaproxyProvider::new(
+        HaproxySettings {
+            stats_socket: haproxy.stats_socket(),
+            backend: Some("be_web".into()),
+            primary_server: "primary".into(),
+            canary_server: "canary".into(),
+            routes: vec![
+                route(&["shop.example"], None, "be_shop"),
+                route(&["shop.example"], Some("/api"), "be_api"),
+            ],
+        },
+        TIMEOUT,
+    ));
+    let lb = ingress("lb", provider, &nats).await;
+    let url = haproxy.url();
+    let shop_client = [("host", "shop.example")];
+
+    assert_eq!(
+        ok(&command(&lb, shop.route("lb", &["shop.example"], "/", 20)).await),
+        (80, 20)
+    );
+    assert_eq!(
+        ok(&command(&lb, api.route("lb", &["shop.example"], "/api", 100)).await),
+        (0, 100)
+    );
+    assert_eq!(
+        ok(&command(&lb, web.route("lb", &[], "/", 0)).await),
+        (100, 0)
+    );
+    assert_own_split(
+        &traffic(&url, 1000, &shop_client).await,
+        &shop,
+        1000,
+        20.0,
+        4.0,
+    );
+    assert_own_split(
+        &traffic(&format!("{url}/api"), 200, &shop_client).await,
+        &api,
+        200,
+        100.0,
+        0.0,
+    );
+    assert_own_split(
+        &traffic(&url, 200, &[("host", "other.example")]).await,
+        &web,
+        200,
+        0.0,
+        0.0,
+    );
+
+    // A selection no backend is configured for is refused with the reason.
+    let blog = Service::start("blog").await;
+    let refused = command(&lb, blog.route("lb", &["blog.example"], "/", 10)).await;
+    assert!(
+        refused.error.contains("no backend is configured"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        lb.reconcile().await,
+        Ok(false),
+        "the routes served are the ones stored"
+    );
+}

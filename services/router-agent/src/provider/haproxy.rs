@@ -160,6 +160,13 @@ impl HaproxyProvider {
             })
     }
 
+    /// Whether a backend is configured for `route`'s selection.
+    ///
+    /// Errors: [`ApplyError::Unsupported`] when none is.
+    pub fn can_serve(&self, route: &Route) -> Result<(), ApplyError> {
+        self.backend(route).map(|_| ())
+    }
+
     /// The current `(primary, canary)` weights of `backend`'s servers.
     ///
     /// Errors: [`ApplyError::Rejected`] when HAProxy does not know the servers.

@@ -171,6 +171,18 @@ impl Provider {
         }
     }
 
+    /// Why this provider cannot serve `route` at all, if it cannot: a feature it cannot
+    /// express, or (HAProxy) a selection no backend is configured for.
+    ///
+    /// Errors: [`ApplyError::Unsupported`] naming what is missing.
+    pub fn can_serve(&self, route: &Route) -> Result<(), ApplyError> {
+        self.capabilities().check(self.kind(), route)?;
+        match self {
+            Self::Haproxy(p) => p.can_serve(route),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies `routes`, every route of the ingress, and returns the split read back from the
     /// data plane for `route`, the one of them that changed. A Kubernetes provider owns one
     /// object, so it applies `route` alone.
