@@ -60,10 +60,10 @@ impl Ingress {
 
     /// The routes of this ingress stored in KV (under `<ingress>.>`), validated. An invalid
     /// one, or one this provider cannot serve (refused when it was commanded), is logged and
-    /// left out; of two that take the same host and path (which Apply
-    /// refuses, so only a race between two Applies writes them), the one in `preferred` (what
-    /// is served) is kept, else the one stored longest unchanged (the lower KV revision: a
-    /// refused route is sent, and so written, again and again).
+    /// left out; of two that take the same host and path (which Apply refuses, so only a race
+    /// between two Applies writes them), the one in `preferred` (what is served) is kept, else
+    /// the one stored longest unchanged (the lower KV revision: a refused route is sent, and so
+    /// written, again and again).
     ///
     /// Errors: the bus's.
     pub async fn desired(&self, preferred: &RouteSet) -> Result<RouteSet, BusError> {
@@ -83,7 +83,6 @@ impl Ingress {
                     }
                 },
                 Err(error) => {
-                    self.metrics.invalid(&self.name);
                     tracing::warn!(ingress = %self.name, %key, %error, "ignoring an invalid stored route");
                 }
             }
