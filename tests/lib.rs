@@ -49,6 +49,21 @@ pub const LEASE_TTL_MS: u64 = 1_500;
 /// heals within seconds even without a fresh command.
 pub const RECONCILE_INTERVAL_MS: u64 = 1_000;
 
+/// The password of NATS user `user` on the stack's permissioned nats-server.
+fn nats_password(user: &str) -> String {
+    format!("e2e-{user}")
+}
+
+/// The flags that connect a service as NATS user `user` (`aviary_bus::permissions`).
+fn nats_identity(user: &str) -> Vec<String> {
+    vec![
+        "--nats-user".into(),
+        user.into(),
+        "--nats-password".into(),
+        nats_password(user),
+    ]
+}
+
 /// Where the workspace's service binaries are: the test binary is `<target>/debug/deps/<test>`.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current test binary");
@@ -326,8 +341,20 @@ impl Stack {
             .prefix("aviary-e2e-")
             .tempdir()
             .unwrap();
-        let nats = NatsServer::start().await.unwrap();
-        let client = nats.client().await.unwrap();
+        // Every service runs as its own NATS user with exactly its permissions, so a missing
+        // permission fails a scenario. The stack's own client reads what the scheduler does.
+        let permissions = aviary_bus::permissions::nats_authorization(|user| {
+            format!("\"{}\"", nats_password(user))
+        });
+        let nats = NatsServer::start_with_config(&permissions).await.unwrap();
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            "scheduler".into(),
+            nats_password("scheduler"),
+        )
+        .custom_inbox_prefix(aviary_bus::names::inbox_prefix("aviary-scheduler"))
+        .connect(nats.url())
+        .await
+        .unwrap();
         let primary = App::start("v1", &AppBehaviour::default()).await;
         let canary = App::start("v2", &options.canary).await;
 
@@ -366,7 +393,10 @@ impl Stack {
                 RECONCILE_INTERVAL_MS.to_string(),
                 "--apply-timeout-ms".into(),
                 "5000".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(nats_identity("router-agent"))
+            .collect(),
         );
         agent.start().await;
 
@@ -426,7 +456,10 @@ impl Stack {
                 // The testkit's Prometheus scrapes every second.
                 "--scrape-interval".into(),
                 "1s".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(nats_identity("analyzer"))
+            .collect(),
         );
         analyzer.start().await;
 
@@ -441,7 +474,10 @@ impl Stack {
                     nats.url(),
                     "--listen-addr".into(),
                     format!("127.0.0.1:{gate_port}"),
-                ],
+                ]
+                .into_iter()
+                .chain(nats_identity("gate"))
+                .collect(),
             );
             gate.start().await;
             Some(gate)
@@ -471,7 +507,10 @@ impl Stack {
                     config.display().to_string(),
                     "--cluster-name".into(),
                     "e2e".into(),
-                ],
+                ]
+                .into_iter()
+                .chain(nats_identity("notifier"))
+                .collect(),
             );
             notifier.start().await;
             Some(notifier)
@@ -500,7 +539,10 @@ impl Stack {
                     "3000".into(),
                     "--analysis-timeout-ms".into(),
                     "8000".into(),
-                ],
+                ]
+                .into_iter()
+                .chain(nats_identity("scheduler"))
+                .collect(),
             );
             service.start().await;
             schedulers.push(Scheduler {
@@ -856,6 +898,22 @@ impl Stack {
             .iter_mut()
             .find(|s| s.id == id)
             .unwrap_or_else(|| panic!("no replica {id}"))
+    }
+}
+
+/// A scenario passes only if the server refused no service anything: every service runs as
+/// its own NATS user, and a permission it lacks is a bug in `aviary_bus::permissions`.
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.nats.log();
+        let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+        assert!(
+            refused.is_empty(),
+            "nats-server refused a service: {refused:#?}"
+        );
     }
 }
 
