@@ -672,7 +672,7 @@ impl Decoder {
         }
         if let Some(s) = f.get("sessionAffinity") {
             let sp = f.path("sessionAffinity");
-            if let Some(g) = self.fields(s, &sp, &["cookieName", "maxAge"]) {
+            if let Some(g) = self.fields(s, &sp, &["cookieName", "maxAge", "primaryCookieName"]) {
                 let cookie_name = self.string(&g, "cookieName");
                 if cookie_name.is_none() && g.get("cookieName").is_none() {
                     self.err(&g.path("cookieName"), "required");
@@ -680,6 +680,7 @@ impl Decoder {
                 a.session_affinity = Some(SessionAffinity {
                     cookie_name: cookie_name.unwrap_or_default(),
                     max_age: self.count(&g, "maxAge", 1),
+                    primary_cookie_name: self.string(&g, "primaryCookieName"),
                 });
             }
         }

@@ -258,10 +258,7 @@ pub const CANARY_FIELDS: &[(&str, FieldUse)] = &[
     ("spec.analysis.sessionAffinity", Mapped),
     ("spec.analysis.sessionAffinity.cookieName", Mapped),
     ("spec.analysis.sessionAffinity.maxAge", Mapped),
-    (
-        "spec.analysis.sessionAffinity.primaryCookieName",
-        Ignored("only canary responses set a cookie"),
-    ),
+    ("spec.analysis.sessionAffinity.primaryCookieName", Mapped),
     ("spec.analysis.sessionAffinity.domain", Ignored(COOKIE)),
     ("spec.analysis.sessionAffinity.httpOnly", Ignored(COOKIE)),
     ("spec.analysis.sessionAffinity.partitioned", Ignored(COOKIE)),
@@ -1241,6 +1238,10 @@ impl Walk {
                 a.session_affinity = Some(SessionAffinity {
                     cookie_name: cookie_name.unwrap_or_default(),
                     max_age: self.d.count(&g, "maxAge", 1),
+                    primary_cookie_name: self
+                        .d
+                        .string(&g, "primaryCookieName")
+                        .filter(|n| !n.is_empty()),
                 });
             }
         }

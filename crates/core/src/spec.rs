@@ -374,6 +374,11 @@ pub struct SessionAffinity {
     /// Cookie lifetime in seconds ([`DEFAULT_SESSION_MAX_AGE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<u64>,
+    /// Flagger's primary stickiness: primary responses set this cookie (lifetime: one
+    /// analysis interval) and a request carrying it stays on the primary, so the canary's
+    /// share does not creep above its weight as canary users accumulate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_cookie_name: Option<String>,
 }
 
 /// One metric check.
@@ -1178,6 +1183,14 @@ fn validate_analysis(a: &Analysis, path: &str, c: &mut Collector) {
         if s.max_age == Some(0) {
             c.push(&field(&sp, "maxAge"), "must be at least 1 second");
         }
+        if let Some(p) = &s.primary_cookie_name {
+            let pp = field(&sp, "primaryCookieName");
+            if p.is_empty() || !p.chars().all(is_token_char) {
+                c.push(&pp, "invalid cookie name");
+            } else if *p == s.cookie_name {
+                c.push(&pp, "must differ from cookieName");
+            }
+        }
         if a.iterations.is_some() {
             c.push(
                 &sp,
@@ -1541,6 +1554,7 @@ impl RolloutSpec {
         self.analysis.session_affinity = Some(SessionAffinity {
             cookie_name: cookie_name.into(),
             max_age: Some(max_age),
+            primary_cookie_name: None,
         });
         self
     }

@@ -117,9 +117,21 @@ pub struct Affinity {
     pub max_age_seconds: u32,
     /// The run has ended: the cookie is expired and no longer pins.
     pub expired: bool,
+    /// Primary stickiness: the primary's responses set this cookie (same value) for this
+    /// long, and a request carrying it stays on the primary.
+    pub primary: Option<(String, u32)>,
 }
 
 impl Affinity {
+    /// The primary cookie's `Set-Cookie` value, while the run pins (not expired).
+    pub fn primary_set_cookie(&self) -> Option<String> {
+        let (name, max_age) = self.primary.as_ref().filter(|_| !self.expired)?;
+        Some(format!(
+            "{name}={}; Max-Age={max_age}; Path=/",
+            self.cookie_value
+        ))
+    }
+
     /// The `Set-Cookie` value sent to clients.
     pub fn set_cookie(&self) -> String {
         if self.expired {
@@ -266,11 +278,27 @@ impl TryFrom<&DesiredRoute> for Route {
                         "must be a non-empty cookie token",
                     ));
                 }
+                let primary = if a.primary_cookie_name.is_empty() {
+                    None
+                } else if !is_cookie_token(&a.primary_cookie_name)
+                    || a.primary_cookie_name == a.cookie_name
+                {
+                    return Err(invalid(
+                        "route.session_affinity.primary_cookie_name",
+                        "must be a cookie token other than cookie_name",
+                    ));
+                } else {
+                    Some((
+                        a.primary_cookie_name.clone(),
+                        a.primary_max_age_seconds.max(1),
+                    ))
+                };
                 Some(Affinity {
                     cookie_name: a.cookie_name.clone(),
                     cookie_value: a.cookie_value.clone(),
                     max_age_seconds: a.max_age_seconds,
                     expired: a.expired,
+                    primary,
                 })
             }
             _ => None,

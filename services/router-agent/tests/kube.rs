@@ -1022,3 +1022,115 @@ async fn nginx_ingress_refuses_what_its_annotations_cannot_say() {
         assert!(!matches!(request, Ok(Some(_))), "no request may be made");
     }
 }
+
+/// The `Cookie` header regex of the primary's sticky rule for `primary-cookie`, run `run-1`.
+const PRIMARY_STICKY_COOKIE: &str = "^(.*?;\\s*)?primary\\-cookie=run\\-1(;.*)?$";
+
+/// What the split's primary responses send with primary stickiness (one interval, 60 s).
+const PRIMARY_SET_COOKIE: &str = "primary-cookie=run-1; Max-Age=60; Path=/";
+
+fn with_primary_cookie(value: &str) -> aviary_proto::SessionAffinity {
+    aviary_proto::SessionAffinity {
+        primary_cookie_name: "primary-cookie".into(),
+        primary_max_age_seconds: 60,
+        ..affinity(value, false)
+    }
+}
+
+#[tokio::test]
+async fn gateway_api_keeps_primary_users_on_the_primary_with_a_primary_cookie() {
+    let (provider, handle) = mock_provider(KubeKind::GatewayApi, settings());
+    let mut route = desired(20);
+    route.session_affinity = Some(with_primary_cookie("run-1"));
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{HTTPROUTE}{APPLY_QUERY}"),
+                // Canary users first, then primary users, then the split handing out both.
+                body: httproute(json!([
+                    {
+                        "matches": [{ "headers": [
+                            { "name": "cookie", "type": "RegularExpression", "value": STICKY_COOKIE },
+                        ] }],
+                        "backendRefs": [{ "name": "podinfo-canary", "port": 9898 }],
+                    },
+                    {
+                        "matches": [{ "headers": [
+                            { "name": "cookie", "type": "RegularExpression", "value": PRIMARY_STICKY_COOKIE },
+                        ] }],
+                        "backendRefs": [{ "name": "podinfo-primary", "port": 9898 }],
+                    },
+                    {
+                        "backendRefs": [
+                            { "name": "podinfo-primary", "port": 9898, "weight": 80,
+                              "filters": [set_cookie_filter(PRIMARY_SET_COOKIE)] },
+                            { "name": "podinfo-canary", "port": 9898, "weight": 20,
+                              "filters": [set_cookie_filter(SET_COOKIE)] },
+                        ],
+                    },
+                ])),
+                defaults: httproute_defaults,
+            },
+            Exchange::Get {
+                path: HTTPROUTE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        observed,
+        split(80, 20),
+        "the split is read from the rule naming both, not the primary's sticky rule"
+    );
+}
+
+#[tokio::test]
+async fn istio_keeps_primary_users_on_the_primary_with_a_primary_cookie() {
+    let (provider, handle) = mock_provider(KubeKind::Istio, settings());
+    let mut route = desired(20);
+    route.session_affinity = Some(with_primary_cookie("run-1"));
+    let observed = apply(
+        provider,
+        handle,
+        &route,
+        vec![
+            Exchange::Apply {
+                path: format!("{VIRTUALSERVICE}{APPLY_QUERY}"),
+                body: virtualservice(json!([
+                    {
+                        "name": "aviary-affinity",
+                        "match": [{ "headers": { "cookie": { "regex": STICKY_COOKIE } } }],
+                        "route": [{ "destination": destination("podinfo-canary"), "weight": 100 }],
+                    },
+                    {
+                        "name": "aviary-affinity-primary",
+                        "match": [{ "headers": { "cookie": { "regex": PRIMARY_STICKY_COOKIE } } }],
+                        "route": [{ "destination": destination("podinfo-primary"), "weight": 100 }],
+                    },
+                    {
+                        "name": "aviary-split",
+                        "route": [
+                            { "destination": destination("podinfo-primary"), "weight": 80,
+                              "headers": set_cookie_headers(PRIMARY_SET_COOKIE) },
+                            { "destination": destination("podinfo-canary"), "weight": 20,
+                              "headers": set_cookie_headers(SET_COOKIE) },
+                        ],
+                    },
+                ])),
+                defaults: no_defaults,
+            },
+            Exchange::Get {
+                path: VIRTUALSERVICE.into(),
+                object: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(observed, split(80, 20));
+}

@@ -157,6 +157,9 @@ pub fn route_command(record: &RolloutRecord, route: &machine::DesiredRoute) -> p
                     cookie_value: a.cookie_value.clone(),
                     max_age_seconds: u32::try_from(a.max_age_seconds.max(0)).unwrap_or(u32::MAX),
                     expired: a.max_age_seconds < 0,
+                    primary_cookie_name: a.primary_cookie_name.clone().unwrap_or_default(),
+                    primary_max_age_seconds: u32::try_from(a.primary_max_age_seconds.max(0))
+                        .unwrap_or(u32::MAX),
                 }),
             hosts: selector.hosts,
             path_prefix: selector.path_prefix,
@@ -227,6 +230,8 @@ pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
             cookie_name: sa.cookie_name.clone(),
             cookie_value: value.clone(),
             max_age_seconds: -1,
+            primary_cookie_name: None,
+            primary_max_age_seconds: 0,
         });
     let route = machine::DesiredRoute {
         seq,
@@ -774,6 +779,7 @@ mod tests {
         spec.analysis.session_affinity = Some(aviary_core::spec::SessionAffinity {
             cookie_name: "canary".into(),
             max_age: Some(60),
+            primary_cookie_name: None,
         });
         let rollout = aviary_core::spec::Rollout {
             api_version: aviary_core::spec::API_VERSION.into(),

@@ -105,7 +105,6 @@ fn corpus_decodes_with_the_expected_warnings() {
                 "spec.service.gatewayRefs[0].group",
                 "spec.service.gatewayRefs[0].kind",
                 "spec.service.gatewayRefs[0].port",
-                "spec.analysis.sessionAffinity.primaryCookieName",
                 "spec.analysis.sessionAffinity.domain",
                 "spec.analysis.sessionAffinity.httpOnly",
                 "spec.analysis.sessionAffinity.partitioned",

@@ -1847,3 +1847,31 @@ fn a_long_hook_gets_its_own_timeout_before_no_answer_halts() {
         sim.st.wait
     );
 }
+
+#[test]
+fn a_primary_cookie_rides_with_the_canary_cookie_for_one_interval() {
+    let mut spec = canary(20, 10, 2).session_affinity("canary-cookie", 600);
+    if let Some(sa) = spec.analysis.session_affinity.as_mut() {
+        sa.primary_cookie_name = Some("primary-cookie".into());
+    }
+    let mut sim = Sim::new(spec);
+    sim.run(Outcome::Pass, true);
+    let routes = sim.routes();
+    let during: Vec<_> = routes
+        .iter()
+        .filter_map(|r| r.session_affinity.as_ref())
+        .filter(|a| a.max_age_seconds > 0)
+        .collect();
+    assert!(!during.is_empty(), "{routes:?}");
+    for a in during {
+        assert_eq!(a.primary_cookie_name.as_deref(), Some("primary-cookie"));
+        assert_eq!(a.primary_max_age_seconds, 60, "one analysis interval");
+    }
+    // The run's end expires the canary cookie and hands out no primary cookie.
+    let last = routes
+        .last()
+        .and_then(|r| r.session_affinity.clone())
+        .expect("the expiring route");
+    assert_eq!(last.max_age_seconds, -1);
+    assert_eq!(last.primary_cookie_name, None);
+}

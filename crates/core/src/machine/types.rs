@@ -162,6 +162,17 @@ pub struct CookieAffinity {
     pub cookie_value: String,
     /// `Max-Age` in seconds; `-1` expires the cookie (end of the run).
     pub max_age_seconds: i64,
+    /// Primary stickiness: primary responses set this cookie (same value) for
+    /// `primary_max_age_seconds`, and a request carrying it stays on the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_cookie_name: Option<String>,
+    /// The primary cookie's `Max-Age`: one analysis interval, as Flagger's.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub primary_max_age_seconds: i64,
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
 }
 
 /// The split the router agents must serve.

@@ -31,6 +31,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     cookie_match: false,
     mirror: false,
     session_affinity: false,
+    primary_affinity: false,
 };
 
 const KIND: &str = "haproxy";

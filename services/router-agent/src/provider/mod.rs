@@ -28,6 +28,8 @@ pub struct Capabilities {
     pub mirror: bool,
     /// Session affinity cookies.
     pub session_affinity: bool,
+    /// Primary stickiness (a second cookie keeping primary users on the primary).
+    pub primary_affinity: bool,
 }
 
 impl Capabilities {
@@ -43,6 +45,10 @@ impl Capabilities {
             Some("traffic mirroring")
         } else if !self.session_affinity && route.affinity.is_some() {
             Some("session affinity")
+        } else if !self.primary_affinity
+            && route.affinity.as_ref().is_some_and(|a| a.primary.is_some())
+        {
+            Some("primary session affinity (primaryCookieName)")
         } else {
             None
         };

@@ -29,6 +29,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     cookie_match: true,
     mirror: true,
     session_affinity: true,
+    primary_affinity: false,
 };
 
 const KIND: &str = "nginx";

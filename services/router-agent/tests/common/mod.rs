@@ -188,6 +188,7 @@ pub fn affinity(value: &str, expired: bool) -> SessionAffinity {
         cookie_value: value.into(),
         max_age_seconds: 3600,
         expired,
+        ..SessionAffinity::default()
     }
 }
 

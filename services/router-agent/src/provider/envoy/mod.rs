@@ -46,6 +46,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     cookie_match: true,
     mirror: true,
     session_affinity: true,
+    primary_affinity: true,
 };
 
 const KIND: &str = "envoy";

@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use prost::{Message, Name};
 
-use crate::model::{Backend, Condition, ConditionKind, Route, RouteSet, StringMatch};
+use crate::model::{Affinity, Backend, Condition, ConditionKind, Route, RouteSet, StringMatch};
 
 /// How long Envoy waits for a TCP connection to a backend; backends are local or in-cluster.
 const CONNECT_TIMEOUT_SECONDS: i64 = 2;
@@ -186,6 +186,18 @@ fn rollout_routes(route: &Route) -> Vec<EnvoyRoute> {
             action: Some(to_cluster(&route.canary.cluster)),
             ..Default::default()
         });
+        // Primary stickiness: after the canary pin, a user holding the primary cookie stays.
+        if let Some((name, _)) = &a.primary {
+            routes.push(EnvoyRoute {
+                name: format!("{id}/affinity-primary"),
+                r#match: Some(prefix_match(
+                    prefix,
+                    vec![cookie_matcher(name, &regex::escape(&a.cookie_value))],
+                )),
+                action: Some(to_cluster(&route.primary.cluster)),
+                ..Default::default()
+            });
+        }
     }
     for (i, rule) in route.matches.iter().enumerate() {
         routes.push(EnvoyRoute {
@@ -201,11 +213,20 @@ fn rollout_routes(route: &Route) -> Vec<EnvoyRoute> {
     }
     let mut clusters = Vec::new();
     if route.primary_weight > 0 {
+        // Only the split's primary responses hand out the primary cookie.
+        let response_headers_to_add = route
+            .affinity
+            .as_ref()
+            .and_then(Affinity::primary_set_cookie)
+            .map(set_cookie)
+            .into_iter()
+            .collect();
         clusters.push(weighted_cluster::ClusterWeight {
             name: route.primary.cluster.clone(),
             weight: Some(UInt32Value {
                 value: route.primary_weight,
             }),
+            response_headers_to_add,
             ..Default::default()
         });
     }
@@ -478,6 +499,7 @@ mod tests {
             cookie_value: "abc".into(),
             max_age_seconds: 60,
             expired: false,
+            primary: None,
         });
         let config = one(&r);
         let routes = &config.virtual_hosts[0].routes;
@@ -507,5 +529,52 @@ mod tests {
                 .value
                 .contains("Max-Age=-1")
         );
+    }
+
+    #[test]
+    fn a_primary_cookie_pins_primary_users_after_canary_users() {
+        let mut r = route(20);
+        r.affinity = Some(Affinity {
+            cookie_name: "canary-cookie".into(),
+            cookie_value: "abc".into(),
+            max_age_seconds: 600,
+            expired: false,
+            primary: Some(("primary-cookie".into(), 60)),
+        });
+        let config = one(&r);
+        let routes = &config.virtual_hosts[0].routes;
+        let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names[..2],
+            ["test/podinfo/affinity", "test/podinfo/affinity-primary"]
+        );
+        let Some(route::Action::Route(action)) = routes[1].action.as_ref() else {
+            panic!("not a route")
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                "test_podinfo-v1".into()
+            ))
+        );
+        let Some(route_action::ClusterSpecifier::WeightedClusters(w)) =
+            &split(&config).cluster_specifier
+        else {
+            panic!("not weighted")
+        };
+        let cookie = |i: usize| {
+            w.clusters[i].response_headers_to_add[0]
+                .header
+                .as_ref()
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert_eq!(cookie(0), "primary-cookie=abc; Max-Age=60; Path=/");
+        assert_eq!(cookie(1), "canary-cookie=abc; Max-Age=600; Path=/");
+        // Once the run is over neither pins, and no primary cookie is handed out.
+        r.affinity.as_mut().unwrap().expired = true;
+        let config = one(&r);
+        assert_eq!(config.virtual_hosts[0].routes.len(), 1);
     }
 }

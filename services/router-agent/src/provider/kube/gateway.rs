@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 
 use super::{
     KubeKind, KubeSettings, affinity_regex, cookie_regex, expiring, metadata, pinning,
-    single_cookie, value_regex, weight,
+    primary_regex, single_cookie, value_regex, weight,
 };
-use crate::model::{ConditionKind, Observed, Route, StringMatch};
+use crate::model::{Affinity, ConditionKind, Observed, Route, StringMatch};
 use crate::provider::{ApplyError, Capabilities};
 
 /// Weights, header and cookie matches, mirroring with a percentage, session affinity.
@@ -35,6 +35,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     cookie_match: true,
     mirror: true,
     session_affinity: true,
+    primary_affinity: true,
 };
 
 const KIND: KubeKind = KubeKind::GatewayApi;
@@ -90,6 +91,16 @@ pub fn render(settings: &KubeSettings, route: &Route) -> Result<Value, ApplyErro
             }] }],
             "backendRefs": [backend_ref(canary, port, None)],
         }));
+        if let Some((name, _)) = &affinity.primary {
+            rules.push(json!({
+                "matches": [{ "headers": [{
+                    "name": "cookie",
+                    "type": "RegularExpression",
+                    "value": primary_regex(name, affinity),
+                }] }],
+                "backendRefs": [backend_ref(primary, port, None)],
+            }));
+        }
     }
     // Once the run has ended, every response expires the cookie.
     let expire: Vec<Value> = expiring(route)
@@ -136,11 +147,16 @@ pub fn render(settings: &KubeSettings, route: &Route) -> Result<Value, ApplyErro
         // Only the canary's responses hand out the cookie: it marks users the split sent there.
         canary_backend["filters"] = json!([set_cookie_filter(affinity.set_cookie())]);
     }
+    let mut primary_backend = backend_ref(primary, port, Some(route.primary_weight));
+    if let Some(cookie) = route
+        .affinity
+        .as_ref()
+        .and_then(Affinity::primary_set_cookie)
+    {
+        primary_backend["filters"] = json!([set_cookie_filter(cookie)]);
+    }
     let mut split = json!({
-        "backendRefs": [
-            backend_ref(primary, port, Some(route.primary_weight)),
-            canary_backend,
-        ],
+        "backendRefs": [primary_backend, canary_backend],
     });
     let mut filters = Vec::new();
     if route.mirror_percent > 0 {
@@ -184,10 +200,12 @@ pub fn observe(settings: &KubeSettings, route: &Route, object: &Value) -> Option
         settings.canary_service(route),
     );
     let rules = object.pointer("/spec/rules")?.as_array()?;
+    // The sticky rules send to one backend only (the canary's, or with primary stickiness the
+    // primary's): the split is the rule naming both.
     let rule = rules.iter().find(|rule| {
-        rule["backendRefs"]
-            .as_array()
-            .is_some_and(|b| b.iter().any(|b| b["name"] == primary))
+        rule["backendRefs"].as_array().is_some_and(|b| {
+            b.iter().any(|b| b["name"] == primary) && b.iter().any(|b| b["name"] == canary)
+        })
     })?;
     let backends = rule["backendRefs"].as_array()?;
     // An omitted weight is 1 in Gateway API.

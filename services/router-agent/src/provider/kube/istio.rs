@@ -19,9 +19,9 @@ use serde_json::{Map, Value, json};
 
 use super::{
     KubeKind, KubeSettings, affinity_regex, cookie_regex, expiring, metadata, pinning,
-    single_cookie, value_regex, weight,
+    primary_regex, single_cookie, value_regex, weight,
 };
-use crate::model::{ConditionKind, Observed, Route, StringMatch};
+use crate::model::{Affinity, ConditionKind, Observed, Route, StringMatch};
 use crate::provider::{ApplyError, Capabilities};
 
 /// Weights, header and cookie matches, mirroring with a percentage, session affinity.
@@ -31,6 +31,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     cookie_match: true,
     mirror: true,
     session_affinity: true,
+    primary_affinity: true,
 };
 
 const KIND: KubeKind = KubeKind::Istio;
@@ -43,6 +44,9 @@ pub const MATCH_ROUTE: &str = "aviary-match";
 
 /// Name of the route pinning users holding the affinity cookie to the canary.
 pub const AFFINITY_ROUTE: &str = "aviary-affinity";
+
+/// Name of the route keeping users holding the primary cookie on the primary.
+pub const PRIMARY_AFFINITY_ROUTE: &str = "aviary-affinity-primary";
 
 /// `virtualservices.networking.istio.io/v1`.
 pub fn resource() -> ApiResource {
@@ -94,6 +98,13 @@ pub fn render(settings: &KubeSettings, route: &Route) -> Result<Value, ApplyErro
             "match": [{ "headers": { "cookie": { "regex": affinity_regex(affinity) } } }],
             "route": [{ "destination": destination(canary, port), "weight": 100 }],
         }));
+        if let Some((name, _)) = &affinity.primary {
+            http.push(json!({
+                "name": PRIMARY_AFFINITY_ROUTE,
+                "match": [{ "headers": { "cookie": { "regex": primary_regex(name, affinity) } } }],
+                "route": [{ "destination": destination(primary, port), "weight": 100 }],
+            }));
+        }
     }
     // Once the run has ended, every response expires the cookie.
     let expire = expiring(route).map(|a| set_cookie_headers(a.set_cookie()));
@@ -128,12 +139,18 @@ pub fn render(settings: &KubeSettings, route: &Route) -> Result<Value, ApplyErro
         // Only the canary's responses hand out the cookie: it marks users the split sent there.
         canary_destination["headers"] = set_cookie_headers(affinity.set_cookie());
     }
+    let mut primary_destination =
+        json!({ "destination": destination(primary, port), "weight": route.primary_weight });
+    if let Some(cookie) = route
+        .affinity
+        .as_ref()
+        .and_then(Affinity::primary_set_cookie)
+    {
+        primary_destination["headers"] = set_cookie_headers(cookie);
+    }
     let mut split = json!({
         "name": SPLIT_ROUTE,
-        "route": [
-            { "destination": destination(primary, port), "weight": route.primary_weight },
-            canary_destination,
-        ],
+        "route": [primary_destination, canary_destination],
     });
     if route.mirror_percent > 0 {
         split["mirror"] = destination(canary, port);

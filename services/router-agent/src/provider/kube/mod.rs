@@ -424,6 +424,12 @@ fn affinity_regex(affinity: &Affinity) -> String {
     )
 }
 
+/// A regular expression over the whole `Cookie` header holding this run's primary cookie
+/// `name` (primary stickiness).
+fn primary_regex(name: &str, affinity: &Affinity) -> String {
+    cookie_regex(name, &StringMatch::Exact(affinity.cookie_value.clone()))
+}
+
 /// The cookie condition of an A/B rule, if any; more than one cannot be expressed as one
 /// match on the `Cookie` header.
 fn single_cookie(kind: KubeKind, rule: &[Condition]) -> Result<Option<&Condition>, ApplyError> {

@@ -22,6 +22,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     cookie_match: true,
     mirror: false,
     session_affinity: false,
+    primary_affinity: false,
 };
 
 const KIND: KubeKind = KubeKind::NginxIngress;

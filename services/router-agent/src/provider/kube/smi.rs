@@ -16,6 +16,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     cookie_match: false,
     mirror: false,
     session_affinity: false,
+    primary_affinity: false,
 };
 
 /// `trafficsplits.split.smi-spec.io/v1alpha2`.
