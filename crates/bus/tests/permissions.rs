@@ -237,3 +237,66 @@ async fn each_service_does_its_work_and_no_more() -> TestResult {
     assert!(scheduler_errors.try_recv().is_err(), "scheduler refused");
     Ok(())
 }
+
+/// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.
+fn matches(pattern: &str, subject: &str) -> bool {
+    let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_identity_is_refused_what_is_not_its_own() {
+    let server = permissioned().await;
+    // What would move traffic, decide a rollout or forge its audit trail.
+    let sensitive = [
+        format!("$KV.{}.test.podinfo", names::BUCKET_ROLLOUTS),
+        format!("$KV.{}.edge.test.podinfo", names::BUCKET_ROUTES),
+        format!("$KV.{}.test.podinfo", names::BUCKET_LEASES),
+        format!("$KV.{}.test.podinfo.approval", names::BUCKET_GATES),
+        names::route_subject("edge").unwrap(),
+        names::events_subject("test", "podinfo").unwrap(),
+    ];
+    let all = permissions::identities();
+    for (i, identity) in all.iter().enumerate() {
+        let (client, mut errors) = connect_as(&server, identity.user).await;
+        let mut refusals = 0;
+        for subject in &sensitive {
+            if identity.publish.iter().any(|p| matches(p, subject)) {
+                continue;
+            }
+            client.publish(subject.clone(), "x".into()).await.unwrap();
+            refused(&mut errors, subject).await;
+            refusals += 1;
+        }
+        // Nobody reads another service's replies.
+        let other = &all[(i + 1) % all.len()];
+        let inbox = format!("{}.>", other.inbox_prefix);
+        let _sub = client.subscribe(inbox.clone()).await.unwrap();
+        refused(&mut errors, &inbox).await;
+        // Only the scheduler decides rollouts and routes and writes the audit trail; only the
+        // gate service writes gates.
+        let allowed = match identity.user {
+            "scheduler" => 5,
+            "gate" => 1,
+            _ => 0,
+        };
+        assert_eq!(
+            sensitive.len() - refusals,
+            allowed,
+            "{} may publish to {:?}",
+            identity.user,
+            sensitive
+                .iter()
+                .filter(|s| identity.publish.iter().any(|p| matches(p, s)))
+                .collect::<Vec<_>>()
+        );
+    }
+}
