@@ -38,7 +38,7 @@ use crate::retry::{self, Attempt, RetryPolicy, Settled};
 use crate::settings::{EventWebhooks, Provider};
 
 /// KV bucket of delivered `(provider, event id)` pairs.
-pub const BUCKET_NOTIFIED: &str = "aviary_notified";
+pub const BUCKET_NOTIFIED: &str = aviary_bus::names::BUCKET_NOTIFIED;
 
 /// Subject of the notifier's dead letters (in the `AVIARY_DEAD` stream, `aviary.dead.>`).
 pub const DEAD_LETTER_SUBJECT: &str = "aviary.dead.notifier";
