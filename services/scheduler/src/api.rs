@@ -74,11 +74,7 @@ impl Api {
 
     /// Refuses `spec` (the rollout at `key`) when it would take a host and path prefix of an
     /// ingress that another rollout holds, naming that rollout.
-    async fn check_routes(
-        &self,
-        key: &str,
-        spec: &aviary_core::RolloutSpec,
-    ) -> Result<(), Status> {
+    async fn check_routes(&self, key: &str, spec: &aviary_core::RolloutSpec) -> Result<(), Status> {
         for other_key in self.records.keys().await.map_err(internal)? {
             if other_key == key {
                 continue;
@@ -372,10 +368,11 @@ impl RolloutService for Api {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let caller = self.authorize(&request, "Apply", Role::Operator)?;
         let text = request.into_inner().manifest;
-        let rollout = aviary_core::parse_rollout(&text).map_err(|errors| {
-            let lines: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
-            Status::invalid_argument(lines.join("\n"))
-        })?;
+        let (rollout, warnings) =
+            aviary_core::parse_rollout_with_warnings(&text).map_err(|errors| {
+                let lines: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
+                Status::invalid_argument(lines.join("\n"))
+            })?;
         let key = names::rollout_key(rollout.namespace(), &rollout.metadata.name)
             .map_err(|e| Status::invalid_argument(format!("metadata: {e}")))?;
         self.check_capabilities(&rollout.spec).await?;
@@ -424,6 +421,7 @@ impl RolloutService for Api {
         Ok(Response::new(pb::ApplyResponse {
             rollout: Some(convert::rollout(&entry.value, entry.revision)),
             changed,
+            warnings: warnings.iter().map(ToString::to_string).collect(),
         }))
     }
 

@@ -314,3 +314,41 @@ async fn a_burst_of_refused_calls_writes_a_bounded_number_of_refused_events() {
 
     scheduler.stop().await;
 }
+
+#[tokio::test]
+async fn apply_returns_the_warnings_for_fields_it_ignores() {
+    let nats = NatsServer::start().await.unwrap();
+    let port = free_port().unwrap();
+    let scheduler = Replica::start(&nats.url(), port, &[]);
+    let mut api = api(port).await;
+    // Flagger accepts stepWeight beside stepWeights (stepWeight sets the steps): so does
+    // Apply, and it says so with the path of what it ignores.
+    let manifest = canary_manifest("both", 10, 50, 2).replace(
+        "    stepWeight: 10\n",
+        "    stepWeight: 10\n    stepWeights: [5, 20, 50]\n",
+    );
+    let applied = api
+        .apply(pb::ApplyRequest { manifest })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(applied.changed);
+    assert!(
+        applied
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("spec.analysis.stepWeights:")),
+        "{:?}",
+        applied.warnings
+    );
+    // A spec with nothing ignored has no warnings.
+    let clean = api
+        .apply(pb::ApplyRequest {
+            manifest: canary_manifest("plain", 10, 50, 2),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
+    scheduler.stop().await;
+}
