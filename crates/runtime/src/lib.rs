@@ -1,6 +1,7 @@
 //! What every Aviary service shares at run time: the common flags (admin port, logging,
 //! OpenTelemetry export), the admin HTTP server (`/healthz`, `/readyz`, `/metrics`), the metrics
-//! registry, and the shutdown trigger.
+//! registry, the shutdown trigger, and the signature scheme of outgoing webhooks
+//! ([`signature`]).
 //!
 //! A service's `main` does: parse flags → [`telemetry::init`] → [`shutdown::on_signals`] →
 //! `service::run(config, shutdown)`. The service starts an [`admin::AdminServer`] with its own
@@ -8,6 +9,7 @@
 
 pub mod admin;
 pub mod shutdown;
+pub mod signature;
 pub mod telemetry;
 pub mod tokens;
 
