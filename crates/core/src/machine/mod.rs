@@ -353,7 +353,9 @@ impl Cx<'_> {
             max_age_seconds: if expire { -1 } else { max_age },
             primary_cookie_name: sa.primary_cookie_name.clone().filter(|_| !expire),
             primary_max_age_seconds: if sa.primary_cookie_name.is_some() && !expire {
-                i64::try_from(self.m.interval_ms() / 1000).unwrap_or(i64::MAX).max(1)
+                i64::try_from(self.m.interval_ms() / 1000)
+                    .unwrap_or(i64::MAX)
+                    .max(1)
             } else {
                 0
             },
