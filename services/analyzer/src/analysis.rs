@@ -10,7 +10,7 @@
 //! window's start and its first scrape would belong to no window. Widened, a window counts
 //! what happened between the last scrape at or before its start and the last scrape at or
 //! before its end; as the scheduler's windows tile a step (each starts where the last ended),
-//! every request of the step is counted once. The price, stated in docs/judge.md: the first
+//! every request of the step is counted once. The price, stated in docs/architecture.md: the first
 //! window of a step can include up to one scrape interval of the previous step's traffic.
 
 use std::collections::HashMap;
