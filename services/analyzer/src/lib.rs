@@ -31,6 +31,7 @@ use aviary_bus::names;
 use aviary_proto::AnalysisRequest;
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
+use aviary_runtime::signature::SigningKey;
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::Semaphore;
@@ -137,7 +138,8 @@ pub struct Config {
     #[arg(long, env = "AVIARY_MESH", default_value = "envoy")]
     pub mesh: Mesh,
 
-    /// Secret for signing webhook bodies (`X-Aviary-Signature`); prefer the file flag.
+    /// Secret signing webhook requests (`X-Aviary-Signature: t=…,kid=…,v1=…`, see
+    /// docs/operations.md); prefer the file flag.
     #[arg(long, env = "AVIARY_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
 
@@ -148,6 +150,11 @@ pub struct Config {
         conflicts_with = "webhook_secret"
     )]
     pub webhook_secret_file: Option<PathBuf>,
+
+    /// Key id sent with each signature (`kid`), so receivers can rotate keys; default: the
+    /// first 8 hex characters of the secret's SHA-256.
+    #[arg(long, env = "AVIARY_WEBHOOK_KEY_ID")]
+    pub webhook_key_id: Option<String>,
 
     /// Analysis requests judging metrics at once; more wait for a slot. A request waiting on
     /// its webhooks holds no slot.
@@ -356,6 +363,16 @@ impl Config {
             (None, Some(path)) => Some(read(path, "the webhook secret")?),
             (None, None) => None,
         };
+        let signing = match secret {
+            Some(secret) => Some(
+                SigningKey::new(secret.expose().as_bytes(), self.webhook_key_id.as_deref())
+                    .context("--webhook-secret / --webhook-key-id")?,
+            ),
+            None if self.webhook_key_id.is_some() => {
+                anyhow::bail!("--webhook-key-id needs --webhook-secret or --webhook-secret-file")
+            }
+            None => None,
+        };
         Ok(AnalyzerOptions {
             prometheus: PrometheusConfig {
                 url: self.prometheus_url.clone(),
@@ -367,7 +384,7 @@ impl Config {
             },
             mesh: self.mesh,
             max_in_flight_per_backend: self.max_queries_per_backend,
-            webhooks: WebhookClient::new(secret),
+            webhooks: WebhookClient::new(signing).context("building the webhook client")?,
         })
     }
 }

@@ -10,21 +10,21 @@
 //!
 //! A hook that cannot be reached within its timeout after its retries is an error. Retries
 //! (with exponential backoff) happen on transport errors, timeouts and 5xx; a 4xx is an answer.
-//! With a secret set, the body is signed: `X-Aviary-Signature: sha256=<hex HMAC-SHA256>`.
+//! With a secret set, each attempt is signed afresh in the scheme of
+//! [`aviary_runtime::signature`]: `X-Aviary-Signature: t=<unix seconds>,kid=<key id>,v1=<hex
+//! HMAC-SHA256 of "<t>.<body>">`. Redirects are never followed: a hook that redirects is
+//! misconfigured, and following it would hand the signed request to another host.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use aviary_proto::{Outcome, WebhookResult};
-use hmac::{Hmac, Mac};
+use aviary_runtime::signature::SigningKey;
 use serde::Serialize;
-use sha2::Sha256;
-
-use crate::provider::Secret;
 
 /// The header carrying the body's signature.
-pub const SIGNATURE_HEADER: &str = "X-Aviary-Signature";
+pub use aviary_runtime::signature::SIGNATURE_HEADER;
 
 /// Flagger's webhook types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ pub struct Hook {
 #[derive(Debug, Clone)]
 pub struct WebhookClient {
     http: reqwest::Client,
-    secret: Option<Secret>,
+    signing: Option<SigningKey>,
     backoff: Duration,
 }
 
@@ -156,13 +156,21 @@ pub const DEFAULT_BACKOFF: Duration = aviary_core::spec::WEBHOOK_BACKOFF;
 pub const MAX_BACKOFF: Duration = aviary_core::spec::MAX_WEBHOOK_BACKOFF;
 
 impl WebhookClient {
-    /// A client that signs bodies with `secret` when one is given.
-    pub fn new(secret: Option<Secret>) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            secret,
+    /// A client that signs requests with `signing` when a key is given. It follows no
+    /// redirects (a 3xx is the hook's answer), so a signed request reaches only the hook's URL.
+    ///
+    /// # Errors
+    /// When the TLS backend cannot be initialised.
+    pub fn new(signing: Option<SigningKey>) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("aviary-analyzer/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            signing,
             backoff: DEFAULT_BACKOFF,
-        }
+        })
     }
 
     /// Sets the first retry's backoff (tests use a short one).
@@ -195,7 +203,6 @@ impl WebhookClient {
                 return result;
             }
         };
-        let signature = self.secret.as_ref().map(|s| sign(s, &body));
         let mut delay = self.backoff;
         let mut attempt = 0;
         loop {
@@ -205,8 +212,10 @@ impl WebhookClient {
                 .timeout(hook.timeout)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
-            if let Some(sig) = &signature {
-                request = request.header(SIGNATURE_HEADER, sig);
+            // Signed per attempt: a retry after a long backoff still falls in the receiver's
+            // replay window.
+            if let Some(key) = &self.signing {
+                request = request.header(SIGNATURE_HEADER, key.sign_now(&body));
             }
             let retryable = match request.send().await {
                 Ok(response) => {
@@ -241,21 +250,6 @@ impl WebhookClient {
     }
 }
 
-/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub fn sign(secret: &Secret, body: &[u8]) -> String {
-    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.expose().as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + digest.len() * 2);
-    out.push_str("sha256=");
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,15 +274,5 @@ mod tests {
             assert_eq!(kind.judge(403).0, not_ok, "{name} 403");
         }
         assert!("nope".parse::<HookType>().is_err());
-    }
-
-    #[test]
-    fn signature_is_hmac_sha256_hex() {
-        // RFC 4231 test case 2.
-        let sig = sign(&Secret::new("Jefe"), b"what do ya want for nothing?");
-        assert_eq!(
-            sig,
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
     }
 }

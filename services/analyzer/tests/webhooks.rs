@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use aviary_analyzer::analysis::{Analyzer, AnalyzerOptions};
 use aviary_analyzer::builtin::Mesh;
 use aviary_analyzer::metrics::AnalyzerMetrics;
-use aviary_analyzer::provider::Secret;
 use aviary_analyzer::provider::prometheus::PrometheusConfig;
-use aviary_analyzer::webhook::{WebhookClient, sign};
+use aviary_analyzer::webhook::WebhookClient;
 use aviary_proto::{Outcome, WebhookCheck};
+use aviary_runtime::signature::{SignatureError, SigningKey, Verifier};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -81,7 +81,8 @@ fn analyzer_signing(secret: Option<&str>) -> Analyzer {
             prometheus: PrometheusConfig::new("http://127.0.0.1:1"),
             mesh: Mesh::Envoy,
             max_in_flight_per_backend: 4,
-            webhooks: WebhookClient::new(secret.map(Secret::new))
+            webhooks: WebhookClient::new(secret.map(|s| SigningKey::new(s, None).unwrap()))
+                .unwrap()
                 .with_backoff(Duration::from_millis(20)),
         },
         AnalyzerMetrics::unregistered(),
@@ -119,16 +120,33 @@ async fn payload_is_flaggers_and_the_body_is_signed() {
             "metadata": {"cmd": "hey -z 1m"}
         })
     );
+    let sig = sig.as_deref().unwrap();
+    let key = SigningKey::new("shh", None).unwrap();
+    let verified = Verifier::new([key.clone()]).verify(sig, raw).unwrap();
+    assert_eq!(verified.kid, SigningKey::default_id(b"shh"));
+    assert!(sig.starts_with("t="), "{sig}");
+    // The signature is of this body only, and only under this key.
     assert_eq!(
-        sig.as_deref(),
-        Some(sign(&Secret::new("shh"), raw).as_str())
+        Verifier::new([key]).verify(sig, b"{}"),
+        Err(SignatureError::Mismatch)
     );
-    assert!(sig.as_deref().unwrap().starts_with("sha256="));
+    let stranger = SigningKey::new("other", Some(key_id(sig))).unwrap();
+    assert_eq!(
+        Verifier::new([stranger]).verify(sig, raw),
+        Err(SignatureError::Mismatch)
+    );
 
     // No secret, no signature.
     let v = analyzer_signing(None).analyze(&req).await;
     assert_eq!(v.outcome(), Outcome::Pass);
     assert_eq!(r.bodies.lock().unwrap()[1].2, None);
+}
+
+fn key_id(header: &str) -> &str {
+    header
+        .split(',')
+        .find_map(|part| part.strip_prefix("kid="))
+        .unwrap()
 }
 
 #[tokio::test]

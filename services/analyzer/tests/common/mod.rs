@@ -210,7 +210,9 @@ pub fn analyzer_with(config: PrometheusConfig) -> Analyzer {
             prometheus: config,
             mesh: Mesh::Envoy,
             max_in_flight_per_backend: 8,
-            webhooks: WebhookClient::new(None).with_backoff(Duration::from_millis(10)),
+            webhooks: WebhookClient::new(None)
+                .unwrap()
+                .with_backoff(Duration::from_millis(10)),
         },
         AnalyzerMetrics::unregistered(),
     )
