@@ -146,6 +146,11 @@ impl Service {
         }
     }
 
+    /// `http://127.0.0.1:<admin port>`: its `/metrics`, `/readyz` and `/healthz`.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
     /// Starts the process and waits until its admin `/readyz` answers 200.
     pub async fn start(&mut self) {
         assert!(self.process.is_none(), "{} already runs", self.name);

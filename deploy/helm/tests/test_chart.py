@@ -9,6 +9,7 @@ Run: `scripts/helm-test.sh` (or `.tools/venv/bin/python -m pytest -q deploy/helm
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -994,3 +995,20 @@ def test_no_pod_falls_back_to_the_default_service_account(chart: helm.Chart) -> 
     r = render(chart, {"serviceAccount": {"create": False, "name": "ops"}})
     for s in ("scheduler", "analyzer", "notifier"):
         assert r.deployment(s)["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+
+
+def test_grafana_dashboard_configmap_ships_the_dashboard_for_the_sidecar(chart: helm.Chart) -> None:
+    assert not [d for d in render(chart).of_kind("ConfigMap") if "grafana" in d["metadata"]["name"]]
+    r = render(chart, {"metrics": {"grafanaDashboard": {"enabled": True, "folder": "Delivery"}}})
+    maps = [d for d in r.of_kind("ConfigMap") if d["metadata"]["name"].endswith("-grafana-dashboard")]
+    assert len(maps) == 1, maps
+    cm = maps[0]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == "Delivery"
+    shipped = json.loads(cm["data"]["aviary.json"])
+    # The chart's copy is the dashboard in deploy/grafana/, which the end-to-end test checks
+    # against the metrics the services export.
+    canonical = json.loads((CHART.parent.parent / "grafana" / "aviary.json").read_text())
+    assert shipped == canonical
+    assert shipped["uid"] == "aviary-rollouts"
+

@@ -144,6 +144,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     let mut registry = aviary_runtime::admin::registry();
     let metrics = Metrics::register(&mut registry);
+    for provider in &settings.providers {
+        metrics.init_provider(&provider.name);
+    }
     let ready = Readiness::default();
     // The admin server outlives the drain, so /metrics shows it; it stops with the task.
     let admin_stop = CancellationToken::new();

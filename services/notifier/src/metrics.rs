@@ -97,6 +97,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Starts a provider's retry and dead-letter counters at 0, so dashboards and alerts on
+    /// them see the provider before its first failure.
+    pub(crate) fn init_provider(&self, provider: &str) {
+        let labels = label("provider", provider);
+        drop(self.retries.get_or_create(&labels));
+        drop(self.dead_letters.get_or_create(&labels));
+    }
+
     pub(crate) fn dead_letter(&self, provider: &str) {
         self.dead_letters
             .get_or_create(&label("provider", provider))
