@@ -7,6 +7,8 @@
 //!     nats: aviary_bus::NatsArgs,
 //! }
 //! let client = config.nats.connect("aviary-scheduler").await?;
+//! // or, reporting the connection's state (e.g. into readiness) as it changes:
+//! let client = config.nats.connect_reporting("aviary-scheduler", |up| set_ready(up)).await?;
 //! ```
 //!
 //! Authentication is one of: user + password, token, NKey seed file, or credentials file
@@ -17,9 +19,10 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, ServerAddr};
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
 
 use crate::BusError;
 
@@ -195,8 +198,46 @@ impl NatsArgs {
     /// [`BusError::Connect`] when no server accepts the connection in time. Neither carries a
     /// secret.
     pub async fn connect(&self, service: &str) -> Result<Client, BusError> {
+        self.connect_reporting(service, |_| {}).await
+    }
+
+    /// As [`NatsArgs::connect`], and calls `on_connection(true)` each time the client
+    /// connects (the first time included) and `on_connection(false)` each time it loses the
+    /// connection or closes, in the order that happens. Services hand it their readiness, so
+    /// `/readyz` follows the connection.
+    ///
+    /// # Errors
+    /// As [`NatsArgs::connect`].
+    pub async fn connect_reporting<F>(
+        &self,
+        service: &str,
+        on_connection: F,
+    ) -> Result<Client, BusError>
+    where
+        F: Fn(bool) + Send + Sync + 'static,
+    {
         let addrs = self.server_addrs()?;
-        let options = self.options(service).await?;
+        let on_connection = Arc::new(on_connection);
+        let options = self.options(service).await?.event_callback(move |event| {
+            let on_connection = Arc::clone(&on_connection);
+            async move {
+                match event {
+                    Event::Connected => {
+                        tracing::info!("NATS connected");
+                        on_connection(true);
+                    }
+                    Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting");
+                        on_connection(false);
+                    }
+                    Event::Closed => {
+                        tracing::warn!("NATS connection closed");
+                        on_connection(false);
+                    }
+                    _ => {}
+                }
+            }
+        });
         options.connect(addrs).await.map_err(|e| BusError::Connect {
             url: redact_url(&self.url),
             reason: e.to_string(),
@@ -387,6 +428,35 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[tokio::test]
+    async fn reports_losing_and_regaining_the_connection() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let deadline = Duration::from_secs(30);
+        let mut nats = aviary_testkit::NatsServer::start()
+            .await
+            .expect("nats-server");
+        let up = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&up);
+        let _client = NatsArgs::for_url(nats.url())
+            .connect_reporting("svc", move |connected| {
+                seen.store(connected, Ordering::SeqCst)
+            })
+            .await
+            .expect("connects");
+        let state = |want: bool| {
+            let up = Arc::clone(&up);
+            move || {
+                let up = Arc::clone(&up);
+                async move { (up.load(Ordering::SeqCst) == want).then_some(()) }
+            }
+        };
+        aviary_testkit::eventually(deadline, "reported connected", state(true)).await;
+        nats.stop().await.expect("stops");
+        aviary_testkit::eventually(deadline, "reported disconnected", state(false)).await;
+        nats.start_again().await.expect("starts on the same port");
+        aviary_testkit::eventually(deadline, "reported reconnected", state(true)).await;
     }
 
     #[tokio::test]

@@ -1,9 +1,13 @@
 //! The admin HTTP server every service runs: liveness (`/healthz`), readiness (`/readyz`) and
 //! Prometheus metrics (`/metrics`, OpenMetrics text) from the service's own registry.
+//!
+//! Readiness is the service's own flag ([`Readiness::set`]: started, not draining) and every
+//! [`Condition`] it depends on, such as its NATS connection: `/readyz` answers 200 only while
+//! all hold, and names the conditions that do not.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -16,17 +20,78 @@ use tokio_util::sync::CancellationToken;
 
 /// Whether the service is ready to take work; shared between the service and its admin server.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessInner>);
+
+#[derive(Debug, Default)]
+struct ReadinessInner {
+    ready: AtomicBool,
+    conditions: Mutex<Vec<Condition>>,
+}
 
 impl Readiness {
-    /// Marks the service ready (or not).
+    /// Marks the service ready (or not). It is reported ready only while its conditions hold
+    /// too.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.0.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether the service reported itself ready.
+    /// Whether the service reported itself ready and every condition holds.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.ready.load(Ordering::Acquire) && self.unmet().is_empty()
+    }
+
+    /// A new condition the service's readiness depends on, named `name` in `/readyz`. It
+    /// starts unmet.
+    pub fn condition(&self, name: &'static str) -> Condition {
+        let condition = Condition {
+            name,
+            met: Arc::new(AtomicBool::new(false)),
+        };
+        self.0
+            .conditions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(condition.clone());
+        condition
+    }
+
+    /// The names of the conditions that do not hold.
+    pub fn unmet(&self) -> Vec<&'static str> {
+        self.0
+            .conditions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|c| !c.get())
+            .map(|c| c.name)
+            .collect()
+    }
+}
+
+/// One thing readiness depends on (e.g. `nats`: the connection is up); see
+/// [`Readiness::condition`]. Clones share the state.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    name: &'static str,
+    met: Arc<AtomicBool>,
+}
+
+impl Condition {
+    /// Records whether the condition holds.
+    pub fn set(&self, met: bool) {
+        self.met.store(met, Ordering::Release);
+    }
+
+    /// Whether it holds.
+    pub fn get(&self) -> bool {
+        self.met.load(Ordering::Acquire)
+    }
+
+    /// A callback recording whether the condition holds, for code that reports through one
+    /// (e.g. `aviary_bus::NatsArgs::connect_reporting`).
+    pub fn reporter(&self) -> impl Fn(bool) + Send + Sync + 'static {
+        let condition = self.clone();
+        move |met| condition.set(met)
     }
 }
 
@@ -100,10 +165,16 @@ impl AdminServer {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let unmet = state.ready.unmet();
     if state.ready.get() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
+    } else if unmet.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {} down\n", unmet.join(", ")),
+        )
     }
 }
 
@@ -159,6 +230,18 @@ mod tests {
         ready.set(true);
         let now_ready = client.get(format!("{base}/readyz")).send().await.unwrap();
         assert_eq!(now_ready.status(), 200);
+
+        // A condition that stops holding takes readiness away, and names itself.
+        let nats = ready.condition("nats");
+        let down = client.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(down.status(), 503);
+        assert_eq!(down.text().await.unwrap(), "not ready: nats down\n");
+        nats.set(true);
+        let up = client.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(up.status(), 200);
+        nats.set(false);
+        assert!(!ready.get());
+        nats.set(true);
         let metrics = client
             .get(format!("{base}/metrics"))
             .send()

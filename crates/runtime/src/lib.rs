@@ -5,7 +5,9 @@
 //!
 //! A service's `main` does: parse flags → [`telemetry::init`] → [`shutdown::on_signals`] →
 //! `service::run(config, shutdown)`. The service starts an [`admin::AdminServer`] with its own
-//! registry and flips [`admin::Readiness`] once it has connected to its dependencies.
+//! registry and flips [`admin::Readiness`] once it has connected to its dependencies; its NATS
+//! connection is an [`admin::Condition`] of that readiness, so `/readyz` drops while the
+//! connection is down and comes back when it reconnects.
 
 pub mod admin;
 pub mod shutdown;

@@ -318,7 +318,7 @@ pub async fn start_gate(
     .context("binding the admin server")?;
     let client = config
         .nats
-        .connect("aviary-gate")
+        .connect_reporting("aviary-gate", ready.condition("nats").reporter())
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);

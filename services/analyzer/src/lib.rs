@@ -443,7 +443,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     )
     .await
     .with_context(|| format!("binding the admin server on {}", config.common.admin_addr))?;
-    let client = match config.nats.connect("aviary-analyzer").await {
+    let client = match config
+        .nats
+        .connect_reporting("aviary-analyzer", ready.condition("nats").reporter())
+        .await
+    {
         Ok(client) => client,
         Err(e) => {
             admin_shutdown.cancel();

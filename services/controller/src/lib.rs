@@ -392,7 +392,10 @@ pub async fn start(
     )
     .await
     .with_context(|| format!("binding the admin server on {}", config.common.admin_addr))?;
-    let nats = config.nats.connect("aviary-controller").await?;
+    let nats = config
+        .nats
+        .connect_reporting("aviary-controller", ready.condition("nats").reporter())
+        .await?;
     ready.set(true);
 
     let (leader_tx, leader_rx) = watch::channel(false);

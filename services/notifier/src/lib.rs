@@ -159,7 +159,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     .await
     .with_context(|| format!("binding the admin server on {}", config.common.admin_addr))?;
 
-    let client = config.nats.connect("aviary-notifier").await?;
+    let client = config
+        .nats
+        .connect_reporting("aviary-notifier", ready.condition("nats").reporter())
+        .await?;
     let js = jetstream::new(client.clone());
     aviary_bus::setup::ensure_all_with(&js, &config.jetstream.options()).await?;
     let dedup = delivery::Dedup::open(&js, settings.dedup_ttl, config.jetstream.replicas).await?;

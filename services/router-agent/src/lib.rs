@@ -118,7 +118,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .context("starting the admin server")?;
     tracing::info!(%admin, ingresses = providers.len(), "router agent starting");
 
-    let client = config.nats.connect("aviary-router-agent").await?;
+    let client = config
+        .nats
+        .connect_reporting("aviary-router-agent", ready.condition("nats").reporter())
+        .await?;
     let js = async_nats::jetstream::new(client.clone());
     aviary_bus::setup::ensure_all_with(&js, &config.jetstream.options()).await?;
     let routes: Bucket<DesiredRoute, Proto> = Bucket::open(&js, names::BUCKET_ROUTES).await?;

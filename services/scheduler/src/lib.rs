@@ -106,7 +106,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     };
 
-    let client = config.nats.connect("aviary-scheduler").await?;
+    let client = config
+        .nats
+        .connect_reporting("aviary-scheduler", ready.condition("nats").reporter())
+        .await?;
     let js = async_nats::jetstream::new(client.clone());
     aviary_bus::setup::ensure_all_with(&js, &config.jetstream.options()).await?;
     let records: Bucket<record::RolloutRecord> = Bucket::open(&js, names::BUCKET_ROLLOUTS).await?;
