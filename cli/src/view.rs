@@ -173,6 +173,17 @@ pub struct StatusView {
     affinity_cookie: String,
     waiting_gates: Vec<String>,
     message: String,
+    ingresses: Vec<IngressView>,
+}
+
+/// What one ingress was observed serving.
+#[derive(Debug, Serialize)]
+struct IngressView {
+    ingress: String,
+    primary_weight: u32,
+    canary_weight: u32,
+    mirror_percent: u32,
+    confirmed_at_ms: i64,
 }
 
 impl From<&pb::RolloutStatus> for StatusView {
@@ -194,6 +205,17 @@ impl From<&pb::RolloutStatus> for StatusView {
             affinity_cookie: s.affinity_cookie.clone(),
             waiting_gates: s.waiting_gates.clone(),
             message: s.message.clone(),
+            ingresses: s
+                .ingresses
+                .iter()
+                .map(|i| IngressView {
+                    ingress: i.ingress.clone(),
+                    primary_weight: i.primary_weight,
+                    canary_weight: i.canary_weight,
+                    mirror_percent: i.mirror_percent,
+                    confirmed_at_ms: i.confirmed_at_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -423,6 +445,29 @@ pub fn write_description(r: &pb::Rollout, out: &mut dyn Write) -> std::io::Resul
     rows.push(vec!["Revision:".to_owned(), r.revision.to_string()]);
     write_columns(&rows, out)?;
 
+    if !status.ingresses.is_empty() {
+        writeln!(out, "\nIngresses (observed split):")?;
+        let mut table = vec![
+            ["", "INGRESS", "PRIMARY", "CANARY", "MIRROR"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for i in &status.ingresses {
+            table.push(vec![
+                String::new(),
+                escape(&i.ingress),
+                format!("{}%", i.primary_weight),
+                format!("{}%", i.canary_weight),
+                if i.mirror_percent > 0 {
+                    format!("{}%", i.mirror_percent)
+                } else {
+                    "-".to_owned()
+                },
+            ]);
+        }
+        write_columns(&table, out)?;
+    }
+
     writeln!(out, "\nPlan:")?;
     let mut plan = vec![
         ["", "STEP", "CANARY", "PRIMARY", "MIRROR", "MATCHED"]
@@ -603,6 +648,21 @@ mod tests {
                 primary_weight: 80,
                 halt_reason: "gate approval is closed".into(),
                 waiting_gates: vec!["approval".into()],
+                ingresses: vec![
+                    pb::IngressSplit {
+                        ingress: "edge".into(),
+                        primary_weight: 80,
+                        canary_weight: 20,
+                        ..Default::default()
+                    },
+                    pb::IngressSplit {
+                        ingress: "internal".into(),
+                        primary_weight: 80,
+                        canary_weight: 20,
+                        mirror_percent: 10,
+                        ..Default::default()
+                    },
+                ],
                 last_verdict: Some(pb::Verdict {
                     step: 0,
                     outcome: pb::Outcome::Pass as i32,
@@ -630,6 +690,8 @@ mod tests {
             "Halt reason:    gate approval is closed",
             "Waiting gates:  approval",
             "=>  2     20%     80%",
+            "  edge      80%      20%     -",
+            "  internal  80%      20%     10%",
             "  Pass at step 1 (generation 0)",
             "  request-success-rate  99.5   99   -    Pass",
         ] {
