@@ -186,7 +186,7 @@ impl Dedup {
 #[derive(Debug)]
 pub struct Shared {
     /// HTTP client (no redirects: a webhook that redirects is misconfigured, and following
-    /// it could send the payload somewhere unexpected).
+    /// it would hand the payload and its signature to whoever the redirect names).
     pub http: reqwest::Client,
     /// Retry settings.
     pub policy: RetryPolicy,
@@ -409,6 +409,12 @@ async fn send(http: &reqwest::Client, url: &str, timeout: Duration, payload: &Pa
     for (name, value) in &payload.headers {
         request = request.header(name.as_str(), value.as_str());
     }
+    // Signed at each attempt, so a retry carries the time it is sent and still falls in the
+    // receiver's replay window.
+    if let Some(signing) = &payload.signing {
+        let (name, value) = signing.sign_now(&payload.body);
+        request = request.header(name, value);
+    }
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) if e.is_builder() => return Attempt::Permanent { error: redact(e) },
@@ -527,6 +533,7 @@ mod tests {
             body: b"{}".to_vec(),
             content_type: "application/json",
             headers: vec![],
+            signing: None,
         };
         let attempt = send(
             &http_client().expect("client"),

@@ -11,21 +11,23 @@
 //!   `description`, `color`, `fields`, `timestamp`; `allowed_mentions.parse = []`.
 //! - Google Chat: `text` + `cardsV2[{cardId, card{header, sections[{widgets}]}}]`.
 //! - Generic webhook: the CloudEvent as received (structured mode,
-//!   `application/cloudevents+json`), signed `sha256=<hex HMAC-SHA256(body)>` in a header.
+//!   `application/cloudevents+json`), signed when it has a secret.
 //! - A rollout's own `event` webhook: Flagger's event payload, `{name, namespace, phase,
 //!   metadata: {eventMessage, eventType, timestamp, ...}}` (Flagger's monitoring docs, "Event
 //!   Webhook"), signed the same way when `eventWebhooks` has a secret.
 //!
+//! A signed post carries `X-Aviary-Signature: t=<unix seconds>,kid=<key id>,v1=<hex
+//! HMAC-SHA256 of "<t>.<body>">` ([`aviary_runtime::signature`]), computed by the sender at
+//! each attempt, so a retry is signed with the time it is sent.
+//!
 //! Every text is cut to the documented limits, so a long reason never gets a post rejected.
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use aviary_proto::events::{AuditEvent, EventHook, EventKind};
 
 use crate::notification::{Notification, Severity, classify};
-use crate::settings::{EventWebhooks, Provider, ProviderKind};
+use crate::settings::{EventWebhooks, Provider, ProviderKind, Signing};
 
 /// An HTTP body ready to post.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +36,10 @@ pub struct Payload {
     pub body: Vec<u8>,
     /// `Content-Type`.
     pub content_type: &'static str,
-    /// Extra headers (name, value), e.g. the signature.
+    /// Extra headers (name, value).
     pub headers: Vec<(String, String)>,
+    /// How each attempt is signed, if at all.
+    pub signing: Option<Signing>,
 }
 
 impl Payload {
@@ -44,6 +48,7 @@ impl Payload {
             body: value.to_string().into_bytes(),
             content_type: "application/json",
             headers: Vec::new(),
+            signing: None,
         }
     }
 }
@@ -417,23 +422,6 @@ fn google_chat(n: &Notification) -> Value {
     })
 }
 
-/// `sha256=<lower-case hex of HMAC-SHA256(key, body)>`.
-pub fn sign(key: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length; new_from_slice cannot fail for it.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + digest.len() * 2);
-    out.push_str("sha256=");
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
 /// Flagger's `event` webhook payload for `event` (of `kind`), posted to `hook`:
 ///
 /// ```json
@@ -484,12 +472,7 @@ pub fn event_hook(
         "metadata": metadata,
     });
     let mut payload = Payload::json(&body);
-    if let Some(secret) = &signing.secret {
-        payload.headers.push((
-            signing.signature_header.clone(),
-            sign(secret.expose().as_bytes(), &payload.body),
-        ));
-    }
+    payload.signing = signing.signing.clone();
     payload
 }
 
@@ -535,17 +518,11 @@ fn unix_millis(time: &str) -> Option<u64> {
 }
 
 fn webhook(provider: &Provider, raw_event: &[u8]) -> Payload {
-    let mut headers = Vec::new();
-    if let Some(secret) = &provider.secret {
-        headers.push((
-            provider.signature_header.clone(),
-            sign(secret.expose().as_bytes(), raw_event),
-        ));
-    }
     Payload {
         body: raw_event.to_vec(),
         content_type: "application/cloudevents+json",
-        headers,
+        headers: Vec::new(),
+        signing: provider.signing.clone(),
     }
 }
 
@@ -556,6 +533,7 @@ mod tests {
     use crate::notification::{Notification, Severity};
     use crate::settings::Settings;
     use aviary_proto::events::EventKind;
+    use aviary_runtime::signature::{SigningKey, Verifier};
     use std::path::Path;
 
     fn provider(yaml: &str) -> Provider {
@@ -601,8 +579,12 @@ mod tests {
             .into_iter()
             .collect(),
         };
+        let key = SigningKey::new("key", Some("k1")).expect("key");
         let signing = EventWebhooks {
-            secret: Some(crate::settings::Secret::new("key")),
+            signing: Some(Signing {
+                header: "X-Hook-Signature".into(),
+                key: key.clone(),
+            }),
             ..EventWebhooks::default()
         };
         let p = event_hook(&hook, &event, EventKind::RolledBack, &signing);
@@ -625,10 +607,7 @@ mod tests {
                 .as_str()
                 .is_some_and(|t| t.parse::<u64>().is_ok())
         );
-        assert_eq!(
-            p.headers,
-            vec![("X-Aviary-Signature".to_owned(), sign(b"key", &p.body))]
-        );
+        assert_eq!(p.signing, signing.signing);
         let normal = event_hook(
             &hook,
             &event,
@@ -638,6 +617,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&normal.body).expect("json");
         assert_eq!(v["metadata"]["eventType"], "Normal");
         assert!(normal.headers.is_empty());
+        assert_eq!(normal.signing, None);
     }
 
     #[test]
@@ -688,18 +668,11 @@ mod tests {
         let out = payload(&p, &n, &raw);
         assert_eq!(out.body, raw);
         assert_eq!(out.content_type, "application/cloudevents+json");
-        assert_eq!(
-            out.headers,
-            vec![("X-Aviary-Signature".to_owned(), sign(b"key", &raw))]
-        );
-    }
-
-    #[test]
-    fn hmac_matches_rfc_4231_case_2() {
-        assert_eq!(
-            sign(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+        let signing = out.signing.expect("signed");
+        assert_eq!(signing.header, "X-Aviary-Signature");
+        assert_eq!(signing.key.id(), SigningKey::default_id(b"key"));
+        let (_, header) = signing.sign_now(&out.body);
+        assert!(Verifier::new([signing.key]).verify(&header, &raw).is_ok());
     }
 
     const MENTIONS: &str = "<!channel> <!here> <!everyone> <@U123ABC> <#C456DEF|ops> @everyone @here \

@@ -20,6 +20,7 @@
 //!     type: webhook
 //!     urlEnv: AUDIT_URL
 //!     secretEnv: AUDIT_HMAC_KEY   # HMAC-SHA256 signing key (secret / secretFile / secretEnv)
+//!     keyId: audit-2026           # `kid` of its signatures (default: SHA-256 prefix of the key)
 //! rollouts:
 //!   test/podinfo:
 //!     - { provider: audit, severity: error }
@@ -27,6 +28,7 @@
 //! eventWebhooks:                  # the rollouts' own `type: event` webhooks
 //!   timeout: 10s                  # when a webhook gives none
 //!   secretEnv: EVENT_HMAC_KEY     # signs them as the `webhook` providers are (optional)
+//!   keyId: events-2026            # optional, as for providers
 //! dedupTtl: 168h
 //! ```
 
@@ -35,6 +37,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aviary_runtime::signature::SigningKey;
 use serde::Deserialize;
 
 use crate::notification::{Severity, Template};
@@ -152,6 +155,7 @@ struct RawProvider {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     secret_env: Option<String>,
+    key_id: Option<String>,
     signature_header: Option<String>,
     timeout: Option<String>,
     #[serde(default)]
@@ -202,6 +206,7 @@ struct RawEventWebhooks {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     secret_env: Option<String>,
+    key_id: Option<String>,
     signature_header: Option<String>,
 }
 
@@ -210,18 +215,15 @@ struct RawEventWebhooks {
 pub struct EventWebhooks {
     /// Timeout of one call when the webhook gives none.
     pub timeout: Duration,
-    /// HMAC-SHA256 key signing each body, as for `webhook` providers.
-    pub secret: Option<Secret>,
-    /// Header carrying the signature (default `X-Aviary-Signature`).
-    pub signature_header: String,
+    /// How each post is signed, as for `webhook` providers; unsigned when `None`.
+    pub signing: Option<Signing>,
 }
 
 impl Default for EventWebhooks {
     fn default() -> Self {
         Self {
             timeout: DEFAULT_TIMEOUT,
-            secret: None,
-            signature_header: DEFAULT_SIGNATURE_HEADER.to_owned(),
+            signing: None,
         }
     }
 }
@@ -247,15 +249,30 @@ pub struct Provider {
     pub template: Option<Template>,
     /// Overrides the message title.
     pub title_template: Option<Template>,
-    /// HMAC-SHA256 key of a generic webhook.
-    pub secret: Option<Secret>,
-    /// Header carrying the signature (default `X-Aviary-Signature`).
-    pub signature_header: String,
+    /// How a generic webhook's posts are signed; unsigned when `None`.
+    pub signing: Option<Signing>,
     /// Timeout of one HTTP attempt.
     pub timeout: Duration,
     /// Also post each failed check (`check-failed`) below the threshold, not only the
     /// rollback that the threshold brings (as Flagger's per-provider opt-in).
     pub notify_failed_checks: bool,
+}
+
+/// How posts to one destination are signed ([`aviary_runtime::signature`]): each attempt
+/// carries `header: t=<unix seconds>,kid=<key id>,v1=<HMAC-SHA256 of "<t>.<body>">`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signing {
+    /// Header carrying the signature (default `X-Aviary-Signature`).
+    pub header: String,
+    /// The key and its id.
+    pub key: SigningKey,
+}
+
+impl Signing {
+    /// The header and its value for `body`, signed now.
+    pub fn sign_now(&self, body: &[u8]) -> (&str, String) {
+        (&self.header, self.key.sign_now(body))
+    }
 }
 
 /// One rollout's route to a provider.
@@ -296,7 +313,7 @@ pub struct Settings {
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Header of the HMAC signature of signed posts.
-const DEFAULT_SIGNATURE_HEADER: &str = "X-Aviary-Signature";
+const DEFAULT_SIGNATURE_HEADER: &str = aviary_runtime::signature::SIGNATURE_HEADER;
 
 /// Default retention of delivered ids: a week, longer than any outage we expect to catch up
 /// from, shorter than forever.
@@ -389,12 +406,7 @@ impl Settings {
                 .map(|t| parse_duration(&t).map_err(|r| invalid(field("timeout"), r)))
                 .transpose()?
                 .unwrap_or(DEFAULT_TIMEOUT);
-            let signature_header = p
-                .signature_header
-                .unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_owned());
-            if reqwest::header::HeaderName::from_bytes(signature_header.as_bytes()).is_err() {
-                return Err(invalid(field("signatureHeader"), "not a valid header name"));
-            }
+            let signing = signing(&field(""), secret, p.key_id.as_deref(), p.signature_header)?;
             providers.push(Provider {
                 name: p.name,
                 kind: p.kind,
@@ -405,8 +417,7 @@ impl Settings {
                 icon_url: p.icon_url,
                 template,
                 title_template,
-                secret,
-                signature_header,
+                signing,
                 timeout,
                 notify_failed_checks: p.notify_failed_checks,
             });
@@ -488,28 +499,22 @@ impl Settings {
         let hooks = raw.event_webhooks;
         let event_webhooks = EventWebhooks {
             timeout: duration("eventWebhooks.timeout", hooks.timeout, DEFAULT_TIMEOUT)?,
-            secret: resolve_secret(
-                "eventWebhooks.secret",
-                hooks.secret,
-                hooks.secret_file.as_deref(),
-                hooks.secret_env.as_deref(),
-                dir,
-                env,
+            signing: signing(
+                "eventWebhooks.",
+                resolve_secret(
+                    "eventWebhooks.secret",
+                    hooks.secret,
+                    hooks.secret_file.as_deref(),
+                    hooks.secret_env.as_deref(),
+                    dir,
+                    env,
+                )?,
+                hooks.key_id.as_deref(),
+                hooks.signature_header,
             )?,
-            signature_header: hooks
-                .signature_header
-                .unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_owned()),
         };
         if event_webhooks.timeout.is_zero() {
             return Err(invalid("eventWebhooks.timeout", "must be positive"));
-        }
-        if reqwest::header::HeaderName::from_bytes(event_webhooks.signature_header.as_bytes())
-            .is_err()
-        {
-            return Err(invalid(
-                "eventWebhooks.signatureHeader",
-                "not a valid header name",
-            ));
         }
         Ok(Self {
             providers,
@@ -608,6 +613,36 @@ fn describe_yaml_error(e: &serde_yaml::Error) -> String {
         }
         _ => cut.trim_end().to_owned(),
     }
+}
+
+/// The signing of a destination whose fields start with `prefix` (`providers[0].`,
+/// `eventWebhooks.`): a key id and a header name are checked even when there is no secret, so
+/// a typo fails at start.
+fn signing(
+    prefix: &str,
+    secret: Option<Secret>,
+    key_id: Option<&str>,
+    header: Option<String>,
+) -> Result<Option<Signing>, SettingsError> {
+    let header = header.unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.to_owned());
+    if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        return Err(invalid(
+            format!("{prefix}signatureHeader"),
+            "not a valid header name",
+        ));
+    }
+    let Some(secret) = secret else {
+        if key_id.is_some() {
+            return Err(invalid(
+                format!("{prefix}keyId"),
+                "needs a secret to sign with",
+            ));
+        }
+        return Ok(None);
+    };
+    let key = SigningKey::new(secret.expose().as_bytes(), key_id)
+        .map_err(|e| invalid(format!("{prefix}keyId"), e.to_string()))?;
+    Ok(Some(Signing { header, key }))
 }
 
 fn resolve_secret(
@@ -788,6 +823,19 @@ rollouts:
             (
                 "providers: [{name: a, type: slack, url: 'https://x', secret: s}]",
                 "providers[0].secret",
+            ),
+            (
+                "providers: [{name: a, type: webhook, url: 'https://x', secret: s, keyId: 'a,b'}]",
+                "providers[0].keyId",
+            ),
+            (
+                "providers: [{name: a, type: webhook, url: 'https://x', keyId: k1}]",
+                "providers[0].keyId",
+            ),
+            ("eventWebhooks: {keyId: k1}", "eventWebhooks.keyId"),
+            (
+                "eventWebhooks: {secret: s, signatureHeader: 'a b'}",
+                "eventWebhooks.signatureHeader",
             ),
         ];
         for (yaml, field) in cases {

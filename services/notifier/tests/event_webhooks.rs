@@ -8,8 +8,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aviary_notifier::providers::sign;
 use aviary_proto::events::{AuditEvent, EventHook, EventKind};
+use aviary_runtime::signature::{SigningKey, Verifier};
 use aviary_testkit::eventually;
 use serde_json::Value;
 
@@ -124,14 +124,13 @@ async fn an_event_webhook_gets_every_event_of_its_rollout_once_with_flaggers_pay
             r.headers.get("content-type").unwrap().to_str().unwrap(),
             "application/json"
         );
-        assert_eq!(
-            r.headers
-                .get("x-aviary-signature")
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            sign(b"hook-key", &r.body)
-        );
+        // Signed with the key's default id, the first 8 hex digits of its SHA-256.
+        let signature = r.headers.get("x-aviary-signature").unwrap();
+        let key = SigningKey::new("hook-key", None).unwrap();
+        let verified = Verifier::new([key])
+            .verify(signature.to_str().unwrap(), &r.body)
+            .unwrap();
+        assert_eq!(verified.kid, SigningKey::default_id(b"hook-key"));
     }
     let rolled_back = rx
         .delivered("/events")

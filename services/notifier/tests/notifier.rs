@@ -8,8 +8,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use aviary_notifier::providers::sign;
 use aviary_proto::events::{AuditEvent, EventKind};
+use aviary_runtime::signature::{SigningKey, Verifier};
 use aviary_testkit::eventually;
 use serde_json::Value;
 
@@ -183,7 +183,7 @@ providers:
   - {{ name: teams-legacy, type: teams-legacy, url: "{}" }}
   - {{ name: discord, type: discord, url: "{}", username: aviary }}
   - {{ name: gchat, type: google-chat, url: "{}" }}
-  - {{ name: hook, type: webhook, url: "{}", secret: s3cret }}
+  - {{ name: hook, type: webhook, url: "{}", secret: s3cret, keyId: audit-1 }}
 rollouts:
   test/podinfo:
     - {{ provider: slack }}
@@ -241,7 +241,9 @@ rollouts:
                 .unwrap()
                 .to_str()
                 .unwrap();
-            assert_eq!(signature, sign(b"s3cret", &r.body));
+            let key = SigningKey::new("s3cret", Some("audit-1")).unwrap();
+            let verified = Verifier::new([key]).verify(signature, &r.body).unwrap();
+            assert_eq!(verified.kid, "audit-1");
             continue;
         }
         assert_eq!(content_type(r), "application/json", "{path}");
