@@ -154,6 +154,7 @@ def test_lint_is_clean_with_defaults_and_with_everything_on() -> None:
         ({"nats": {"jetstream": {"replicas": 7}}}, "/nats/jetstream/replicas"),
         ({"nats": {"bundled": {"cluster": {"routePassword": "short"}}}}, "/nats/bundled/cluster/routePassword"),
         ({"nats": {"bundled": {"cluster": {"routeUser": "a:b@c"}}}}, "/nats/bundled/cluster/routeUser"),
+        ({"analyzer": {"webhookSigning": {"keyId": "a,b"}}}, "/analyzer/webhookSigning/keyId"),
     ],
 )
 def test_schema_rejects_invalid_values(chart: helm.Chart, bad: dict[str, Any], where: str) -> None:
@@ -295,6 +296,17 @@ def test_analyzer_widens_windows_by_the_configured_scrape_interval(chart: helm.C
     assert env_of(render(chart).deployment("analyzer"))["AVIARY_SCRAPE_INTERVAL"] == "15s"
     r = render(chart, {"analyzer": {"prometheus": {"scrapeInterval": "30s"}}})
     assert env_of(r.deployment("analyzer"))["AVIARY_SCRAPE_INTERVAL"] == "30s"
+
+
+def test_analyzer_signs_webhooks_with_the_key_and_key_id_given(chart: helm.Chart) -> None:
+    assert "AVIARY_WEBHOOK_SECRET_FILE" not in env_of(render(chart).deployment("analyzer"))
+    signing = {"existingSecret": "hook-key"}
+    env = env_of(render(chart, {"analyzer": {"webhookSigning": signing}}).deployment("analyzer"))
+    assert env["AVIARY_WEBHOOK_SECRET_FILE"] == "/etc/aviary/webhook/secret"
+    assert "AVIARY_WEBHOOK_KEY_ID" not in env, "the analyzer derives the id from the key"
+    signing["keyId"] = "hooks-2026"
+    env = env_of(render(chart, {"analyzer": {"webhookSigning": signing}}).deployment("analyzer"))
+    assert env["AVIARY_WEBHOOK_KEY_ID"] == "hooks-2026"
 
 
 # --- NATS connection --------------------------------------------------------------------------
