@@ -59,10 +59,11 @@ fn metric_names(expr: &str) -> Vec<String> {
 fn families(text: &str, into: &mut BTreeMap<String, String>) {
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        if words.next() == Some("#") && words.next() == Some("TYPE") {
-            if let (Some(name), Some(kind)) = (words.next(), words.next()) {
-                into.insert(name.to_owned(), kind.to_owned());
-            }
+        if words.next() == Some("#")
+            && words.next() == Some("TYPE")
+            && let (Some(name), Some(kind)) = (words.next(), words.next())
+        {
+            into.insert(name.to_owned(), kind.to_owned());
         }
     }
 }
