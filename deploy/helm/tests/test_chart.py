@@ -1024,3 +1024,19 @@ def test_grafana_dashboard_configmap_ships_the_dashboard_for_the_sidecar(chart: 
     assert shipped == canonical
     assert shipped["uid"] == "aviary-rollouts"
 
+
+def test_router_agent_rbac_can_be_limited_to_named_routes(chart: helm.Chart) -> None:
+    values = {"routerAgent": {"providers": {"gatewayApi": True}, "rbac": {"routeNames": ["podinfo", "shop"]}}}
+    rules = router_rules(render(chart, values))
+    by_verbs = {tuple(r["verbs"]): r for r in rules}
+    # get and patch only on the named objects; create cannot be limited by name.
+    assert by_verbs[("get", "patch")]["resourceNames"] == ["podinfo", "shop"]
+    assert "resourceNames" not in by_verbs[("create",)]
+    assert all(r["resources"] == ["httproutes"] for r in rules)
+    # Without names the rule is as before.
+    plain = router_rules(render(chart, {"routerAgent": {"providers": {"gatewayApi": True}}}))
+    assert [sorted(r["verbs"]) for r in plain] == [["create", "get", "patch"]]
+    assert all("resourceNames" not in r for r in plain)
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"routerAgent": {"rbac": {"routeNames": ["Bad Name"]}}})
+
