@@ -640,3 +640,29 @@ async fn handle(worker: &Worker, message: async_nats::Message) {
     .instrument(span)
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn options(flags: &[&str]) -> anyhow::Result<AnalyzerOptions> {
+        let mut args = vec!["aviary-analyzer"];
+        args.extend_from_slice(flags);
+        Config::try_parse_from(args)?.analyzer_options()
+    }
+
+    #[test]
+    fn a_key_id_needs_a_secret_and_must_fit_the_header() {
+        assert!(options(&[]).is_ok());
+        assert!(options(&["--webhook-secret", "s", "--webhook-key-id", "hooks-2026"]).is_ok());
+        let alone = options(&["--webhook-key-id", "hooks-2026"]).expect_err("no secret");
+        assert!(
+            alone.to_string().contains("--webhook-key-id needs"),
+            "{alone:#}"
+        );
+        let bad = options(&["--webhook-secret", "s", "--webhook-key-id", "a,b"])
+            .expect_err("a comma cannot travel in the header");
+        assert!(format!("{bad:#}").contains("key id"), "{bad:#}");
+    }
+}
