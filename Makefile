@@ -12,12 +12,13 @@ endif
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help bootstrap build test fmt-check clippy nextest helm-test demo bench clean
+.PHONY: help bootstrap build test fmt-check clippy nextest helm-test demo bench fuzz clean
 
 help:
 	@echo "make demo    set up what is missing and run real rollouts end to end"
 	@echo "make test    set up what is missing, then fmt check, clippy and every test"
 	@echo "make bench   run the benchmarks; writes bench/results.json and prints a table"
+	@echo "make fuzz    run each fuzz target for FUZZ_SECONDS (default 60) and print its executions"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -44,6 +45,10 @@ demo: build
 
 bench: bootstrap
 	@bash scripts/bench.sh
+
+fuzz:
+	@bash scripts/bootstrap.sh --fuzz
+	@bash fuzz/run.sh
 
 clean:
 	$(CARGO) clean

