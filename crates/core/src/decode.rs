@@ -1095,6 +1095,31 @@ spec:
         assert_eq!(back, r);
     }
 
+    /// Found by fuzzing: `127+0.0.1:9001` validated, and the router agent refused the route.
+    /// An endpoint the spec accepts is one the agent accepts (`route::parse_endpoint`).
+    #[test]
+    fn refuses_an_endpoint_the_router_agent_would_refuse() {
+        for endpoint in [
+            "127+0.0.1:9001",
+            "[[::1]]:9001",
+            "[::1:9001",
+            "pod info:9001",
+        ] {
+            let yaml = VALID.replace("\"127.0.0.1:9001\"", &format!("{endpoint:?}"));
+            let want = format!("spec.primary.endpoints[0]: {endpoint:?} has an invalid host");
+            assert_eq!(errors(&yaml), vec![want], "{endpoint}");
+        }
+        for endpoint in [
+            "[::1]:9001",
+            "::1:9001",
+            "podinfo-v1.test.svc:9001",
+            "10.0.0.7:80",
+        ] {
+            let yaml = VALID.replace("\"127.0.0.1:9001\"", &format!("{endpoint:?}"));
+            assert_eq!(errors(&yaml), Vec::<String>::new(), "{endpoint}");
+        }
+    }
+
     #[test]
     fn reports_every_problem_with_paths() {
         let yaml = VALID

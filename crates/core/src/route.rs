@@ -148,6 +148,24 @@ pub fn is_host(host: &str) -> bool {
         })
 }
 
+/// Splits a backend endpoint, `host:port` or `[v6]:port`, into its host and a port other than
+/// 0; `None` when it is not one. The host holds only letters, digits, `.`, `-`, `_` and (IPv6)
+/// `:`. The one rule for an endpoint: the spec's validation and the router agent both use it, so
+/// a spec that validates is never refused by an agent for its endpoints.
+pub fn parse_endpoint(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    let valid_host = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    (valid_host && port != 0).then_some((host, port))
+}
+
 /// A path prefix a route may select: starts with `/`, and holds only characters of a URL path
 /// (RFC 3986 `pchar` and `/`, less quotes and parentheses), so every data plane's
 /// configuration can carry it unquoted.
@@ -199,6 +217,24 @@ mod tests {
         RouteSelector {
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             path_prefix: prefix.to_owned(),
+        }
+    }
+
+    #[test]
+    fn parses_endpoints() {
+        assert_eq!(parse_endpoint("127.0.0.1:9001"), Some(("127.0.0.1", 9001)));
+        assert_eq!(parse_endpoint("[::1]:80"), Some(("::1", 80)));
+        assert_eq!(parse_endpoint("svc_a.ns:8080"), Some(("svc_a.ns", 8080)));
+        for bad in [
+            "host",
+            "host:0",
+            ":80",
+            "host:65536",
+            "127+0.0.1:80",
+            "[::1:80",
+            "a b:80",
+        ] {
+            assert_eq!(parse_endpoint(bad), None, "{bad}");
         }
     }
 

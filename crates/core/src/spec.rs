@@ -976,8 +976,8 @@ fn check_endpoint(ep: &str, path: &str, c: &mut Collector) {
         c.push(path, format!("{ep:?} must be host:port"));
         return;
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+    // The host by the router agent's rule (`route::parse_endpoint`), with a port it accepts.
+    if crate::route::parse_endpoint(&format!("{host}:1")).is_none() {
         c.push(path, format!("{ep:?} has an invalid host"));
     }
     match port.parse::<u16>() {

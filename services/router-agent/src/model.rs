@@ -404,19 +404,10 @@ fn backend(
     })
 }
 
-/// Parses `host:port` or `[v6]:port`.
+/// Parses `host:port` or `[v6]:port` ([`route::parse_endpoint`], the rule the spec's
+/// validation applies too).
 pub fn parse_endpoint(text: &str) -> Option<Endpoint> {
-    let (host, port) = text.rsplit_once(':')?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port: u16 = port.parse().ok()?;
-    let valid_host = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
-    (valid_host && port != 0).then(|| Endpoint {
+    route::parse_endpoint(text).map(|(host, port)| Endpoint {
         host: host.to_owned(),
         port,
     })
