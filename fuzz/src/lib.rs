@@ -476,7 +476,8 @@ mod tests {
             let committed = std::fs::read(&path).expect("seed committed");
             assert_eq!(committed, bytes, "{} is stale", path.display());
         }
-        let targets: [(&str, fn(&[u8])); 5] = [
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 5] = [
             ("spec_yaml", super::spec_yaml),
             ("flagger", super::flagger),
             ("bus_proto", super::bus_proto),
