@@ -496,7 +496,14 @@ fn unix_millis(time: &str) -> Option<u64> {
         num(parts.next()?)?,
         num(parts.next()?)?,
     );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    // RFC 3339 years have four digits; a longer one would overflow the arithmetic below.
+    if !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+    {
         return None;
     }
     let millis = if fraction.is_empty() {
@@ -530,6 +537,17 @@ fn webhook(provider: &Provider, raw_event: &[u8]) -> Payload {
 mod tests {
     use super::*;
     use crate::notification::tests::rolled_back;
+
+    #[test]
+    fn a_time_with_an_impossible_year_is_no_time_not_a_panic() {
+        // Found by the audit_event fuzz target: this overflowed the day arithmetic.
+        assert_eq!(unix_millis("10999999913-01-01T00:01:00Z"), None);
+        assert_eq!(unix_millis("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(
+            unix_millis("9999-12-31T23:59:59Z"),
+            Some(253_402_300_799_000)
+        );
+    }
     use crate::notification::{Notification, Severity};
     use crate::settings::Settings;
     use aviary_proto::events::EventKind;
