@@ -92,11 +92,19 @@ async fn a_route_no_agent_applies_backs_off_and_the_rollout_can_be_deleted_by_fo
         "{refused:?}"
     );
 
-    let deleted = api
-        .force_delete(podinfo("ingress retired"))
-        .await
-        .unwrap()
-        .into_inner();
+    // The driver keeps retrying the route meanwhile: a delete that loses the race to its write
+    // is `Aborted` ("try again"), as the API documents, and is asked again.
+    let deleted = aviary_testkit::eventually(Duration::from_secs(10), "forced delete", || {
+        let mut api = api.clone();
+        async move {
+            match api.force_delete(podinfo("ingress retired")).await {
+                Ok(r) => Some(r.into_inner()),
+                Err(e) if e.code() == Code::Aborted => None,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
     assert_eq!(deleted.status.unwrap().phase, pb::Phase::Failed as i32);
     let gone = api
         .get(pb::GetRequest {
