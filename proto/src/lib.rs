@@ -29,6 +29,13 @@ impl v1::RolloutRef {
     }
 }
 
+impl v1::WebhookCheck {
+    /// One attempt's timeout, `None` when the spec gives none (`timeout_ms` 0).
+    pub fn attempt_timeout(&self) -> Option<std::time::Duration> {
+        (self.timeout_ms > 0).then(|| std::time::Duration::from_millis(self.timeout_ms))
+    }
+}
+
 impl std::fmt::Display for v1::RolloutRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)

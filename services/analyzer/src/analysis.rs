@@ -650,11 +650,7 @@ impl Analyzer {
             name: check.name.clone(),
             kind: check.r#type.clone(),
             url: check.url.clone(),
-            timeout: if check.timeout_ms == 0 {
-                DEFAULT_WEBHOOK_TIMEOUT
-            } else {
-                Duration::from_millis(check.timeout_ms)
-            },
+            timeout: check.attempt_timeout().unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
             retries: check.retries,
             metadata: check
                 .metadata

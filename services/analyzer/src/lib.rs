@@ -571,12 +571,12 @@ async fn serve(
 /// How long `request` is worked on: the worker's budget, or its longest webhook call when that
 /// is longer (a hook's own `timeout` is honoured end to end; the scheduler waits as long).
 fn request_budget(budget: Duration, request: &AnalysisRequest) -> Duration {
-    let hooks = aviary_core::spec::longest_webhook_call(request.webhooks.iter().map(|w| {
-        (
-            (w.timeout_ms > 0).then(|| Duration::from_millis(w.timeout_ms)),
-            w.retries,
-        )
-    }));
+    let hooks = aviary_core::spec::longest_webhook_call(
+        request
+            .webhooks
+            .iter()
+            .map(|w| (w.attempt_timeout(), w.retries)),
+    );
     hooks.map_or(budget, |longest| budget.max(longest + HOOK_BUDGET_MARGIN))
 }
 

@@ -172,12 +172,12 @@ impl Effects {
     /// pre-rollout test is not cut short. Other rollouts do not wait meanwhile: each request
     /// is its own task.
     pub async fn analyze(&self, request: &AnalysisRequest) -> Result<Verdict, BusError> {
-        let hooks = aviary_core::spec::longest_webhook_call(request.webhooks.iter().map(|w| {
-            (
-                (w.timeout_ms > 0).then(|| Duration::from_millis(w.timeout_ms)),
-                w.retries,
-            )
-        }));
+        let hooks = aviary_core::spec::longest_webhook_call(
+            request
+                .webhooks
+                .iter()
+                .map(|w| (w.attempt_timeout(), w.retries)),
+        );
         let timeout = hooks.map_or(self.analysis_timeout, |longest| {
             self.analysis_timeout
                 .max(longest + Duration::from_millis(aviary_core::machine::HOOK_ANSWER_MARGIN_MS))
