@@ -2,13 +2,24 @@
 //! buckets?
 //!
 //! For every finite bucket bound `b`, "at most `b`" is a Bernoulli trial, so each side's share
-//! of requests at most `b` has a confidence sequence ([`super::rate::rate_interval`]); α is
-//! split evenly over both sides and every bound (Bonferroni), so all of them hold at once at
-//! every look. Between bounds the distribution is taken as uniform within its bucket, as
-//! Prometheus' `histogram_quantile` does, which turns the band on the CDF into a confidence
-//! interval for each side's q-quantile. The bucket layout is the resolution: inside a bucket
-//! the quantile is interpolated, not measured, and a quantile in the `+Inf` bucket has no
-//! upper end.
+//! of requests at most `b` has a confidence sequence ([`super::rate::rate_interval`]). Between
+//! bounds the distribution is taken as uniform within its bucket, as Prometheus'
+//! `histogram_quantile` does, which turns the band on the CDF into a confidence interval for
+//! each side's q-quantile. The bucket layout is the resolution: inside a bucket the quantile is
+//! interpolated, not measured, and a quantile in the `+Inf` bucket has no upper end.
+//!
+//! **Why α is split over two bounds, not all of them.** Let the true q-quantile lie in the
+//! bucket `(b[k-1], b[k]]`. The interval's lower end (where the band's upper curve reaches q)
+//! can only be above the quantile if the upper band fails at `b[k-1]` or `b[k]`: on that
+//! bucket the upper curve is then at least the true CDF. Its upper end (where the lower curve
+//! reaches q) can be below the quantile only if the lower curve reaches q before `b[k-1]` —
+//! and since every side's counts at a lower bound are at most those at `b[k-1]` out of the
+//! same total, and the band is monotone in the count, that implies the lower band is at least
+//! q at `b[k-1]`, where the true CDF is below q: a failure at `b[k-1]` — or it fails inside
+//! the bucket, a failure at `b[k-1]` or `b[k]`. So only the two bounds around the true
+//! quantile matter; which two is unknown but fixed, and each side's interval misses with
+//! probability at most twice the per-bound α. (The first bucket starts at the fixed point
+//! `(0, 0)`; a quantile in the `+Inf` bucket has only `b[k-1]`.)
 //!
 //! `fail`: the canary's quantile is above `maxRatio` × the primary's, i.e. the lower end of the
 //! canary's interval exceeds `maxRatio` × the upper end of the primary's. `pass`: the upper end
@@ -88,6 +99,10 @@ fn interpolate(bounds: &[f64], cdf: &[f64], q: f64) -> Option<f64> {
     None
 }
 
+/// How α is divided for each bound's band: two sides × the two bounds around each side's
+/// true quantile.
+const PER_BOUND_SPLIT: f64 = 4.0;
+
 /// The quantile comparison at one look.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuantileJudgement {
@@ -128,8 +143,8 @@ pub fn compare_quantiles(
     if canary.bounds != primary.bounds {
         return Err(HistogramError::BoundsDiffer);
     }
-    // Both sides, every bound.
-    let per_bound = alpha / (2 * canary.bounds.len().max(1)) as f64;
+    // Both sides, and on each the two bounds around its true quantile (see the module docs).
+    let per_bound = alpha / PER_BOUND_SPLIT;
     let c = canary.quantile(quantile, per_bound);
     let p = primary.quantile(quantile, per_bound);
     let decision = match (c, p) {
