@@ -137,6 +137,11 @@ impl Leases {
         self
     }
 
+    /// The leases bucket (watched to see which replicas are alive and who holds what).
+    pub fn bucket(&self) -> &Bucket<LeaseValue> {
+        &self.bucket
+    }
+
     /// This replica's id.
     pub fn owner(&self) -> &str {
         &self.owner

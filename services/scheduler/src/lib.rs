@@ -6,8 +6,8 @@
 //! analyzer for verdicts, writes every transition to the audit stream, and serves the gRPC
 //! control API.
 //!
-//! Flow: [`owner`] takes leases → [`driver`] per rollout: input → machine → CAS write →
-//! [`effects`] (routes, analysis, audit) → outcome → input. [`api`] serves the control API.
+//! Flow: [`owner`] takes its [`share`] of the leases → [`driver`] per rollout: input → machine →
+//! CAS write → [`effects`] (routes, analysis, audit) → outcome → input. [`api`] serves the control API.
 
 pub mod api;
 pub mod auth;
@@ -19,6 +19,7 @@ pub mod lease;
 pub mod metrics;
 pub mod owner;
 pub mod record;
+pub mod share;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub promotions: Counter,
     /// Leases lost to another replica.
     pub leases_lost: Counter,
+    /// Rollouts handed over to a replica under its share (this one was over it).
+    pub handed_over: Counter,
     /// Seconds each step lasted.
     pub step_duration: Histogram,
     /// Seconds from a route decision to every ingress's ack.
@@ -64,6 +66,7 @@ impl Metrics {
             rollbacks: Counter::default(),
             promotions: Counter::default(),
             leases_lost: Counter::default(),
+            handed_over: Counter::default(),
             step_duration: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
             ack_latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             // Factor 1.5 from 1 ms to ~25 s: fine enough to read p50/p99 off the buckets in a
@@ -106,6 +109,11 @@ impl Metrics {
             "scheduler_leases_lost",
             "Leases lost to another replica",
             m.leases_lost.clone(),
+        );
+        registry.register(
+            "scheduler_handed_over",
+            "Rollouts handed over to another replica to even the shares",
+            m.handed_over.clone(),
         );
         registry.register(
             "scheduler_step_duration_seconds",

@@ -1,10 +1,13 @@
 //! Which rollouts this replica drives: holds the replica lease (one task renews it), watches the
-//! rollouts bucket, takes the leases of rollouts that need an owner and have none (or one whose
-//! owner's replica lease is gone or expired), and runs a driver for each.
+//! rollouts bucket and the leases bucket, takes the leases of rollouts that need an owner and
+//! have none (or one whose owner's replica lease is gone or expired) up to its fair share of
+//! them, hands a surplus over in bounded batches when another replica joins, and runs a driver
+//! for each rollout it holds.
 //!
-//! Every replica scans at least once per third of a lease period, so a dead replica's rollouts
-//! are taken over within two lease periods: one for its replica lease to expire, less than one
-//! to notice.
+//! Every replica scans at least once per third of a lease period, and at once when a lease is
+//! released, so a dead replica's rollouts are taken over within two lease periods (one for its
+//! replica lease to expire, less than one to notice), and a stopping replica's (it releases
+//! every lease before it exits) within moments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +23,19 @@ use crate::convert::now_ms;
 use crate::driver::{self, Exit, Handle, Shared};
 use crate::metrics::{PhaseLabel, RolloutLabel};
 use crate::record::RecordSummary;
+use crate::share;
 
 /// Lease acquisitions in flight at once during a scan.
 const ACQUIRE_CONCURRENCY: usize = 64;
 
 /// What the watch has seen of each rollout: whether it needs an owner.
 type Index = Arc<Mutex<HashMap<String, bool>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Runs until `shutdown`: the watch, the wake-up listener and the scan loop.
 ///
@@ -121,6 +131,47 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         })
     };
 
+    let view: Arc<Mutex<share::View>> = Arc::default();
+    let mut lease_watch = shared
+        .leases
+        .bucket()
+        .store()
+        .watch_with_history(">")
+        .await?;
+    let lease_watcher = {
+        let view = view.clone();
+        let scan_now = scan_now.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let entry = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    entry = lease_watch.next() => entry,
+                };
+                let Some(Ok(entry)) = entry else {
+                    warn!("leases watch ended");
+                    return;
+                };
+                let value = match entry.operation {
+                    kv::Operation::Put => {
+                        match serde_json::from_slice::<crate::lease::LeaseValue>(&entry.value) {
+                            Ok(value) => Some(value),
+                            // Unreadable: as good as free (taking it overwrites it).
+                            Err(error) => {
+                                warn!(key = %entry.key, %error, "unreadable lease skipped");
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                if lock(&view).apply(&entry.key, value) == share::Change::Freed {
+                    scan_now.notify_one();
+                }
+            }
+        })
+    };
+
     let mut wakes = shared.effects.client().subscribe(names::WAKE_ALL).await?;
     let waker = {
         let drivers = drivers.clone();
@@ -165,6 +216,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = tokio::task::JoinSet::new();
+    // Each driver's own stop token, and those told to stop to hand their rollout over.
+    let mut tokens: HashMap<String, CancellationToken> = HashMap::new();
+    let mut handing_over: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let me = shared.leases.owner().to_owned();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -172,30 +227,63 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             () = scan_now.notified() => {}
             Some((key, exit)) = exits.recv() => {
                 debug!(%key, ?exit, "driver stopped");
-                drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+                lock(&drivers).remove(&key);
+                tokens.remove(&key);
+                handing_over.remove(&key);
                 shared.metrics.owned.dec();
                 continue;
             }
         }
-        let candidates: Vec<String> = {
-            let index = index
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let driven = drivers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            index
-                .iter()
-                .filter(|(k, needs)| **needs && !driven.contains_key(*k))
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
-        // Leases are taken concurrently: after a replica dies, the survivors must take over
-        // thousands of rollouts within a lease period, which one round trip at a time cannot.
         let now = now_ms();
         let Some(epoch) = shared.leases.epoch(now) else {
             continue; // no replica lease: nothing may be taken until it is back
         };
+        let (wanted, mut candidates, live) = {
+            let index = lock(&index);
+            let driven = lock(&drivers);
+            let view = lock(&view);
+            let candidates: Vec<String> = index
+                .iter()
+                .filter(|(k, needs)| {
+                    **needs && !driven.contains_key(*k) && !view.held_elsewhere(k, &me, now)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            (
+                index.values().filter(|needs| **needs).count(),
+                candidates,
+                view.live(&me, now),
+            )
+        };
+        let fair = share::fair_share(wanted, live);
+        let owned = tokens.len() - handing_over.len();
+        let surplus = share::to_hand_over(owned, fair);
+        if surplus > 0 {
+            // Stopped drivers release their leases (between steps) for a replica under its
+            // share to take; this one takes none back while it is over.
+            let chosen: Vec<String> = tokens
+                .keys()
+                .filter(|k| !handing_over.contains(*k))
+                .take(surplus)
+                .cloned()
+                .collect();
+            debug!(surplus, fair, live, "handing rollouts over");
+            for key in chosen {
+                if let Some(token) = tokens.get(&key) {
+                    token.cancel();
+                }
+                handing_over.insert(key);
+            }
+            shared.metrics.handed_over.inc_by(surplus as u64);
+        }
+        let room = fair.saturating_sub(owned);
+        if candidates.len() > room {
+            // A random pick, so replicas under their share do not all race for the same keys.
+            rand::seq::SliceRandom::shuffle(candidates.as_mut_slice(), &mut rand::rng());
+            candidates.truncate(room);
+        }
+        // Leases are taken concurrently: after a replica dies, the survivors must take over
+        // thousands of rollouts within a lease period, which one round trip at a time cannot.
         let owners = Arc::new(crate::lease::Owners::default());
         let mut acquired = futures::stream::iter(candidates)
             .map(|key| {
@@ -212,12 +300,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             match result {
                 Ok(held) => {
                     debug!(rollout = %key, "lease acquired");
+                    let token = shutdown.child_token();
                     let (handle, task) =
-                        driver::spawn(key.clone(), shared.clone(), held, shutdown.child_token());
-                    drivers
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(key.clone(), handle);
+                        driver::spawn(key.clone(), shared.clone(), held, token.clone());
+                    lock(&drivers).insert(key.clone(), handle);
+                    tokens.insert(key.clone(), token);
                     shared.metrics.owned.inc();
                     let exits = exits_tx.clone();
                     tasks.spawn(async move {
@@ -235,6 +322,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let _ = replica.await;
     shared.leases.release_replica().await;
     watcher.abort();
+    lease_watcher.abort();
     waker.abort();
     Ok(())
 }
