@@ -14,7 +14,7 @@ use crate::error::{FieldError, ValidationErrors, Warning, field, index};
 use crate::spec::{
     Alert, Analysis, AnalysisStep, ApprovalStep, CheckFailure, CheckStep, GatewayRef,
     HeaderRouteStep, IngressRef, Judge, MatchRule, Metadata, Metric, MetricProvider, MirrorStep,
-    ObjectRef, OnNoData, PauseStep, ProviderRef, Rollout, RolloutSpec, ServiceSpec,
+    ObjectRef, OnInconclusive, OnNoData, PauseStep, ProviderRef, Rollout, RolloutSpec, ServiceSpec,
     SessionAffinity, Severity, Step, StringMatch, Target, TargetRef, ThresholdRange, Webhook,
     WebhookType, WorkloadKind,
 };
@@ -638,6 +638,8 @@ impl Decoder {
             "mirrorWeight",
             "sessionAffinity",
             "earlyPromotion",
+            "onInconclusive",
+            "inconclusiveHold",
             "metrics",
             "webhooks",
             "alerts",
@@ -656,8 +658,19 @@ impl Decoder {
             mirror: self.bool(&f, "mirror").unwrap_or(false),
             mirror_weight: self.weight(&f, "mirrorWeight", 0),
             early_promotion: self.bool(&f, "earlyPromotion").unwrap_or(false),
+            inconclusive_hold: self.duration(&f, "inconclusiveHold"),
             ..Analysis::default()
         };
+        if let Some(s) = self.string(&f, "onInconclusive") {
+            match s.as_str() {
+                "rollback" => a.on_inconclusive = Some(OnInconclusive::Rollback),
+                "promote" => a.on_inconclusive = Some(OnInconclusive::Promote),
+                _ => self.err(
+                    &f.path("onInconclusive"),
+                    format!("unknown value {s:?} (expected rollback or promote)"),
+                ),
+            }
+        }
         if let Some(items) = self.list(&f, "stepWeights") {
             let mut ws = Vec::new();
             for (i, item) in items.iter().enumerate() {
@@ -1514,6 +1527,8 @@ spec:
         "skipAnalysis",
         "onNoData",
         "judge",
+        "onInconclusive",
+        "inconclusiveHold",
     ];
 
     fn yaml_value() -> impl PropStrategy<Value = Value> {

@@ -303,6 +303,15 @@ pub struct Analysis {
     /// Promote as soon as the analysis of a step passes with full confidence (sequential judge).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub early_promotion: bool,
+    /// What the end of the walk does when a sequential metric's judge has still not decided
+    /// (its pass came from `thresholdRange` alone) once `inconclusiveHold` has passed
+    /// ([`OnInconclusive::Rollback`] by default: not enough evidence is not a pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_inconclusive: Option<OnInconclusive>,
+    /// How long the end of the walk holds, analysed every interval, for an undecided judge to
+    /// decide before `onInconclusive` applies ([`DEFAULT_INCONCLUSIVE_HOLD`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive_hold: Option<HumanDuration>,
     /// Metric checks run on every analysed step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<Metric>,
@@ -456,6 +465,34 @@ pub enum OnNoData {
     /// Treat as passing (for metrics that are legitimately empty, e.g. error counts).
     Pass,
 }
+
+/// What the end of the walk does with a judge that has not decided within `inconclusiveHold`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInconclusive {
+    /// Roll back: the canary never showed it is within the judge's tolerance.
+    #[default]
+    Rollback,
+    /// Promote on the `thresholdRange` passes alone (Flagger's rule), as if the metric were
+    /// judged by threshold.
+    Promote,
+}
+
+impl OnInconclusive {
+    /// The spec's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rollback => "rollback",
+            Self::Promote => "promote",
+        }
+    }
+}
+
+/// How long the end of the walk waits for an undecided judge when the spec does not say: ten
+/// minutes, Flagger's default progress deadline — at 10 rps a canary reaches a p99 decision in
+/// about that long (docs/judge.md).
+pub const DEFAULT_INCONCLUSIVE_HOLD: HumanDuration = HumanDuration::from_secs(600);
 
 /// How a metric value is judged.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -769,6 +806,16 @@ impl Analysis {
     /// The threshold, defaulted.
     pub fn threshold(&self) -> u32 {
         self.threshold.unwrap_or(DEFAULT_THRESHOLD)
+    }
+
+    /// The end of the walk's hold for an undecided judge, defaulted.
+    pub fn inconclusive_hold(&self) -> HumanDuration {
+        self.inconclusive_hold.unwrap_or(DEFAULT_INCONCLUSIVE_HOLD)
+    }
+
+    /// What follows that hold, defaulted.
+    pub fn on_inconclusive(&self) -> OnInconclusive {
+        self.on_inconclusive.unwrap_or_default()
     }
 
     /// The weight after which to promote, as Flagger reckons it: the last of `stepWeights`

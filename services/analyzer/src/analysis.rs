@@ -262,6 +262,7 @@ impl Analyzer {
                     primary_value: None,
                     outcome: Outcome::Error as i32,
                     reason,
+                    judge_undecided: false,
                 },
                 None,
             ),
@@ -377,7 +378,9 @@ impl Analyzer {
             primary,
             requests,
         };
-        let result = judge(&check.name, &criteria, &obs);
+        let mut result = judge(&check.name, &criteria, &obs);
+        // A sequential metric judged on its window: the judge itself has not decided.
+        result.judge_undecided = decision == Some(Decision::Continue);
         tracing::debug!(
             metric = %check.name,
             query = %canary_query,
@@ -738,6 +741,7 @@ fn not_queried(check: &MetricCheck, hook: &WebhookResult) -> MetricResult {
             "not queried: {} webhook `{}` failed the check first",
             hook.r#type, hook.name
         ),
+        judge_undecided: false,
     }
 }
 

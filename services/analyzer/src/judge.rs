@@ -147,6 +147,7 @@ pub fn judge(name: &str, criteria: &Criteria, obs: &Observation) -> MetricResult
             .and_then(|s| s.value()),
         outcome: Outcome::Unspecified as i32,
         reason: String::new(),
+        judge_undecided: false,
     };
     let (outcome, reason) = decide(criteria, obs);
     result.outcome = outcome as i32;
@@ -411,6 +412,7 @@ pub fn sequential_rates(
         primary_value: percent(pn, pe),
         outcome: outcome as i32,
         reason,
+        judge_undecided: j.decision == Decision::Continue,
     };
     (result, j.decision)
 }
@@ -516,6 +518,7 @@ pub fn sequential_quantiles(
         primary_value: finite(j.primary),
         outcome: outcome as i32,
         reason,
+        judge_undecided: j.decision == Decision::Continue,
     };
     Ok((result, j.decision))
 }

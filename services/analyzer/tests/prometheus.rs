@@ -392,4 +392,14 @@ async fn sequential_latency_does_not_fail_equal_distributions() {
         "{v:?}"
     );
     assert!(!v.decisive, "{v:?}");
+    assert!(rate.judge_undecided, "{v:?}");
+
+    // With a thresholdRange the undecided rate is judged on its window alone, and says so:
+    // such a pass passes a step but does not end the walk before inconclusiveHold.
+    req.metrics[1].min = Some(99.0);
+    let v = analyzer.analyze(&req).await;
+    let rate = &v.metrics[1];
+    assert_eq!(rate.outcome(), Outcome::Pass, "{v:?}");
+    assert!(rate.judge_undecided, "{v:?}");
+    assert!(!v.decisive, "{v:?}");
 }

@@ -425,6 +425,7 @@ pub fn verdict(seq: u64, v: &pb::Verdict) -> machine::Verdict {
         outcome: folded,
         fail_fast: v.decisive && folded == Outcome::Fail,
         early_promote: v.decisive && folded == Outcome::Pass,
+        undecided: folded == Outcome::Pass && v.metrics.iter().any(|m| m.judge_undecided),
         checks,
         rollback_requested,
     }
@@ -748,6 +749,7 @@ fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
                         _ => pb::Outcome::Error,
                     } as i32,
                     reason: c.reason.clone(),
+                    judge_undecided: false,
                 })
                 .collect(),
             ..Default::default()
@@ -862,6 +864,36 @@ mod tests {
         assert!(folded.rollback_requested);
         assert!(folded.fail_fast);
         assert!(folded.checks.is_empty());
+    }
+
+    /// A pass with a metric whose judge has not decided is an undecided pass; the same
+    /// metric in a failed verdict leaves it a plain fail.
+    #[test]
+    fn a_pass_on_an_undecided_judge_is_undecided() {
+        let mut v = pb::Verdict {
+            outcome: pb::Outcome::Pass as i32,
+            metrics: vec![
+                pb::MetricResult {
+                    name: "request-success-rate".into(),
+                    outcome: pb::Outcome::Pass as i32,
+                    judge_undecided: true,
+                    ..Default::default()
+                },
+                pb::MetricResult {
+                    name: "request-duration".into(),
+                    outcome: pb::Outcome::Pass as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(verdict(1, &v).undecided);
+        v.metrics[0].judge_undecided = false;
+        assert!(!verdict(1, &v).undecided);
+        v.metrics[0].judge_undecided = true;
+        v.outcome = pb::Outcome::Fail as i32;
+        v.metrics[1].outcome = pb::Outcome::Fail as i32;
+        assert!(!verdict(1, &v).undecided);
     }
 
     #[test]

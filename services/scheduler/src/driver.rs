@@ -755,5 +755,6 @@ fn error_verdict(seq: u64, error: &BusError) -> aviary_core::machine::Verdict {
         fail_fast: false,
         early_promote: false,
         rollback_requested: false,
+        undecided: false,
     }
 }

@@ -31,7 +31,8 @@ use std::collections::BTreeMap;
 use crate::error::ValidationErrors;
 use crate::plan::{Hold, Plan, PlannedStep};
 use crate::spec::{
-    CheckStep, DEFAULT_SESSION_MAX_AGE, MatchRule, RolloutSpec, Step, Webhook, WebhookType,
+    CheckStep, DEFAULT_SESSION_MAX_AGE, MatchRule, OnInconclusive, RolloutSpec, Step, Webhook,
+    WebhookType,
 };
 use crate::strategy::Strategy;
 
@@ -566,6 +567,7 @@ impl Cx<'_> {
         self.st.window_start_ms = None;
         self.st.check_returns.clear();
         self.st.return_weight = None;
+        self.st.undecided_since_ms = None;
         self.st.session_cookie = Some(format!("{:016x}", self.random));
         self.clear_halt();
         if self.m.has_hook(WebhookType::ConfirmRollout) {
@@ -607,6 +609,7 @@ impl Cx<'_> {
     fn enter_step(&mut self, i: usize) {
         // A step entered anew (resumed, skipped to) reports its own hold.
         self.st.gate_hold = None;
+        self.st.undecided_since_ms = None;
         let Some(next) = self.m.plan.step(i).map(|s| s.canary_weight) else {
             return self.begin_promotion();
         };
@@ -892,6 +895,11 @@ impl Cx<'_> {
             return self.rollback("a rollback webhook asked for rollback".into());
         }
         match v.outcome {
+            // The last analysis of the walk, with a judge that has not decided: held.
+            Outcome::Pass
+                if v.undecided
+                    && (waiting_promotion || self.ends_walk())
+                    && self.hold_undecided() => {}
             // Held at max weight: a pass only lets the gate be asked again; it never promotes.
             Outcome::Pass if waiting_promotion => {
                 self.clear_halt();
@@ -965,6 +973,57 @@ impl Cx<'_> {
                 };
                 self.halt(format!("analysis {kind}{what}"));
                 self.observe_again();
+            }
+        }
+    }
+
+    /// Whether a pass of the current step ends the walk: no step follows it, so the next thing
+    /// is promotion (or, with `iterations`, the last iteration).
+    fn ends_walk(&self) -> bool {
+        self.st.gate_hold.is_none() && self.m.plan.step(self.st.step + 1).is_none()
+    }
+
+    /// Holds the end of the walk for an undecided judge: analysed again every interval for up
+    /// to `inconclusiveHold`, then `onInconclusive` — a rollback, or the pass goes on. Returns
+    /// whether the verdict was handled here (held or rolled back).
+    ///
+    /// The hold is not a halt toward the progress deadline, which would roll back whatever the
+    /// spec chose: it has its own bound, and a decided pass or fail ends it.
+    fn hold_undecided(&mut self) -> bool {
+        let since = *self.st.undecided_since_ms.get_or_insert(self.now);
+        let hold = self.m.spec.analysis.inconclusive_hold();
+        let choice = self.m.spec.analysis.on_inconclusive();
+        if self.now.saturating_sub(since) < hold.as_millis() {
+            let reason = format!(
+                "the judge has not decided at the end of the walk: analysed again for up to \
+                 {hold} (inconclusiveHold), then {} (onInconclusive)",
+                choice.as_str()
+            );
+            let repeated = self.st.halt_reason.as_deref() == Some(reason.as_str());
+            self.st.halted_since_ms = None;
+            self.st.halt_reason = Some(reason.clone());
+            self.emit_with(EventKind::Halted, reason, repeated_details(repeated));
+            self.observe_again();
+            return true;
+        }
+        self.st.undecided_since_ms = None;
+        match choice {
+            OnInconclusive::Rollback => {
+                self.rollback(format!(
+                    "the judge did not decide within {hold} (inconclusiveHold): not enough \
+                     evidence is not a pass (onInconclusive: rollback)"
+                ));
+                true
+            }
+            OnInconclusive::Promote => {
+                self.emit(
+                    EventKind::AnalysisPassed,
+                    format!(
+                        "the judge did not decide within {hold} (inconclusiveHold): the \
+                         thresholdRange passes decide (onInconclusive: promote)"
+                    ),
+                );
+                false
             }
         }
     }

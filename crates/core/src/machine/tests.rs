@@ -84,6 +84,16 @@ impl Sim {
     /// verdicts with `outcome`, time advanced to the next tick. Stops at a terminal phase or
     /// when only a person can move the rollout on.
     fn run(&mut self, outcome: Outcome, gate_open: bool) {
+        self.run_answering(outcome, gate_open, |_, seq| verdict(seq, outcome));
+    }
+
+    /// As [`Sim::run`], with each verdict from `answer(sim, seq)`.
+    fn run_answering(
+        &mut self,
+        outcome: Outcome,
+        gate_open: bool,
+        mut answer: impl FnMut(&Sim, u64) -> Verdict,
+    ) {
         for _ in 0..10_000 {
             if self.st.phase.is_terminal() && self.st.wait == Wait::Idle {
                 return;
@@ -93,7 +103,8 @@ impl Sim {
                     self.confirm_route();
                 }
                 Wait::Verdict { seq, .. } => {
-                    self.input(Input::Verdict(verdict(seq, outcome)));
+                    let v = answer(self, seq);
+                    self.input(Input::Verdict(v));
                 }
                 Wait::Gate {
                     gate,
@@ -200,6 +211,7 @@ fn verdict(seq: u64, outcome: Outcome) -> Verdict {
         fail_fast: false,
         early_promote: false,
         rollback_requested: false,
+        undecided: false,
     }
 }
 
@@ -1874,4 +1886,129 @@ fn a_primary_cookie_rides_with_the_canary_cookie_for_one_interval() {
         .expect("the expiring route");
     assert_eq!(last.max_age_seconds, -1);
     assert_eq!(last.primary_cookie_name, None);
+}
+
+/// Issue 15, case 5: not enough evidence is not a pass. Passes on `thresholdRange` alone while
+/// the judge is undecided walk the steps, but the walk's end holds for `inconclusiveHold`,
+/// analysed every interval, and then follows `onInconclusive`.
+mod undecided {
+    use super::*;
+    use crate::spec::OnInconclusive;
+
+    fn undecided(seq: u64) -> Verdict {
+        Verdict {
+            undecided: true,
+            ..verdict(seq, Outcome::Pass)
+        }
+    }
+
+    fn spec(choice: Option<OnInconclusive>) -> RolloutSpec {
+        let mut spec = canary(30, 10, 2);
+        spec.analysis.on_inconclusive = choice;
+        spec.analysis.inconclusive_hold = Some(HumanDuration::from_secs(300));
+        spec
+    }
+
+    /// When the last analysis of the walk came in, and when the rollout left that step.
+    fn last_step_span(sim: &Sim) -> (u64, u64) {
+        let last = sim
+            .actions
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::RequestAnalysis(r) if r.step == 2))
+            .map(|(t, _)| *t)
+            .collect::<Vec<_>>();
+        (last[0], *last.last().expect("analysed"))
+    }
+
+    #[test]
+    fn the_default_rolls_back_after_the_hold() {
+        let mut sim = Sim::new(spec(None));
+        sim.run_answering(Outcome::Pass, true, |_, seq| undecided(seq));
+        assert_eq!(sim.st.phase, Phase::Failed);
+        assert_eq!(
+            sim.weights(),
+            vec![0, 10, 20, 30, 0],
+            "walked every step, then back"
+        );
+        let (first, last) = last_step_span(&sim);
+        assert_eq!(
+            last - first,
+            300_000,
+            "held for inconclusiveHold, a look a minute"
+        );
+        assert!(
+            sim.st.message.contains("inconclusiveHold"),
+            "{}",
+            sim.st.message
+        );
+        assert!(!sim.events().contains(&EventKind::Promoting));
+    }
+
+    #[test]
+    fn promote_promotes_after_the_hold() {
+        let mut sim = Sim::new(spec(Some(OnInconclusive::Promote)));
+        sim.run_answering(Outcome::Pass, true, |_, seq| undecided(seq));
+        assert_eq!(sim.st.phase, Phase::Succeeded);
+        let (first, last) = last_step_span(&sim);
+        assert_eq!(last - first, 300_000);
+        assert_eq!(sim.weights(), vec![0, 10, 20, 30, 100]);
+    }
+
+    /// The hold is not a halt toward the progress deadline: a hold longer than the deadline
+    /// still ends as the spec chose.
+    #[test]
+    fn the_hold_outlasts_the_progress_deadline() {
+        let mut spec = spec(Some(OnInconclusive::Promote));
+        spec.analysis.inconclusive_hold = Some(HumanDuration::from_secs(3_600));
+        spec.progress_deadline_seconds = Some(600);
+        let mut sim = Sim::new(spec);
+        sim.run_answering(Outcome::Pass, true, |_, seq| undecided(seq));
+        assert_eq!(sim.st.phase, Phase::Succeeded);
+        assert_eq!(sim.st.halted_since_ms, None);
+    }
+
+    /// A decision during the hold ends it: the judge's pass promotes at once, its fail counts.
+    #[test]
+    fn a_decided_pass_during_the_hold_promotes() {
+        let mut sim = Sim::new(spec(None));
+        let mut at_last_step = 0;
+        sim.run_answering(Outcome::Pass, true, |sim, seq| {
+            if sim.st.step == 2 {
+                at_last_step += 1;
+            }
+            if at_last_step >= 3 {
+                verdict(seq, Outcome::Pass)
+            } else {
+                undecided(seq)
+            }
+        });
+        assert_eq!(sim.st.phase, Phase::Succeeded);
+        let (first, last) = last_step_span(&sim);
+        assert_eq!(last - first, 120_000, "the third look decided");
+    }
+
+    /// Blue/green and A/B (iterations) and a closed confirm-promotion gate end their walks the
+    /// same way.
+    #[test]
+    fn waiting_promotion_holds_too() {
+        let spec = spec(None).webhook("ship", WebhookType::ConfirmPromotion);
+        let mut sim = Sim::new(spec);
+        sim.run_answering(Outcome::Pass, false, |_, seq| undecided(seq));
+        assert_eq!(sim.st.phase, Phase::Failed, "{:?}", sim.st.message);
+    }
+
+    /// Steps before the last are passed on thresholdRange as before: only the end holds.
+    #[test]
+    fn earlier_steps_are_not_held() {
+        let mut sim = Sim::new(spec(None));
+        sim.run_answering(Outcome::Pass, true, |_, seq| undecided(seq));
+        let per_step = |step| {
+            sim.actions
+                .iter()
+                .filter(|(_, a)| matches!(a, Action::RequestAnalysis(r) if r.step == step))
+                .count()
+        };
+        assert_eq!((per_step(0), per_step(1)), (1, 1));
+        assert_eq!(per_step(2), 6, "the first look and five during the hold");
+    }
 }

@@ -281,6 +281,11 @@ pub struct Verdict {
     /// A `rollback` webhook answered 2xx: roll back now.
     #[serde(default)]
     pub rollback_requested: bool,
+    /// A pass in which a sequential metric's judge has not decided for the run: the metric
+    /// passed on its `thresholdRange` alone. It passes a step, but does not end the walk
+    /// before `inconclusiveHold`.
+    #[serde(default)]
+    pub undecided: bool,
 }
 
 /// What the status remembers of the last verdict.
@@ -674,6 +679,10 @@ pub struct RolloutStatus {
     /// Why it is halted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt_reason: Option<String>,
+    /// Since when the end of the walk has been held for a sequential judge that has not
+    /// decided (`inconclusiveHold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undecided_since_ms: Option<u64>,
     /// The last verdict folded in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verdict: Option<VerdictSummary>,
