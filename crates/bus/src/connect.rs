@@ -26,17 +26,36 @@ use async_nats::{Client, ConnectOptions, Event, ServerAddr};
 
 use crate::BusError;
 
-/// A secret string (password, token). `Debug` and `Display` print `***`.
+/// A credential (password, token, a webhook URL that carries a token, a signing key): the
+/// project's one type for it, used by every service. `Display` prints `***`, `Debug`
+/// `Secret(***)`, so no log line, error or status shows it; only [`Secret::expose`] gives the
+/// value, for putting on the wire.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
-    /// Wraps a secret value.
+    /// Wraps a credential.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
-    /// The secret itself, for handing to the client library.
+    /// Reads a credential from a file, trimming one trailing newline (as files written by
+    /// `echo` and Kubernetes secrets mounted as files usually have).
+    ///
+    /// # Errors
+    /// When the file cannot be read; the error names the file, not its content.
+    pub fn from_file(path: &std::path::Path) -> std::io::Result<Self> {
+        let raw = std::fs::read_to_string(path)?;
+        Ok(Self(
+            raw.strip_suffix('\n')
+                .map(|s| s.strip_suffix('\r').unwrap_or(s))
+                .unwrap_or(&raw)
+                .to_owned(),
+        ))
+    }
+
+    /// The credential itself, for the client library, the HTTP client or the signer; never
+    /// log it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -44,7 +63,7 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
+        f.write_str("Secret(***)")
     }
 }
 

@@ -10,6 +10,8 @@
 //! connection is down and comes back when it reconnects.
 
 pub mod admin;
+pub mod clock;
+pub mod errors;
 pub mod shutdown;
 pub mod signature;
 pub mod telemetry;

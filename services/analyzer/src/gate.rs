@@ -24,13 +24,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use aviary_bus::kv::Bucket;
 use aviary_bus::{NatsArgs, names};
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
+use aviary_runtime::clock::now_ms_i64 as now_ms;
 use aviary_runtime::tokens::{AuthError, Role, Tokens};
 use axum::Router;
 use axum::extract::State;
@@ -170,12 +170,6 @@ impl GateStore {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn parse(body: &[u8]) -> Result<GatePayload, StatusCode> {

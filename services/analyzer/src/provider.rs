@@ -17,8 +17,6 @@ pub mod graphite;
 pub mod newrelic;
 pub mod prometheus;
 
-use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use crate::judge::Sample;
@@ -84,56 +82,7 @@ impl ProviderError {
     }
 }
 
-/// A credential. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a credential.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// Reads a credential from a file, trimming one trailing newline (as files written by
-    /// `echo` and Kubernetes secrets mounted as files usually have).
-    ///
-    /// # Errors
-    /// When the file cannot be read; the error names the file, not its content.
-    pub fn from_file(path: &Path) -> std::io::Result<Self> {
-        let raw = std::fs::read_to_string(path)?;
-        Ok(Self(
-            raw.strip_suffix('\n')
-                .map(|s| s.strip_suffix('\r').unwrap_or(s))
-                .unwrap_or(&raw)
-                .to_owned(),
-        ))
-    }
-
-    /// The credential itself, for putting on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use aviary_bus::Secret;
 
 /// How to authenticate to a backend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -445,19 +394,8 @@ pub(crate) fn transport_error(error: reqwest::Error, timeout: Duration) -> Provi
         ProviderError::Timeout(timeout)
     } else {
         // Without the URL: it may carry credentials in userinfo.
-        ProviderError::Transport(error_chain(&error.without_url()))
+        ProviderError::Transport(aviary_runtime::errors::error_chain(&error.without_url()))
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

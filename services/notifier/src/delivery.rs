@@ -453,15 +453,7 @@ async fn send(http: &reqwest::Client, url: &str, timeout: Duration, payload: &Pa
 
 /// The error and its causes, without the request URL (reqwest puts it in `Display`).
 fn redact(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    aviary_runtime::errors::error_chain(&e.without_url())
 }
 
 async fn dead_letter(

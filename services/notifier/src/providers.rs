@@ -447,12 +447,7 @@ pub fn event_hook(
     let warning = kind == EventKind::Refused || severity.is_some_and(|s| s >= Severity::Warn);
     let n = Notification::new(event, kind, severity.unwrap_or(Severity::Info), "");
     let message = n.text.lines().next().unwrap_or_default().to_owned();
-    let timestamp = unix_millis(&event.time).unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or_default()
-    });
+    let timestamp = unix_millis(&event.time).unwrap_or_else(aviary_runtime::clock::now_ms);
     let mut metadata: serde_json::Map<String, Value> = hook
         .metadata
         .iter()

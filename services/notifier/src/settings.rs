@@ -33,7 +33,6 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -75,33 +74,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SettingsError
     }
 }
 
-/// A secret value (webhook URL, signing key): `Debug` and `Display` print `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for handing to the HTTP client or the signer; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use aviary_bus::Secret;
 
 /// The chat tool (or plain webhook) a provider posts to, and so the payload shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -685,7 +658,7 @@ fn non_empty(field: &str, value: String) -> Result<Secret, SettingsError> {
     if value.trim().is_empty() {
         Err(invalid(field, "is empty"))
     } else {
-        Ok(Secret(value))
+        Ok(Secret::new(value))
     }
 }
 

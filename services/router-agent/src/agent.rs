@@ -12,7 +12,9 @@
 //! differ (a drift correction).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use aviary_runtime::clock::now_ms_i64 as now_ms;
 
 use async_nats::Client;
 use aviary_bus::kv::Bucket;
@@ -294,11 +296,4 @@ impl Ingress {
             tracing::warn!(ingress = %self.name, %error, "could not send the route ack");
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }

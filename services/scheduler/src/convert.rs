@@ -1,8 +1,6 @@
 //! Conversions at the scheduler's edges: the machine's types to the bus and API contracts, and
 //! the analyzer's verdicts back into the machine's.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aviary_core::machine::{
     self, CheckResult, EventKind as CoreKind, Outcome, Phase, RolloutStatus,
 };
@@ -14,13 +12,7 @@ use aviary_proto::events::{AuditEvent, EventData, EventKind, MetricValue};
 
 use crate::record::RolloutRecord;
 
-/// Wall-clock time in epoch milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use aviary_runtime::clock::now_ms;
 
 /// RFC 3339 (UTC, millisecond precision) for an epoch-millisecond time.
 pub fn rfc3339(ms: u64) -> String {
