@@ -13,6 +13,7 @@ benches=(
   "aviary-analyzer verdicts"
   "aviary-analyzer judge"
   "aviary-scheduler scale"
+  "aviary-scheduler scale_out"
   "aviary-scheduler e2e"
   "aviary-controller reconcile"
 )

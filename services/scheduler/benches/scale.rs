@@ -7,8 +7,11 @@
 //! Figures over the window: tick lag p50/p99 (due → decided, including the CAS write for the
 //! decisions that are stored; from the scheduler's own `tick_lag` histogram, interpolated within
 //! buckets), CPU seconds per 1 000 steps (utime+stime
-//! from `/proc/<pid>/stat` against the `step_duration` count), and peak RSS (`VmHWM`). Also the
-//! raw NATS request round trip in the same run. Prints JSON lines `{"name", "value", "unit"}`.
+//! from `/proc/<pid>/stat` against the `step_duration` count), peak RSS (`VmHWM`), KV writes per
+//! step (messages added to the rollouts and leases buckets' streams) and bus messages per step
+//! (the scheduler connection's messages in and out, from the server's `/connz`). Also the raw
+//! NATS request round trip in the same run. Prints JSON lines `{"name", "value", "unit"}`; the
+//! unsuffixed per-step figures are those of the largest size.
 //!
 //! `cargo bench -p aviary-scheduler --bench scale`; `SCHEDULER_BENCH_SIZES` (default
 //! `100,1000,10000`) and `SCHEDULER_BENCH_WINDOW_S` (default 15) override.
@@ -18,8 +21,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,7 @@ use aviary_proto as pb;
 use aviary_scheduler::record::{Manifest, RolloutRecord};
 use aviary_testkit::{NatsServer, Process, free_port};
 use futures::StreamExt as _;
+use support::*;
 use tokio_util::sync::CancellationToken;
 
 /// Enough steps that no rollout finishes inside a window (1 % per 1 s step).
@@ -55,125 +59,39 @@ spec:
     )
 }
 
-fn emit(name: &str, value: f64, unit: &str) {
-    println!("{{\"name\":\"{name}\",\"value\":{value:.3},\"unit\":\"{unit}\"}}");
+/// Messages ever stored in the rollouts and leases buckets (the last sequence of each stream).
+async fn kv_writes(js: &async_nats::jetstream::Context) -> f64 {
+    let mut total = 0;
+    for bucket in [names::BUCKET_ROLLOUTS, names::BUCKET_LEASES] {
+        let mut stream = js.get_stream(format!("KV_{bucket}")).await.unwrap();
+        total += stream.info().await.unwrap().state.last_sequence;
+    }
+    total as f64
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The scheduler's `/metrics`, as `name{labels}` → value.
-async fn scrape(http: &reqwest::Client, admin: u16) -> BTreeMap<String, f64> {
-    let body = http
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
+/// Messages the scheduler's connection published and was sent, by the server's count.
+async fn bus_messages(http: &reqwest::Client, monitor: u16) -> f64 {
+    let connz: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{monitor}/connz?limit=1024"))
         .send()
         .await
         .unwrap()
-        .text()
+        .json()
         .await
         .unwrap();
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"] == "aviary-scheduler")
+        .map(|c| c["in_msgs"].as_f64().unwrap_or(0.0) + c["out_msgs"].as_f64().unwrap_or(0.0))
+        .sum()
 }
 
-/// Cumulative histogram buckets `(upper bound, count)` of `name`, sorted by bound.
-fn buckets(metrics: &BTreeMap<String, f64>, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    let mut out: Vec<(f64, f64)> = metrics
-        .iter()
-        .filter_map(|(k, v)| {
-            let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, *v))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out
-}
+/// Per-step costs of one size: `(kv writes, bus messages)` per step.
+type Costs = (f64, f64);
 
-/// The `q` quantile of the observations between two scrapes, interpolated linearly inside the
-/// bucket it falls in (as Prometheus' `histogram_quantile` does).
-fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
-    let counts: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(bound, n)| {
-            let was = before
-                .iter()
-                .find(|(b, _)| b == bound)
-                .map_or(0.0, |(_, n)| *n);
-            (*bound, n - was)
-        })
-        .collect();
-    let total = counts.last().map_or(0.0, |(_, n)| *n);
-    if total <= 0.0 {
-        return f64::NAN;
-    }
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for (bound, n) in &counts {
-        if *n >= rank {
-            if bound.is_infinite() {
-                return lower.0;
-            }
-            let width = n - lower.1;
-            let into = if width > 0.0 {
-                (rank - lower.1) / width
-            } else {
-                1.0
-            };
-            return lower.0 + (bound - lower.0) * into;
-        }
-        lower = (*bound, *n);
-    }
-    lower.0
-}
-
-fn clock_ticks_per_s() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields[11].parse().unwrap();
-    let stime: f64 = fields[12].parse().unwrap();
-    (utime + stime) / ticks
-}
-
-/// A `/proc/<pid>/status` field in kB, as MB.
-fn status_mb(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) {
+async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) -> Costs {
     let nats = NatsServer::start().await.unwrap();
     let client = nats.client().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
@@ -262,9 +180,17 @@ async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) {
     let steps = "aviary_scheduler_step_duration_seconds_count";
     let before = scrape(&http, admin).await;
     let cpu_before = cpu_seconds(pid, ticks);
+    let (kv_before, bus_before) = (
+        kv_writes(&js).await,
+        bus_messages(&http, nats.monitor_port()).await,
+    );
     tokio::time::sleep(window).await;
     let after = scrape(&http, admin).await;
     let cpu = cpu_seconds(pid, ticks) - cpu_before;
+    let (kv, bus) = (
+        kv_writes(&js).await - kv_before,
+        bus_messages(&http, nats.monitor_port()).await - bus_before,
+    );
     let stepped =
         after.get(steps).copied().unwrap_or(0.0) - before.get(steps).copied().unwrap_or(0.0);
     let (b, a) = (buckets(&before, lag), buckets(&after, lag));
@@ -297,9 +223,26 @@ async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) {
         stepped / window.as_secs_f64(),
         "steps/s",
     );
+    let per_step = |x: f64| if stepped > 0.0 { x / stepped } else { f64::NAN };
+    let costs = (per_step(kv), per_step(bus));
+    eprintln!(
+        "n={n}: {kv} kv writes, {bus} bus messages: {:.2} and {:.2} per step",
+        costs.0, costs.1
+    );
+    emit(
+        &format!("scheduler_kv_writes_per_step_{n}"),
+        costs.0,
+        "writes",
+    );
+    emit(
+        &format!("scheduler_bus_msgs_per_step_{n}"),
+        costs.1,
+        "messages",
+    );
 
     let _ = scheduler.stop(Duration::from_secs(10)).await;
     stop.cancel();
+    costs
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -316,8 +259,13 @@ async fn main() {
     let nats = NatsServer::start().await.unwrap();
     let rtt = common::nats_rtt_p50_ms(&nats.client().await.unwrap()).await;
     drop(nats);
+    let mut costs = None;
     for n in sizes {
-        run_size(n, window, ticks, dir.path()).await;
+        costs = Some(run_size(n, window, ticks, dir.path()).await);
+    }
+    if let Some((kv, bus)) = costs {
+        emit("scheduler_kv_writes_per_step", kv, "writes");
+        emit("scheduler_bus_msgs_per_step", bus, "messages");
     }
     emit("nats_rtt_p50_ms", rtt, "ms");
 }

@@ -28,6 +28,13 @@ use crate::share;
 /// Lease acquisitions in flight at once during a scan.
 const ACQUIRE_CONCURRENCY: usize = 64;
 
+/// How long after another replica's lease expiry its rollouts are scanned for: enough for our
+/// clock to agree it has passed.
+const EXPIRY_MARGIN_MS: u64 = 20;
+
+/// How soon a scan that lost races for leases is followed by another.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// What the watch has seen of each rollout: whether it needs an owner.
 type Index = Arc<Mutex<HashMap<String, bool>>>;
 
@@ -220,11 +227,25 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let mut tokens: HashMap<String, CancellationToken> = HashMap::new();
     let mut handing_over: std::collections::HashSet<String> = std::collections::HashSet::new();
     let me = shared.leases.owner().to_owned();
+    // A scan soon after one that lost races for leases while under its share: the winners'
+    // leases are in the view by then, so it tries only the ones still free.
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
+        // A scan the moment another replica's lease runs out (if it was not renewed, its
+        // rollouts are orphans), a little after so that our clock agrees it has expired.
+        let expiry = lock(&view).next_expiry(&me, now_ms()).map(|at| {
+            tokio::time::Instant::now()
+                + Duration::from_millis(at.saturating_sub(now_ms()) + EXPIRY_MARGIN_MS)
+        });
+        let expiry = match (expiry, retry.take()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
             () = scan_now.notified() => {}
+            () = sleep_until_some(expiry) => {}
             Some((key, exit)) = exits.recv() => {
                 debug!(%key, ?exit, "driver stopped");
                 lock(&drivers).remove(&key);
@@ -296,6 +317,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 }
             })
             .buffer_unordered(ACQUIRE_CONCURRENCY);
+        let mut lost_races = 0_usize;
         while let Some((key, result)) = acquired.next().await {
             match result {
                 Ok(held) => {
@@ -312,9 +334,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                         let _ = exits.send((key, exit));
                     });
                 }
-                Err(crate::lease::LeaseError::Taken { .. }) => {}
+                Err(crate::lease::LeaseError::Taken { .. }) => lost_races += 1,
                 Err(error) => warn!(rollout = %key, %error, "cannot take lease"),
             }
+        }
+        if lost_races > 0 {
+            retry = Some(tokio::time::Instant::now() + RETRY_AFTER);
         }
     }
     // Drivers see the same token and release their leases; the replica lease goes last.
@@ -325,6 +350,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     lease_watcher.abort();
     waker.abort();
     Ok(())
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Takes the replica lease and renews it every `period` until `shutdown`; when it is lost (every

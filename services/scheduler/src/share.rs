@@ -90,6 +90,16 @@ impl View {
         others + 1
     }
 
+    /// When the next of the other replicas' leases expires after `now_ms`, if any is live: its
+    /// rollouts are free from then on, so a scan is due then rather than a scan period later.
+    pub fn next_expiry(&self, me: &str, now_ms: u64) -> Option<u64> {
+        self.replicas
+            .iter()
+            .filter(|(id, (expires, _))| id.as_str() != me && *expires > now_ms)
+            .map(|(_, (expires, _))| *expires)
+            .min()
+    }
+
     /// Whether another live replica holds the rollout lease at `key`: then it is not worth a
     /// try. A lease of `me` (of an earlier epoch, or being released) counts as free.
     pub fn held_elsewhere(&self, key: &str, me: &str, now_ms: u64) -> bool {
@@ -163,6 +173,8 @@ mod tests {
         view.apply("_replica.c", lease("c", 3, 900));
         assert_eq!(view.live("a", 1_000), 2, "c expired");
         assert_eq!(view.live("a", 2_000), 1, "all expired but me");
+        assert_eq!(view.next_expiry("a", 1_000), Some(2_000), "b's");
+        assert_eq!(view.next_expiry("a", 2_000), None);
         assert_eq!(view.apply("_replica.b", None), Change::Freed);
         assert_eq!(view.live("a", 1_000), 1);
     }
