@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use aviary_core::judge::{AlphaBudget, DEFAULT_MAX_RATIO, DEFAULT_RATE_TOLERANCE, Decision};
+use aviary_core::spec::WebhookType;
 
 use crate::builtin::{
     Builtin, DURATION_QUANTILE, Mesh, request_count_template, run_bucket_template,
@@ -42,7 +43,7 @@ use crate::metrics::{
 use crate::provider::prometheus::{Prometheus, PrometheusConfig};
 use crate::provider::{Backend, ProviderError, VendorConfig, Vendors, Window};
 use crate::template::{Variables, prometheus_duration, render};
-use crate::webhook::{Hook, HookType, Payload, WebhookClient};
+use crate::webhook::{Hook, HookRules, Payload, WebhookClient, hook_type};
 
 /// Webhook timeout when the request gives none (Flagger's default is longer; a gate that takes
 /// more than this to answer is better reported than waited on).
@@ -221,12 +222,9 @@ impl Analyzer {
         };
         let decisions: Vec<Option<Decision>> = judged.iter().map(|(_, d)| *d).collect();
         let metrics: Vec<MetricResult> = judged.into_iter().map(|(m, _)| m).collect();
-        let folded_hooks = webhooks.iter().filter(|w| {
-            w.r#type
-                .parse::<HookType>()
-                .map(HookType::folded)
-                .unwrap_or(true)
-        });
+        let folded_hooks = webhooks
+            .iter()
+            .filter(|w| hook_type(&w.r#type).map(HookRules::folded).unwrap_or(true));
         let outcome = fold(
             metrics
                 .iter()
@@ -698,11 +696,7 @@ impl Analyzer {
             })
             .await;
         let result = result.flatten().unwrap_or(unfinished);
-        let kind = check
-            .r#type
-            .parse::<HookType>()
-            .map(|t| t.as_str())
-            .unwrap_or("unknown");
+        let kind = hook_type(&check.r#type).map_or("unknown", |t| t.as_str());
         self.metrics
             .webhooks
             .get_or_create(&WebhookLabels {
@@ -721,8 +715,8 @@ fn failed_check(webhooks: &[WebhookResult]) -> Option<&WebhookResult> {
     webhooks.iter().find(|w| {
         w.outcome() == Outcome::Fail
             && matches!(
-                w.r#type.parse::<HookType>(),
-                Ok(HookType::Rollout | HookType::PreRollout | HookType::Rollback)
+                hook_type(&w.r#type),
+                Ok(WebhookType::Rollout | WebhookType::PreRollout | WebhookType::Rollback)
             )
     })
 }

@@ -16,9 +16,9 @@
 //! misconfigured, and following it would hand the signed request to another host.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::Duration;
 
+use aviary_core::spec::WebhookType;
 use aviary_proto::{Outcome, WebhookResult};
 use aviary_runtime::signature::SigningKey;
 use serde::Serialize;
@@ -26,83 +26,53 @@ use serde::Serialize;
 /// The header carrying the body's signature.
 pub use aviary_runtime::signature::SIGNATURE_HEADER;
 
-/// Flagger's webhook types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookType {
-    /// Gate before the rollout starts.
-    ConfirmRollout,
-    /// Runs before traffic moves; failure counts as a failed check.
-    PreRollout,
-    /// Runs every step; failure counts as a failed check.
-    Rollout,
-    /// Gate before each weight increase.
-    ConfirmTrafficIncrease,
-    /// Gate before promotion.
-    ConfirmPromotion,
-    /// Runs after the rollout; informational.
-    PostRollout,
-    /// A 2xx asks for an immediate rollback.
-    Rollback,
-    /// Receives every event; informational.
-    Event,
+/// A hook type as written on the wire: Flagger's spelling, and no type at all is Flagger's
+/// default, `rollout`.
+///
+/// # Errors
+/// An unknown spelling, in words for the hook's result.
+pub fn hook_type(s: &str) -> Result<WebhookType, String> {
+    if s.is_empty() {
+        return Ok(WebhookType::Rollout);
+    }
+    WebhookType::parse(s).ok_or_else(|| format!("unknown webhook type `{s}`"))
 }
 
-impl FromStr for HookType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "confirm-rollout" => Self::ConfirmRollout,
-            "pre-rollout" => Self::PreRollout,
-            // Flagger's default type when none is given.
-            "rollout" | "" => Self::Rollout,
-            "confirm-traffic-increase" => Self::ConfirmTrafficIncrease,
-            "confirm-promotion" => Self::ConfirmPromotion,
-            "post-rollout" => Self::PostRollout,
-            "rollback" => Self::Rollback,
-            "event" => Self::Event,
-            other => return Err(format!("unknown webhook type `{other}`")),
-        })
-    }
-}
-
-impl HookType {
-    /// The type's name as written in specs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ConfirmRollout => "confirm-rollout",
-            Self::PreRollout => "pre-rollout",
-            Self::Rollout => "rollout",
-            Self::ConfirmTrafficIncrease => "confirm-traffic-increase",
-            Self::ConfirmPromotion => "confirm-promotion",
-            Self::PostRollout => "post-rollout",
-            Self::Rollback => "rollback",
-            Self::Event => "event",
-        }
-    }
-
+/// What the analyzer does with a hook type: whether it is folded into the verdict, and how a
+/// status code is judged.
+pub trait HookRules {
     /// Whether the hook's result takes part in the folded verdict.
-    pub fn folded(self) -> bool {
-        !matches!(self, Self::PostRollout | Self::Event)
+    fn folded(self) -> bool;
+    /// The outcome of an answer with HTTP `status`, and why.
+    fn judge(self, status: u16) -> (Outcome, String);
+}
+
+impl HookRules for WebhookType {
+    fn folded(self) -> bool {
+        !matches!(self, WebhookType::PostRollout | WebhookType::Event)
     }
 
     fn judge(self, status: u16) -> (Outcome, String) {
         let ok = (200..300).contains(&status);
         match (self, ok) {
-            (Self::Rollback, true) => (Outcome::Fail, format!("HTTP {status}: rollback requested")),
-            (Self::Rollback, false) => (
+            (WebhookType::Rollback, true) => {
+                (Outcome::Fail, format!("HTTP {status}: rollback requested"))
+            }
+            (WebhookType::Rollback, false) => (
                 Outcome::Pass,
                 format!("HTTP {status}: no rollback requested"),
             ),
             (_, true) => (Outcome::Pass, format!("HTTP {status}")),
             (
-                Self::ConfirmRollout | Self::ConfirmTrafficIncrease | Self::ConfirmPromotion,
+                WebhookType::ConfirmRollout
+                | WebhookType::ConfirmTrafficIncrease
+                | WebhookType::ConfirmPromotion,
                 false,
             ) => (Outcome::Inconclusive, format!("HTTP {status}: gate closed")),
-            (Self::PreRollout | Self::Rollout, false) => {
+            (WebhookType::PreRollout | WebhookType::Rollout, false) => {
                 (Outcome::Fail, format!("HTTP {status}: check failed"))
             }
-            (Self::PostRollout | Self::Event, false) => (
+            (WebhookType::PostRollout | WebhookType::Event, false) => (
                 Outcome::Error,
                 format!("HTTP {status}: not delivered (informational)"),
             ),
@@ -189,7 +159,7 @@ impl WebhookClient {
             outcome: Outcome::Error as i32,
             reason: String::new(),
         };
-        let kind = match hook.kind.parse::<HookType>() {
+        let kind = match hook_type(&hook.kind) {
             Ok(kind) => kind,
             Err(e) => {
                 result.reason = e;
@@ -268,11 +238,12 @@ mod tests {
             ("event", Pass, Error),
         ];
         for (name, ok, not_ok) in cases {
-            let kind: HookType = name.parse().unwrap();
+            let kind = hook_type(name).unwrap();
             assert_eq!(kind.as_str(), name);
             assert_eq!(kind.judge(200).0, ok, "{name} 200");
             assert_eq!(kind.judge(403).0, not_ok, "{name} 403");
         }
-        assert!("nope".parse::<HookType>().is_err());
+        assert!(hook_type("nope").is_err());
+        assert_eq!(hook_type(""), Ok(WebhookType::Rollout), "Flagger's default");
     }
 }
