@@ -880,7 +880,7 @@ impl State {
         ns: Option<&str>,
         mut object: Value,
         keep_status: bool,
-        manager: Manager,
+        manager: Manager<'_>,
     ) -> Result<Value, ApiError> {
         let namespace = namespace_of(kind, ns, &object)?;
         let ns = namespace.as_deref().unwrap_or_default();
@@ -999,7 +999,7 @@ impl State {
         kind: &Kind,
         old: Value,
         scale: &Value,
-        manager: Manager,
+        manager: Manager<'_>,
     ) -> Result<Value, ApiError> {
         if scale["apiVersion"] != "autoscaling/v1" || scale["kind"] != "Scale" {
             return Err(ApiError::bad_request("expected an autoscaling/v1 Scale"));
@@ -1029,7 +1029,7 @@ impl State {
         old: Value,
         mut new: Value,
         part: Part,
-        manager: Manager,
+        manager: Manager<'_>,
     ) -> Result<Value, ApiError> {
         check_resource_version(kind, &new, &old)?;
         if part == Part::Status {

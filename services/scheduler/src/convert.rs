@@ -209,6 +209,8 @@ pub fn workload_command(
     }
 }
 
+/// The route command that finalises a promotion (request `seq`): the promoted canary's
+/// endpoints become the primary's, at 100 %.
 pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
     let spec = &record.rollout.spec;
     // The run is over: with session affinity, the data plane keeps expiring this run's cookie
