@@ -47,8 +47,9 @@ fn spawn(nats: &NatsServer, id: &'static str, dir: &Path) -> Replica {
         "1500".into(),
         "--route-timeout-ms".into(),
         "3000".into(),
+        // Long: the first test holds the verdicts while the shares settle.
         "--analysis-timeout-ms".into(),
-        "3000".into(),
+        "60000".into(),
         "--log".into(),
         "warn".into(),
     ];
@@ -123,8 +124,16 @@ async fn replicas_share_evenly_and_a_killed_ones_rollouts_lose_and_double_no_ste
     let js = async_nats::jetstream::new(client.clone());
     aviary_bus::setup::ensure_all(&js).await.unwrap();
     let _routes = route_responder(client.clone(), "edge").await;
-    let _verdicts =
-        analyzer_responder(client.clone(), pb::Outcome::Pass, CancellationToken::new()).await;
+    // Verdicts wait until the shares are checked, so that no rollout finishes before then
+    // however slow the machine.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let _verdicts = held_analyzer_responder(
+        client.clone(),
+        pb::Outcome::Pass,
+        held,
+        CancellationToken::new(),
+    )
+    .await;
 
     let records: Bucket<RolloutRecord> = Bucket::open(&js, names::BUCKET_ROLLOUTS).await.unwrap();
     let leases: Bucket<LeaseValue> = Bucket::open(&js, names::BUCKET_LEASES).await.unwrap();
@@ -178,7 +187,17 @@ async fn replicas_share_evenly_and_a_killed_ones_rollouts_lose_and_double_no_ste
         assert_eq!(n, share, "leases of {}: {held:?}", replica.id);
     }
 
-    // SIGKILL the first replica, mid-rollout for all of them.
+    // SIGKILL the first replica a few steps into the walk.
+    release.send(true).unwrap();
+    aviary_testkit::eventually(Duration::from_secs(60), "a rollout at 30 %", || {
+        let records = records.clone();
+        async move {
+            let key = names::rollout_key("test", "r0").unwrap();
+            let record = records.get(&key).await.ok()??;
+            (record.value.status.canary_weight >= 30).then_some(())
+        }
+    })
+    .await;
     let victim: HashSet<String> = held
         .iter()
         .filter(|(_, o)| o.as_str() == "a")
