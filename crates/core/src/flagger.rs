@@ -3,7 +3,7 @@
 //! resolved and its `AlertProvider`s checked.
 //!
 //! Flow: text → YAML documents (`---`) → by `apiVersion`/`kind`: an Aviary `Rollout`
-//! ([`crate::decode`]), a `MetricTemplate`, an `AlertProvider` → then each `Canary`, whose
+//! ([`mod@crate::decode`]), a `MetricTemplate`, an `AlertProvider` → then each `Canary`, whose
 //! `templateRef`s resolve against the templates of the same input (or a [`TemplateSource`]) →
 //! [`Rollout::validate`] → [`Decoded`].
 //!
@@ -459,7 +459,7 @@ pub fn decode(text: &str) -> Result<Decoded, ValidationErrors> {
     decode_from(text, None)
 }
 
-/// [`decode`], looking up in `source` the `templateRef`s the file does not hold.
+/// [`decode()`], looking up in `source` the `templateRef`s the file does not hold.
 pub fn decode_with(text: &str, source: &dyn TemplateSource) -> Result<Decoded, ValidationErrors> {
     decode_from(text, Some(source))
 }

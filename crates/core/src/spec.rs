@@ -2,7 +2,7 @@
 //!
 //! Owns the types the YAML file, the gRPC API and the KV record all carry. Field names follow
 //! Flagger's `analysis` block and serialize in camelCase exactly as the YAML reads. Parsing YAML
-//! text lives in [`crate::decode`]; this module checks a spec however it was built
+//! text lives in [`mod@crate::decode`]; this module checks a spec however it was built
 //! ([`Rollout::validate`], [`RolloutSpec::validate`]) and reports every problem with its path.
 
 use std::collections::{BTreeMap, BTreeSet};

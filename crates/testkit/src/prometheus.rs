@@ -2,7 +2,7 @@
 //! directory, scraping the targets the test gives every second; killed and cleaned on drop.
 //!
 //! Readiness is `GET /-/ready` answering 200. Data is not there at once: use
-//! [`Prometheus::wait_for_data`] to poll the query API until a query returns a series.
+//! [`QueryServer::wait_for_data`] to poll the query API until a query returns a series.
 //!
 //! ```no_run
 //! # async fn t() -> aviary_testkit::Result<()> {

@@ -4,7 +4,7 @@
 //! analyzer's `victoriametrics` provider relies on.
 //!
 //! Readiness is `GET /health` answering 200. As with [`Prometheus`](crate::prometheus), data is
-//! not there at once: [`VictoriaMetrics::wait_for_data`] polls until a query returns a series.
+//! not there at once: [`QueryServer::wait_for_data`](crate::prometheus::QueryServer::wait_for_data) polls until a query returns a series.
 //!
 //! ```no_run
 //! # async fn t() -> aviary_testkit::Result<()> {
@@ -50,8 +50,8 @@ impl VictoriaMetrics {
     /// else the system's (Debian package `victoria-metrics`).
     ///
     /// # Errors
-    /// [`TestkitError::ToolNotFound`] without a binary; [`TestkitError::Exited`] /
-    /// [`TestkitError::NotReady`] when it does not come up.
+    /// [`crate::TestkitError::ToolNotFound`] without a binary; [`crate::TestkitError::Exited`]
+    /// / [`crate::TestkitError::NotReady`] when it does not come up.
     pub async fn start(targets: &[ScrapeTarget]) -> Result<Self> {
         let config = config_yaml(targets);
         QueryServer::start("victoria-metrics", "victoria-metrics", "scrape.yml", config, |bin, port, config, data, log| async move {

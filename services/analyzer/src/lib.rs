@@ -209,7 +209,7 @@ pub struct VendorArgs {
     )]
     pub datadog_application_key_file: Option<PathBuf>,
 
-    /// NerdGraph base URL (EU: https://api.eu.newrelic.com).
+    /// NerdGraph base URL (EU: <https://api.eu.newrelic.com>).
     #[arg(long, env = "AVIARY_NEWRELIC_URL", default_value = provider::newrelic::DEFAULT_URL)]
     pub newrelic_url: String,
 
