@@ -3,7 +3,8 @@
 //!
 //! - [`NatsServer`] runs a real `nats-server` with JetStream, for bus, KV and stream tests,
 //!   with [`NatsServer::kill`], [`NatsServer::stop`] and [`NatsServer::restart`] for fault tests;
-//!   [`NatsCluster`] routes several into one JetStream cluster and finds a stream's leader.
+//!   [`NatsCluster`] routes several into one JetStream cluster and finds a stream's leader;
+//!   [`NatsHub`] is a hub with leaf-node servers, one per member cluster.
 //! - [`Process`] is the building block for every such component (nats-server today; Envoy,
 //!   Prometheus, NGINX and HAProxy the same way): spawn with arguments, capture its output to a
 //!   log file that is printed when something fails, poll a readiness probe against a deadline,
@@ -18,6 +19,7 @@
 pub mod envoy;
 pub mod haproxy;
 pub mod kube;
+mod leaf;
 mod nats;
 pub mod nginx;
 mod process;
@@ -30,6 +32,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use leaf::NatsHub;
 pub use nats::{NatsCluster, NatsServer};
 pub use process::{Process, free_port, tool_path};
 pub use service::Service;
