@@ -197,6 +197,10 @@ async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) -> Costs {
     let p50 = quantile(&b, &a, 0.5) * 1000.0;
     let p99 = quantile(&b, &a, 0.99) * 1000.0;
     let rss = status_mb(pid, "VmHWM:");
+    eprintln!(
+        "n={n}: resident now {:.1}MB (peak {rss:.1}MB)",
+        status_mb(pid, "VmRSS:")
+    );
     let leases_lost = after
         .get("aviary_scheduler_leases_lost_total")
         .copied()

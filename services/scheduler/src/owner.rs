@@ -237,7 +237,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             tokio::time::Instant::now()
                 + Duration::from_millis(at.saturating_sub(now_ms()) + EXPIRY_MARGIN_MS)
         });
-        let expiry = match (expiry, retry.take()) {
+        let expiry = match (expiry, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -255,6 +255,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 continue;
             }
         }
+        retry = None; // this is the scan
         let now = now_ms();
         let Some(epoch) = shared.leases.epoch(now) else {
             continue; // no replica lease: nothing may be taken until it is back
