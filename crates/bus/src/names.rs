@@ -65,6 +65,62 @@ pub const ANALYSIS_REQUEST: &str = "aviary.analysis.request";
 /// Queue group of the analyzers on [`ANALYSIS_REQUEST`]: each request goes to one analyzer.
 pub const QUEUE_ANALYZER: &str = "aviary-analyzer";
 
+/// Prefix of the subjects qualified by member cluster, see [`cluster_route_subject`] and
+/// [`analysis_subject`]: everything a member cluster's router agents and analyzers serve is
+/// under `aviary.cluster.<cluster>.>`, so a leaf link carries exactly that subtree (and
+/// replies). Single-cluster deployments keep the unqualified subjects.
+pub const CLUSTER_PREFIX: &str = "aviary.cluster";
+
+/// A member cluster's name as given to `--cluster` (clap's `value_parser` of the router
+/// agent's and the analyzer's flag): one subject token.
+///
+/// # Errors
+/// [`BusError::InvalidToken`] for a bad cluster name.
+pub fn parse_cluster(value: &str) -> Result<String, BusError> {
+    token("cluster", value).map(str::to_owned)
+}
+
+/// `aviary.cluster.<cluster>.>`: every subject served in member cluster `cluster` (for
+/// leaf-link permissions).
+///
+/// # Errors
+/// [`BusError::InvalidToken`] for a bad cluster name.
+pub fn cluster_subjects(cluster: &str) -> Result<String, BusError> {
+    Ok(format!("{CLUSTER_PREFIX}.{}.>", token("cluster", cluster)?))
+}
+
+/// The route subject of `ingress`: [`route_subject`] without a cluster, else
+/// `aviary.cluster.<cluster>.route.<ingress>`, served by that cluster's router agent.
+///
+/// # Errors
+/// [`BusError::InvalidToken`] for a bad cluster or ingress name.
+pub fn cluster_route_subject(cluster: Option<&str>, ingress: &str) -> Result<String, BusError> {
+    match cluster {
+        None => route_subject(ingress),
+        Some(cluster) => Ok(format!(
+            "{CLUSTER_PREFIX}.{}.route.{}",
+            token("cluster", cluster)?,
+            token("ingress", ingress)?
+        )),
+    }
+}
+
+/// The analysis request subject: [`ANALYSIS_REQUEST`] without a cluster, else
+/// `aviary.cluster.<cluster>.analysis.request`, served by that cluster's analyzers (in
+/// [`QUEUE_ANALYZER`] as well) against that cluster's metrics backend.
+///
+/// # Errors
+/// [`BusError::InvalidToken`] for a bad cluster name.
+pub fn analysis_subject(cluster: Option<&str>) -> Result<String, BusError> {
+    match cluster {
+        None => Ok(ANALYSIS_REQUEST.to_owned()),
+        Some(cluster) => Ok(format!(
+            "{CLUSTER_PREFIX}.{}.analysis.request",
+            token("cluster", cluster)?
+        )),
+    }
+}
+
 /// Prefix of wake-ups: a nudge to a rollout's owner after a control-API command was recorded,
 /// so it acts now rather than at its next tick. See [`wake_subject`].
 pub const WAKE_PREFIX: &str = "aviary.rollout.wake";
@@ -274,6 +330,17 @@ mod tests {
             "aviary.events.test.podinfo"
         );
         assert_eq!(route_subject("edge")?, "aviary.route.edge");
+        assert_eq!(cluster_route_subject(None, "edge")?, "aviary.route.edge");
+        assert_eq!(
+            cluster_route_subject(Some("eu"), "edge")?,
+            "aviary.cluster.eu.route.edge"
+        );
+        assert_eq!(analysis_subject(None)?, ANALYSIS_REQUEST);
+        assert_eq!(
+            analysis_subject(Some("eu"))?,
+            "aviary.cluster.eu.analysis.request"
+        );
+        assert_eq!(cluster_subjects("eu")?, "aviary.cluster.eu.>");
         assert_eq!(
             wake_subject("test", "podinfo")?,
             "aviary.rollout.wake.test.podinfo"
@@ -308,6 +375,24 @@ mod tests {
                     ..
                 }
             ));
+        }
+        for bad in ["", "e.u", "*", ">", "e u"] {
+            for err in [
+                cluster_route_subject(Some(bad), "edge").expect_err(bad),
+                analysis_subject(Some(bad)).expect_err(bad),
+                cluster_subjects(bad).expect_err(bad),
+            ] {
+                assert!(
+                    matches!(
+                        err,
+                        BusError::InvalidToken {
+                            what: "cluster",
+                            ..
+                        }
+                    ),
+                    "{bad:?}: {err}"
+                );
+            }
         }
         assert!(token("name", "pod-info_v2").is_ok());
     }

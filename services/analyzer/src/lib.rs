@@ -62,6 +62,13 @@ pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    /// The member cluster this analyzer serves in a multi-cluster deployment (it queries that
+    /// cluster's metrics backend): requests are then taken on
+    /// `aviary.cluster.<cluster>.analysis.request`. Unset: the single-cluster subject
+    /// `aviary.analysis.request`.
+    #[arg(long, env = "AVIARY_CLUSTER", value_parser = names::parse_cluster)]
+    pub cluster: Option<String>,
+
     /// Default metrics backend (Prometheus HTTP API; VictoriaMetrics works too).
     #[arg(
         long,
@@ -454,15 +461,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             return Err(e).context("connecting to NATS");
         }
     };
+    let subject = names::analysis_subject(config.cluster.as_deref())
+        .context("the analysis subject of --cluster")?;
     let subscription = client
-        .queue_subscribe(names::ANALYSIS_REQUEST, names::QUEUE_ANALYZER.to_owned())
+        .queue_subscribe(subject.clone(), names::QUEUE_ANALYZER.to_owned())
         .await
         .context("subscribing to analysis requests")?;
     // Round-trip so the subscription is registered at the server before we report ready.
     client.flush().await.context("flushing the subscription")?;
     ready.set(true);
     tracing::info!(
-        subject = names::ANALYSIS_REQUEST,
+        %subject,
         queue = names::QUEUE_ANALYZER,
         "analyzer ready"
     );

@@ -38,6 +38,9 @@ pub struct Ingress {
     pub routes: Bucket<DesiredRoute, Proto>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The member cluster this ingress belongs to (`--cluster`): its route commands come on
+    /// the cluster-qualified subject; `None` for a single-cluster deployment.
+    pub cluster: Option<String>,
     /// The routes the data plane serves (`None` until read from KV); held while applying, so
     /// applies from commands and reconciles are serialised.
     served: tokio::sync::Mutex<Option<RouteSet>>,
@@ -56,8 +59,16 @@ impl Ingress {
             provider,
             routes,
             metrics,
+            cluster: None,
             served: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// This ingress as one of member cluster `cluster` (`None`: single-cluster).
+    #[must_use]
+    pub fn in_cluster(mut self, cluster: Option<String>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The routes of this ingress stored in KV (under `<ingress>.>`), validated. An invalid
@@ -264,7 +275,7 @@ impl Ingress {
         interval: Duration,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
-        let subject = names::route_subject(&self.name)?;
+        let subject = names::cluster_route_subject(self.cluster.as_deref(), &self.name)?;
         let mut commands =
             Subscriber::<RouteCommand>::subscribe(&client, &subject, bus_metrics).await?;
         let mut ticks = tokio::time::interval(interval);

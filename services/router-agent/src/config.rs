@@ -55,6 +55,12 @@ pub struct Config {
     #[arg(long, env = "AVIARY_ROUTER_CONFIG")]
     pub config_file: PathBuf,
 
+    /// The member cluster this agent serves in a multi-cluster deployment: route commands are
+    /// then taken on `aviary.cluster.<cluster>.route.<ingress>`. Unset: the single-cluster
+    /// subjects `aviary.route.<ingress>`.
+    #[arg(long, env = "AVIARY_CLUSTER", value_parser = aviary_bus::names::parse_cluster)]
+    pub cluster: Option<String>,
+
     /// How often every ingress is reconciled to the desired route in KV (level-triggered).
     #[arg(long, env = "AVIARY_RECONCILE_INTERVAL_MS", default_value_t = 30_000)]
     pub reconcile_interval_ms: u64,

@@ -131,12 +131,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for (name, provider) in providers {
         let capabilities = provider.capabilities().to_proto(&name, provider.kind());
         agents.put(&names::agent_key(&name)?, &capabilities).await?;
-        let ingress = Arc::new(agent::Ingress::new(
-            name.clone(),
-            provider,
-            routes.clone(),
-            metrics.clone(),
-        ));
+        let ingress = Arc::new(
+            agent::Ingress::new(name.clone(), provider, routes.clone(), metrics.clone())
+                .in_cluster(config.cluster.clone()),
+        );
         if let Provider::Envoy(envoy) = &ingress.provider {
             // Seed before serving: a reconnecting Envoy must get the stored routes, never an
             // empty configuration that would drop its traffic.

@@ -26,6 +26,11 @@ struct Agent {
 
 impl Agent {
     async fn start(dir: &Path, nats_url: &str, xds_port: u16) -> Self {
+        Self::start_with(dir, nats_url, xds_port, &[]).await
+    }
+
+    /// [`Agent::start`] with `extra` flags.
+    async fn start_with(dir: &Path, nats_url: &str, xds_port: u16, extra: &[&str]) -> Self {
         let config = dir.join("agent.yaml");
         std::fs::write(
             &config,
@@ -47,6 +52,10 @@ impl Agent {
             "--log".into(),
             "info,aviary_router_agent=debug".into(),
         ];
+        let args = args
+            .into_iter()
+            .chain(extra.iter().map(|a| (*a).to_owned()))
+            .collect();
         let mut agent = Self {
             process: None,
             args,
@@ -234,4 +243,53 @@ async fn client_text(url: &str) -> String {
         .text()
         .await
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_a_member_cluster_takes_commands_on_its_clusters_subject_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let primary = Backend::start("podinfo-v1").await;
+    let canary = Backend::start("podinfo-v2").await;
+    let xds_port = free_port().unwrap();
+    let _agent = Agent::start_with(dir.path(), &nats.url(), xds_port, &["--cluster", "eu"]).await;
+    let envoy = Envoy::start(EnvoyOptions::new(xds_port, "edge"))
+        .await
+        .unwrap();
+
+    let js = async_nats::jetstream::new(client.clone());
+    let routes: Bucket<DesiredRoute, Proto> =
+        Bucket::open(&js, names::BUCKET_ROUTES).await.unwrap();
+    let route = desired("edge", &primary, &canary, 20);
+    routes
+        .put(
+            &names::route_key("edge", "test", "podinfo").unwrap(),
+            &route,
+        )
+        .await
+        .unwrap();
+    let subject = names::cluster_route_subject(Some("eu"), "edge").unwrap();
+    let ack: RouteAck = typed::request(&client, &subject, &command(route.clone(), 1), DEADLINE)
+        .await
+        .unwrap();
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!((ack.primary_weight, ack.canary_weight), (80, 20));
+    let tally = traffic(&envoy.url(), 1000, &[]).await;
+    assert_share(&tally, "podinfo-v2", 1000, 20.0, 5.0);
+
+    for other in [
+        names::route_subject("edge").unwrap(),
+        names::cluster_route_subject(Some("us"), "edge").unwrap(),
+    ] {
+        let err = client
+            .request(other.clone(), bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            async_nats::RequestErrorKind::NoResponders,
+            "{other}: {err}"
+        );
+    }
 }
