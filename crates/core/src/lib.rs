@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clusters;
 pub mod decode;
 pub mod duration;
 pub mod error;

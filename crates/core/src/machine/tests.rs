@@ -7,6 +7,7 @@ use super::Machine;
 use super::types::*;
 
 mod campaign;
+mod clusters;
 mod holds;
 use crate::duration::HumanDuration;
 use crate::spec::{AnalysisStep, ApprovalStep, PauseStep, RolloutSpec, Step, WebhookType};
