@@ -293,3 +293,70 @@ async fn an_agent_of_a_member_cluster_takes_commands_on_its_clusters_subject_onl
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_from_the_hub_reach_a_member_clusters_agent_over_its_leaf_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = aviary_testkit::NatsHub::start().await.unwrap();
+    let mut eu = hub.start_leaf("eu").await.unwrap();
+    hub.wait_leaves(1).await.unwrap();
+    let primary = Backend::start("podinfo-v1").await;
+    let canary = Backend::start("podinfo-v2").await;
+    let xds_port = free_port().unwrap();
+    let _agent = Agent::start_with(dir.path(), &eu.url(), xds_port, &["--cluster", "eu"]).await;
+    let envoy = Envoy::start(EnvoyOptions::new(xds_port, "edge"))
+        .await
+        .unwrap();
+
+    // The agent keeps its routes in its own cluster's JetStream domain.
+    let js = async_nats::jetstream::new(eu.client().await.unwrap());
+    let routes: Bucket<DesiredRoute, Proto> =
+        Bucket::open(&js, names::BUCKET_ROUTES).await.unwrap();
+    let key = names::route_key("edge", "test", "podinfo").unwrap();
+    let subject = names::cluster_route_subject(Some("eu"), "edge").unwrap();
+    let hub_client = hub.server().client().await.unwrap();
+    let send = |weight: u32, step: u32| {
+        let (hub_client, subject) = (hub_client.clone(), subject.clone());
+        let route = desired("edge", &primary, &canary, weight);
+        async move {
+            typed::request::<_, RouteAck>(&hub_client, &subject, &command(route, step), DEADLINE)
+                .await
+        }
+    };
+    routes
+        .put(&key, &desired("edge", &primary, &canary, 10))
+        .await
+        .unwrap();
+    let ack = eventually(DEADLINE, "an ack from eu over the leaf link", || async {
+        send(10, 1).await.ok()
+    })
+    .await;
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(ack.canary_weight, 10);
+    let tally = traffic(&envoy.url(), 1000, &[]).await;
+    assert_share(&tally, "podinfo-v2", 1000, 10.0, 4.0);
+
+    // The link is cut: the hub's command gets no ack (the scheduler would halt the step), and
+    // Envoy keeps serving the last split.
+    eu.kill();
+    hub.wait_leaves(0).await.unwrap();
+    assert!(send(30, 2).await.is_err(), "no ack while eu's link is down");
+    let tally = traffic(&envoy.url(), 1000, &[]).await;
+    assert_share(&tally, "podinfo-v2", 1000, 10.0, 4.0);
+
+    // The link returns (the agent reconnects to its leaf): the same command is acked again.
+    eu.start_again().await.unwrap();
+    hub.wait_leaves(1).await.unwrap();
+    let ack = eventually(
+        DEADLINE,
+        "an ack from eu after the link returned",
+        || async { send(30, 2).await.ok() },
+    )
+    .await;
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(ack.canary_weight, 30);
+    eventually(DEADLINE, "envoy serving 30 %", || async {
+        (canary_weight_in_envoy(&envoy).await == Some(30)).then_some(())
+    })
+    .await;
+}
