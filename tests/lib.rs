@@ -50,12 +50,12 @@ pub const LEASE_TTL_MS: u64 = 1_500;
 pub const RECONCILE_INTERVAL_MS: u64 = 1_000;
 
 /// The password of NATS user `user` on the stack's permissioned nats-server.
-fn nats_password(user: &str) -> String {
+pub fn nats_password(user: &str) -> String {
     format!("e2e-{user}")
 }
 
 /// The flags that connect a service as NATS user `user` (`aviary_bus::permissions`).
-fn nats_identity(user: &str) -> Vec<String> {
+pub fn nats_identity(user: &str) -> Vec<String> {
     vec![
         "--nats-user".into(),
         user.into(),
@@ -84,7 +84,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn workspace_root() -> PathBuf {
+/// The workspace's root directory (for `deploy/` configs).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -128,7 +129,9 @@ pub struct Service {
 }
 
 impl Service {
-    fn new(name: &str, program: &str, dir: &Path, mut args: Vec<String>) -> Self {
+    /// A service `name` running binary `program` with `args` (plus its admin address and log
+    /// level), logging to `<dir>/<name>.log`; not started yet.
+    pub fn new(name: &str, program: &str, dir: &Path, mut args: Vec<String>) -> Self {
         let admin_port = free_port().unwrap();
         args.extend([
             "--admin-addr".into(),
@@ -981,8 +984,9 @@ pub fn metric<'a>(verdict: &'a pb::Verdict, name: &str) -> &'a pb::MetricResult 
         .unwrap_or_else(|| panic!("no {name} in {verdict:#?}"))
 }
 
-/// Starts an HTTP receiver for the notifier; returns its port.
-async fn receiver(store: Arc<Mutex<Vec<serde_json::Value>>>) -> u16 {
+/// Starts an HTTP receiver for the notifier, storing each JSON body it is posted at `/hook`;
+/// returns its port.
+pub async fn receiver(store: Arc<Mutex<Vec<serde_json::Value>>>) -> u16 {
     use axum::routing::post;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -383,6 +383,16 @@ impl NatsCluster {
     /// # Errors
     /// As [`NatsServer::start`].
     pub async fn start(size: usize) -> Result<Self> {
+        Self::start_with_config(size, "").await
+    }
+
+    /// [`NatsCluster::start`] with `config` (nats-server configuration text, e.g. an
+    /// `authorization { users = [...] }` block) in every node's configuration file; ports,
+    /// routes, stores and names still come from the testkit.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start_with_config`].
+    pub async fn start_with_config(size: usize, config: &str) -> Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "aviary-test-cluster-{}-{}",
@@ -399,7 +409,13 @@ impl NatsCluster {
                     port: *port,
                     peers: [&route_ports[..i], &route_ports[i + 1..]].concat(),
                 };
-                nodes.push(NatsServer::new(free_port()?, free_port()?, Some(routes))?);
+                let node = NatsServer::new(free_port()?, free_port()?, Some(routes))?;
+                if !config.is_empty() {
+                    let path = node.config_path();
+                    std::fs::write(&path, config)
+                        .map_err(|e| TestkitError::io(format!("writing {}", path.display()), e))?;
+                }
+                nodes.push(node);
             }
             let mut cluster = Self { nodes };
             match cluster.launch_all().await {
