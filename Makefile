@@ -19,6 +19,7 @@ help:
 	@echo "make test    set up what is missing, then fmt check, clippy and every test"
 	@echo "make bench   run the benchmarks; writes bench/results.json and prints a table"
 	@echo "make fuzz    run each fuzz target for FUZZ_SECONDS (default 60) and print its executions"
+	@echo "make soak    50 rollouts while processes are killed for 10 min; writes bench/soak.json"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -53,6 +54,9 @@ bench: bootstrap
 fuzz:
 	@bash scripts/bootstrap.sh --fuzz
 	@bash fuzz/run.sh
+
+soak: bootstrap
+	@bash scripts/soak.sh
 
 clean:
 	$(CARGO) clean
