@@ -156,7 +156,9 @@ impl Api {
             };
             let reason = format!("{method} refused: {}", refused.message());
             match decision {
-                RefusalAudit::Suppress => {}
+                RefusalAudit::Suppress => {
+                    self.metrics.refusals_not_audited.inc();
+                }
                 RefusalAudit::Record => {
                     self.audit_refusal(reference, reason, actor.clone()).await;
                 }

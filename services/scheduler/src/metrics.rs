@@ -52,6 +52,8 @@ pub struct Metrics {
     pub tick_lag: Histogram,
     /// Control-API calls refused for authentication or authorisation.
     pub refused_calls: Counter<u64, AtomicU64>,
+    /// Refused calls left out of the audit stream by its rate limit (each still refused).
+    pub refusals_not_audited: Counter<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
             // benchmark, coarse enough to stay a couple of dozen series.
             tick_lag: Histogram::new(exponential_buckets(0.001, 1.5, 26)),
             refused_calls: Counter::default(),
+            refusals_not_audited: Counter::default(),
         };
         registry.register(
             "scheduler_rollouts",
@@ -134,6 +137,11 @@ impl Metrics {
             "scheduler_refused_calls",
             "Control-API calls refused by auth",
             m.refused_calls.clone(),
+        );
+        registry.register(
+            "scheduler_refusals_not_audited",
+            "Refused control-API calls left out of the audit stream by its rate limit",
+            m.refusals_not_audited.clone(),
         );
         m
     }

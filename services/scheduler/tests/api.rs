@@ -269,7 +269,11 @@ async fn a_burst_of_refused_calls_writes_a_bounded_number_of_refused_events() {
     let mut tokens = tempfile::NamedTempFile::new().unwrap();
     writeln!(tokens, "reader-token read auditor").unwrap();
     let path = tokens.path().to_str().unwrap().to_owned();
-    let scheduler = Replica::start(&nats.url(), port, &["--tokens-file", &path]);
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut config = config(&nats.url(), port, "a", &["--tokens-file", &path]);
+    config.common.admin_addr = admin.parse().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let scheduler = tokio::spawn(aviary_scheduler::run(config, shutdown.clone()));
     let mut client = api(port).await;
 
     for i in 0..200 {
@@ -306,13 +310,26 @@ async fn a_burst_of_refused_calls_writes_a_bounded_number_of_refused_events() {
         refused.len()
     );
     assert!(refused.iter().any(|e| e["data"]["actor"] == "auditor"));
+    // Every refusal left out of the stream is counted: 200 refused, the rest audited.
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let not_audited = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("aviary_scheduler_refusals_not_audited_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(not_audited, Some((200 - refused.len()) as f64), "{metrics}");
     assert!(
         refused
             .iter()
             .any(|e| e["data"]["actor"] == "unauthenticated")
     );
 
-    scheduler.stop().await;
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
 }
 
 #[tokio::test]
