@@ -9,6 +9,7 @@ raw="$(mktemp)"
 trap 'rm -f "$raw"' EXIT
 
 benches=(
+  "aviary-router-agent multicluster"
   "aviary-router-agent apply"
   "aviary-analyzer verdicts"
   "aviary-analyzer judge"
