@@ -82,6 +82,17 @@ fn setup() -> Vec<String> {
     subjects
 }
 
+/// Route commands to any member cluster's ingresses (`aviary.cluster.<c>.route.<ingress>`):
+/// the scheduler sends them, a router agent started with `--cluster` takes its own.
+fn cluster_routes() -> String {
+    format!("{}.*.route.*", names::CLUSTER_PREFIX)
+}
+
+/// Analysis requests to any member cluster's analyzers (`aviary.cluster.<c>.analysis.request`).
+fn cluster_analysis() -> String {
+    format!("{}.*.analysis.request", names::CLUSTER_PREFIX)
+}
+
 /// Every identity, in the order of the docs table.
 pub fn identities() -> Vec<Identity> {
     let inbox = |service: &str| names::inbox_prefix(service);
@@ -91,8 +102,10 @@ pub fn identities() -> Vec<Identity> {
     let prefix = inbox("aviary-scheduler");
     let mut publish = vec![
         format!("{}.*", names::ROUTE_PREFIX),
+        cluster_routes(),
         names::WORKLOAD_ALL.to_owned(),
         names::ANALYSIS_REQUEST.to_owned(),
+        cluster_analysis(),
         names::WAKE_ALL.to_owned(),
         names::EVENTS_SUBJECTS.to_owned(),
         format!("$JS.API.STREAM.MSG.GET.{}", names::STREAM_EVENTS),
@@ -124,7 +137,11 @@ pub fn identities() -> Vec<Identity> {
         user: "analyzer",
         role: "aviary-analyzer",
         publish: Vec::new(),
-        subscribe: vec![names::ANALYSIS_REQUEST.to_owned(), own_inbox(&prefix)],
+        subscribe: vec![
+            names::ANALYSIS_REQUEST.to_owned(),
+            cluster_analysis(),
+            own_inbox(&prefix),
+        ],
         inbox_prefix: prefix,
         responds: true,
     });
@@ -152,7 +169,11 @@ pub fn identities() -> Vec<Identity> {
         user: "router-agent",
         role: "aviary-router-agent",
         publish,
-        subscribe: vec![format!("{}.*", names::ROUTE_PREFIX), own_inbox(&prefix)],
+        subscribe: vec![
+            format!("{}.*", names::ROUTE_PREFIX),
+            cluster_routes(),
+            own_inbox(&prefix),
+        ],
         inbox_prefix: prefix,
         responds: true,
     });

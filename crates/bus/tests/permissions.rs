@@ -183,6 +183,29 @@ async fn each_service_does_its_work_and_no_more() -> TestResult {
     .await;
     assert_eq!(reply.payload.as_ref(), b"verdict");
 
+    // A member cluster's analyzer (`--cluster eu`) answers on its cluster's subject too, and
+    // the router agent's identity takes that cluster's route commands.
+    let eu_analysis = names::analysis_subject(Some("eu"))?;
+    let mut eu_requests = analyzer
+        .queue_subscribe(eu_analysis.clone(), names::QUEUE_ANALYZER.into())
+        .await?;
+    let eu_responder = analyzer.clone();
+    tokio::spawn(async move {
+        while let Some(request) = eu_requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = eu_responder.publish(reply, "eu verdict".into()).await;
+            }
+        }
+    });
+    let reply = aviary_testkit::eventually(DEADLINE, "eu's analyzer answers", || async {
+        scheduler
+            .request(eu_analysis.clone(), "request".into())
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(reply.payload.as_ref(), b"eu verdict");
+
     // The analyzer may not write rollouts.
     let analyzer_js = jetstream::new(analyzer.clone());
     let subject = format!("$KV.{}.test.podinfo", names::BUCKET_ROLLOUTS);
@@ -224,6 +247,27 @@ async fn each_service_does_its_work_and_no_more() -> TestResult {
     let subject = format!("$KV.{}.test.podinfo", names::BUCKET_ROLLOUTS);
     agent.publish(subject.clone(), "x".into()).await?;
     refused(&mut agent_errors, &subject).await;
+    let eu_route = names::cluster_route_subject(Some("eu"), "edge")?;
+    let mut eu_commands = agent.subscribe(eu_route.clone()).await?;
+    agent.flush().await?;
+    // The subscription reaches the server in its own time: send until one arrives.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let command = loop {
+        scheduler.publish(eu_route.clone(), "route".into()).await?;
+        if let Ok(Some(command)) =
+            tokio::time::timeout(Duration::from_millis(200), eu_commands.next()).await
+        {
+            break command;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "eu's route command never arrived"
+        );
+    };
+    assert_eq!(command.payload.as_ref(), b"route");
+    // The notifier may not send route commands to any cluster.
+    notifier.publish(eu_route.clone(), "x".into()).await?;
+    refused(&mut notifier_errors, &eu_route).await;
 
     // The read-only CLI reads the audit stream and nothing else.
     let (cli, mut cli_errors) = connect_as(&server, "cli-read").await;
