@@ -42,6 +42,46 @@ pub const NS: &str = "e2e";
 /// four stacks starting at once on two busy cores.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// A real Envoy in `dir`, from the local bootstrap (`deploy/local/envoy-bootstrap.yaml`), taking
+/// its routes over xDS from the router agent on `xds_port`, and ready: the process, its admin
+/// port and its listener port.
+pub async fn start_envoy(dir: &Path, xds_port: u16) -> (Process, u16, u16) {
+    let (admin, listener) = (free_port().unwrap(), free_port().unwrap());
+    let template =
+        std::fs::read_to_string(workspace_root().join("deploy/local/envoy-bootstrap.yaml"))
+            .unwrap();
+    let bootstrap = template
+        .replace("{{ADMIN_PORT}}", &admin.to_string())
+        .replace("{{LISTENER_PORT}}", &listener.to_string())
+        .replace("{{XDS_PORT}}", &xds_port.to_string());
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, bootstrap).unwrap();
+    let mut envoy = Process::spawn(
+        "envoy",
+        &tool_path("envoy").unwrap(),
+        [
+            "-c".to_owned(),
+            config.display().to_string(),
+            "--disable-hot-restart".into(),
+            "--concurrency".into(),
+            "1".into(),
+            "-l".into(),
+            "warn".into(),
+        ],
+        &dir.join("envoy.log"),
+    )
+    .unwrap();
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    envoy
+        .wait_ready(READY_DEADLINE, || {
+            let url = ready.clone();
+            async move { http_ok(&url).await }
+        })
+        .await
+        .unwrap();
+    (envoy, admin, listener)
+}
+
 /// Lease TTL of the scheduler replicas: short, so a takeover happens within seconds.
 pub const LEASE_TTL_MS: u64 = 1_500;
 
@@ -408,39 +448,7 @@ impl Stack {
         );
         agent.start().await;
 
-        let (envoy_admin, envoy_listener) = (free_port().unwrap(), free_port().unwrap());
-        let template =
-            std::fs::read_to_string(workspace_root().join("deploy/local/envoy-bootstrap.yaml"))
-                .unwrap();
-        let bootstrap = template
-            .replace("{{ADMIN_PORT}}", &envoy_admin.to_string())
-            .replace("{{LISTENER_PORT}}", &envoy_listener.to_string())
-            .replace("{{XDS_PORT}}", &xds_port.to_string());
-        let envoy_config = dir.path().join("envoy.yaml");
-        std::fs::write(&envoy_config, bootstrap).unwrap();
-        let mut envoy = Process::spawn(
-            "envoy",
-            &tool_path("envoy").unwrap(),
-            [
-                "-c".to_owned(),
-                envoy_config.display().to_string(),
-                "--disable-hot-restart".into(),
-                "--concurrency".into(),
-                "1".into(),
-                "-l".into(),
-                "warn".into(),
-            ],
-            &dir.path().join("envoy.log"),
-        )
-        .unwrap();
-        let ready = format!("http://127.0.0.1:{envoy_admin}/ready");
-        envoy
-            .wait_ready(READY_DEADLINE, || {
-                let url = ready.clone();
-                async move { http_ok(&url).await }
-            })
-            .await
-            .unwrap();
+        let (envoy, envoy_admin, envoy_listener) = start_envoy(dir.path(), xds_port).await;
 
         let prometheus =
             Prometheus::start(&[

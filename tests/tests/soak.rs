@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use aviary_e2e::*;
 use aviary_proto as pb;
 use aviary_proto::events::{AuditEvent, EventKind};
-use aviary_testkit::{NatsCluster, Process, free_port, tool_path};
+use aviary_testkit::{NatsCluster, Process, free_port};
 
 /// The canary weights each rollout steps through before promotion.
 const STEPS: [u32; 4] = [20, 40, 60, 80];
@@ -138,46 +138,7 @@ impl Soak {
         );
         agent.start().await;
 
-        let (envoy_admin, envoy_listener) = (free_port().unwrap(), free_port().unwrap());
-        let template =
-            std::fs::read_to_string(workspace_root().join("deploy/local/envoy-bootstrap.yaml"))
-                .unwrap();
-        let envoy_config = dir.path().join("envoy.yaml");
-        std::fs::write(
-            &envoy_config,
-            template
-                .replace("{{ADMIN_PORT}}", &envoy_admin.to_string())
-                .replace("{{LISTENER_PORT}}", &envoy_listener.to_string())
-                .replace("{{XDS_PORT}}", &xds_port.to_string()),
-        )
-        .unwrap();
-        let mut envoy = Process::spawn(
-            "envoy",
-            &tool_path("envoy").unwrap(),
-            [
-                "-c".to_owned(),
-                envoy_config.display().to_string(),
-                "--disable-hot-restart".into(),
-                "--concurrency".into(),
-                "1".into(),
-                "-l".into(),
-                "warn".into(),
-            ],
-            &dir.path().join("envoy.log"),
-        )
-        .unwrap();
-        let ready = format!("http://127.0.0.1:{envoy_admin}/ready");
-        envoy
-            .wait_ready(Duration::from_secs(60), || {
-                let url = ready.clone();
-                async move {
-                    reqwest::get(&url)
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
-            })
-            .await
-            .unwrap();
+        let (envoy, envoy_admin, envoy_listener) = start_envoy(dir.path(), xds_port).await;
         let prometheus = aviary_testkit::prometheus::Prometheus::start(&[
             aviary_testkit::prometheus::ScrapeTarget::new(
                 "envoy",
