@@ -7,13 +7,16 @@
 //! `service::run(config, shutdown)`. The service starts an [`admin::AdminServer`] with its own
 //! registry and flips [`admin::Readiness`] once it has connected to its dependencies; its NATS
 //! connection is an [`admin::Condition`] of that readiness, so `/readyz` drops while the
-//! connection is down and comes back when it reconnects.
+//! connection is down and comes back when it reconnects. Its tasks run under one
+//! [`tasks::Tasks`]: a critical loop that dies fails readiness (condition `tasks`) and the run,
+//! and the drain after shutdown has one deadline and names what it gave up on.
 
 pub mod admin;
 pub mod clock;
 pub mod errors;
 pub mod shutdown;
 pub mod signature;
+pub mod tasks;
 pub mod telemetry;
 pub mod tokens;
 

@@ -32,10 +32,10 @@ use aviary_proto::AnalysisRequest;
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
 use aviary_runtime::signature::SigningKey;
+use aviary_runtime::tasks::Tasks;
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -478,22 +478,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let drain = Duration::from_millis(config.common.drain_timeout_ms);
     let limit = Arc::new(Semaphore::new(config.max_pending_analyses.max(1)));
     let budget = Duration::from_millis(config.analysis_budget_ms);
+    let tasks = Tasks::new(&shutdown, &ready);
+    let worker = Worker {
+        client,
+        analyzer,
+        budget,
+    };
+    tasks.critical(
+        "analysis requests",
+        serve(subscription, worker.clone(), limit, tasks.clone(), drain),
+    );
     let task = tokio::spawn(async move {
-        let result = serve(
-            subscription,
-            Worker {
-                client,
-                analyzer,
-                budget,
-            },
-            limit,
-            shutdown,
-            ready,
-            drain,
-        )
-        .await;
+        tasks.stopped().await;
+        ready.set(false);
+        // One deadline for all of it: `serve` answering what was already delivered, and the
+        // requests in flight.
+        let outcome = tasks.finish(drain).await;
+        worker.analyzer.stop_webhooks();
+        if let Err(error) = worker.client.flush().await {
+            tracing::warn!(%error, "flushing replies");
+        }
+        tracing::info!("analyzer stopped");
         admin_shutdown.cancel();
-        result
+        outcome?;
+        Ok(())
     });
     Ok(Running { admin_addr, task })
 }
@@ -507,74 +515,69 @@ struct Worker {
 }
 
 /// Takes a message only once it holds an admission permit, and waits for the permit inside
-/// `select!` beside shutdown, so a worker whose every slot is taken still starts draining.
+/// `select!` beside the stop token, so a worker whose every slot is taken still starts draining.
+/// Once stopped it unsubscribes and still answers the requests already delivered to it, within
+/// `drain`; the drain of [`Tasks`] then waits for those in flight.
+///
+/// # Errors
+/// The subscription ended before the service was stopped.
 async fn serve(
     mut subscription: async_nats::Subscriber,
     worker: Worker,
     limit: Arc<Semaphore>,
-    shutdown: CancellationToken,
-    ready: Readiness,
+    tasks: Tasks,
     drain: Duration,
 ) -> anyhow::Result<()> {
-    let mut tasks = JoinSet::new();
-    let mut draining = false;
-    // Armed when draining starts; until then far enough away never to fire.
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(10 * 365 * 24 * 3600));
-    tokio::pin!(drain_deadline);
     let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         tokio::select! {
-            () = shutdown.cancelled(), if !draining => {
-                tracing::info!(in_flight = tasks.len(), "draining");
-                draining = true;
-                ready.set(false);
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + drain);
-                // Stop new deliveries; messages already buffered are still handled.
-                if let Err(error) = subscription.drain().await {
-                    tracing::warn!(%error, "draining the subscription");
-                }
-            }
-            () = &mut drain_deadline => {
-                tracing::warn!(in_flight = tasks.len(), "drain deadline passed; abandoning requests");
-                tasks.abort_all();
-                break;
-            }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(error) = done {
-                    tracing::error!(%error, "analysis task failed");
-                }
-            }
+            () = tasks.stopped() => break,
             acquired = limit.clone().acquire_owned(), if permit.is_none() => {
                 permit = Some(acquired?);
             }
             message = subscription.next(), if permit.is_some() => {
                 let Some(message) = message else {
-                    // Subscription closed (drained, or the client closed): finish in-flight.
-                    while let Some(done) = tokio::select! {
-                        d = tasks.join_next() => d,
-                        () = &mut drain_deadline => { tasks.abort_all(); None }
-                    } {
-                        if let Err(error) = done {
-                            tracing::error!(%error, "analysis task failed");
-                        }
-                    }
-                    break;
+                    anyhow::bail!("the analysis subscription closed");
                 };
-                let permit = permit.take();
-                let worker = worker.clone();
-                tasks.spawn(async move {
+                let (permit, worker) = (permit.take(), worker.clone());
+                tasks.spawn("analysis", async move {
                     handle(&worker, message).await;
                     drop(permit);
                 });
             }
         }
     }
-    worker.analyzer.stop_webhooks();
-    if let Err(error) = worker.client.flush().await {
-        tracing::warn!(%error, "flushing replies");
+    tracing::info!(in_flight = tasks.running().len(), "draining");
+    // Stop new deliveries; messages already buffered are still handled.
+    if let Err(error) = subscription.drain().await {
+        tracing::warn!(%error, "draining the subscription");
     }
-    tracing::info!("analyzer stopped");
-    Ok(())
+    let buffered = async {
+        loop {
+            let permit = match permit.take() {
+                Some(permit) => permit,
+                None => limit.clone().acquire_owned().await?,
+            };
+            let Some(message) = subscription.next().await else {
+                return anyhow::Ok(());
+            };
+            let worker = worker.clone();
+            tasks.spawn("analysis", async move {
+                handle(&worker, message).await;
+                drop(permit);
+            });
+        }
+    };
+    match tokio::time::timeout(drain, buffered).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                ?drain,
+                "drain deadline passed; buffered requests left unanswered"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// How long `request` is worked on: the worker's budget, or its longest webhook call when that

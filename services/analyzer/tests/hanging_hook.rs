@@ -136,3 +136,98 @@ async fn a_hanging_hook_gets_one_call_and_starves_no_one_and_shutdown_drains() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A hook that answers only once the test releases it, so a request is surely in flight.
+async fn held_hook(release: Arc<tokio::sync::Notify>, entered: Arc<tokio::sync::Notify>) -> String {
+    let app = Router::new()
+        .route(
+            "/held",
+            post(
+                |State((release, entered)): State<(
+                    Arc<tokio::sync::Notify>,
+                    Arc<tokio::sync::Notify>,
+                )>| async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    "ok"
+                },
+            ),
+        )
+        .with_state((release, entered));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn shutdown_answers_the_request_in_flight_before_the_analyzer_exits() {
+    let (release, entered) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let url = held_hook(release.clone(), entered.clone()).await;
+    let nats = NatsServer::start().await.unwrap();
+    let mut config = Config::parse_from([
+        "aviary-analyzer",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--prometheus-url",
+        &url,
+        "--drain-timeout-ms",
+        "20000",
+    ]);
+    config.nats = NatsArgs::for_url(nats.url());
+    let shutdown = CancellationToken::new();
+    let running = start(config, shutdown.clone()).await.unwrap();
+    let admin = format!("http://{}/readyz", running.admin_addr);
+    let client = nats.client().await.unwrap();
+
+    let mut request = common::request(0, 1, vec![]);
+    request.webhooks = vec![WebhookCheck {
+        name: "smoke".into(),
+        r#type: "rollout".into(),
+        url: format!("{url}/held"),
+        timeout_ms: 30_000,
+        ..WebhookCheck::default()
+    }];
+    let reply = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .request(names::ANALYSIS_REQUEST, request.encode_to_vec().into())
+                .await
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), entered.notified())
+        .await
+        .expect("the hook is called");
+
+    // Stopping with the request in flight: not ready any more, but not gone either.
+    shutdown.cancel();
+    eventually(
+        Duration::from_secs(10),
+        "/readyz reports draining",
+        || async {
+            let status = reqwest::get(&admin).await.ok()?.status();
+            (status == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        },
+    )
+    .await;
+    let waiting = tokio::spawn(running.wait());
+    assert!(!reply.is_finished() && !waiting.is_finished());
+
+    release.notify_one();
+    let reply = tokio::time::timeout(Duration::from_secs(10), reply)
+        .await
+        .expect("answered while draining")
+        .unwrap()
+        .expect("a reply, not a timeout or no responders");
+    let verdict = Verdict::decode(reply.payload).unwrap();
+    assert_eq!(verdict.outcome(), Outcome::Pass, "{verdict:?}");
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("exits once the request is answered")
+        .unwrap()
+        .unwrap();
+}

@@ -35,6 +35,7 @@ use anyhow::Context as _;
 use aviary_bus::BusMetrics;
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
+use aviary_runtime::tasks::Tasks;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -50,7 +51,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use resource::{Key, Kind};
 
@@ -405,12 +406,14 @@ pub async fn start(
         identity: config.identity.clone(),
         duration: config.lease_duration,
     };
-    let election = tokio::spawn(lease::run(
-        kube.clone(),
-        settings,
-        leader_tx,
-        shutdown.clone(),
-    ));
+    let tasks = Tasks::new(&shutdown, &ready);
+    // Runs until stopped, renewing or retrying: ending early leaves no one to lead.
+    let election = lease::run(kube.clone(), settings, leader_tx, tasks.token());
+    tasks.critical("leader election", async move {
+        election.await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let drain = Duration::from_millis(config.common.drain_timeout_ms);
     let mut kinds = vec![Kind::Rollout];
     if config.flagger {
         kinds.push(Kind::Canary);
@@ -426,26 +429,32 @@ pub async fn start(
         resync: config.resync,
     };
     let mut leading = leader_rx.clone();
-    let task = tokio::spawn(async move {
+    let stop = tasks.token();
+    tasks.critical("leadership terms", async move {
         loop {
             // Wait to lead (or to stop).
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 r = leading.wait_for(|l| *l) => if r.is_err() { break },
             }
             shared.metrics.leader.set(1);
-            let term = shutdown.child_token();
-            let work = tokio::spawn(lead(shared.clone(), term.clone()));
+            let term = stop.child_token();
+            let work = tokio::spawn(lead(shared.clone(), term.clone()).in_current_span());
             tokio::select! {
-                () = shutdown.cancelled() => {}
+                () = stop.cancelled() => {}
                 _ = leading.wait_for(|l| !*l) => info!("no longer leading"),
             }
             term.cancel();
             let _ = work.await;
             shared.metrics.leader.set(0);
         }
-        let _ = election.await;
         shared.nats.flush().await.ok();
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let task = tokio::spawn(async move {
+        tasks.stopped().await;
+        ready.set(false);
+        tasks.finish(drain).await?;
         Ok(())
     });
     Ok(Running {

@@ -18,9 +18,9 @@ use tracing::Instrument as _;
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::message::{AckKind, Acker};
 use aviary_proto::events::AuditEvent;
+use aviary_runtime::tasks::Tasks;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{self, HookEvent, Job, Outcome, Shared};
@@ -47,13 +47,10 @@ pub(crate) struct Pipeline {
 /// not to spin on a NATS hiccup, short enough that nothing waits long after a restart.
 const NAK_DELAY: Duration = Duration::from_secs(1);
 
-/// Reads events until `shutdown`, then stops fetching and returns the tasks still settling.
-pub(crate) async fn consume(
-    consumer: PullConsumer,
-    pipeline: Pipeline,
-    shutdown: CancellationToken,
-) -> JoinSet<()> {
-    let mut settling = JoinSet::new();
+/// Reads events until `tasks` stop, then stops fetching; each event settles in a task of its
+/// own among `tasks`, which the caller drains.
+pub(crate) async fn consume(consumer: PullConsumer, pipeline: Pipeline, tasks: Tasks) {
+    let shutdown = tasks.token();
     let mut backoff = Duration::from_millis(100);
     'outer: while !shutdown.is_cancelled() {
         let stream = consumer
@@ -75,8 +72,6 @@ pub(crate) async fn consume(
         };
         backoff = Duration::from_millis(100);
         loop {
-            // Reap settled tasks as we go so the set stays small.
-            while settling.try_join_next().is_some() {}
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -97,7 +92,7 @@ pub(crate) async fn consume(
                     aviary_bus::trace::set_parent_from(&span, message.headers.as_ref());
                     if let Some(task) = dispatch(message, &pipeline).instrument(span.clone()).await
                     {
-                        settling.spawn(task.instrument(span));
+                        tasks.spawn("settle event", task.instrument(span));
                     }
                 }
                 Some(Err(error)) => {
@@ -110,7 +105,6 @@ pub(crate) async fn consume(
             }
         }
     }
-    settling
 }
 
 /// Negatively acknowledges what was already pulled but not dispatched, so another notifier

@@ -33,6 +33,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use aviary_bus::names;
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
+use aviary_runtime::tasks::Tasks;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -207,12 +208,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         queues.push(queue);
         workers.push(worker);
     }
-    let lag = tokio::spawn(watch_lag(
-        consumer.clone(),
-        metrics.clone(),
-        config.lag_interval,
-        shutdown.clone(),
-    ));
+    let tasks = Tasks::new(&shutdown, &ready);
+    tasks.spawn(
+        "consumer lag",
+        watch_lag(
+            consumer.clone(),
+            metrics.clone(),
+            config.lag_interval,
+            tasks.token(),
+        ),
+    );
     let pipeline = consumer::Pipeline {
         settings: settings.clone(),
         queues,
@@ -233,35 +238,41 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
 
     let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let tasks_for_consumer = tasks.clone();
     let task = tokio::spawn(async move {
-        let mut settling = consumer::consume(consumer, pipeline, shutdown).await;
+        // Runs until stopped: it retries on every error, so its end is never a failure.
+        tasks.critical("event consumer", async move {
+            consumer::consume(consumer, pipeline, tasks_for_consumer).await;
+            Ok::<(), std::convert::Infallible>(())
+        });
+        tasks.stopped().await;
         ready.set(false);
-        tracing::info!(in_flight = settling.len(), "draining");
-        // The pipeline (and its queue senders) is gone: workers end once their queues empty.
-        let finished = tokio::time::timeout(drain, async {
-            while settling.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
+        // The pipeline (and its queue senders) is gone once the consumer ends: workers end once
+        // their queues empty.
+        let drained = tasks.drain(drain).await;
+        if !drained.complete {
             tracing::warn!(
                 ?drain,
                 "drain deadline passed; handing unsettled events back"
             );
             abandon.cancel();
-            while settling.join_next().await.is_some() {}
+            // Abandoned deliveries hand their events back at once.
+            tasks.drain(drain).await;
         }
         abandon.cancel();
         for worker in workers {
             let _ = worker.await;
         }
-        lag.abort();
         // Acks are fire-and-forget publishes: make sure they left before we go.
         if let Err(error) = client.flush().await {
             tracing::warn!(%error, "flushing acks failed; some events will be redelivered");
         }
         admin_stop.cancel();
         tracing::info!("notifier stopped");
-        Ok(())
+        match tasks.failure() {
+            Some(failure) => Err(failure.into()),
+            None => Ok(()),
+        }
     });
     Ok(Running {
         admin_addr,

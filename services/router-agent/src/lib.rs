@@ -27,10 +27,9 @@ use aviary_bus::typed::Proto;
 use aviary_bus::{BusMetrics, names};
 use aviary_proto::{AgentCapabilities, DesiredRoute};
 use aviary_runtime::admin::{AdminServer, Readiness};
+use aviary_runtime::tasks::Tasks;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 pub use crate::config::Config;
 use crate::config::{IngressFile, ProviderConfig};
@@ -127,7 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let routes: Bucket<DesiredRoute, Proto> = Bucket::open(&js, names::BUCKET_ROUTES).await?;
     let agents: Bucket<AgentCapabilities, Proto> = Bucket::open(&js, names::BUCKET_AGENTS).await?;
 
-    let mut tasks = JoinSet::new();
+    let tasks = Tasks::new(&shutdown, &ready);
     for (name, provider) in providers {
         let capabilities = provider.capabilities().to_proto(&name, provider.kind());
         agents.put(&names::agent_key(&name)?, &capabilities).await?;
@@ -140,56 +139,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             // empty configuration that would drop its traffic.
             let stored = ingress.desired(&model::RouteSet::new()).await?;
             envoy.seed(&stored);
+        }
+        // Every task of this ingress runs in its span (no await while it is entered).
+        let span = tracing::info_span!("ingress", ingress = %name);
+        let _entered = span.enter();
+        if matches!(ingress.provider, Provider::Envoy(_)) {
             if let Some(index) = xds_listeners.iter().position(|(n, _)| *n == name) {
                 let (_, listener) = xds_listeners.swap_remove(index);
-                let (serving, token) = (ingress.clone(), shutdown.clone());
-                tasks.spawn(async move {
-                    if let Provider::Envoy(envoy) = &serving.provider
-                        && let Err(error) = envoy.serve(listener, token).await
-                    {
-                        tracing::error!(ingress = %serving.name, %error, "xDS server failed");
+                let (serving, token) = (ingress.clone(), tasks.token());
+                tasks.critical("xDS server", async move {
+                    match &serving.provider {
+                        Provider::Envoy(envoy) => envoy.serve(listener, token).await,
+                        _ => Ok(()),
                     }
                 });
             }
             // Returns at once for an ingress that does not follow EndpointSlices.
-            let (following, token) = (ingress.clone(), shutdown.clone());
-            let span = tracing::info_span!("endpoint_slices", ingress = %name);
-            tasks.spawn(
-                async move {
-                    if let Provider::Envoy(envoy) = &following.provider {
-                        envoy.follow_endpoint_slices(token).await;
-                    }
+            let (following, token) = (ingress.clone(), tasks.token());
+            tasks.spawn("endpoint slices", async move {
+                if let Provider::Envoy(envoy) = &following.provider {
+                    envoy.follow_endpoint_slices(token).await;
                 }
-                .instrument(span),
-            );
+            });
         }
-        let (client, bus_metrics, token) = (client.clone(), bus_metrics.clone(), shutdown.clone());
+        let (client, bus_metrics, token) = (client.clone(), bus_metrics.clone(), tasks.token());
         let interval = config.reconcile_interval();
-        tasks.spawn(async move {
-            let name = ingress.name.clone();
-            if let Err(error) = ingress.serve(client, bus_metrics, interval, token).await {
-                tracing::error!(ingress = %name, %error, "ingress loop failed");
-            }
+        tasks.critical("ingress loop", async move {
+            ingress.serve(client, bus_metrics, interval, token).await
         });
     }
     ready.set(true);
     tracing::info!("router agent ready");
 
-    shutdown.cancelled().await;
+    tasks.stopped().await;
     ready.set(false);
-    let drain = Duration::from_millis(config.common.drain_timeout_ms);
-    let drained =
-        tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(
-            ?drain,
-            "drain deadline passed; aborting the remaining tasks"
-        );
-        tasks.abort_all();
-    }
+    let outcome = tasks
+        .finish(Duration::from_millis(config.common.drain_timeout_ms))
+        .await;
     if let Err(error) = client.flush().await {
         tracing::warn!(%error, "flushing NATS on shutdown");
     }
     tracing::info!("router agent stopped");
+    outcome?;
     Ok(())
 }

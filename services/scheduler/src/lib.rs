@@ -31,6 +31,7 @@ use aviary_bus::kv::Bucket;
 use aviary_bus::{NatsArgs, names};
 use aviary_runtime::CommonArgs;
 use aviary_runtime::admin::{AdminServer, Readiness};
+use aviary_runtime::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -132,29 +133,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
 
     let api = api::Api::new(records, effects, tokens, metrics);
-    let grpc = grpc_server(&config, api, shutdown.clone()).await?;
+    let tasks = Tasks::new(&shutdown, &ready);
+    let grpc = grpc_server(&config, api, tasks.token()).await?;
+    tasks.critical("gRPC server", grpc);
     info!(replica = %replica, grpc = %config.grpc_addr, "scheduler started");
     ready.set(true);
 
-    let owner = tokio::spawn(owner::run(shared, shutdown.clone()));
-    shutdown.cancelled().await;
+    tasks.critical("rollout owner", owner::run(shared, tasks.token()));
+    tasks.stopped().await;
     ready.set(false);
     let drain = Duration::from_millis(config.common.drain_timeout_ms);
-    let _ = tokio::time::timeout(drain, async {
-        let _ = owner.await;
-        let _ = grpc.await;
-    })
-    .await;
+    let outcome = tasks.finish(drain).await;
     let _ = tokio::time::timeout(drain, client.drain()).await;
     info!("scheduler stopped");
+    outcome?;
     Ok(())
 }
 
+/// Binds the control API; the future serves it until `shutdown`.
 async fn grpc_server(
     config: &Config,
     api: api::Api,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>> + use<>> {
     use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -188,14 +189,11 @@ async fn grpc_server(
         .add_service(health)
         .add_service(reflection)
         .add_service(aviary_proto::rollout_service_server::RolloutServiceServer::new(api));
-    Ok(tokio::spawn(async move {
-        if let Err(error) = router
+    Ok(async move {
+        router
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
-        {
-            tracing::error!(%error, "gRPC server failed");
-        }
-    }))
+    })
 }
 
 fn default_replica_id() -> String {
