@@ -15,7 +15,8 @@
 //!
 //! Service binaries come from the workspace's target directory (`cargo build --workspace
 //! --bins`); nats-server, Envoy and Prometheus from the testkit's [`aviary_testkit::tool_path`].
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // a panic is the failure report
 
 use std::collections::BTreeMap;

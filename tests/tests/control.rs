@@ -1,7 +1,8 @@
 //! Gates and commands: a confirm-rollout gate opened through `aviary-gate`, a manual approval
 //! step and a confirm-promotion gate opened through the API, an abort mid-rollout, and a
 //! `SetWeight` hold — each checked against what clients were served.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::time::{Duration, Instant};

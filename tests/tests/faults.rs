@@ -1,7 +1,8 @@
 //! Faults mid-rollout across the real processes: the analyzer, the owning scheduler replica,
 //! the router agent and nats-server go away and come back; clients keep being served and every
 //! rollout still ends right, with a complete audit trail.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::collections::HashSet;

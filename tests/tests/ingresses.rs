@@ -5,7 +5,8 @@
 //! own service's versions. Apply refuses a third rollout on a host one of them holds, naming it.
 //! A rollout over an Envoy and an NGINX ingress steps both, shows each one's observed split in
 //! its status, and clients of both see the split.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::time::{Duration, Instant};

@@ -13,7 +13,8 @@
 //! 600 s. The figures `soak_rollouts_correct`, `soak_kills`, `soak_duplicate_steps` and
 //! `soak_lost_steps` are printed as JSON lines and written to `bench/soak.json` (and merged into
 //! `bench/results.json` when it exists) by `scripts/soak.sh`.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::collections::{BTreeMap, HashSet};

@@ -1,6 +1,7 @@
 //! A/B testing, blue/green, blue/green with mirroring and session affinity through the real
 //! Envoy: each request is checked for which version answered it.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::time::{Duration, Instant};

@@ -143,7 +143,7 @@ impl SigningKey {
 
     /// The header value signing `body` now.
     pub fn sign_now(&self, body: &[u8]) -> String {
-        self.sign(unix_seconds(SystemTime::now()), body)
+        self.sign(unix_seconds(crate::clock::system_now()), body)
     }
 
     fn mac(&self, signed_at: u64, body: &[u8]) -> Hmac<Sha256> {
@@ -194,7 +194,7 @@ impl Verifier {
     /// # Errors
     /// As [`Verifier::verify_at`].
     pub fn verify(&self, header: &str, body: &[u8]) -> Result<Verified, SignatureError> {
-        self.verify_at(header, body, SystemTime::now())
+        self.verify_at(header, body, crate::clock::system_now())
     }
 
     /// Checks `header` against `body` as of `now`: the key id must be one held, the time

@@ -15,6 +15,8 @@
 //!   in a test instead of sleeping.
 //!
 //! Binaries come from `scripts/bootstrap.sh` (`<workspace>/.tools/bin`), or from the system.
+// Real processes on real time: deadlines here are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 
 pub mod envoy;
 pub mod haproxy;

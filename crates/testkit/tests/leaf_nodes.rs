@@ -1,5 +1,7 @@
 //! The hub and leaf-node harness: subjects cross the leaf link both ways, a killed leaf
 //! leaves the hub, and a leaf started again links up and carries subjects once more.
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::Duration;
 

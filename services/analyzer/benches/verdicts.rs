@@ -5,7 +5,8 @@
 //!   so nothing is de-duplicated) per second with 1 and 2 requests in flight;
 //! - `analyzer_dedupe_ratio`: share of queries answered without a backend call when 32
 //!   identical requests arrive at once.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a bench, like a test, stops at the first broken fixture
 
 #[path = "../tests/common/mod.rs"]

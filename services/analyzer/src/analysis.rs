@@ -15,7 +15,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use aviary_proto::naming::cluster_name;
 use aviary_proto::{AnalysisRequest, MetricCheck, MetricResult, Outcome, Verdict, WebhookResult};

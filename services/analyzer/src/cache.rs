@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How long an answer is reused when the analyzer is not told otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(120);

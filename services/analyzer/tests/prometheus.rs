@@ -1,5 +1,7 @@
 //! The analyzer against a real Prometheus scraping an in-test target whose rates the test
 //! sets, so every expected value is known exactly.
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // test fixtures stop at the first broken step
 
 mod common;

@@ -1,5 +1,7 @@
 //! Webhooks against a local receiver: Flagger's payload, the signature, per-type judgement,
 //! retries with backoff, timeouts, and how hooks fold into the verdict.
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // test fixtures stop at the first broken step
 
 mod common;

@@ -18,7 +18,8 @@
 //!
 //! `cargo bench -p aviary-controller --bench reconcile`; `CONTROLLER_BENCH_SIZE` (default
 //! 1000) and `CONTROLLER_BENCH_SAMPLES` (default 200) override.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a bench: a panic is the failure report
 #![allow(clippy::cast_precision_loss)]
 

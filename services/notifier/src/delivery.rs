@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
@@ -433,7 +433,7 @@ async fn send(http: &reqwest::Client, url: &str, timeout: Duration, payload: &Pa
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+        .and_then(|v| retry::parse_retry_after(v, aviary_runtime::clock::system_now()));
     // The body says why (Slack: `invalid_payload`, `channel_not_found`); keep a short,
     // single-line piece of it.
     let body = response.text().await.unwrap_or_default();

@@ -3,6 +3,8 @@
 //! request round trip in the same run. Prints JSON lines `{"name", "value", "unit"}`.
 //!
 //! `cargo bench -p aviary-router-agent --bench apply` (ROUTER_BENCH_CHANGES overrides 200).
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,8 @@
 //! `{"name", "value", "unit"}`.
 //!
 //! `cargo bench -p aviary-router-agent --bench multicluster` (ROUTER_BENCH_CHANGES overrides 200).
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

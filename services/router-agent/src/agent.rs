@@ -12,7 +12,9 @@
 //! differ (a drift correction).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use aviary_runtime::clock::now_ms_i64 as now_ms;
 

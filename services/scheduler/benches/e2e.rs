@@ -14,7 +14,8 @@
 //! a missing one is reported and its figure skipped.
 //!
 //! `cargo bench -p aviary-scheduler --bench e2e` (`E2E_BENCH_SAMPLES` overrides 40).
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a bench: a panic is the failure report
 
 #[path = "../tests/common/mod.rs"]

@@ -15,7 +15,8 @@
 //!
 //! `cargo bench -p aviary-scheduler --bench scale`; `SCHEDULER_BENCH_SIZES` (default
 //! `100,1000,10000`) and `SCHEDULER_BENCH_WINDOW_S` (default 15) override.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a bench: a panic is the failure report
 #![allow(clippy::cast_precision_loss)]
 

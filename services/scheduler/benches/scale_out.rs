@@ -16,7 +16,8 @@
 //! Intervals are 10 s so that two cores keep up with 30 000 rollouts (3 000 steps/s in all);
 //! `SCHEDULER_SCALE_OUT_ROLLOUTS` (default 30000), `SCHEDULER_SCALE_OUT_INTERVAL` (default 10s)
 //! and `SCHEDULER_SCALE_OUT_WINDOW_S` (default 60) override.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a bench: a panic is the failure report
 #![allow(clippy::cast_precision_loss)]
 

@@ -1,7 +1,8 @@
 //! A rollout whose ingress no router agent serves (or whose agent refuses every route): its
 //! route is sent again later each time, not every few seconds for ever, and an aborted one
 //! whose rollback route is never acknowledged can still be deleted with force, audited.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // test stand-ins: a panic is the failure report
 
 mod common;

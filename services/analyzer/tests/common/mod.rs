@@ -1,5 +1,7 @@
 //! Shared fixtures: an in-test server exposing Envoy-shaped metrics whose rates the test sets,
 //! analyzers and requests.
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // test fixtures stop at the first broken step
 

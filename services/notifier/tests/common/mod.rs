@@ -1,7 +1,8 @@
 //! Test harness: a real nats-server (testkit), a local HTTP receiver standing in for Slack and
 //! the others (records every request, answers as told per path), event builders, and a
 //! notifier started on them.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;

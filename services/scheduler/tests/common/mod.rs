@@ -1,6 +1,7 @@
 //! Shared fixtures for the scheduler tests: a real nats-server, in-process router-agent and
 //! analyzer responders that answer like the real services, and a control-API client.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 #![allow(dead_code)]
 
