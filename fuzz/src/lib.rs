@@ -47,7 +47,7 @@ pub fn flagger(data: &[u8]) {
 
 /// Which bus message the first byte of a [`bus_proto`] input selects (the rest is the
 /// payload), in this order.
-pub const BUS_MESSAGES: [&str; 10] = [
+pub const BUS_MESSAGES: [&str; 8] = [
     "RouteCommand",
     "RouteAck",
     "AnalysisRequest",
@@ -55,8 +55,6 @@ pub const BUS_MESSAGES: [&str; 10] = [
     "WorkloadCommand",
     "WorkloadAck",
     "AgentCapabilities",
-    "StepEvent",
-    "Notification",
     "DesiredRoute",
 ];
 
@@ -112,12 +110,6 @@ pub fn bus_proto(data: &[u8]) {
         }
         6 => {
             let _ = pb::AgentCapabilities::decode(payload);
-        }
-        7 => {
-            let _ = pb::StepEvent::decode(payload);
-        }
-        8 => {
-            let _ = pb::Notification::decode(payload);
         }
         _ => {
             // The desired route as the router agent stores it in KV and reads it back.
@@ -360,7 +352,7 @@ pub fn bus_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             route: Some(r.clone()),
         };
         bus(0, n, command.encode_to_vec());
-        bus(9, n, r.encode_to_vec());
+        bus(7, n, r.encode_to_vec());
     }
     let ack = pb::RouteAck {
         idempotency_key: "test/podinfo/1/r1".into(),
@@ -435,18 +427,6 @@ pub fn bus_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     bus(5, 0, workload_ack.encode_to_vec());
     let capabilities = envoy::CAPABILITIES.to_proto("edge", "envoy");
     bus(6, 0, capabilities.encode_to_vec());
-    let step = pb::StepEvent {
-        rollout: rollout.clone(),
-        generation: 1,
-        step: 1,
-        ..Default::default()
-    };
-    bus(7, 0, step.encode_to_vec());
-    let notification = pb::Notification {
-        rollout,
-        ..Default::default()
-    };
-    bus(8, 0, notification.encode_to_vec());
     seeds.push(("route_render", "weighted".into(), route.encode_to_vec()));
     seeds.push((
         "route_render",

@@ -5,8 +5,6 @@
 //!   (JetStream, de-duplicated by `Nats-Msg-Id`), [`request`] (request/reply with distinct
 //!   timeout / no-responders / remote-error results).
 //! - [`Subscriber`] decodes each core-NATS message; [`Received::respond`] answers a request.
-//! - [`Consumer`] decodes each JetStream message and hands it out for acking; an undecodable
-//!   one is dead-lettered to `aviary.dead.<subject>` and acked.
 //!
 //! Each received message comes with a span (`bus.receive`) whose parent is the sender's span.
 
@@ -14,7 +12,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -22,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::{BusError, BusMetrics, names, trace};
+use crate::{BusError, BusMetrics, trace};
 
 /// Header naming why a responder could not answer (the NATS micro-services convention).
 pub const SERVICE_ERROR: &str = "Nats-Service-Error";
@@ -473,161 +471,5 @@ impl<M, C: Codec<M>> Subscriber<M, C> {
             .unsubscribe()
             .await
             .map_err(|e| BusError::nats("unsubscribe", self.label.clone(), e))
-    }
-}
-
-/// A decoded message from a JetStream [`Consumer`]. Ack it once it has been handled;
-/// unacked, it is redelivered after the consumer's ack wait.
-#[derive(Debug)]
-pub struct Delivery<T> {
-    /// The decoded payload.
-    pub message: T,
-    /// The concrete subject it was published on.
-    pub subject: String,
-    /// Its headers (trace context, `Nats-Msg-Id`).
-    pub headers: HeaderMap,
-    /// A `bus.receive` span, child of the publisher's span.
-    pub span: tracing::Span,
-    raw: jetstream::Message,
-}
-
-impl<T> Delivery<T> {
-    /// Acknowledges it: it will not be delivered again.
-    ///
-    /// # Errors
-    /// [`BusError::Nats`] when the ack cannot be sent.
-    pub async fn ack(&self) -> Result<(), BusError> {
-        self.raw
-            .ack()
-            .await
-            .map_err(|e| BusError::nats("ack", self.subject.clone(), e))
-    }
-
-    /// Asks for redelivery, after `delay` if given.
-    ///
-    /// # Errors
-    /// [`BusError::Nats`] when the nak cannot be sent.
-    pub async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
-        self.raw
-            .ack_with(AckKind::Nak(delay))
-            .await
-            .map_err(|e| BusError::nats("nak", self.subject.clone(), e))
-    }
-
-    /// Tells the server the message is still being worked on (resets its ack wait).
-    ///
-    /// # Errors
-    /// [`BusError::Nats`] when it cannot be sent.
-    pub async fn in_progress(&self) -> Result<(), BusError> {
-        self.raw
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(|e| BusError::nats("in-progress", self.subject.clone(), e))
-    }
-
-    /// Its sequence in the stream.
-    pub fn stream_sequence(&self) -> Option<u64> {
-        self.raw.info().ok().map(|i| i.stream_sequence)
-    }
-
-    /// How many times it has been delivered (1 the first time).
-    pub fn delivered(&self) -> Option<i64> {
-        self.raw.info().ok().map(|i| i.delivered)
-    }
-}
-
-/// A JetStream pull consumer that yields decoded messages.
-///
-/// A message that does not decode is logged, counted, republished to
-/// `aviary.dead.<its subject>` (stream [`names::STREAM_DEAD`]) with an
-/// [`DEAD_REASON`] header, and acked, so it neither blocks the consumer nor is lost.
-pub struct Consumer<T, C = Proto> {
-    messages: jetstream::consumer::pull::Stream,
-    js: jetstream::Context,
-    label: String,
-    metrics: Arc<BusMetrics>,
-    _decode: PhantomData<fn() -> (T, C)>,
-}
-
-impl<T, C> std::fmt::Debug for Consumer<T, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer")
-            .field("label", &self.label)
-            .finish()
-    }
-}
-
-impl<T, C: Codec<T>> Consumer<T, C> {
-    /// Starts pulling from `consumer` (created by the caller, e.g. the durable
-    /// [`names::CONSUMER_NOTIFIER`]); `label` is the metric's `subject` label.
-    ///
-    /// # Errors
-    /// [`BusError::Nats`] when the pull cannot start.
-    pub async fn new(
-        js: &jetstream::Context,
-        consumer: &jetstream::consumer::PullConsumer,
-        label: &str,
-        metrics: Arc<BusMetrics>,
-    ) -> Result<Self, BusError> {
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| BusError::nats("consume", label, e))?;
-        Ok(Self {
-            messages,
-            js: js.clone(),
-            label: label.to_owned(),
-            metrics,
-            _decode: PhantomData,
-        })
-    }
-
-    /// The next message that decodes. `None` when the consumer ended; `Some(Err)` for a
-    /// transient pull problem (missed heartbeats, reconnecting): log it and call again.
-    pub async fn next(&mut self) -> Option<Result<Delivery<T>, BusError>> {
-        loop {
-            let raw = match self.messages.next().await? {
-                Ok(raw) => raw,
-                Err(e) => return Some(Err(BusError::nats("consume", self.label.clone(), e))),
-            };
-            let subject = raw.subject.to_string();
-            let span = receive_span(&subject, raw.headers.as_ref());
-            match C::decode(&raw.payload) {
-                Ok(message) => {
-                    return Some(Ok(Delivery {
-                        message,
-                        subject,
-                        headers: raw.headers.clone().unwrap_or_default(),
-                        span,
-                        raw,
-                    }));
-                }
-                Err(reason) => {
-                    warn!(parent: &span, subject = %subject, bytes = raw.payload.len(), %reason, "dead-lettering malformed message");
-                    self.metrics.count_malformed(&self.label);
-                    self.dead_letter(&raw, &subject, &reason).await;
-                    if let Err(e) = raw.ack().await {
-                        warn!(subject = %subject, error = %e, "could not ack a malformed message");
-                    }
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&self, raw: &jetstream::Message, subject: &str, reason: &str) {
-        let mut headers = raw.headers.clone().unwrap_or_default();
-        headers.insert(DEAD_REASON, reason.replace(['\r', '\n'], " "));
-        let dead = names::dead_letter_subject(subject);
-        let result = match self
-            .js
-            .publish_with_headers(dead.clone(), headers, raw.payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = result {
-            warn!(subject = %subject, dead_letter = %dead, error = %e, "could not dead-letter a malformed message");
-        }
     }
 }

@@ -5,13 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull;
-use aviary_bus::typed::{self, Consumer, Json, Subscriber};
+use aviary_bus::typed::{self, Subscriber};
 use aviary_bus::{BusError, BusErrorKind, BusMetrics, names, setup};
-use aviary_testkit::eventually;
 use common::{DEADLINE, GARBAGE, NotPing, Ping, TestResult, nats, ping};
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 
 #[tokio::test]
 async fn the_same_message_id_is_stored_once() -> TestResult {
@@ -146,66 +143,5 @@ async fn malformed_payloads_are_skipped_and_counted() -> TestResult {
         text.contains("aviary_bus_malformed_messages_total{subject=\"aviary.route.edge\"} 1"),
         "{text}"
     );
-    Ok(())
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Event {
-    id: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-#[tokio::test]
-async fn a_consumer_dead_letters_and_acks_what_it_cannot_decode() -> TestResult {
-    let (_server, _client, js) = nats().await?;
-    setup::ensure_all(&js).await?;
-    let metrics = BusMetrics::unregistered();
-    let events = js.get_stream(names::STREAM_EVENTS).await?;
-    let consumer = events
-        .create_consumer(pull::Config {
-            durable_name: Some(names::CONSUMER_NOTIFIER.into()),
-            ..Default::default()
-        })
-        .await?;
-    let subject = names::events_subject("test", "podinfo")?;
-
-    js.publish(subject.clone(), "{not json".into())
-        .await?
-        .await?;
-    let event = Event {
-        id: "test.podinfo/1/1".into(),
-        kind: "dev.aviary.rollout.progressing".into(),
-    };
-    typed::publish_dedup_json(&js, &subject, &event.id, &event).await?;
-
-    let mut deliveries: Consumer<Event, Json> =
-        Consumer::new(&js, &consumer, names::EVENTS_SUBJECTS, metrics.clone()).await?;
-    let got = tokio::time::timeout(DEADLINE, deliveries.next())
-        .await?
-        .ok_or("consumer ended")??;
-    assert_eq!(got.message, event);
-    assert_eq!(got.stream_sequence(), Some(2));
-    got.ack().await?;
-    assert_eq!(metrics.malformed(names::EVENTS_SUBJECTS), 1);
-
-    let dead = js.get_stream(names::STREAM_DEAD).await?;
-    let letter = dead.get_raw_message(1).await?;
-    assert_eq!(
-        letter.subject.as_str(),
-        names::dead_letter_subject(&subject)
-    );
-    assert_eq!(letter.payload, bytes::Bytes::from_static(b"{not json"));
-    assert!(letter.headers.get(typed::DEAD_REASON).is_some());
-
-    // Both were acked: nothing is pending for the durable consumer.
-    eventually(DEADLINE, "acks recorded", || {
-        let mut consumer = consumer.clone();
-        async move {
-            let info = consumer.info().await.ok()?;
-            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
-        }
-    })
-    .await;
     Ok(())
 }
