@@ -12,7 +12,7 @@ endif
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help bootstrap build test fmt-check clippy doc nextest helm-test demo bench fuzz clean
+.PHONY: help bootstrap build test fmt-check clippy doc deny nextest helm-test demo bench fuzz clean
 
 help:
 	@echo "make demo    set up what is missing and run real rollouts end to end"
@@ -37,13 +37,17 @@ clippy: bootstrap
 doc: bootstrap
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
+# Licenses, sources and the heavy crates that must come in one version (deny.toml).
+deny: bootstrap
+	$(CARGO) deny check bans licenses sources
+
 nextest: bootstrap
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 helm-test: bootstrap
 	@bash scripts/helm-test.sh
 
-test: bootstrap fmt-check clippy doc nextest helm-test
+test: bootstrap fmt-check clippy doc deny nextest helm-test
 
 demo: build
 	@bash scripts/demo.sh

@@ -63,6 +63,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest >/dev/null
 fi
 
+# cargo-deny checks the dependency graph's licenses, sources and banned duplicates (make test).
+if ! "$tools/bin/cargo-deny" --version >/dev/null 2>&1; then
+  log "installing cargo-deny"
+  cargo install --locked --no-default-features --root "$tools" cargo-deny >/dev/null
+fi
+
 if $fuzz; then
   if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     log "installing the nightly toolchain (cargo-fuzz builds with it)"
