@@ -325,7 +325,9 @@ function chart(name, data) {
   const pad = (hi - lo) * 0.1;
   lo -= pad; hi += pad;
   const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo));
-  const x = (i) => L + (data.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (data.length - 1));
+  // Points stay clear of the axis and the right edge, so their step labels fit.
+  const X0 = L + 22, X1 = W - R - 22;
+  const x = (i) => (data.length === 1 ? (X0 + X1) / 2 : X0 + (i * (X1 - X0)) / (data.length - 1));
   const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
   root.dataset.metric = name;
   const last = data[data.length - 1];
