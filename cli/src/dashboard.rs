@@ -11,7 +11,9 @@
 //! State-changing requests need the `x-aviary-dashboard` header (a cross-site form cannot send
 //! it, and a cross-site script cannot without a CORS preflight that is never granted) and, when
 //! the browser says where they come from, the same origin. Every response carries a strict
-//! Content-Security-Policy; the pages insert everything from the API as text.
+//! Content-Security-Policy; the pages insert everything from the API as text. Listening on
+//! loopback, it answers only requests addressed to a loopback host, so a page of another site
+//! whose name was re-pointed at 127.0.0.1 (DNS rebinding) cannot use the dashboard's token.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -102,7 +104,11 @@ pub async fn run(args: &DashboardArgs, out: &mut dyn Write) -> anyhow::Result<Ex
         }
         let _ = stop.send(true);
     };
-    axum::serve(listener, router(state))
+    let mut app = router(state);
+    if args.listen.ip().is_loopback() {
+        app = app.layer(axum::middleware::from_fn(loopback_only));
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await
         .context("serving the dashboard")?;
@@ -125,6 +131,37 @@ fn router(state: Shared) -> axum::Router {
         .route("/api/rollouts/{namespace}/{name}/{action}", post(command))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(state)
+}
+
+/// Refuses a request whose `Host` is not a loopback address or `localhost` (see the module
+/// docs: DNS rebinding).
+async fn loopback_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if host.is_some_and(is_loopback_host) {
+        next.run(request).await
+    } else {
+        Failure::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "refused: the dashboard listens on loopback and answers only for 127.0.0.1, [::1] \
+             or localhost",
+        )
+        .into_response()
+    }
+}
+
+/// Whether `host` (a `Host` header: name or address, optional port) is loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn secure_headers(mut response: Response) -> Response {
@@ -643,6 +680,28 @@ mod tests {
         let mut cross = here;
         cross[3] = ("sec-fetch-site", "cross-site");
         assert!(same_origin(&headers(&cross)).is_err());
+    }
+
+    #[test]
+    fn only_loopback_hosts_pass_on_a_loopback_listener() {
+        for host in [
+            "127.0.0.1:8470",
+            "localhost:8470",
+            "[::1]:8470",
+            "127.0.0.1",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8470",
+            "10.0.0.1:8470",
+            "localhost.evil.example",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ const PAGE_DEADLINE: Duration = Duration::from_secs(30);
 struct Dashboard {
     _process: Process,
     url: String,
+    port: u16,
 }
 
 impl Dashboard {
@@ -71,6 +72,7 @@ impl Dashboard {
         Self {
             _process: process,
             url,
+            port,
         }
     }
 }
@@ -454,6 +456,14 @@ async fn a_read_only_token_signs_in_and_sees_no_commands() {
         .await
         .unwrap();
     assert_eq!(elsewhere.status(), 403);
+    let rebound = http
+        .get(format!("{}/api/rollouts", dashboard.url))
+        .header("host", format!("attacker.example:{}", dashboard.port))
+        .header("authorization", "Bearer op-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421, "a request for another host name");
     let page = http
         .get(format!("{}/", dashboard.url))
         .send()
