@@ -16,8 +16,9 @@ use aviary_testkit::browser::Browser;
 use aviary_testkit::{Process, free_port};
 use serde_json::{Value, json};
 
-/// Slow enough (eight steps of 3 s) that the page can be watched advancing and aborted.
-const CANARY: &str = "    interval: 3s
+/// Slow enough (eight steps of 4 s) that the page can be watched advancing, refuse a command
+/// and be aborted well before the canary would be promoted.
+const CANARY: &str = "    interval: 4s
     threshold: 2
     maxWeight: 80
     stepWeight: 10
