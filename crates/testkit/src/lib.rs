@@ -9,6 +9,8 @@
 //!   Prometheus, NGINX and HAProxy the same way): spawn with arguments, capture its output to a
 //!   log file that is printed when something fails, poll a readiness probe against a deadline,
 //!   kill on drop.
+//! - [`browser::Browser`] is a headless Chromium behind its own chromedriver, driven over W3C
+//!   WebDriver, for tests of web pages.
 //! - [`kube::FakeKube`] is an in-memory Kubernetes API server that a real `kube::Client` talks
 //!   to, for controller tests.
 //! - [`free_port`] and [`tool_path`] find a port and a binary; [`eventually`] polls a condition
@@ -18,6 +20,7 @@
 // Real processes on real time: deadlines here are wall-clock deadlines.
 #![allow(clippy::disallowed_methods)]
 
+pub mod browser;
 pub mod envoy;
 pub mod haproxy;
 pub mod kube;
@@ -81,6 +84,16 @@ pub enum TestkitError {
         after: Duration,
         /// Its captured output.
         log: String,
+    },
+    /// A WebDriver command failed.
+    #[error("WebDriver {command}: {error}: {message}")]
+    WebDriver {
+        /// The command's path.
+        command: String,
+        /// WebDriver's error code, e.g. `no such element`.
+        error: String,
+        /// Its message.
+        message: String,
     },
     /// A client could not connect to a component that was started.
     #[error("connecting to {url}: {reason}")]

@@ -129,6 +129,7 @@ def test_lint_is_clean_with_defaults_and_with_everything_on() -> None:
         "metrics": {"serviceMonitor": {"enabled": True}},
         "networkPolicy": {"enabled": True},
         "controller": {"flagger": {"enabled": True, "installCRDs": True}},
+        "dashboard": {"enabled": True},
     }
     for values in (None, everything):
         report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
@@ -634,6 +635,109 @@ def test_network_policy_toggle(chart: helm.Chart) -> None:
         if rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
     ]
     assert grpc_rules == [{"ports": [{"port": "grpc", "protocol": "TCP"}], "from": [peer]}]
+
+
+# --- dashboard --------------------------------------------------------------------------------
+
+DASHBOARD = f"{FULLNAME}-dashboard"
+
+
+def test_dashboard_is_off_by_default_and_runs_aviary_dashboard_against_the_scheduler(chart: helm.Chart) -> None:
+    off = render(chart)
+    assert DASHBOARD not in off.names("Deployment") and DASHBOARD not in off.names("Service")
+    on = render(chart, {"dashboard": {"enabled": True}})
+    assert len(on.of_kind("Deployment")) == len(DEFAULTS) + 1
+    d = on.deployment("dashboard")
+    c = container(d)
+    assert c["image"] == f"aviary:{chart.metadata['appVersion']}"
+    assert c["args"] == [
+        "dashboard",
+        "--listen",
+        "0.0.0.0:8470",
+        "--server",
+        f"http://{FULLNAME}-scheduler.{NAMESPACE}.svc:50051",
+        "--list-interval",
+        "1s",
+    ]
+    # No token of its own, no NATS, no API token: visitors sign in with their own tokens.
+    assert "env" not in c
+    pod = d["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "volumes" not in pod
+    assert [p["name"] for p in c["ports"]] == ["http"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    svc = on.get("Service", DASHBOARD)
+    assert svc["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 8470, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
+    # Not scraped: it has no /metrics.
+    assert "aviary.dev/metrics" not in svc["metadata"]["labels"]
+    moved = render(chart, {"dashboard": {"enabled": True, "port": 9000, "listInterval": "5s", "extraArgs": ["--x"]}})
+    args = container(moved.deployment("dashboard"))["args"]
+    assert args[2] == "0.0.0.0:9000" and args[-3:] == ["--list-interval", "5s", "--x"]
+
+
+def test_dashboard_uses_the_control_api_tls_with_the_ca_only(chart: helm.Chart) -> None:
+    r = render(chart, {"dashboard": {"enabled": True}, "scheduler": {"tls": {"secretName": "api-tls"}}})
+    d = r.deployment("dashboard")
+    args = container(d)["args"]
+    assert args[args.index("--server") + 1] == f"https://{FULLNAME}-scheduler.{NAMESPACE}.svc:50051"
+    assert args[args.index("--ca-file") + 1] == "/etc/aviary/scheduler-ca/ca.crt"
+    (volume,) = d["spec"]["template"]["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == "api-tls"
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    (mount,) = container(d)["volumeMounts"]
+    assert mount == {"name": "scheduler-ca", "mountPath": "/etc/aviary/scheduler-ca", "readOnly": True}
+    tls = {"scheduler": {"tls": {"secretName": "api-tls", "clientAuth": True}}, "controller": {"enabled": False}}
+    with pytest.raises(helm.HelmRenderError, match="dashboard.enabled=false"):
+        chart.render({**tls, "dashboard": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    render(chart, tls)
+
+
+def test_dashboard_network_policy_admits_its_visitors_and_lets_it_reach_the_api(chart: helm.Chart) -> None:
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ci"}}}
+    visitors = {"ipBlock": {"cidr": "10.0.0.0/8"}}
+    r = render(
+        chart,
+        {
+            "dashboard": {"enabled": True},
+            "networkPolicy": {"enabled": True, "grpcFrom": [peer], "dashboardFrom": [visitors]},
+        },
+    )
+    policies = {p["metadata"]["name"]: p for p in r.of_kind("NetworkPolicy")}
+    own = policies[DASHBOARD]
+    assert own["spec"]["podSelector"]["matchLabels"] == r.deployment("dashboard")["spec"]["selector"]["matchLabels"]
+    assert own["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}], "from": [visitors]}]
+    grpc = [
+        rule
+        for rule in policies[f"{FULLNAME}-scheduler"]["spec"]["ingress"]
+        if rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    ]
+    dashboard_pods = {"podSelector": {"matchLabels": r.deployment("dashboard")["spec"]["selector"]["matchLabels"]}}
+    assert grpc == [{"ports": [{"port": "grpc", "protocol": "TCP"}], "from": [peer, dashboard_pods]}]
+    # An open gRPC rule stays open.
+    open_api = render(chart, {"dashboard": {"enabled": True}, "networkPolicy": {"enabled": True}})
+    scheduler = {p["metadata"]["name"]: p for p in open_api.of_kind("NetworkPolicy")}[f"{FULLNAME}-scheduler"]
+    assert all("from" not in rule for rule in scheduler["spec"]["ingress"])
+
+
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"dashboard": {"enabled": "yes"}}, "/dashboard/enabled"),
+        ({"dashboard": {"port": 0}}, "/dashboard/port"),
+        ({"dashboard": {"listInterval": "often"}}, "/dashboard/listInterval"),
+        ({"dashboard": {"token": "t"}}, "token"),
+        ({"networkPolicy": {"dashboardFrom": "anyone"}}, "/networkPolicy/dashboardFrom"),
+    ],
+)
+def test_dashboard_schema_rejects_bad_values(chart: helm.Chart, bad: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.validate_schema(bad)
 
 
 # --- configuration files ----------------------------------------------------------------------

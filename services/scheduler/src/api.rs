@@ -640,6 +640,22 @@ impl RolloutService for Api {
         )
         .await
     }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.authorize(&request, "WhoAmI", Role::Read)?;
+        let role = match caller.role {
+            Role::Read => pb::CallerRole::Read,
+            Role::Operator => pb::CallerRole::Operator,
+        };
+        Ok(Response::new(pb::WhoAmIResponse {
+            role: role as i32,
+            identity: caller.identity,
+            authentication: self.tokens.enabled(),
+        }))
+    }
 }
 
 /// Refusals of one caller (peer address and identity) on one method audited per window: enough

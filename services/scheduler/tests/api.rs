@@ -178,6 +178,64 @@ async fn tokens_gate_the_api_by_role() {
 }
 
 #[tokio::test]
+async fn who_am_i_names_the_token_role_and_identity() {
+    let nats = NatsServer::start().await.unwrap();
+    let (open_port, port) = (free_port().unwrap(), free_port().unwrap());
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        tokens,
+        "reader-token read auditor\noperator-token operator alice"
+    )
+    .unwrap();
+    let path = tokens.path().to_str().unwrap().to_owned();
+    // The open API on a server of its own: both replicas are replica `a`.
+    let open_nats = NatsServer::start().await.unwrap();
+    let open = Replica::start(&open_nats.url(), open_port, &[]);
+    let scheduler = Replica::start(&nats.url(), port, &["--tokens-file", &path]);
+    let mut client = api(port).await;
+    let who = |token: Option<&str>| {
+        let mut request = tonic::Request::new(pb::WhoAmIRequest {});
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    };
+
+    let reader = client.who_am_i(who(Some("reader-token"))).await.unwrap();
+    assert_eq!(
+        reader.into_inner(),
+        pb::WhoAmIResponse {
+            role: pb::CallerRole::Read as i32,
+            identity: "auditor".into(),
+            authentication: true,
+        }
+    );
+    let operator = client.who_am_i(who(Some("operator-token"))).await.unwrap();
+    assert_eq!(operator.get_ref().role(), pb::CallerRole::Operator);
+    assert_eq!(operator.get_ref().identity, "alice");
+    for token in [None, Some("wrong")] {
+        let refused = client.who_am_i(who(token)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{token:?}");
+    }
+
+    // Without a tokens file every caller is an anonymous operator, and is told so.
+    let anyone = api(open_port).await.who_am_i(who(None)).await.unwrap();
+    assert_eq!(
+        anyone.into_inner(),
+        pb::WhoAmIResponse {
+            role: pb::CallerRole::Operator as i32,
+            identity: "anonymous".into(),
+            authentication: false,
+        }
+    );
+
+    scheduler.stop().await;
+    open.stop().await;
+}
+
+#[tokio::test]
 async fn delete_removes_only_a_finished_rollout_and_audits_it() {
     let plane = Plane::start().await;
     let (client, mut api) = (plane.client.clone(), plane.api.clone());
