@@ -38,6 +38,14 @@ pub struct ClusterSpec {
     /// default backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_provider: Option<MetricProvider>,
+    /// The primary's endpoints as this cluster's ingresses reach them (`host:port`). Empty:
+    /// `spec.primary.endpoints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_endpoints: Vec<String>,
+    /// The canary's endpoints as this cluster's ingresses reach them (`host:port`). Empty:
+    /// `spec.canary.endpoints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_endpoints: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -294,7 +302,7 @@ mod tests {
                     name: (*i).to_owned(),
                 })
                 .collect(),
-            metric_provider: None,
+            ..ClusterSpec::default()
         };
         assert!(
             validate(

@@ -403,11 +403,20 @@ impl Decoder {
         })
     }
 
-    /// One of `spec.clusters`: its name, ingresses and metric provider.
+    /// One of `spec.clusters`: its name, ingresses, metric provider and endpoints.
     fn cluster(&mut self, v: &Value, path: &str) -> Option<ClusterSpec> {
-        let f = self.fields(v, path, &["name", "ingresses", "metricProvider"])?;
+        let known = [
+            "name",
+            "ingresses",
+            "metricProvider",
+            "primaryEndpoints",
+            "canaryEndpoints",
+        ];
+        let f = self.fields(v, path, &known)?;
         let mut cluster = ClusterSpec {
             name: self.string(&f, "name").unwrap_or_default(),
+            primary_endpoints: self.strings(&f, "primaryEndpoints"),
+            canary_endpoints: self.strings(&f, "canaryEndpoints"),
             ..ClusterSpec::default()
         };
         if let Some(items) = self.list(&f, "ingresses") {
@@ -1447,7 +1456,8 @@ spec:
             "  ingresses:\n    - name: edge\n",
             "  clusters:\n    - name: eu\n      ingresses: [{name: edge}]\n      \
              metricProvider: {type: prometheus, address: \"http://127.0.0.1:9090\"}\n    \
-             - name: us\n      ingresses: [{name: edge}, {name: lb}]\n  clusterPolicy: all\n",
+             - name: us\n      ingresses: [{name: edge}, {name: lb}]\n      \
+             canaryEndpoints: [\"127.0.0.2:9002\"]\n  clusterPolicy: all\n",
         );
         let rollout = parse_rollout(&yaml).unwrap();
         let spec = &rollout.spec;
@@ -1461,6 +1471,8 @@ spec:
         );
         let provider = spec.clusters[0].metric_provider.as_ref().unwrap();
         assert_eq!(provider.address.as_deref(), Some("http://127.0.0.1:9090"));
+        assert_eq!(spec.clusters[1].canary_endpoints, ["127.0.0.2:9002"]);
+        assert!(spec.clusters[1].primary_endpoints.is_empty());
         // What the API stores and returns reads back the same.
         let again = parse_rollout(&serde_yaml::to_string(&rollout).unwrap()).unwrap();
         assert_eq!(again, rollout);
@@ -1476,7 +1488,8 @@ spec:
         };
         let errs = with(
             "  clusters:\n    - name: eu\n      ingresses: [{name: Edge}]\n      \
-             metricProvider: {address: ftp://x}\n    - {name: e.u, ingresses: [], zone: a}\n  \
+             metricProvider: {address: ftp://x}\n      primaryEndpoints: [nowhere]\n    \
+             - {name: e.u, ingresses: [], zone: a}\n  \
              clusterPolicy: waves\n",
         );
         for want in [
@@ -1484,6 +1497,7 @@ spec:
             "spec.clusters[0].ingresses[0].name: \"Edge\" is not a DNS-1123 label",
             "spec.clusters[0].metricProvider.type: required",
             "spec.clusters[0].metricProvider.address: \"ftp://x\" must be",
+            "spec.clusters[0].primaryEndpoints[0]: ",
             "spec.clusters[1].zone: unknown field",
             "spec.clusters[1].name: only ASCII letters",
             "spec.clusters[1].ingresses: a cluster needs at least one ingress",

@@ -1496,7 +1496,7 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
 }
 
 /// A multi-cluster spec: the clusters as [`crate::clusters::validate`] checks them, each
-/// ingress a DNS-1123 label, each metric provider complete, no top-level `ingresses`, and no
+/// ingress a DNS-1123 label, each endpoint `host:port`, each metric provider complete, no top-level `ingresses`, and no
 /// workload mode (the controller manages one cluster's workloads).
 fn validate_clusters(s: &RolloutSpec, path: &str, c: &mut Collector) {
     let cp = field(path, "clusters");
@@ -1518,6 +1518,14 @@ fn validate_clusters(s: &RolloutSpec, path: &str, c: &mut Collector) {
         for (j, ingress) in cluster.ingresses.iter().enumerate() {
             let np = field(&index(&field(&at, "ingresses"), j), "name");
             check_label(&ingress.name, &np, true, c);
+        }
+        for (name, endpoints) in [
+            ("primaryEndpoints", &cluster.primary_endpoints),
+            ("canaryEndpoints", &cluster.canary_endpoints),
+        ] {
+            for (j, ep) in endpoints.iter().enumerate() {
+                check_endpoint(ep, &index(&field(&at, name), j), c);
+            }
         }
         if let Some(p) = &cluster.metric_provider {
             let pp = field(&at, "metricProvider");
@@ -1596,7 +1604,7 @@ impl RolloutSpec {
                         name: (*i).to_owned(),
                     })
                     .collect(),
-                metric_provider: None,
+                ..crate::clusters::ClusterSpec::default()
             })
             .collect();
         self
