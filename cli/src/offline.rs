@@ -53,7 +53,17 @@ fn id(r: &Rollout) -> String {
 /// One line per resource of a file that holds more than a single rollout.
 fn write_contents(d: &Decoded, out: &mut dyn Write) -> std::io::Result<()> {
     for r in &d.rollouts {
-        let ingresses: Vec<&str> = r.spec.ingresses.iter().map(|i| i.name.as_str()).collect();
+        let ingresses: Vec<String> = r
+            .spec
+            .ingresses
+            .iter()
+            .map(|i| i.name.clone())
+            .chain(r.spec.clusters.iter().flat_map(|c| {
+                c.ingress_names()
+                    .map(|i| format!("{}/{i}", c.name))
+                    .collect::<Vec<_>>()
+            }))
+            .collect();
         let target = r
             .spec
             .target_ref
@@ -212,6 +222,22 @@ fn write_table(rollout: &Rollout, plan: &Plan, out: &mut dyn Write) -> anyhow::R
         rollout.namespace(),
         rollout.metadata.name
     )?;
+    if !rollout.spec.clusters.is_empty() {
+        let clusters: Vec<String> = rollout
+            .spec
+            .clusters
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({})",
+                    c.name,
+                    c.ingress_names().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect();
+        let line = format!("clusters:  {} (policy all)", clusters.join(", "));
+        writeln!(out, "{}", escape(&line))?;
+    }
     if let Some(t) = &rollout.spec.target_ref {
         let provider = rollout.spec.provider.as_deref().unwrap_or("-");
         let ingresses: Vec<&str> = rollout

@@ -33,6 +33,7 @@ const EXAMPLES: &[&str] = &[
     "session-affinity.yaml",
     "steps.yaml",
     "campaign.yaml",
+    "multi-cluster.yaml",
 ];
 
 #[test]
@@ -577,4 +578,30 @@ fn a_campaign_plan_shows_its_stages_and_where_a_failing_check_returns() {
         "{table}"
     );
     assert!(table.contains("check final (failed: rollback)"), "{table}");
+}
+
+#[test]
+fn a_multi_cluster_plan_names_its_clusters_and_waves_is_refused_with_its_path() {
+    let o = aviary(&["plan", "-f", &example("multi-cluster.yaml")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("clusters:  eu (edge), us (edge) (policy all)"),
+        "{}",
+        stdout(&o)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let waves = dir.path().join("waves.yaml");
+    let text = std::fs::read_to_string(examples().join("multi-cluster.yaml")).unwrap();
+    std::fs::write(
+        &waves,
+        text.replace("clusterPolicy: all", "clusterPolicy: waves"),
+    )
+    .unwrap();
+    let o = aviary(&["validate", "-f", &waves.to_string_lossy()]);
+    assert_ne!(o.status.code(), Some(0));
+    let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        all.contains("spec.clusterPolicy: waves is not supported yet"),
+        "{all}"
+    );
 }

@@ -9,26 +9,56 @@
 //! halts it when a cluster did not answer. Each check in the folded verdict is named
 //! `<cluster>/<check>`, so status and events say which cluster failed.
 //!
-//! Not wired into [`RolloutSpec`](crate::RolloutSpec) yet: these are the pieces the scheduler
-//! uses once the spec carries `clusters:`.
+//! A [`RolloutSpec`](crate::RolloutSpec) names its clusters in `spec.clusters` and its policy
+//! in `spec.clusterPolicy`; a spec without `clusters` is single-cluster and uses
+//! `spec.ingresses`.
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 use crate::machine::{CheckResult, Outcome, Verdict};
+use crate::spec::{IngressRef, MetricProvider};
 
 /// The longest cluster name: it is one NATS subject token and a label value.
 const MAX_NAME_LEN: usize = 63;
 
-/// One member cluster of a rollout.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One member cluster of a rollout (`spec.clusters[i]`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
     /// The cluster's name, as its router agents and analyzers are started (`--cluster`).
     pub name: String,
-    /// The ingresses the rollout routes in this cluster.
-    pub ingresses: Vec<String>,
+    /// The ingresses the rollout routes in this cluster, each served by a router agent of
+    /// this cluster.
+    #[serde(default)]
+    pub ingresses: Vec<IngressRef>,
+    /// This cluster's metrics backend: the analysis asked of this cluster queries it for every
+    /// metric that names no provider address. Absent: the cluster's analyzers use their own
+    /// default backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_provider: Option<MetricProvider>,
+    /// The primary's endpoints as this cluster's ingresses reach them (`host:port`). Empty:
+    /// `spec.primary.endpoints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_endpoints: Vec<String>,
+    /// The canary's endpoints as this cluster's ingresses reach them (`host:port`). Empty:
+    /// `spec.canary.endpoints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_endpoints: Vec<String>,
 }
 
-/// How the clusters of a rollout move.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+impl ClusterSpec {
+    /// The names of this cluster's ingresses.
+    pub fn ingress_names(&self) -> impl Iterator<Item = &str> {
+        self.ingresses.iter().map(|i| i.name.as_str())
+    }
+}
+
+/// How the clusters of a rollout move (`spec.clusterPolicy`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClusterPolicy {
     /// Every cluster steps together; a step passes only when every cluster's verdict passes.
     #[default]
@@ -76,8 +106,8 @@ pub fn validate(clusters: &[ClusterSpec], path: &str) -> Vec<FieldError> {
         for (j, ingress) in cluster.ingresses.iter().enumerate() {
             if cluster.ingresses[..j].contains(ingress) {
                 errors.push(FieldError::new(
-                    format!("{at}.ingresses[{j}]"),
-                    format!("ingress {ingress:?} listed twice"),
+                    format!("{at}.ingresses[{j}].name"),
+                    format!("ingress {:?} listed twice", ingress.name),
                 ));
             }
         }
@@ -266,7 +296,13 @@ mod tests {
     fn validation_names_the_field() {
         let cluster = |name: &str, ingresses: &[&str]| ClusterSpec {
             name: name.into(),
-            ingresses: ingresses.iter().map(|i| (*i).to_owned()).collect(),
+            ingresses: ingresses
+                .iter()
+                .map(|i| IngressRef {
+                    name: (*i).to_owned(),
+                })
+                .collect(),
+            ..ClusterSpec::default()
         };
         assert!(
             validate(
@@ -287,7 +323,7 @@ mod tests {
         assert_eq!(
             paths,
             [
-                "spec.clusters[0].ingresses[1]",
+                "spec.clusters[0].ingresses[1].name",
                 "spec.clusters[1].name",
                 "spec.clusters[1].ingresses",
                 "spec.clusters[2].name",

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
+use crate::clusters::{ClusterPolicy, ClusterSpec};
 use crate::duration::{HumanDuration, parse_duration};
 use crate::error::{FieldError, ValidationErrors, Warning, field, index};
 use crate::spec::{
@@ -402,6 +403,43 @@ impl Decoder {
         })
     }
 
+    /// One of `spec.clusters`: its name, ingresses, metric provider and endpoints.
+    fn cluster(&mut self, v: &Value, path: &str) -> Option<ClusterSpec> {
+        let known = [
+            "name",
+            "ingresses",
+            "metricProvider",
+            "primaryEndpoints",
+            "canaryEndpoints",
+        ];
+        let f = self.fields(v, path, &known)?;
+        let mut cluster = ClusterSpec {
+            name: self.string(&f, "name").unwrap_or_default(),
+            primary_endpoints: self.strings(&f, "primaryEndpoints"),
+            canary_endpoints: self.strings(&f, "canaryEndpoints"),
+            ..ClusterSpec::default()
+        };
+        if let Some(items) = self.list(&f, "ingresses") {
+            for (i, item) in items.iter().enumerate() {
+                let p = index(&f.path("ingresses"), i);
+                if let Some(g) = self.fields(item, &p, &["name"]) {
+                    cluster.ingresses.push(IngressRef {
+                        name: self.string(&g, "name").unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        if let Some(p) = f.get("metricProvider")
+            && let Some(g) = self.fields(p, &f.path("metricProvider"), &["type", "address"])
+        {
+            cluster.metric_provider = Some(MetricProvider {
+                kind: self.string(&g, "type").unwrap_or_default(),
+                address: self.string(&g, "address"),
+            });
+        }
+        Some(cluster)
+    }
+
     fn metadata(&mut self, v: &Value) -> Metadata {
         let Some(f) = self.fields(v, "metadata", &["name", "namespace"]) else {
             return Metadata::default();
@@ -415,6 +453,8 @@ impl Decoder {
     fn spec(&mut self, v: &Value) -> RolloutSpec {
         let known = [
             "ingresses",
+            "clusters",
+            "clusterPolicy",
             "targetRef",
             "service",
             "provider",
@@ -442,6 +482,19 @@ impl Decoder {
                         name: self.string(&g, "name").unwrap_or_default(),
                     });
                 }
+            }
+        }
+        if let Some(items) = self.list(&f, "clusters") {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(cluster) = self.cluster(item, &index("spec.clusters", i)) {
+                    spec.clusters.push(cluster);
+                }
+            }
+        }
+        if let Some(s) = self.string(&f, "clusterPolicy") {
+            match ClusterPolicy::parse(&s, "spec.clusterPolicy") {
+                Ok(policy) => spec.cluster_policy = Some(policy),
+                Err(e) => self.err(&e.path, e.message),
             }
         }
         if let Some(t) = f.get("targetRef") {
@@ -1394,6 +1447,72 @@ spec:
             errors(&unitless)
                 .iter()
                 .any(|e| e.starts_with("spec.analysis.interval: expected a duration with a unit"))
+        );
+    }
+
+    #[test]
+    fn clusters_decode_and_round_trip() {
+        let yaml = VALID.replace(
+            "  ingresses:\n    - name: edge\n",
+            "  clusters:\n    - name: eu\n      ingresses: [{name: edge}]\n      \
+             metricProvider: {type: prometheus, address: \"http://127.0.0.1:9090\"}\n    \
+             - name: us\n      ingresses: [{name: edge}, {name: lb}]\n      \
+             canaryEndpoints: [\"127.0.0.2:9002\"]\n  clusterPolicy: all\n",
+        );
+        let rollout = parse_rollout(&yaml).unwrap();
+        let spec = &rollout.spec;
+        assert!(spec.ingresses.is_empty());
+        assert_eq!(spec.cluster_policy, Some(ClusterPolicy::All));
+        let names: Vec<_> = spec.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["eu", "us"]);
+        assert_eq!(
+            spec.clusters[1].ingress_names().collect::<Vec<_>>(),
+            ["edge", "lb"]
+        );
+        let provider = spec.clusters[0].metric_provider.as_ref().unwrap();
+        assert_eq!(provider.address.as_deref(), Some("http://127.0.0.1:9090"));
+        assert_eq!(spec.clusters[1].canary_endpoints, ["127.0.0.2:9002"]);
+        assert!(spec.clusters[1].primary_endpoints.is_empty());
+        // What the API stores and returns reads back the same.
+        let again = parse_rollout(&serde_yaml::to_string(&rollout).unwrap()).unwrap();
+        assert_eq!(again, rollout);
+    }
+
+    #[test]
+    fn cluster_errors_name_the_field() {
+        let with = |clusters: &str| {
+            errors(&VALID.replace(
+                "  ingresses:\n    - name: edge\n",
+                &format!("  ingresses:\n    - name: edge\n{clusters}"),
+            ))
+        };
+        let errs = with(
+            "  clusters:\n    - name: eu\n      ingresses: [{name: Edge}]\n      \
+             metricProvider: {address: ftp://x}\n      primaryEndpoints: [nowhere]\n    \
+             - {name: e.u, ingresses: [], zone: a}\n  \
+             clusterPolicy: waves\n",
+        );
+        for want in [
+            "spec.ingresses: give the ingresses in each of spec.clusters",
+            "spec.clusters[0].ingresses[0].name: \"Edge\" is not a DNS-1123 label",
+            "spec.clusters[0].metricProvider.type: required",
+            "spec.clusters[0].metricProvider.address: \"ftp://x\" must be",
+            "spec.clusters[0].primaryEndpoints[0]: ",
+            "spec.clusters[1].zone: unknown field",
+            "spec.clusters[1].name: only ASCII letters",
+            "spec.clusters[1].ingresses: a cluster needs at least one ingress",
+            "spec.clusterPolicy: waves is not supported yet",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        let errs = with("  clusterPolicy: some\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("spec.clusterPolicy: unknown cluster policy")),
+            "{errs:?}"
         );
     }
 

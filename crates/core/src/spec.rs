@@ -62,9 +62,17 @@ pub struct Metadata {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// Every ingress whose traffic split this rollout drives.
+    /// Every ingress whose traffic split this rollout drives (single cluster). Empty when
+    /// `clusters` names the ingresses cluster by cluster.
     #[serde(default)]
     pub ingresses: Vec<IngressRef>,
+    /// The member clusters a multi-cluster rollout spans, each with its own ingresses (served
+    /// by that cluster's router agents) and metrics backend. Empty: a single-cluster rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<crate::clusters::ClusterSpec>,
+    /// How the `clusters` move; `all` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_policy: Option<crate::clusters::ClusterPolicy>,
     /// Workload mode: the Deployment or DaemonSet the controller manages (Flagger's
     /// `targetRef`). Absent in endpoint mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1372,8 +1380,12 @@ fn check_check_step(steps: &[Step], i: usize, k: &CheckStep, path: &str, c: &mut
 
 fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
     let ip = field(path, "ingresses");
-    if s.ingresses.is_empty() {
-        c.push(&ip, "at least one ingress is required");
+    if s.clusters.is_empty() {
+        if s.ingresses.is_empty() {
+            c.push(&ip, "at least one ingress is required");
+        }
+    } else {
+        validate_clusters(s, path, c);
     }
     let mut seen = BTreeSet::new();
     for (i, ing) in s.ingresses.iter().enumerate() {
@@ -1483,6 +1495,50 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
     }
 }
 
+/// A multi-cluster spec: the clusters as [`crate::clusters::validate`] checks them, each
+/// ingress a DNS-1123 label, each endpoint `host:port`, each metric provider complete, no top-level `ingresses`, and no
+/// workload mode (the controller manages one cluster's workloads).
+fn validate_clusters(s: &RolloutSpec, path: &str, c: &mut Collector) {
+    let cp = field(path, "clusters");
+    if !s.ingresses.is_empty() {
+        c.push(
+            &field(path, "ingresses"),
+            "give the ingresses in each of spec.clusters, not here, when clusters are set",
+        );
+    }
+    if s.target_ref.is_some() {
+        c.push(
+            &field(path, "targetRef"),
+            "workload mode is single-cluster; cannot be used together with spec.clusters",
+        );
+    }
+    c.errors.extend(crate::clusters::validate(&s.clusters, &cp));
+    for (i, cluster) in s.clusters.iter().enumerate() {
+        let at = index(&cp, i);
+        for (j, ingress) in cluster.ingresses.iter().enumerate() {
+            let np = field(&index(&field(&at, "ingresses"), j), "name");
+            check_label(&ingress.name, &np, true, c);
+        }
+        for (name, endpoints) in [
+            ("primaryEndpoints", &cluster.primary_endpoints),
+            ("canaryEndpoints", &cluster.canary_endpoints),
+        ] {
+            for (j, ep) in endpoints.iter().enumerate() {
+                check_endpoint(ep, &index(&field(&at, name), j), c);
+            }
+        }
+        if let Some(p) = &cluster.metric_provider {
+            let pp = field(&at, "metricProvider");
+            if p.kind.is_empty() {
+                c.push(&field(&pp, "type"), "required");
+            }
+            if let Some(a) = &p.address {
+                check_url(a, &field(&pp, "address"), c);
+            }
+        }
+    }
+}
+
 /// Builders for tests and fixtures: `RolloutSpec::test().step_weight(20).max_weight(50)`.
 impl RolloutSpec {
     /// A valid canary spec: ingress `edge`, `podinfo-v1` → `podinfo-v2` on loopback,
@@ -1529,7 +1585,29 @@ impl RolloutSpec {
                 ..Analysis::default()
             },
             steps: None,
+            clusters: Vec::new(),
+            cluster_policy: None,
         }
+    }
+
+    /// Makes this a multi-cluster rollout over `clusters` (name, ingress names), policy `all`:
+    /// `spec.ingresses` is cleared.
+    pub fn clusters(mut self, clusters: &[(&str, &[&str])]) -> Self {
+        self.ingresses.clear();
+        self.clusters = clusters
+            .iter()
+            .map(|(name, ingresses)| crate::clusters::ClusterSpec {
+                name: (*name).to_owned(),
+                ingresses: ingresses
+                    .iter()
+                    .map(|i| IngressRef {
+                        name: (*i).to_owned(),
+                    })
+                    .collect(),
+                ..crate::clusters::ClusterSpec::default()
+            })
+            .collect();
+        self
     }
 
     /// Sets `stepWeight` (and clears `stepWeights`).

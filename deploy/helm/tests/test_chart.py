@@ -156,6 +156,9 @@ def test_lint_is_clean_with_defaults_and_with_everything_on() -> None:
         ({"nats": {"bundled": {"cluster": {"routePassword": "short"}}}}, "/nats/bundled/cluster/routePassword"),
         ({"nats": {"bundled": {"cluster": {"routeUser": "a:b@c"}}}}, "/nats/bundled/cluster/routeUser"),
         ({"analyzer": {"webhookSigning": {"keyId": "a,b"}}}, "/analyzer/webhookSigning/keyId"),
+        ({"cluster": {"name": "e.u"}}, "/cluster/name"),
+        ({"nats": {"bundled": {"leafnodes": {"port": 70000}}}}, "/nats/bundled/leafnodes/port"),
+        ({"nats": {"bundled": {"leafnodes": {"remotes": ["hub:7422"]}}}}, "/nats/bundled/leafnodes/remotes/0"),
     ],
 )
 def test_schema_rejects_invalid_values(chart: helm.Chart, bad: dict[str, Any], where: str) -> None:
@@ -1144,3 +1147,78 @@ def test_router_agent_rbac_can_be_limited_to_named_routes(chart: helm.Chart) -> 
     with pytest.raises(helm.HelmValuesError):
         chart.validate_schema({"routerAgent": {"rbac": {"routeNames": ["Bad Name"]}}})
 
+
+
+# --- multi-cluster --------------------------------------------------------------------------------
+
+
+def test_a_member_cluster_passes_its_name_to_the_router_agent_and_the_analyzer(chart: helm.Chart) -> None:
+    single = render(chart)
+    for component in ["router-agent", "analyzer", "scheduler"]:
+        assert "AVIARY_CLUSTER" not in env_of(single.deployment(component)), component
+    member = render(chart, {"cluster": {"name": "eu"}})
+    assert env_of(member.deployment("router-agent"))["AVIARY_CLUSTER"] == "eu"
+    assert env_of(member.deployment("analyzer"))["AVIARY_CLUSTER"] == "eu"
+    assert "AVIARY_CLUSTER" not in env_of(member.deployment("scheduler"))
+
+
+def test_a_hub_bundled_nats_listens_for_leaf_nodes(chart: helm.Chart) -> None:
+    r = render(chart, bundled(bundled={"leafnodes": {"port": 7422}}))
+    conf = r.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
+    assert "leafnodes {\n  port: 7422\n}" in conf, conf
+    assert "domain:" not in conf
+    ports = container(r.get("StatefulSet", f"{FULLNAME}-nats"))["ports"]
+    assert {"name": "leafnodes", "containerPort": 7422, "protocol": "TCP"} in ports
+    svc = r.get("Service", f"{FULLNAME}-nats")["spec"]["ports"]
+    assert {"name": "leafnodes", "port": 7422, "targetPort": "leafnodes"} in svc
+    # Without the port, no leaf listener.
+    plain = render(chart, bundled())
+    assert "leafnodes" not in plain.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
+
+
+def test_a_member_bundled_nats_is_a_leaf_of_the_hub_in_its_own_domain(chart: helm.Chart) -> None:
+    values = bundled(bundled={"leafnodes": {"remotes": ["nats-leaf://hub.example:7422"]}}, jetstream={"replicas": 1})
+    values["nats"]["bundled"]["replicas"] = 1
+    values["cluster"] = {"name": "eu"}
+    r = render(chart, values)
+    conf = r.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
+    assert 'domain: "eu"' in conf, conf
+    assert '{ url: "nats-leaf://hub.example:7422" }' in conf, conf
+    assert env_of(r.deployment("router-agent"))["AVIARY_CLUSTER"] == "eu"
+    # A leaf needs its cluster's name (its JetStream domain), and is not a hub too.
+    del values["cluster"]
+    with pytest.raises(helm.HelmRenderError, match="set cluster.name"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    values["cluster"] = {"name": "eu"}
+    values["nats"]["bundled"]["leafnodes"]["port"] = 7422
+    with pytest.raises(helm.HelmRenderError, match="not both"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_the_documented_hub_and_member_values_render(chart: helm.Chart) -> None:
+    """The two value sets of docs/multi-cluster.md, "Chart values"."""
+    hub = render(chart, {"nats": {"bundled": {"enabled": True, "leafnodes": {"port": 7422}}}, "routerAgent": {"enabled": False}})
+    assert "leafnodes {\n  port: 7422\n}" in hub.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
+    assert f"{FULLNAME}-router-agent" not in hub.names("Deployment")
+    member = render(
+        chart,
+        {
+            "cluster": {"name": "eu"},
+            "nats": {
+                "jetstream": {"replicas": 1},
+                "bundled": {
+                    "enabled": True,
+                    "replicas": 1,
+                    "leafnodes": {"remotes": ["nats-leaf://hub-nats.example:7422"]},
+                },
+            },
+            "analyzer": {"prometheus": {"url": "http://prometheus.eu:9090"}},
+            "scheduler": {"replicas": 0},
+            "notifier": {"enabled": False},
+            "controller": {"enabled": False},
+        },
+    )
+    assert env_of(member.deployment("analyzer"))["AVIARY_CLUSTER"] == "eu"
+    assert env_of(member.deployment("analyzer"))["AVIARY_PROMETHEUS_URL"] == "http://prometheus.eu:9090"
+    assert member.deployment("scheduler")["spec"]["replicas"] == 0
+    assert {f"{FULLNAME}-notifier", f"{FULLNAME}-controller"}.isdisjoint(member.names("Deployment"))

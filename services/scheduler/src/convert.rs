@@ -352,6 +352,60 @@ pub fn analysis_request(
     }
 }
 
+/// The analysis requests of a multi-cluster rollout for a machine request: one per member
+/// cluster, in `spec.clusters` order, each with
+///
+/// - the cluster's `metricProvider` for every metric that names no provider address;
+/// - the machine's window, the same for every cluster: it starts when the hub received the
+///   last confirming ack of the step (no member's wall clock takes part);
+/// - the variables `cluster` and `ingress` (its first ingress);
+/// - the step's webhooks in the first cluster's request only, so each hook is called once.
+///
+/// Empty for a single-cluster rollout.
+pub fn cluster_analysis_requests(
+    record: &RolloutRecord,
+    request: &machine::AnalysisRequest,
+) -> Vec<(String, pb::AnalysisRequest)> {
+    let spec = &record.rollout.spec;
+    let base = analysis_request(record, request);
+    spec.clusters
+        .iter()
+        .enumerate()
+        .map(|(i, cluster)| {
+            let mut out = base.clone();
+            if let Some(provider) = &cluster.metric_provider {
+                for metric in out
+                    .metrics
+                    .iter_mut()
+                    .filter(|m| m.provider_address.is_empty())
+                {
+                    metric.provider_type.clone_from(&provider.kind);
+                    metric.provider_address = provider.address.clone().unwrap_or_default();
+                }
+            }
+            if i > 0 {
+                out.webhooks.clear();
+            }
+            out.variables.insert("cluster".into(), cluster.name.clone());
+            out.variables.insert(
+                "ingress".into(),
+                cluster
+                    .ingress_names()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            (cluster.name.clone(), out)
+        })
+        .collect()
+}
+
+/// The member cluster whose analyzers call a multi-cluster rollout's gates and hooks: the first
+/// of `spec.clusters` (`None`: single-cluster, the unqualified queue group).
+pub fn hook_cluster(record: &RolloutRecord) -> Option<String> {
+    record.rollout.spec.clusters.first().map(|c| c.name.clone())
+}
+
 /// A webhook-only request (gates and hooks).
 pub fn webhook_request(
     record: &RolloutRecord,
@@ -817,6 +871,85 @@ mod tests {
                 .unwrap_or_default()
                 .session_affinity
                 .is_none()
+        );
+    }
+
+    fn record_of(spec: RolloutSpec) -> RolloutRecord {
+        let status = machine::RolloutStatus::new(&spec, 1);
+        RolloutRecord {
+            manifest: crate::record::Manifest::new(""),
+            rollout: aviary_core::spec::Rollout {
+                api_version: aviary_core::spec::API_VERSION.into(),
+                kind: aviary_core::spec::KIND.into(),
+                metadata: aviary_core::spec::Metadata {
+                    name: "podinfo".into(),
+                    namespace: Some("test".into()),
+                },
+                spec,
+            },
+            generation: 1,
+            status,
+            commands: Vec::new(),
+            outbox: Vec::new(),
+            last_checks: Vec::new(),
+            event_seq: 0,
+        }
+    }
+
+    #[test]
+    fn each_member_cluster_gets_its_request_its_provider_and_the_hooks_once() {
+        let mut spec = RolloutSpec::test().clusters(&[("eu", &["edge"]), ("us", &["lb", "edge"])]);
+        spec.clusters[1].metric_provider = Some(aviary_core::spec::MetricProvider {
+            kind: "prometheus".into(),
+            address: Some("http://127.0.0.1:9091".into()),
+        });
+        spec.clusters[1].canary_endpoints = vec!["127.0.0.2:9002".into()];
+        let record = record_of(spec.clone());
+        let targets = record.ingresses();
+        let labels: Vec<_> = targets.iter().map(|t| t.label()).collect();
+        assert_eq!(labels, ["eu/edge", "us/lb", "us/edge"]);
+        assert!(targets[0].endpoints.is_empty());
+        let us_edge: Vec<_> = targets[2].endpoints.iter().collect();
+        assert_eq!(
+            us_edge,
+            [(&"podinfo-v2".to_owned(), &vec!["127.0.0.2:9002".to_owned()])]
+        );
+        let request = machine::AnalysisRequest {
+            seq: 4,
+            step: 1,
+            window_start_ms: 1_000,
+            window_end_ms: 61_000,
+            canary_weight: 10,
+            metrics: spec.analysis.metrics.clone(),
+            webhooks: vec![Webhook {
+                name: "smoke".into(),
+                kind: aviary_core::spec::WebhookType::Rollout,
+                url: "http://127.0.0.1:8090/smoke".into(),
+                ..Webhook::default()
+            }],
+        };
+        let requests = cluster_analysis_requests(&record, &request);
+        let clusters: Vec<_> = requests.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(clusters, ["eu", "us"]);
+        let (eu, us) = (&requests[0].1, &requests[1].1);
+        assert_eq!(eu.metrics[0].provider_address, "");
+        assert_eq!(us.metrics[0].provider_address, "http://127.0.0.1:9091");
+        assert_eq!(us.metrics[0].provider_type, "prometheus");
+        assert_eq!((eu.webhooks.len(), us.webhooks.len()), (1, 0));
+        for (cluster, r) in &requests {
+            assert_eq!((r.window_start_ms, r.window_end_ms), (1_000, 61_000));
+            assert_eq!(r.variables.get("cluster"), Some(cluster));
+        }
+        assert_eq!(us.variables.get("ingress").map(String::as_str), Some("lb"));
+        assert_eq!(hook_cluster(&record).as_deref(), Some("eu"));
+        // A single-cluster rollout asks no member cluster.
+        let single = record_of(RolloutSpec::test());
+        assert!(cluster_analysis_requests(&single, &request).is_empty());
+        assert_eq!(hook_cluster(&single), None);
+        let targets = single.ingresses();
+        assert_eq!(
+            (targets[0].cluster.as_ref(), targets[0].label().as_str()),
+            (None, "edge")
         );
     }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use aviary_bus::BusError;
 use aviary_bus::kv::{Bucket, Entry};
+use aviary_core::clusters::fold_verdicts;
 use aviary_core::machine::{Action, Env, Input, Machine, RolloutStatus};
+use futures::future::join_all;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -535,6 +537,39 @@ impl Driver {
                         let _ = inputs.send(input).await;
                     });
                 }
+                Action::RequestAnalysis(request) if !record.rollout.spec.clusters.is_empty() => {
+                    let requests = convert::cluster_analysis_requests(record, &request);
+                    let policy = record.rollout.spec.cluster_policy.unwrap_or_default();
+                    let shared = self.shared.clone();
+                    let inputs = self.inputs.clone();
+                    let seq = request.seq;
+                    tokio::spawn(async move {
+                        let asks = requests.iter().map(|(cluster, request)| {
+                            shared.effects.analyze_in(Some(cluster), request)
+                        });
+                        let answers: Vec<_> = join_all(asks)
+                            .await
+                            .into_iter()
+                            .zip(&requests)
+                            .map(|(answer, (cluster, _))| {
+                                let verdict = match answer {
+                                    Ok(verdict) => Some(convert::verdict(seq, &verdict)),
+                                    // No analyzer of the cluster answered: no verdict, a halt.
+                                    Err(
+                                        BusError::Timeout { .. } | BusError::NoResponders { .. },
+                                    ) => {
+                                        warn!(%cluster, "no verdict from the cluster's analyzers");
+                                        None
+                                    }
+                                    Err(error) => Some(error_verdict(seq, &error)),
+                                };
+                                (cluster.as_str(), verdict)
+                            })
+                            .collect();
+                        let folded = fold_verdicts(policy, seq, &answers);
+                        let _ = inputs.send(Input::Verdict(folded)).await;
+                    });
+                }
                 Action::RequestAnalysis(request) => {
                     let pb_request = convert::analysis_request(record, &request);
                     let shared = self.shared.clone();
@@ -557,6 +592,7 @@ impl Driver {
                     let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
                     let request = convert::webhook_request(record, seq, &webhooks);
+                    let cluster = convert::hook_cluster(record);
                     tokio::spawn(async move {
                         // A gate with no webhooks is held by the API alone (Approve opens it).
                         let input = if webhooks.is_empty() {
@@ -566,7 +602,11 @@ impl Driver {
                                 open: false,
                             }
                         } else {
-                            match shared.effects.analyze(&request).await {
+                            match shared
+                                .effects
+                                .analyze_in(cluster.as_deref(), &request)
+                                .await
+                            {
                                 // A rollback hook polled with the gate asked for rollback.
                                 Ok(v) if convert::verdict(seq, &v).rollback_requested => {
                                     Input::RollbackRequested { seq }
@@ -595,8 +635,13 @@ impl Driver {
                     let inputs = self.inputs.clone();
                     let request =
                         convert::webhook_request(record, seq, std::slice::from_ref(&webhook));
+                    let cluster = convert::hook_cluster(record);
                     tokio::spawn(async move {
-                        let input = match shared.effects.analyze(&request).await {
+                        let input = match shared
+                            .effects
+                            .analyze_in(cluster.as_deref(), &request)
+                            .await
+                        {
                             Ok(v) => {
                                 let passed = v.outcome == aviary_proto::Outcome::Pass as i32;
                                 let reason = v
@@ -624,8 +669,13 @@ impl Driver {
                     let shared = self.shared.clone();
                     let seq = record.status.seq;
                     let request = convert::webhook_request(record, seq, &webhooks);
+                    let cluster = convert::hook_cluster(record);
                     let call = async move {
-                        let failed = match shared.effects.analyze(&request).await {
+                        let failed = match shared
+                            .effects
+                            .analyze_in(cluster.as_deref(), &request)
+                            .await
+                        {
                             Ok(verdict) => convert::failed_hooks(&verdict),
                             Err(error) => vec![format!("not called: {error}")],
                         };

@@ -6,9 +6,17 @@
 //!   every agent acknowledged the split it observed. A missing or failed ack is reported, never
 //!   ignored.
 //! - Analysis: one request to the analyzer queue group, answered with a verdict.
+//! - Member clusters (a rollout with `spec.clusters`): a cluster's ingress gets its command on
+//!   the cluster-qualified subject, and its desired route is written to the routes bucket in
+//!   that cluster's own JetStream domain (the one its router agents reconcile from, reached
+//!   over the leaf link), never to the hub's, where an agent of the same ingress name would
+//!   take it. Each cluster's analysis goes to that cluster's analyzers. A cluster whose link is
+//!   down gets neither write nor command through: its ingresses do not confirm, the step halts.
 //! - Audit: events go to the events stream with their id as `Nats-Msg-Id`, so a re-publish after
 //!   a takeover is dropped as a duplicate.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Client;
@@ -21,6 +29,30 @@ use aviary_proto::{
     AnalysisRequest, DesiredRoute, RouteAck, RouteCommand, Verdict, WorkloadAck, WorkloadCommand,
 };
 use futures::future::join_all;
+use tokio::sync::Mutex;
+
+/// One ingress a route goes to: a single-cluster ingress, or an ingress of a member cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressTarget {
+    /// The member cluster (`None`: single-cluster, the unqualified subjects and hub KV).
+    pub cluster: Option<String>,
+    /// The ingress name its router agent owns.
+    pub ingress: String,
+    /// The endpoints of a backend, by its name (`spec.primary.name`, `spec.canary.name`), as
+    /// this ingress reaches them, in place of the route's; a backend not named here keeps the
+    /// route's. By name, not by side: the finalising route swaps the sides.
+    pub endpoints: BTreeMap<String, Vec<String>>,
+}
+
+impl IngressTarget {
+    /// How acks, halts and status name this ingress: `<cluster>/<ingress>`, or the ingress.
+    pub fn label(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => format!("{cluster}/{}", self.ingress),
+            None => self.ingress.clone(),
+        }
+    }
+}
 
 /// Every ingress acknowledged the split.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +76,8 @@ pub struct Effects {
     routes: Bucket<DesiredRoute, Proto>,
     route_timeout: Duration,
     analysis_timeout: Duration,
+    /// The routes bucket of each member cluster's JetStream domain, opened on first use.
+    cluster_routes: Arc<Mutex<HashMap<String, Bucket<DesiredRoute, Proto>>>>,
 }
 
 impl Effects {
@@ -63,6 +97,7 @@ impl Effects {
             routes,
             route_timeout,
             analysis_timeout,
+            cluster_routes: Arc::default(),
         })
     }
 
@@ -77,13 +112,13 @@ impl Effects {
     }
 
     /// Records `command`'s route as the desired state of each ingress, sends it to each ingress's
-    /// agent, and waits for all acks.
+    /// agent, and waits for all acks. Each ack names its ingress by [`IngressTarget::label`].
     ///
     /// Errors: [`RouteFailed`] naming each ingress that did not confirm and why (no agent, timeout,
     /// an apply error, or an observed split that differs from the one asked for).
     pub async fn apply_route(
         &self,
-        ingresses: &[String],
+        ingresses: &[IngressTarget],
         command: &RouteCommand,
     ) -> Result<RouteConfirmed, RouteFailed> {
         let Some(route) = command.route.as_ref() else {
@@ -91,15 +126,28 @@ impl Effects {
         };
         let rollout = route.rollout.clone().unwrap_or_default();
         let rollout = &rollout;
-        let sends = ingresses.iter().map(|ingress| async move {
+        let sends = ingresses.iter().map(|target| async move {
             let mut command = command.clone();
             if let Some(route) = command.route.as_mut() {
-                route.ingress = ingress.clone();
+                route.ingress = target.ingress.clone();
+                for backend in [route.primary.as_mut(), route.canary.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(endpoints) = target.endpoints.get(&backend.name) {
+                        backend.endpoints.clone_from(endpoints);
+                    }
+                }
             }
+            let label = target.label();
             let result = self
-                .send_route(ingress, &rollout.namespace, &rollout.name, &command)
-                .await;
-            (ingress.clone(), result)
+                .send_route(target, &rollout.namespace, &rollout.name, &command)
+                .await
+                .map(|ack| RouteAck {
+                    ingress: label.clone(),
+                    ..ack
+                });
+            (label, result)
         });
         let mut failures = Vec::new();
         let mut acks = Vec::new();
@@ -138,18 +186,46 @@ impl Effects {
 
     async fn send_route(
         &self,
-        ingress: &str,
+        target: &IngressTarget,
         namespace: &str,
         name: &str,
         command: &RouteCommand,
     ) -> Result<RouteAck, BusError> {
-        let key = names::route_key(ingress, namespace, name)?;
+        let cluster = target.cluster.as_deref();
+        let key = names::route_key(&target.ingress, namespace, name)?;
         if let Some(route) = &command.route {
             // Single writer: only the lease holder of this rollout writes its routes.
-            self.routes.put(&key, route).await?;
+            match cluster {
+                None => {
+                    self.routes.put(&key, route).await?;
+                }
+                Some(cluster) => {
+                    // Over the leaf link: bounded like the command, so a link that hangs
+                    // halts the step instead of holding it.
+                    let put = async { self.cluster_routes(cluster).await?.put(&key, route).await };
+                    tokio::time::timeout(self.route_timeout, put)
+                        .await
+                        .map_err(|_| BusError::Timeout {
+                            subject: format!("the routes bucket of {}", target.label()),
+                        })??;
+                }
+            }
         }
-        let subject = names::route_subject(ingress)?;
+        let subject = names::cluster_route_subject(cluster, &target.ingress)?;
         typed::request(&self.client, &subject, command, self.route_timeout).await
+    }
+
+    /// The routes bucket in member cluster `cluster`'s JetStream domain (opened once, over the
+    /// leaf link; a failed open is tried again on the next route).
+    async fn cluster_routes(&self, cluster: &str) -> Result<Bucket<DesiredRoute, Proto>, BusError> {
+        let mut buckets = self.cluster_routes.lock().await;
+        if let Some(bucket) = buckets.get(cluster) {
+            return Ok(bucket.clone());
+        }
+        let js = jetstream::with_domain(self.client.clone(), names::parse_cluster(cluster)?);
+        let bucket = Bucket::open(&js, names::BUCKET_ROUTES).await?;
+        buckets.insert(cluster.to_owned(), bucket.clone());
+        Ok(bucket)
     }
 
     /// Asks the acting controller to carry out a workload operation (workload mode).
@@ -172,6 +248,18 @@ impl Effects {
     /// pre-rollout test is not cut short. Other rollouts do not wait meanwhile: each request
     /// is its own task.
     pub async fn analyze(&self, request: &AnalysisRequest) -> Result<Verdict, BusError> {
+        self.analyze_in(None, request).await
+    }
+
+    /// [`Effects::analyze`], asked of member cluster `cluster`'s analyzers (`None`: the
+    /// single-cluster queue group).
+    ///
+    /// Errors: as [`Effects::analyze`].
+    pub async fn analyze_in(
+        &self,
+        cluster: Option<&str>,
+        request: &AnalysisRequest,
+    ) -> Result<Verdict, BusError> {
         let hooks = aviary_core::spec::longest_webhook_call(
             request
                 .webhooks
@@ -182,7 +270,8 @@ impl Effects {
             self.analysis_timeout
                 .max(longest + Duration::from_millis(aviary_core::machine::HOOK_ANSWER_MARGIN_MS))
         });
-        typed::request(&self.client, names::ANALYSIS_REQUEST, request, timeout).await
+        let subject = names::analysis_subject(cluster)?;
+        typed::request(&self.client, &subject, request, timeout).await
     }
 
     /// Appends an audit event to the events stream (de-duplicated by its id).

@@ -1,10 +1,14 @@
 //! The rollout record: one JSON value per rollout in the rollouts bucket, written only by CAS.
 
+use std::collections::BTreeMap;
+
 use aviary_core::Rollout;
 use aviary_core::machine::{Command, Phase, RolloutStatus, Wait};
 use aviary_proto::events::{AuditEvent, MetricValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::effects::IngressTarget;
 
 /// The manifest as applied, kept as its encoded JSON string: it is written with every decision
 /// and changes only with an `Apply`, so it is escaped once rather than on every write.
@@ -99,14 +103,30 @@ impl RolloutRecord {
         )
     }
 
-    /// The ingress names this rollout drives.
-    pub fn ingresses(&self) -> Vec<String> {
-        self.rollout
-            .spec
-            .ingresses
-            .iter()
-            .map(|i| i.name.clone())
-            .collect()
+    /// Every ingress this rollout drives: those of `spec.ingresses`, or, for a multi-cluster
+    /// rollout, each member cluster's (with that cluster's endpoints, when it gives them).
+    pub fn ingresses(&self) -> Vec<IngressTarget> {
+        let spec = &self.rollout.spec;
+        let single = spec.ingresses.iter().map(|i| IngressTarget {
+            cluster: None,
+            ingress: i.name.clone(),
+            endpoints: BTreeMap::new(),
+        });
+        let members = spec.clusters.iter().flat_map(|c| {
+            c.ingress_names().map(|ingress| IngressTarget {
+                cluster: Some(c.name.clone()),
+                ingress: ingress.to_owned(),
+                endpoints: [
+                    (&spec.primary.name, &c.primary_endpoints),
+                    (&spec.canary.name, &c.canary_endpoints),
+                ]
+                .into_iter()
+                .filter(|(_, endpoints)| !endpoints.is_empty())
+                .map(|(name, endpoints)| (name.clone(), endpoints.clone()))
+                .collect(),
+            })
+        });
+        single.chain(members).collect()
     }
 }
 
