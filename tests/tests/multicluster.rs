@@ -4,7 +4,8 @@
 //! (`--cluster`) reading that Prometheus. Policy `all`: both clusters healthy promotes both (as
 //! clients of both Envoys see it); one cluster's failing canary rolls back both; one member's
 //! link cut halts the rollout where it is and it resumes, and succeeds, when the link returns.
-
+// Real processes on real time: its deadlines are wall-clock deadlines.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::path::Path;
