@@ -128,9 +128,13 @@ async fn run(
     };
     info!(phase = %driver.entry.value.status.phase, "took ownership");
     Box::pin(driver.publish_outbox()).await;
-    // Resume: a spec change first, then queued commands, then a tick that re-issues whatever was
-    // outstanding when the previous owner stopped.
+    // Resume: a spec change first, then queued commands, then the request the previous owner
+    // was waiting on (its answer cannot reach this driver), then a tick that re-sends whatever
+    // else is due.
     if let Err(exit) = Box::pin(driver.catch_up()).await {
+        return exit;
+    }
+    if let Err(exit) = Box::pin(driver.handle(Input::TookOver, None)).await {
         return exit;
     }
     if let Err(exit) = Box::pin(driver.handle(Input::Tick, None)).await {

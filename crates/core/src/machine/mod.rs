@@ -223,6 +223,7 @@ impl Cx<'_> {
     fn handle(&mut self, input: Input) -> Result<(), CommandError> {
         match input {
             Input::Tick => self.tick(),
+            Input::TookOver => self.reissue(),
             Input::RouteConfirmed { seq, observed } => self.route_confirmed(seq, observed),
             Input::RouteFailed { seq, reason } => self.route_failed(seq, &reason),
             Input::Verdict(v) => self.verdict(v),
@@ -807,6 +808,19 @@ impl Cx<'_> {
     }
 
     fn request_analysis(&mut self) {
+        let seq = self.next_seq();
+        let (request, answer_timeout) = self.analysis_request(seq, self.now);
+        self.st.wait = Wait::Verdict {
+            seq,
+            requested_at_ms: self.now,
+        };
+        self.acts.push(Action::RequestAnalysis(request));
+        self.schedule(self.now + answer_timeout);
+    }
+
+    /// The analysis request `seq` of the current step, for the window ending at `window_end`,
+    /// and how long its answer may take.
+    fn analysis_request(&self, seq: u64, window_end: u64) -> (AnalysisRequest, u64) {
         // Held by a closed confirm-traffic-increase gate, the split served is the step before
         // the one the gate holds back.
         let step = match self.st.gate_hold {
@@ -826,26 +840,55 @@ impl Cx<'_> {
         let mut webhooks = self.m.webhooks(WebhookType::Rollout);
         webhooks.extend(self.m.webhooks(WebhookType::Rollback));
         let answer_timeout = self.m.answer_timeout_for(&webhooks);
-        let seq = self.next_seq();
         let window_start = self
             .st
             .window_start_ms
             .or(self.st.step_started_at_ms)
-            .unwrap_or(self.now);
-        self.st.wait = Wait::Verdict {
-            seq,
-            requested_at_ms: self.now,
-        };
-        self.acts.push(Action::RequestAnalysis(AnalysisRequest {
+            .unwrap_or(window_end);
+        let request = AnalysisRequest {
             seq,
             step,
             window_start_ms: window_start,
-            window_end_ms: self.now,
+            window_end_ms: window_end,
             canary_weight: self.st.route.as_ref().map_or(0, |r| r.canary_weight),
             metrics,
             webhooks,
-        }));
-        self.schedule(self.now + answer_timeout);
+        };
+        (request, answer_timeout)
+    }
+
+    /// After a takeover, sends again the request the rollout waits on (a gate's hooks, a check,
+    /// a step's analysis), exactly as it was: the same seq, so the same idempotency key (an
+    /// analyzer still working on it shares the call), and the same window. Its deadline stays
+    /// as it was; a route in flight is re-sent by the next tick as always.
+    fn reissue(&mut self) {
+        match self.st.wait.clone() {
+            Wait::Gate {
+                gate,
+                seq: Some(seq),
+            } => {
+                let webhooks = self.gate_webhooks(gate);
+                self.acts.push(Action::CheckGate {
+                    seq,
+                    gate,
+                    webhooks,
+                });
+            }
+            Wait::Check { seq: Some(seq) } => {
+                if let Some(check) = self.current_check() {
+                    let webhook = check.webhook();
+                    self.acts.push(Action::RunCheck { seq, webhook });
+                }
+            }
+            Wait::Verdict {
+                seq,
+                requested_at_ms,
+            } => {
+                let (request, _) = self.analysis_request(seq, requested_at_ms);
+                self.acts.push(Action::RequestAnalysis(request));
+            }
+            _ => {}
+        }
     }
 
     /// Observe the same route for another interval; the next window starts where the last
@@ -1041,6 +1084,18 @@ impl Cx<'_> {
             gate,
             seq: Some(seq),
         };
+        let webhooks = self.gate_webhooks(gate);
+        let answer_timeout = self.m.answer_timeout_for(&webhooks);
+        self.acts.push(Action::CheckGate {
+            seq,
+            gate,
+            webhooks,
+        });
+        self.schedule(self.now + answer_timeout);
+    }
+
+    /// The hooks a `gate` check calls.
+    fn gate_webhooks(&self, gate: WebhookType) -> Vec<Webhook> {
         let mut webhooks = self.m.webhooks(gate);
         // Flagger polls rollback hooks in its Waiting phase too: a 2xx rolls back a rollout
         // still held by a closed confirm-rollout gate.
@@ -1050,13 +1105,7 @@ impl Cx<'_> {
         {
             webhooks.extend(self.m.webhooks(WebhookType::Rollback));
         }
-        let answer_timeout = self.m.answer_timeout_for(&webhooks);
-        self.acts.push(Action::CheckGate {
-            seq,
-            gate,
-            webhooks,
-        });
-        self.schedule(self.now + answer_timeout);
+        webhooks
     }
 
     fn gate_result(&mut self, seq: u64, gate: WebhookType, open: bool) {

@@ -653,6 +653,63 @@ fn an_unanswered_pre_rollout_gate_halts_and_never_counts_a_failed_check() {
 }
 
 #[test]
+fn a_new_owner_asks_again_exactly_what_the_previous_one_was_waiting_on() {
+    let spec = canary(20, 10, 1).webhook("pre", WebhookType::PreRollout);
+    let mut sim = Sim::new(spec);
+    // Nothing is outstanding before the first route: a takeover asks for nothing.
+    assert!(sim.input(Input::TookOver).is_empty());
+    sim.input(Input::Tick);
+    sim.confirm_route();
+
+    // A gate in flight: the same hooks again, under the same seq (the same idempotency key),
+    // with its deadline unchanged and nothing else moved.
+    let Wait::Gate { seq: Some(g), gate } = sim.st.wait else {
+        panic!("{:?}", sim.st.wait)
+    };
+    let (deadline, before) = (sim.st.next_tick_at_ms, sim.st.clone());
+    sim.now += 1_000;
+    let acts = sim.input(Input::TookOver);
+    assert!(
+        matches!(acts.as_slice(), [Action::CheckGate { seq, gate: again, webhooks }]
+            if *seq == g && *again == gate && webhooks.len() == 1),
+        "{acts:?}"
+    );
+    assert_eq!(sim.st.next_tick_at_ms, deadline);
+    assert_eq!(sim.st, before);
+    sim.input(Input::GateResult {
+        seq: g,
+        gate,
+        open: true,
+    });
+    assert_eq!(sim.st.phase, Phase::Progressing);
+
+    // An analysis in flight: the same request, the same window.
+    sim.confirm_route();
+    sim.now = sim.st.next_tick_at_ms.expect("an interval to wait");
+    let sent = sim.input(Input::Tick);
+    let Some(Action::RequestAnalysis(first)) = sent
+        .iter()
+        .find(|a| matches!(a, Action::RequestAnalysis(_)))
+        .cloned()
+    else {
+        panic!("{sent:?}")
+    };
+    sim.now += 5_000;
+    let acts = sim.input(Input::TookOver);
+    assert!(
+        matches!(acts.as_slice(), [Action::RequestAnalysis(again)] if *again == first),
+        "{acts:?} vs {first:?}"
+    );
+    let routes = sim.routes().len();
+    sim.input(Input::Verdict(verdict(first.seq, Outcome::Pass)));
+    assert!(
+        !matches!(sim.st.wait, Wait::Verdict { .. }) && sim.routes().len() == routes + 1,
+        "the answer to the re-sent request moves the rollout on: {:?}",
+        sim.st.wait
+    );
+}
+
+#[test]
 fn gates_hold_and_open() {
     let spec = canary(20, 10, 2)
         .webhook("start", WebhookType::ConfirmRollout)

@@ -349,6 +349,9 @@ impl Command {
 pub enum Input {
     /// Time passed (the scheduler ticks at `next_tick_at_ms`, or any time).
     Tick,
+    /// A new owner took the rollout over (or the same replica restarted its driver): an answer
+    /// to a request the previous owner sent can no longer reach it, so the machine asks again.
+    TookOver,
     /// Every ingress acknowledged the route `seq` and reported what it serves.
     RouteConfirmed {
         /// The route's sequence number.
