@@ -148,7 +148,7 @@ pub struct Published {
 }
 
 /// Publishes `msg` to the JetStream stream bound to `subject` with `Nats-Msg-Id: msg_id`
-/// (see [`names::idempotency_key`]), and waits for the stream's ack. A second publish with the
+/// (see [`names::idempotency_key`](crate::names::idempotency_key)), and waits for the stream's ack. A second publish with the
 /// same id within the stream's duplicate window is acked with `duplicate: true` and not
 /// stored again, so retrying is always safe.
 ///
@@ -396,7 +396,7 @@ impl<M, C: Codec<M>> Subscriber<M, C> {
     }
 
     /// Subscribes to `subject` in queue group `queue` (each message goes to one member), e.g.
-    /// [`names::ANALYSIS_REQUEST`] in [`names::QUEUE_ANALYZER`].
+    /// [`names::ANALYSIS_REQUEST`](crate::names::ANALYSIS_REQUEST) in [`names::QUEUE_ANALYZER`](crate::names::QUEUE_ANALYZER).
     ///
     /// # Errors
     /// [`BusError::Nats`] when the subscription cannot be made.
