@@ -121,6 +121,24 @@ pub type Result<T, E = TestkitError> = std::result::Result<T, E>;
 /// the poll, slow enough not to starve two cores.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Polls `f` every [`POLL_INTERVAL`] until it returns `Ok`, and returns that; when `deadline`
+/// (wall-clock time) passes first, returns the last `Err`, so that the test can report what was
+/// still wrong rather than only that time ran out.
+pub async fn eventually_or<F, Fut, T, E>(deadline: Duration, mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    loop {
+        let last = f().await;
+        if last.is_ok() || started.elapsed() >= deadline {
+            return last;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Polls `f` every [`POLL_INTERVAL`] until it returns `Some`, and returns that value.
 ///
 /// # Panics

@@ -94,6 +94,36 @@ async fn owners(leases: &Bucket<LeaseValue>) -> HashMap<String, String> {
     out
 }
 
+/// Each rollout of `names` not yet promoted, as a line saying where it stands and who holds it;
+/// empty when all are.
+async fn unfinished(
+    records: &Bucket<RolloutRecord>,
+    leases: &Bucket<LeaseValue>,
+    names: &[String],
+) -> Vec<String> {
+    let mut left = Vec::new();
+    for name in names {
+        let key = names::rollout_key("test", name).unwrap();
+        let Ok(Some(record)) = records.get(&key).await else {
+            left.push(format!("{name}: record unreadable"));
+            continue;
+        };
+        let status = &record.value.status;
+        if status.phase.to_string() == "Succeeded" {
+            continue;
+        }
+        let owner = match leases.get(&key).await {
+            Ok(Some(lease)) => lease.value.owner,
+            _ => "none".to_owned(),
+        };
+        left.push(format!(
+            "{name}: phase {} weight {} seq {} wait {:?} owner {owner:?}",
+            status.phase, status.canary_weight, status.seq, status.wait
+        ));
+    }
+    left
+}
+
 /// Every audit event of the stream, as `(rollout subject, event)`, read once in order.
 async fn all_events(client: &async_nats::Client) -> Vec<(String, serde_json::Value)> {
     let js = async_nats::jetstream::new(client.clone());
@@ -226,21 +256,28 @@ async fn replicas_share_evenly_and_a_killed_ones_rollouts_lose_and_double_no_ste
     })
     .await;
 
-    // Every rollout promoted…
-    aviary_testkit::eventually(Duration::from_secs(90), "every rollout succeeds", || {
-        let (records, names_) = (records.clone(), names_.clone());
+    // Every rollout promoted; if not, the report names each one left, where it stands and who
+    // holds it, with the replicas' logs.
+    let left = aviary_testkit::eventually_or(Duration::from_secs(90), || {
+        let (records, leases, names_) = (records.clone(), leases.clone(), names_.clone());
         async move {
-            for name in &names_ {
-                let key = names::rollout_key("test", name).unwrap();
-                let record = records.get(&key).await.ok()??;
-                if record.value.status.phase.to_string() != "Succeeded" {
-                    return None;
-                }
-            }
-            Some(())
+            let left = unfinished(&records, &leases, &names_).await;
+            if left.is_empty() { Ok(()) } else { Err(left) }
         }
     })
     .await;
+    if let Err(left) = left {
+        let logs: String = replicas
+            .iter()
+            .map(|r| format!("--- {} ---\n{}", r.id, r.process.log()))
+            .collect();
+        panic!(
+            "{} rollouts not promoted after 90 s:\n{}\n{logs}\n--- a (killed) ---\n{}",
+            left.len(),
+            left.join("\n"),
+            a.process.log()
+        );
+    }
 
     // …with each step announced once, in order, none missing, and one success.
     let mut steps: BTreeMap<String, Vec<u64>> = BTreeMap::new();

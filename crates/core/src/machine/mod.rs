@@ -857,12 +857,21 @@ impl Cx<'_> {
         (request, answer_timeout)
     }
 
-    /// After a takeover, sends again the request the rollout waits on (a gate's hooks, a check,
-    /// a step's analysis), exactly as it was: the same seq, so the same idempotency key (an
-    /// analyzer still working on it shares the call), and the same window. Its deadline stays
-    /// as it was; a route in flight is re-sent by the next tick as always.
+    /// After a takeover, sends again what the rollout waits on (a route, a workload operation,
+    /// the finalise, a gate's hooks, a check, a step's analysis), exactly as it was: the same
+    /// seq, so the same idempotency key (an analyzer still working on it shares the call), and
+    /// the same window. Its deadline stays as it was. The previous owner's answer can never
+    /// reach the new one, so without this the rollout would sit until that deadline (for a
+    /// route, [`ROUTE_ACK_TIMEOUT_MS`]).
     fn reissue(&mut self) {
         match self.st.wait.clone() {
+            Wait::Route { .. } => {
+                if let Some(route) = self.st.route.clone() {
+                    self.acts.push(Action::ApplyRoute(route));
+                }
+            }
+            Wait::Workload { op, seq, .. } => self.acts.push(Action::Workload { seq, op }),
+            Wait::Finalise { seq, .. } => self.acts.push(Action::Finalise { seq }),
             Wait::Gate {
                 gate,
                 seq: Some(seq),

@@ -658,7 +658,25 @@ fn a_new_owner_asks_again_exactly_what_the_previous_one_was_waiting_on() {
     let mut sim = Sim::new(spec);
     // Nothing is outstanding before the first route: a takeover asks for nothing.
     assert!(sim.input(Input::TookOver).is_empty());
-    sim.input(Input::Tick);
+    let sent = sim.input(Input::Tick);
+    let Some(Action::ApplyRoute(route)) = sent
+        .iter()
+        .find(|a| matches!(a, Action::ApplyRoute(_)))
+        .cloned()
+    else {
+        panic!("{sent:?}")
+    };
+
+    // A route in flight: the same route under the same seq, its deadline unchanged.
+    let (deadline, before) = (sim.st.next_tick_at_ms, sim.st.clone());
+    sim.now += 1_000;
+    let acts = sim.input(Input::TookOver);
+    assert!(
+        matches!(acts.as_slice(), [Action::ApplyRoute(again)] if *again == route),
+        "{acts:?}"
+    );
+    assert_eq!(sim.st.next_tick_at_ms, deadline);
+    assert_eq!(sim.st, before);
     sim.confirm_route();
 
     // A gate in flight: the same hooks again, under the same seq (the same idempotency key),
