@@ -148,6 +148,29 @@ pub fn is_host(host: &str) -> bool {
         })
 }
 
+/// A header name a match rule may test: lower-case letters, digits and `-`. The one rule for
+/// header names: the spec's validation and the router agent both use it. It is narrower than
+/// HTTP's token because every data plane must be able to name the header: NGINX reads one as
+/// `$http_<name>` with `-` turned into `_`, so `_` would alias and most other token characters
+/// cannot appear in a variable name at all.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A cookie name (or session-affinity cookie value) every data plane takes as it is: letters,
+/// digits and `- _ . ~ ! * +`. The one rule for cookie tokens, used by the spec's validation and
+/// the router agent. RFC 6265's token also allows `# $ % & ' ^ | ` ``; those are left out
+/// because NGINX and HAProxy configurations give them meaning (variables, comments, quotes).
+pub fn is_cookie_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '!' | '*' | '+')
+        })
+}
+
 /// Splits a backend endpoint, `host:port` or `[v6]:port`, into its host and a port other than
 /// 0; `None` when it is not one. The host holds only letters, digits, `.`, `-`, `_` and (IPv6)
 /// `:`. The one rule for an endpoint: the spec's validation and the router agent both use it, so

@@ -1066,10 +1066,6 @@ fn check_target(t: &Target, path: &str, c: &mut Collector) {
     }
 }
 
-fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
-}
-
 fn check_string_match(m: &StringMatch, path: &str, c: &mut Collector) {
     let p = field(path, m.kind());
     match m {
@@ -1088,6 +1084,9 @@ fn check_string_match(m: &StringMatch, path: &str, c: &mut Collector) {
     }
 }
 
+/// What an invalid cookie name is told ([`crate::route::is_cookie_token`]).
+const COOKIE_NAME: &str = "invalid cookie name (letters, digits and - _ . ~ ! * + only)";
+
 /// Validates a list of match rules at `path` (e.g. `spec.analysis.match`).
 pub(crate) fn check_matches(rules: &[MatchRule], path: &str, c: &mut Collector) {
     for (i, rule) in rules.iter().enumerate() {
@@ -1100,17 +1099,20 @@ pub(crate) fn check_matches(rules: &[MatchRule], path: &str, c: &mut Collector) 
         }
         for (name, m) in &rule.headers {
             let hp = field(&field(&rp, "headers"), name);
-            if name.is_empty() || !name.chars().all(is_token_char) {
-                c.push(&hp, "invalid header name");
-            } else if name.chars().any(|ch| ch.is_ascii_uppercase()) {
+            if name.chars().any(|ch| ch.is_ascii_uppercase()) {
                 c.push(&hp, "header names must be lower-case");
+            } else if !crate::route::is_header_name(name) {
+                c.push(
+                    &hp,
+                    "invalid header name (lower-case letters, digits and '-' only)",
+                );
             }
             check_string_match(m, &hp, c);
         }
         for (name, m) in &rule.cookies {
             let cp = field(&field(&rp, "cookies"), name);
-            if name.is_empty() || !name.chars().all(is_token_char) {
-                c.push(&cp, "invalid cookie name");
+            if !crate::route::is_cookie_token(name) {
+                c.push(&cp, COOKIE_NAME);
             }
             check_string_match(m, &cp, c);
         }
@@ -1232,16 +1234,16 @@ fn validate_analysis(a: &Analysis, path: &str, c: &mut Collector) {
         let sp = field(path, "sessionAffinity");
         if s.cookie_name.is_empty() {
             c.push(&field(&sp, "cookieName"), "required");
-        } else if !s.cookie_name.chars().all(is_token_char) {
-            c.push(&field(&sp, "cookieName"), "invalid cookie name");
+        } else if !crate::route::is_cookie_token(&s.cookie_name) {
+            c.push(&field(&sp, "cookieName"), COOKIE_NAME);
         }
         if s.max_age == Some(0) {
             c.push(&field(&sp, "maxAge"), "must be at least 1 second");
         }
         if let Some(p) = &s.primary_cookie_name {
             let pp = field(&sp, "primaryCookieName");
-            if p.is_empty() || !p.chars().all(is_token_char) {
-                c.push(&pp, "invalid cookie name");
+            if !crate::route::is_cookie_token(p) {
+                c.push(&pp, COOKIE_NAME);
             } else if *p == s.cookie_name {
                 c.push(&pp, "must differ from cookieName");
             }

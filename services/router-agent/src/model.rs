@@ -266,13 +266,13 @@ impl TryFrom<&DesiredRoute> for Route {
         }
         let affinity = match &route.session_affinity {
             Some(a) if !a.cookie_name.is_empty() => {
-                if !is_cookie_token(&a.cookie_name) {
+                if !route::is_cookie_token(&a.cookie_name) {
                     return Err(invalid(
                         "route.session_affinity.cookie_name",
                         "must be a cookie token",
                     ));
                 }
-                if a.cookie_value.is_empty() || !is_cookie_token(&a.cookie_value) {
+                if a.cookie_value.is_empty() || !route::is_cookie_token(&a.cookie_value) {
                     return Err(invalid(
                         "route.session_affinity.cookie_value",
                         "must be a non-empty cookie token",
@@ -280,7 +280,7 @@ impl TryFrom<&DesiredRoute> for Route {
                 }
                 let primary = if a.primary_cookie_name.is_empty() {
                     None
-                } else if !is_cookie_token(&a.primary_cookie_name)
+                } else if !route::is_cookie_token(&a.primary_cookie_name)
                     || a.primary_cookie_name == a.cookie_name
                 {
                     return Err(invalid(
@@ -422,13 +422,8 @@ fn condition(field: &str, c: &aviary_proto::MatchCondition) -> Result<Condition,
         }
     };
     let name_ok = match kind {
-        ConditionKind::Header => {
-            !c.name.is_empty()
-                && c.name
-                    .chars()
-                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
-        }
-        ConditionKind::Cookie => is_cookie_token(&c.name),
+        ConditionKind::Header => route::is_header_name(&c.name),
+        ConditionKind::Cookie => route::is_cookie_token(&c.name),
     };
     if !name_ok {
         return Err(invalid(
@@ -458,14 +453,6 @@ fn is_label(s: &str) -> bool {
         && s.len() <= 63
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-/// RFC 6265 cookie-name/value characters we accept (no separators, quotes or spaces).
-fn is_cookie_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '!' | '*' | '+')
-        })
 }
 
 #[cfg(test)]
