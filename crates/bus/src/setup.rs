@@ -95,7 +95,10 @@ pub struct SetupOptions {
     pub duplicate_window: Duration,
     /// Age after which a lease that was not renewed disappears from the leases bucket. Must
     /// be longer than the scheduler's renewal interval; the lease's own expiry time in its
-    /// value decides ownership, this only cleans up after dead owners.
+    /// value decides ownership, this only cleans up after dead owners. Each live rollout
+    /// lease is re-stamped every half of it, so a longer age costs fewer writes (at 10 000
+    /// rollouts, 60 s would be 333 re-stamps a second; 10 min is 33) and only delays the
+    /// removal of a dead owner's leftovers, which the survivors take over by expiry anyway.
     pub lease_max_age: Duration,
     /// Revisions kept per rollout record, for debugging a history of decisions.
     pub rollout_history: i64,
@@ -116,7 +119,7 @@ impl Default for SetupOptions {
             events_max_message_size: 256 << 10,
             dead_max_age: Duration::from_secs(14 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
-            lease_max_age: Duration::from_secs(60),
+            lease_max_age: Duration::from_secs(600),
             rollout_history: 5,
             replicas: 1,
         }

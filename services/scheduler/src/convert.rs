@@ -777,7 +777,9 @@ fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
         next_tick_at_ms: s
             .next_tick_at_ms
             .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
-        last_transition_at_ms: 0,
+        last_transition_at_ms: s
+            .phase_since_ms
+            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
         last_verdict: s.last_verdict.as_ref().map(|v| pb::Verdict {
             step: u32::try_from(v.step).unwrap_or(u32::MAX),
             outcome: outcome(v.outcome) as i32,

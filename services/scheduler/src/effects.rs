@@ -54,11 +54,11 @@ impl IngressTarget {
     }
 }
 
-/// Every ingress acknowledged the split.
+/// Every ingress acknowledged the split. The step's analysis window starts when the scheduler
+/// receives the last ack, on its own clock: each ack's `confirmed_at_ms` is the agent's clock
+/// and is only shown (a member cluster's skew never moves a window).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfirmed {
-    /// The latest confirmation time among the ingresses: the step's analysis window starts here.
-    pub confirmed_at_ms: i64,
     /// Each ingress's ack.
     pub acks: Vec<RouteAck>,
 }
@@ -173,15 +173,7 @@ impl Effects {
         if !failures.is_empty() {
             return Err(RouteFailed(failures.join("; ")));
         }
-        let confirmed_at_ms = acks
-            .iter()
-            .map(|a| a.confirmed_at_ms)
-            .max()
-            .unwrap_or_default();
-        Ok(RouteConfirmed {
-            confirmed_at_ms,
-            acks,
-        })
+        Ok(RouteConfirmed { acks })
     }
 
     async fn send_route(

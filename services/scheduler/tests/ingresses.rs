@@ -267,6 +267,10 @@ async fn a_rollout_over_two_ingresses_checks_both_acks_and_shows_each_split() {
         .collect();
     assert_eq!(splits, [("edge", 75, 25, 0), ("internal", 75, 25, 0)]);
     assert!(status.ingresses.iter().all(|i| i.confirmed_at_ms > 0));
+    // In Progressing since a moment of this run, by the scheduler's clock.
+    let since = status.last_transition_at_ms;
+    let now = i64::try_from(aviary_scheduler::convert::now_ms()).unwrap();
+    assert!(since > 0 && since <= now, "lastTransitionAtMs {since}");
     wait_phase(&api, "both", pb::Phase::Succeeded, Duration::from_secs(30)).await;
 
     // One ingress reading back another mirror than asked halts the rollout, naming it; the

@@ -166,6 +166,10 @@ impl Machine {
                 ignored: cx.ignored,
             });
         }
+        // A new status's first phase counts from its first decision.
+        if cx.st.phase != status.phase || cx.st.phase_since_ms.is_none() {
+            cx.st.phase_since_ms = Some(cx.now);
+        }
         Ok(Decision {
             status: cx.st,
             actions: cx.acts,

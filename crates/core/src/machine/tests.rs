@@ -2088,3 +2088,24 @@ mod undecided {
         assert_eq!(per_step(2), 6, "the first look and five during the hold");
     }
 }
+
+#[test]
+fn the_status_says_when_the_phase_last_changed() {
+    let mut sim = Sim::new(canary(20, 10, 1));
+    assert_eq!(sim.st.phase_since_ms, None);
+    sim.input(Input::Tick);
+    let entered = sim.st.phase_since_ms.expect("a phase entered");
+    assert_eq!(entered, sim.now);
+    let phase = sim.st.phase;
+    // Time passes and answers come in the same phase: the time stays.
+    sim.now += 5_000;
+    sim.input(Input::Tick);
+    if sim.st.phase == phase {
+        assert_eq!(sim.st.phase_since_ms, Some(entered));
+    }
+    // The route confirmed moves the rollout on: a new phase, a new time.
+    sim.now += 1_000;
+    sim.confirm_route();
+    assert_ne!(sim.st.phase, phase);
+    assert_eq!(sim.st.phase_since_ms, Some(sim.now));
+}

@@ -705,6 +705,10 @@ pub struct RolloutStatus {
     /// When the current run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// When the rollout entered its current phase (the control API's
+    /// `lastTransitionAtMs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since_ms: Option<u64>,
     /// Last human-readable reason.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
