@@ -29,7 +29,8 @@ fn quoted(s: &str) -> String {
     format!("\"{s}\"")
 }
 
-fn ab_testing(header: &str, cookie: &str) -> String {
+/// A rollout document whose `analysis` holds `analysis` (indented under it) and one metric.
+fn rollout(analysis: &str) -> String {
     format!(
         r#"apiVersion: aviary.dev/v1alpha1
 kind: Rollout
@@ -41,41 +42,29 @@ spec:
   analysis:
     interval: 1m
     threshold: 2
-    iterations: 2
-    match:
-      - headers: {{ {}: {{ exact: insider }} }}
-      - cookies: {{ {}: {{ prefix: "yes" }} }}
-    metrics:
+{analysis}    metrics:
       - name: request-success-rate
         thresholdRange: {{ min: 99 }}
-"#,
-        quoted(header),
-        quoted(cookie)
+"#
     )
 }
 
+fn ab_testing(header: &str, cookie: &str) -> String {
+    rollout(&format!(
+        "    iterations: 2\n    match:\n      - headers: {{ {}: {{ exact: insider }} }}\n      \
+         - cookies: {{ {}: {{ prefix: \"yes\" }} }}\n",
+        quoted(header),
+        quoted(cookie)
+    ))
+}
+
 fn session_affinity(cookie: &str, primary_cookie: &str) -> String {
-    format!(
-        r#"apiVersion: aviary.dev/v1alpha1
-kind: Rollout
-metadata: {{ name: app, namespace: test }}
-spec:
-  ingresses: [{{ name: edge }}]
-  primary: {{ name: app-v1, endpoints: ["127.0.0.1:9001"] }}
-  canary: {{ name: app-v2, endpoints: ["127.0.0.1:9002"] }}
-  analysis:
-    interval: 1m
-    threshold: 2
-    stepWeight: 50
-    maxWeight: 50
-    sessionAffinity: {{ cookieName: {}, primaryCookieName: {} }}
-    metrics:
-      - name: request-success-rate
-        thresholdRange: {{ min: 99 }}
-"#,
+    rollout(&format!(
+        "    stepWeight: 50\n    maxWeight: 50\n    \
+         sessionAffinity: {{ cookieName: {}, primaryCookieName: {} }}\n",
         quoted(cookie),
         quoted(primary_cookie)
-    )
+    ))
 }
 
 /// Walks the rollout to promotion, every answer a pass, and returns every route command the
