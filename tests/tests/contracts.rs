@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
 use aviary_core::machine::{
-    Action, CheckResult, Env, Input, Machine, ObservedSplit, Outcome, Phase, RolloutStatus, Verdict,
+    Action, CheckResult, Env, Input, Machine, ObservedSplit, Outcome, Phase, Verdict,
 };
 use aviary_proto as pb;
 use aviary_router_agent::model::Route;
@@ -72,16 +72,7 @@ fn session_affinity(cookie: &str, primary_cookie: &str) -> String {
 fn route_commands(text: &str) -> Option<Vec<pb::RouteCommand>> {
     let rollout = aviary_core::parse_rollout(text).ok()?;
     let machine = Machine::new(&rollout.spec).ok()?;
-    let mut record = RolloutRecord {
-        manifest: Manifest::new(text),
-        status: RolloutStatus::new(&rollout.spec, 1),
-        rollout,
-        generation: 1,
-        commands: Vec::new(),
-        outbox: Vec::new(),
-        event_seq: 0,
-        last_checks: Vec::new(),
-    };
+    let mut record = RolloutRecord::new(Manifest::new(text), rollout);
     let mut now_ms = 1_000_000;
     let mut commands = Vec::new();
     let mut inputs = vec![Input::Tick];

@@ -272,7 +272,7 @@ impl TryFrom<&DesiredRoute> for Route {
                         "must be a cookie token",
                     ));
                 }
-                if a.cookie_value.is_empty() || !route::is_cookie_token(&a.cookie_value) {
+                if !route::is_cookie_token(&a.cookie_value) {
                     return Err(invalid(
                         "route.session_affinity.cookie_value",
                         "must be a non-empty cookie token",

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use aviary_bus::kv::Bucket;
 use aviary_bus::names;
-use aviary_core::machine::RolloutStatus;
 use aviary_proto as pb;
 use aviary_scheduler::record::{Manifest, RolloutRecord};
 use aviary_testkit::{NatsServer, Process, free_port};
@@ -113,16 +112,7 @@ async fn run_size(n: usize, window: Duration, ticks: f64, dir: &Path) -> Costs {
             let name = format!("r{i}");
             rollout.metadata.name.clone_from(&name);
             async move {
-                let record = RolloutRecord {
-                    manifest: Manifest::new(&manifest(&name)),
-                    status: RolloutStatus::new(&rollout.spec, 1),
-                    rollout,
-                    generation: 1,
-                    commands: Vec::new(),
-                    outbox: Vec::new(),
-                    event_seq: 0,
-                    last_checks: Vec::new(),
-                };
+                let record = RolloutRecord::new(Manifest::new(&manifest(&name)), rollout);
                 let key = names::rollout_key("bench", &name).unwrap();
                 records.create(&key, &record).await.unwrap();
             }

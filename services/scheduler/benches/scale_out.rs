@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use aviary_bus::kv::Bucket;
 use aviary_bus::names;
-use aviary_core::machine::RolloutStatus;
 use aviary_proto as pb;
 use aviary_scheduler::lease::LeaseValue;
 use aviary_scheduler::record::{Manifest, RolloutRecord};
@@ -194,16 +193,8 @@ async fn main() {
             let name = format!("r{i}");
             rollout.metadata.name.clone_from(&name);
             async move {
-                let record = RolloutRecord {
-                    manifest: Manifest::new(&manifest(&name, &interval)),
-                    status: RolloutStatus::new(&rollout.spec, 1),
-                    rollout,
-                    generation: 1,
-                    commands: Vec::new(),
-                    outbox: Vec::new(),
-                    event_seq: 0,
-                    last_checks: Vec::new(),
-                };
+                let record =
+                    RolloutRecord::new(Manifest::new(&manifest(&name, &interval)), rollout);
                 let key = names::rollout_key("bench", &name).unwrap();
                 records.create(&key, &record).await.unwrap();
             }

@@ -387,16 +387,10 @@ impl RolloutService for Api {
                 None => {
                     changed = true;
                     Some(RolloutRecord {
-                        manifest: manifest.clone(),
-                        status: RolloutStatus::new(&rollout.spec, 1),
-                        rollout: rollout.clone(),
-                        generation: 1,
-                        commands: Vec::new(),
-                        outbox: Vec::new(),
                         // Ids continue past any earlier rollout of the same name (deleted
                         // since), whose ids the events stream would drop as duplicates.
                         event_seq: now_ms(),
-                        last_checks: Vec::new(),
+                        ..RolloutRecord::new(manifest.clone(), rollout.clone())
                     })
                 }
                 Some(record) if record.rollout.spec == rollout.spec => {

@@ -877,10 +877,9 @@ mod tests {
     }
 
     fn record_of(spec: RolloutSpec) -> RolloutRecord {
-        let status = machine::RolloutStatus::new(&spec, 1);
-        RolloutRecord {
-            manifest: crate::record::Manifest::new(""),
-            rollout: aviary_core::spec::Rollout {
+        RolloutRecord::new(
+            crate::record::Manifest::new(""),
+            aviary_core::spec::Rollout {
                 api_version: aviary_core::spec::API_VERSION.into(),
                 kind: aviary_core::spec::KIND.into(),
                 metadata: aviary_core::spec::Metadata {
@@ -889,13 +888,7 @@ mod tests {
                 },
                 spec,
             },
-            generation: 1,
-            status,
-            commands: Vec::new(),
-            outbox: Vec::new(),
-            last_checks: Vec::new(),
-            event_seq: 0,
-        }
+        )
     }
 
     #[test]

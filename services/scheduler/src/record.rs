@@ -81,6 +81,20 @@ pub struct RolloutRecord {
 }
 
 impl RolloutRecord {
+    /// A newly applied rollout: generation 1, a fresh status, nothing queued, no events yet.
+    pub fn new(manifest: Manifest, rollout: Rollout) -> Self {
+        Self {
+            manifest,
+            status: RolloutStatus::new(&rollout.spec, 1),
+            rollout,
+            generation: 1,
+            commands: Vec::new(),
+            outbox: Vec::new(),
+            last_checks: Vec::new(),
+            event_seq: 0,
+        }
+    }
+
     /// The rollout's namespace.
     pub fn namespace(&self) -> &str {
         self.rollout.namespace()

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use aviary_bus::kv::Bucket;
 use aviary_bus::names;
-use aviary_core::machine::RolloutStatus;
 use aviary_proto as pb;
 use aviary_scheduler::lease::LeaseValue;
 use aviary_scheduler::record::{Manifest, RolloutRecord};
@@ -171,16 +170,7 @@ async fn replicas_share_evenly_and_a_killed_ones_rollouts_lose_and_double_no_ste
     for name in &names_ {
         let text = canary_manifest(name, 10, 90, 2).replace("300ms", "1s");
         let rollout = aviary_core::parse_rollout(&text).unwrap();
-        let record = RolloutRecord {
-            manifest: Manifest::new(&text),
-            status: RolloutStatus::new(&rollout.spec, 1),
-            rollout,
-            generation: 1,
-            commands: Vec::new(),
-            outbox: Vec::new(),
-            event_seq: 0,
-            last_checks: Vec::new(),
-        };
+        let record = RolloutRecord::new(Manifest::new(&text), rollout);
         records
             .create(&names::rollout_key("test", name).unwrap(), &record)
             .await
@@ -329,16 +319,7 @@ async fn a_replica_stopped_with_sigterm_hands_its_rollouts_over_before_it_exits(
         let name = format!("s{i}");
         let text = canary_manifest(&name, 10, 90, 2);
         let rollout = aviary_core::parse_rollout(&text).unwrap();
-        let record = RolloutRecord {
-            manifest: Manifest::new(&text),
-            status: RolloutStatus::new(&rollout.spec, 1),
-            rollout,
-            generation: 1,
-            commands: Vec::new(),
-            outbox: Vec::new(),
-            event_seq: 0,
-            last_checks: Vec::new(),
-        };
+        let record = RolloutRecord::new(Manifest::new(&text), rollout);
         records
             .create(&names::rollout_key("test", &name).unwrap(), &record)
             .await
