@@ -235,7 +235,12 @@ fn write_table(rollout: &Rollout, plan: &Plan, out: &mut dyn Write) -> anyhow::R
                 )
             })
             .collect();
-        let line = format!("clusters:  {} (policy all)", clusters.join(", "));
+        let policy = rollout.spec.cluster_policy.unwrap_or_default();
+        let line = format!(
+            "clusters:  {} (policy {})",
+            clusters.join(", "),
+            policy.as_str()
+        );
         writeln!(out, "{}", escape(&line))?;
     }
     if let Some(t) = &rollout.spec.target_ref {

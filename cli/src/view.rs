@@ -174,6 +174,10 @@ pub struct StatusView {
     waiting_gates: Vec<String>,
     message: String,
     ingresses: Vec<IngressView>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    wave_cluster: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    wave: String,
 }
 
 /// What one ingress was observed serving.
@@ -217,6 +221,13 @@ impl From<&pb::RolloutStatus> for StatusView {
                     confirmed_at_ms: i.confirmed_at_ms,
                 })
                 .collect(),
+            wave_cluster: s.wave_cluster.clone(),
+            // Policy waves only: the wave in progress, counted from 1.
+            wave: if s.wave_cluster.is_empty() {
+                String::new()
+            } else {
+                (u64::from(s.wave) + 1).to_string()
+            },
         }
     }
 }
@@ -437,6 +448,19 @@ pub fn write_description(r: &pb::Rollout, out: &mut dyn Write) -> std::io::Resul
         ],
         vec!["Message:".to_owned(), dash(&status.message)],
     ];
+    if !status.wave_cluster.is_empty() {
+        rows.insert(
+            5,
+            vec![
+                "Wave:".to_owned(),
+                format!(
+                    "{} (cluster {})",
+                    status.wave + 1,
+                    escape(&status.wave_cluster)
+                ),
+            ],
+        );
+    }
     if !status.affinity_cookie.is_empty() {
         rows.push(vec![
             "Affinity cookie:".to_owned(),

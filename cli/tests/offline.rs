@@ -34,6 +34,7 @@ const EXAMPLES: &[&str] = &[
     "steps.yaml",
     "campaign.yaml",
     "multi-cluster.yaml",
+    "multi-cluster-waves.yaml",
 ];
 
 #[test]
@@ -589,19 +590,28 @@ fn a_multi_cluster_plan_names_its_clusters_and_waves_is_refused_with_its_path() 
         "{}",
         stdout(&o)
     );
+    let o = aviary(&["plan", "-f", &example("multi-cluster-waves.yaml")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("clusters:  eu (edge), us (edge) (policy waves)"),
+        "{}",
+        stdout(&o)
+    );
     let dir = tempfile::tempdir().unwrap();
-    let waves = dir.path().join("waves.yaml");
     let text = std::fs::read_to_string(examples().join("multi-cluster.yaml")).unwrap();
+    let bad = dir.path().join("bad.yaml");
     std::fs::write(
-        &waves,
-        text.replace("clusterPolicy: all", "clusterPolicy: waves"),
+        &bad,
+        text.replace("clusterPolicy: all", "clusterPolicy: rolling"),
     )
     .unwrap();
-    let o = aviary(&["validate", "-f", &waves.to_string_lossy()]);
+    let o = aviary(&["validate", "-f", &bad.to_string_lossy()]);
     assert_ne!(o.status.code(), Some(0));
     let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
     assert!(
-        all.contains("spec.clusterPolicy: waves is not supported yet"),
+        all.contains(
+            "spec.clusterPolicy: unknown cluster policy \"rolling\"; expected all or waves"
+        ),
         "{all}"
     );
 }

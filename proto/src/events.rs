@@ -163,6 +163,10 @@ pub struct EventData {
     /// its finalising step): recorded for the audit trail, posted to chat only once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub repeated: bool,
+    /// A multi-cluster rollout under policy `waves`: the member cluster whose wave the event
+    /// happened in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
 }
 
 /// A CloudEvents 1.0 event in structured JSON mode.

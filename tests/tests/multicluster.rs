@@ -4,6 +4,9 @@
 //! (`--cluster`) reading that Prometheus. Policy `all`: both clusters healthy promotes both (as
 //! clients of both Envoys see it); one cluster's failing canary rolls back both; one member's
 //! link cut halts the rollout where it is and it resumes, and succeeds, when the link returns.
+//! Policy `waves`: eu walks and is promoted while us serves only the primary, then us walks
+//! from its first step; us's failing canary in the second wave rolls back both, eu's promoted
+//! canary too.
 // Real processes on real time: its deadlines are wall-clock deadlines.
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
@@ -201,8 +204,13 @@ impl World {
 
     /// A rollout over both clusters, policy `all`, with `analysis` (indented for `analysis:`).
     fn manifest(&self, name: &str, analysis: &str) -> String {
+        self.manifest_with(name, "all", analysis)
+    }
+
+    /// A rollout over eu then us under `policy`, with `analysis`.
+    fn manifest_with(&self, name: &str, policy: &str, analysis: &str) -> String {
         format!(
-            "apiVersion: aviary.dev/v1alpha1\nkind: Rollout\nmetadata: {{ name: {name}, namespace: {NS} }}\nspec:\n  clusters:\n{}{}  clusterPolicy: all\n  primary: {{ name: podinfo-v1, endpoints: [\"{}\"] }}\n  canary: {{ name: podinfo-v2, endpoints: [\"{}\"] }}\n  progressDeadlineSeconds: 120\n  analysis:\n{}\n",
+            "apiVersion: aviary.dev/v1alpha1\nkind: Rollout\nmetadata: {{ name: {name}, namespace: {NS} }}\nspec:\n  clusters:\n{}{}  clusterPolicy: {policy}\n  primary: {{ name: podinfo-v1, endpoints: [\"{}\"] }}\n  canary: {{ name: podinfo-v2, endpoints: [\"{}\"] }}\n  progressDeadlineSeconds: 120\n  analysis:\n{}\n",
             self.eu.spec(),
             self.us.spec(),
             self.eu.primary.addr,
@@ -495,4 +503,169 @@ async fn a_member_clusters_link_cut_halts_everywhere_and_the_rollout_resumes_whe
     assert_eq!(weights.last(), Some(&100), "{trail:#?}");
     // No step skipped or repeated across the halt.
     assert_eq!(weights, [0, 25, 50, 100], "{trail:#?}");
+}
+
+/// Each ingress's acknowledged canary weight, sorted by ingress.
+fn splits(status: &pb::RolloutStatus) -> Vec<(String, u32)> {
+    let mut splits: Vec<_> = status
+        .ingresses
+        .iter()
+        .map(|i| (i.ingress.clone(), i.canary_weight))
+        .collect();
+    splits.sort_unstable();
+    splits
+}
+
+/// The weights of the step-started events of `cluster`'s wave, in order.
+fn wave_steps(events: &[AuditEvent], cluster: &str) -> Vec<u32> {
+    events
+        .iter()
+        .filter(|e| e.data.cluster == cluster && e.data.reason.starts_with("step-started"))
+        .map(|e| e.data.canary_weight)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_finish_the_first_cluster_before_the_second_starts() {
+    let world = World::start(AppBehaviour::default()).await;
+    world
+        .apply(&world.manifest_with("podinfo", "waves", ANALYSIS))
+        .await;
+    let started = Instant::now();
+    let eu = Traffic::start(&world.eu.url(), RPS, &[]);
+    let us = Traffic::start(&world.us.url(), RPS, &[]);
+
+    // eu walks; us is not moved before its wave.
+    let status = world
+        .wait_status("podinfo", "eu at 50 %", ROLLOUT_DEADLINE, |s| {
+            s.wave_cluster == "eu" && s.canary_weight == 50
+        })
+        .await;
+    assert_eq!(
+        splits(&status),
+        [("eu/edge".to_owned(), 50), ("us/edge".to_owned(), 0)],
+        "{status:#?}"
+    );
+    // Until then (us acked 0 % with that status) us's clients saw only the primary.
+    let eu_at_half = Instant::now();
+    // us's wave: eu is promoted and serves the canary fully while us walks from its first step.
+    let status = world
+        .wait_status("podinfo", "us's wave at 25 %", ROLLOUT_DEADLINE, |s| {
+            s.wave_cluster == "us" && s.canary_weight == 25
+        })
+        .await;
+    let us_wave = Instant::now();
+    assert_eq!(status.wave, 1, "{status:#?}");
+    assert_eq!(
+        splits(&status),
+        [("eu/edge".to_owned(), 100), ("us/edge".to_owned(), 25)],
+        "{status:#?}"
+    );
+    let during_eu = us.window(started, Some(eu_at_half));
+    assert!(during_eu.sent > 0, "{during_eu:?}");
+    assert_eq!(
+        share(&during_eu, "v2"),
+        0.0,
+        "us served the canary during eu's wave: {during_eu:?}"
+    );
+    let eu_after = eu.wait_answers(us_wave, 20, Duration::from_secs(20)).await;
+    assert!(
+        share(&eu_after, "v2") > 0.9,
+        "eu once promoted: {eu_after:?}"
+    );
+    let status = world
+        .wait_status("podinfo", "succeeded", ROLLOUT_DEADLINE, |s| {
+            s.phase() == pb::Phase::Succeeded
+        })
+        .await;
+    // The verdicts of us's wave are us's alone.
+    let checks = checks(&status);
+    assert!(
+        !checks.is_empty() && checks.iter().all(|(name, _)| name.starts_with("us/")),
+        "{checks:?}"
+    );
+    for member in [&world.eu, &world.us] {
+        wait_serving(&member.url(), &[], "v2", Duration::from_secs(20)).await;
+    }
+    for (name, traffic) in [("eu", eu), ("us", us)] {
+        let all = traffic.stop().await;
+        assert_eq!(all.errors, 0, "{name}: {all:?}");
+    }
+    // The audit trail: eu's steps, then us's from the first, each event naming its cluster.
+    let events = world.events("podinfo").await;
+    let trail: Vec<_> = events.iter().map(describe).collect();
+    assert_eq!(wave_steps(&events, "eu"), [25, 50], "{trail:#?}");
+    assert_eq!(wave_steps(&events, "us"), [25, 50], "{trail:#?}");
+    let first_us = events.iter().position(|e| e.data.cluster == "us").unwrap();
+    assert!(
+        events[first_us..].iter().all(|e| e.data.cluster == "us"),
+        "{trail:#?}"
+    );
+    assert_eq!(
+        weight_trail(&events),
+        [0, 25, 50, 100, 25, 50, 100],
+        "{trail:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_second_wave_rolls_back_both_clusters() {
+    let world = World::start(AppBehaviour {
+        error_rate: 0.3,
+        ..Default::default()
+    })
+    .await;
+    world
+        .apply(&world.manifest_with("podinfo", "waves", ANALYSIS))
+        .await;
+    let eu = Traffic::start(&world.eu.url(), RPS, &[]);
+    let us = Traffic::start(&world.us.url(), RPS, &[]);
+
+    // eu's canary is healthy: its wave is promoted, then us's canary fails.
+    world
+        .wait_status("podinfo", "us's wave", ROLLOUT_DEADLINE, |s| {
+            s.wave_cluster == "us" && s.canary_weight > 0
+        })
+        .await;
+    let status = world
+        .wait_status(
+            "podinfo",
+            "rolled back and confirmed",
+            ROLLOUT_DEADLINE,
+            |s| s.phase() == pb::Phase::Failed && s.canary_weight == 0 && s.primary_weight == 100,
+        )
+        .await;
+    let rolled_back = Instant::now();
+    assert_eq!(
+        splits(&status),
+        [("eu/edge".to_owned(), 0), ("us/edge".to_owned(), 0)],
+        "{status:#?}"
+    );
+    // eu, promoted before, is back on the primary too.
+    for (name, traffic, member) in [("eu", &eu, &world.eu), ("us", &us, &world.us)] {
+        wait_serving(&member.url(), &[], "v1", Duration::from_secs(20)).await;
+        let after = traffic
+            .wait_answers(rolled_back, 20, Duration::from_secs(20))
+            .await;
+        assert!(
+            share(&after, "v1") > 0.9,
+            "{name} after rollback: {after:?}"
+        );
+    }
+    let (eu, us) = (eu.stop().await, us.stop().await);
+    assert!(share(&eu, "v2") > 0.0, "eu's wave moved it: {eu:?}");
+    assert!(us.by_status.get(&500).is_some_and(|n| *n > 0), "{us:?}");
+    let checks = checks(&status);
+    assert!(
+        checks.contains(&("us/request-success-rate".to_owned(), pb::Outcome::Fail)),
+        "{checks:?}"
+    );
+    let events = world.events("podinfo").await;
+    let trail: Vec<_> = events.iter().map(describe).collect();
+    let rolled = events
+        .iter()
+        .rfind(|e| e.kind() == Some(aviary_proto::events::EventKind::RolledBack))
+        .unwrap_or_else(|| panic!("no rollback in {trail:#?}"));
+    assert_eq!(rolled.data.cluster, "us", "{trail:#?}");
+    assert_eq!(weight_trail(&events), [0, 25, 50, 100, 25, 0], "{trail:#?}");
 }

@@ -9,6 +9,13 @@
 //! halts it when a cluster did not answer. Each check in the folded verdict is named
 //! `<cluster>/<check>`, so status and events say which cluster failed.
 //!
+//! Under [`ClusterPolicy::Waves`] the clusters move one at a time, in `spec.clusters` order:
+//! the cluster of the current wave walks the steps and is judged alone, the clusters of earlier
+//! waves serve the canary fully (they were promoted), the later ones serve the primary; each
+//! cluster's route is [`DesiredRoute::for_cluster`]. When a wave's promotion is served, the
+//! next wave starts at its first step; the last wave's promotion finalises every cluster. A
+//! failure in any wave rolls back every cluster, the promoted ones too.
+//!
 //! A [`RolloutSpec`](crate::RolloutSpec) names its clusters in `spec.clusters` and its policy
 //! in `spec.clusterPolicy`; a spec without `clusters` is single-cluster and uses
 //! `spec.ingresses`.
@@ -16,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
-use crate::machine::{CheckResult, Outcome, Verdict};
+use crate::machine::{CheckResult, DesiredRoute, ObservedSplit, Outcome, Verdict};
 use crate::spec::{IngressRef, MetricProvider};
 
 /// The longest cluster name: it is one NATS subject token and a label value.
@@ -63,21 +70,72 @@ pub enum ClusterPolicy {
     /// Every cluster steps together; a step passes only when every cluster's verdict passes.
     #[default]
     All,
+    /// Cluster by cluster, in `spec.clusters` order: the next cluster starts at its first step
+    /// when the previous one is promoted; a failure in any wave rolls back every cluster.
+    Waves,
 }
 
 impl ClusterPolicy {
-    /// Parses `spec.clusterPolicy` (`all`).
+    /// Parses `spec.clusterPolicy` (`all` or `waves`).
     ///
     /// # Errors
-    /// A [`FieldError`] at `path` for any other value (`waves` is not supported yet).
+    /// A [`FieldError`] at `path` for any other value.
     pub fn parse(value: &str, path: &str) -> Result<Self, FieldError> {
         match value {
             "all" => Ok(Self::All),
-            "waves" => Err(FieldError::new(path, "waves is not supported yet; use all")),
+            "waves" => Ok(Self::Waves),
             other => Err(FieldError::new(
                 path,
-                format!("unknown cluster policy {other:?}; expected all"),
+                format!("unknown cluster policy {other:?}; expected all or waves"),
             )),
+        }
+    }
+
+    /// The policy's name in the spec.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Waves => "waves",
+        }
+    }
+}
+
+impl DesiredRoute {
+    /// The route member cluster `index` (its place in `spec.clusters`) serves when the rollout
+    /// asks for `self`. Without a wave, every cluster serves `self`. In wave `w`: the clusters
+    /// of earlier waves serve the canary fully (they were promoted), cluster `w` serves `self`,
+    /// the later ones the primary; neither of those carries matches, mirroring or a cookie.
+    pub fn for_cluster(&self, index: usize) -> DesiredRoute {
+        let Some(wave) = self.wave else {
+            return self.clone();
+        };
+        let whole = |canary_weight: u8| DesiredRoute {
+            seq: self.seq,
+            canary_weight,
+            primary_weight: 100 - canary_weight,
+            mirror_percent: 0,
+            matches: Vec::new(),
+            session_affinity: None,
+            wave: None,
+        };
+        match index.cmp(&wave) {
+            std::cmp::Ordering::Less => whole(100),
+            std::cmp::Ordering::Equal => DesiredRoute {
+                wave: None,
+                ..self.clone()
+            },
+            std::cmp::Ordering::Greater => whole(0),
+        }
+    }
+
+    /// The split member cluster `index` must read back for this route
+    /// ([`DesiredRoute::for_cluster`]).
+    pub fn split_for_cluster(&self, index: usize) -> ObservedSplit {
+        let route = self.for_cluster(index);
+        ObservedSplit {
+            canary_weight: route.canary_weight,
+            primary_weight: route.primary_weight,
+            mirror_percent: route.mirror_percent,
         }
     }
 }
@@ -135,6 +193,9 @@ fn name_problem(name: &str) -> Option<&'static str> {
 /// entry per member cluster: its verdict, or `None` when it gave none (its link is down or its
 /// analyzers did not answer in time).
 ///
+/// Under [`ClusterPolicy::Waves`] `answers` holds the current wave's cluster only (the only
+/// one asked), folded by the same rules.
+///
 /// Under [`ClusterPolicy::All`]: any `Fail` fails the step; else any missing answer or `Error`
 /// is an `Error` (a halt, never a promotion); else any `Inconclusive` is inconclusive; else it
 /// passes. A rollback or fail-fast asked by any cluster is kept; early promotion only when every
@@ -145,7 +206,8 @@ pub fn fold_verdicts(
     seq: u64,
     answers: &[(&str, Option<Verdict>)],
 ) -> Verdict {
-    let ClusterPolicy::All = policy;
+    // Both policies fold what was asked by the same rules: waves asks one cluster.
+    let (ClusterPolicy::All | ClusterPolicy::Waves) = policy;
     let mut checks = Vec::new();
     let (mut failed, mut errored, mut inconclusive) = (false, answers.is_empty(), false);
     let (mut fail_fast, mut rollback_requested, mut undecided) = (false, false, false);
@@ -333,8 +395,42 @@ mod tests {
             ClusterPolicy::parse("all", "spec.clusterPolicy"),
             Ok(ClusterPolicy::All)
         );
-        let err = ClusterPolicy::parse("waves", "spec.clusterPolicy").unwrap_err();
+        assert_eq!(
+            ClusterPolicy::parse("waves", "spec.clusterPolicy"),
+            Ok(ClusterPolicy::Waves)
+        );
+        let err = ClusterPolicy::parse("some", "spec.clusterPolicy").unwrap_err();
         assert_eq!(err.path, "spec.clusterPolicy");
-        assert!(ClusterPolicy::parse("some", "spec.clusterPolicy").is_err());
+        assert!(err.message.contains("expected all or waves"), "{err}");
+    }
+
+    #[test]
+    fn in_a_wave_earlier_clusters_serve_the_canary_and_later_ones_the_primary() {
+        let route = DesiredRoute {
+            seq: 9,
+            canary_weight: 25,
+            primary_weight: 75,
+            mirror_percent: 10,
+            matches: Vec::new(),
+            session_affinity: None,
+            wave: Some(1),
+        };
+        let splits: Vec<_> = (0..3)
+            .map(|i| {
+                let r = route.for_cluster(i);
+                assert_eq!((r.seq, r.wave), (9, None));
+                (r.canary_weight, r.primary_weight, r.mirror_percent)
+            })
+            .collect();
+        assert_eq!(splits, [(100, 0, 0), (25, 75, 10), (0, 100, 0)]);
+        assert_eq!(route.split_for_cluster(2).primary_weight, 100);
+        // Without a wave (policy all, a rollback) every cluster serves the route itself.
+        let all = DesiredRoute {
+            wave: None,
+            ..route
+        };
+        for i in 0..3 {
+            assert_eq!(all.for_cluster(i), all);
+        }
     }
 }

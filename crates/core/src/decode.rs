@@ -1457,12 +1457,12 @@ spec:
             "  clusters:\n    - name: eu\n      ingresses: [{name: edge}]\n      \
              metricProvider: {type: prometheus, address: \"http://127.0.0.1:9090\"}\n    \
              - name: us\n      ingresses: [{name: edge}, {name: lb}]\n      \
-             canaryEndpoints: [\"127.0.0.2:9002\"]\n  clusterPolicy: all\n",
+             canaryEndpoints: [\"127.0.0.2:9002\"]\n  clusterPolicy: waves\n",
         );
         let rollout = parse_rollout(&yaml).unwrap();
         let spec = &rollout.spec;
         assert!(spec.ingresses.is_empty());
-        assert_eq!(spec.cluster_policy, Some(ClusterPolicy::All));
+        assert_eq!(spec.cluster_policy, Some(ClusterPolicy::Waves));
         let names: Vec<_> = spec.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["eu", "us"]);
         assert_eq!(
@@ -1490,7 +1490,7 @@ spec:
             "  clusters:\n    - name: eu\n      ingresses: [{name: Edge}]\n      \
              metricProvider: {address: ftp://x}\n      primaryEndpoints: [nowhere]\n    \
              - {name: e.u, ingresses: [], zone: a}\n  \
-             clusterPolicy: waves\n",
+             clusterPolicy: everywhere\n",
         );
         for want in [
             "spec.ingresses: give the ingresses in each of spec.clusters",
@@ -1501,17 +1501,21 @@ spec:
             "spec.clusters[1].zone: unknown field",
             "spec.clusters[1].name: only ASCII letters",
             "spec.clusters[1].ingresses: a cluster needs at least one ingress",
-            "spec.clusterPolicy: waves is not supported yet",
+            "spec.clusterPolicy: unknown cluster policy \"everywhere\"; expected all or waves",
         ] {
             assert!(
                 errs.iter().any(|e| e.starts_with(want)),
                 "missing {want:?} in {errs:#?}"
             );
         }
-        let errs = with("  clusterPolicy: some\n");
+        // A policy without clusters says nothing: refused, not ignored.
+        let errs = errors(&VALID.replace(
+            "  ingresses:\n    - name: edge\n",
+            "  ingresses:\n    - name: edge\n  clusterPolicy: waves\n",
+        ));
         assert!(
             errs.iter()
-                .any(|e| e.starts_with("spec.clusterPolicy: unknown cluster policy")),
+                .any(|e| e.starts_with("spec.clusterPolicy: says how spec.clusters move")),
             "{errs:?}"
         );
     }

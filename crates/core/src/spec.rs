@@ -1386,6 +1386,12 @@ fn validate_spec(s: &RolloutSpec, path: &str, c: &mut Collector) {
         if s.ingresses.is_empty() {
             c.push(&ip, "at least one ingress is required");
         }
+        if s.cluster_policy.is_some() {
+            c.push(
+                &field(path, "clusterPolicy"),
+                "says how spec.clusters move; give spec.clusters or leave it out",
+            );
+        }
     } else {
         validate_clusters(s, path, c);
     }

@@ -1,6 +1,7 @@
 //! Conversions at the scheduler's edges: the machine's types to the bus and API contracts, and
 //! the analyzer's verdicts back into the machine's.
 
+use aviary_core::clusters::ClusterPolicy;
 use aviary_core::machine::{
     self, CheckResult, EventKind as CoreKind, Outcome, Phase, RolloutStatus,
 };
@@ -10,6 +11,7 @@ use aviary_core::spec::{MatchRule, RolloutSpec, StringMatch, Target, Webhook};
 use aviary_proto as pb;
 use aviary_proto::events::{AuditEvent, EventData, EventKind, MetricValue};
 
+use crate::effects::IngressTarget;
 use crate::record::RolloutRecord;
 
 pub use aviary_runtime::clock::now_ms;
@@ -234,6 +236,7 @@ pub fn finalise_command(record: &RolloutRecord, seq: u64) -> pb::RouteCommand {
         mirror_percent: 0,
         matches: Vec::new(),
         session_affinity,
+        wave: None,
     };
     let mut command = route_command(record, &route);
     // The roles swap: the canary serves everything as the primary, and the old primary stays
@@ -353,13 +356,14 @@ pub fn analysis_request(
 }
 
 /// The analysis requests of a multi-cluster rollout for a machine request: one per member
-/// cluster, in `spec.clusters` order, each with
+/// cluster asked, in `spec.clusters` order — every cluster under policy `all`, the current
+/// wave's under `waves` — each with
 ///
 /// - the cluster's `metricProvider` for every metric that names no provider address;
 /// - the machine's window, the same for every cluster: it starts when the hub received the
 ///   last confirming ack of the step (no member's wall clock takes part);
 /// - the variables `cluster` and `ingress` (its first ingress);
-/// - the step's webhooks in the first cluster's request only, so each hook is called once.
+/// - the step's webhooks in the first request only, so each hook is called once.
 ///
 /// Empty for a single-cluster rollout.
 pub fn cluster_analysis_requests(
@@ -368,10 +372,13 @@ pub fn cluster_analysis_requests(
 ) -> Vec<(String, pb::AnalysisRequest)> {
     let spec = &record.rollout.spec;
     let base = analysis_request(record, request);
+    let wave = waves(record).then_some(record.status.wave);
     spec.clusters
         .iter()
         .enumerate()
-        .map(|(i, cluster)| {
+        .filter(|(i, _)| wave.is_none_or(|w| w == *i))
+        .enumerate()
+        .map(|(asked, (_, cluster))| {
             let mut out = base.clone();
             if let Some(provider) = &cluster.metric_provider {
                 for metric in out
@@ -383,7 +390,7 @@ pub fn cluster_analysis_requests(
                     metric.provider_address = provider.address.clone().unwrap_or_default();
                 }
             }
-            if i > 0 {
+            if asked > 0 {
                 out.webhooks.clear();
             }
             out.variables.insert("cluster".into(), cluster.name.clone());
@@ -401,9 +408,57 @@ pub fn cluster_analysis_requests(
 }
 
 /// The member cluster whose analyzers call a multi-cluster rollout's gates and hooks: the first
-/// of `spec.clusters` (`None`: single-cluster, the unqualified queue group).
+/// of `spec.clusters`, or under policy `waves` the current wave's (`None`: single-cluster, the
+/// unqualified queue group).
 pub fn hook_cluster(record: &RolloutRecord) -> Option<String> {
-    record.rollout.spec.clusters.first().map(|c| c.name.clone())
+    let clusters = &record.rollout.spec.clusters;
+    let at = if waves(record) { record.status.wave } else { 0 };
+    clusters
+        .get(at)
+        .or(clusters.first())
+        .map(|c| c.name.clone())
+}
+
+/// True for a multi-cluster rollout under policy `waves`.
+fn waves(record: &RolloutRecord) -> bool {
+    let spec = &record.rollout.spec;
+    !spec.clusters.is_empty() && spec.cluster_policy == Some(ClusterPolicy::Waves)
+}
+
+/// What `route` sends to each ingress of the rollout: every ingress the same command, except
+/// under policy `waves`, where each cluster gets its part of the route
+/// ([`machine::DesiredRoute::for_cluster`]).
+pub fn route_sends(
+    record: &RolloutRecord,
+    route: &machine::DesiredRoute,
+) -> Vec<(IngressTarget, pb::RouteCommand)> {
+    let clusters = &record.rollout.spec.clusters;
+    let mut commands: Vec<Option<pb::RouteCommand>> = vec![None; clusters.len().max(1)];
+    record
+        .ingresses()
+        .into_iter()
+        .map(|target| {
+            let at = target
+                .cluster
+                .as_ref()
+                .and_then(|name| clusters.iter().position(|c| &c.name == name))
+                .unwrap_or(0);
+            let command = commands[at]
+                .get_or_insert_with(|| route_command(record, &route.for_cluster(at)))
+                .clone();
+            (target, command)
+        })
+        .collect()
+}
+
+/// The finalising command ([`finalise_command`]) for every ingress of the rollout.
+pub fn finalise_sends(record: &RolloutRecord, seq: u64) -> Vec<(IngressTarget, pb::RouteCommand)> {
+    let command = finalise_command(record, seq);
+    record
+        .ingresses()
+        .into_iter()
+        .map(|target| (target, command.clone()))
+        .collect()
 }
 
 /// A webhook-only request (gates and hooks).
@@ -598,6 +653,7 @@ pub fn audit_event(
         // Finalising goes on with the promotion its `promoting` event announced.
         repeated: event.details.contains_key(machine::REPEATED)
             || event.kind == CoreKind::Finalising,
+        cluster: event.details.get("cluster").cloned().unwrap_or_default(),
         ..event_data(record)
     };
     let id = format!("{}/{}/{}", record.namespace(), record.name(), sequence);
@@ -737,7 +793,11 @@ pub fn rollout(record: &RolloutRecord, revision: u64) -> pb::Rollout {
             .as_ref()
             .map_or(pb::Strategy::Unspecified, |p| strategy(p.strategy)) as i32,
         manifest: record.manifest.text(),
-        status: Some(status(&record.status, &record.last_checks)),
+        status: Some(status(
+            &record.status,
+            &record.last_checks,
+            waves(record).then(|| hook_cluster(record)).flatten(),
+        )),
         plan: plan.map(|p| planned(&p)).unwrap_or_default(),
         revision,
     }
@@ -755,7 +815,11 @@ fn planned(plan: &Plan) -> Vec<pb::PlannedStep> {
         .collect()
 }
 
-fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
+fn status(
+    s: &RolloutStatus,
+    checks: &[MetricValue],
+    wave_cluster: Option<String>,
+) -> pb::RolloutStatus {
     let waiting_gates = match &s.wait {
         machine::Wait::Gate { gate, .. } => vec![gate.as_str().to_owned()],
         machine::Wait::Approval => vec!["approval".to_owned()],
@@ -805,6 +869,8 @@ fn status(s: &RolloutStatus, checks: &[MetricValue]) -> pb::RolloutStatus {
             ..Default::default()
         }),
         affinity_cookie: s.session_cookie.clone().unwrap_or_default(),
+        wave: u32::try_from(s.wave).unwrap_or(u32::MAX),
+        wave_cluster: wave_cluster.unwrap_or_default(),
         waiting_gates,
         message: s.message.clone(),
         ingresses: s
@@ -946,6 +1012,81 @@ mod tests {
             (targets[0].cluster.as_ref(), targets[0].label().as_str()),
             (None, "edge")
         );
+    }
+
+    #[test]
+    fn under_waves_each_cluster_gets_its_part_and_only_the_current_wave_is_asked() {
+        let mut spec = RolloutSpec::test().clusters(&[("eu", &["edge"]), ("us", &["lb", "edge"])]);
+        spec.cluster_policy = Some(ClusterPolicy::Waves);
+        let mut record = record_of(spec.clone());
+        record.status.wave = 1;
+        let route = machine::DesiredRoute {
+            seq: 12,
+            canary_weight: 20,
+            primary_weight: 80,
+            mirror_percent: 0,
+            matches: Vec::new(),
+            session_affinity: None,
+            wave: Some(1),
+        };
+        let sent: Vec<_> = route_sends(&record, &route)
+            .into_iter()
+            .map(|(target, command)| {
+                let r = command.route.expect("a route");
+                (target.label(), r.canary_weight, r.primary_weight)
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("eu/edge".to_owned(), 100, 0),
+                ("us/lb".to_owned(), 20, 80),
+                ("us/edge".to_owned(), 20, 80),
+            ]
+        );
+        // The finalising route is everyone's.
+        let finalised: Vec<_> = finalise_sends(&record, 13)
+            .into_iter()
+            .map(|(_, c)| c.route.expect("a route").primary_weight)
+            .collect();
+        assert_eq!(finalised, [100, 100, 100]);
+        let request = machine::AnalysisRequest {
+            seq: 14,
+            step: 0,
+            window_start_ms: 1_000,
+            window_end_ms: 61_000,
+            canary_weight: 20,
+            metrics: spec.analysis.metrics.clone(),
+            webhooks: vec![Webhook {
+                name: "smoke".into(),
+                kind: aviary_core::spec::WebhookType::Rollout,
+                url: "http://127.0.0.1:8090/smoke".into(),
+                ..Webhook::default()
+            }],
+        };
+        let requests = cluster_analysis_requests(&record, &request);
+        let asked: Vec<_> = requests
+            .iter()
+            .map(|(c, r)| (c.as_str(), r.webhooks.len()))
+            .collect();
+        assert_eq!(asked, [("us", 1)], "only us, with the step's hooks");
+        assert_eq!(hook_cluster(&record).as_deref(), Some("us"));
+        let status = rollout(&record, 1);
+        let status = status.status.expect("a status");
+        assert_eq!((status.wave, status.wave_cluster.as_str()), (1, "us"));
+        // Policy all: every cluster the same route, and no wave in the status.
+        let mut all = record_of(spec.clone());
+        all.rollout.spec.cluster_policy = None;
+        let route = machine::DesiredRoute {
+            wave: None,
+            ..route
+        };
+        assert!(
+            route_sends(&all, &route)
+                .iter()
+                .all(|(_, c)| c.route.as_ref().is_some_and(|r| r.canary_weight == 20))
+        );
+        assert_eq!(rollout(&all, 1).status.expect("a status").wave_cluster, "");
     }
 
     #[test]

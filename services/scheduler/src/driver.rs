@@ -510,10 +510,9 @@ impl Driver {
             match action {
                 Action::Emit(_) | Action::ScheduleTick { .. } => {}
                 Action::ApplyRoute(route) => {
-                    let command = convert::route_command(record, &route);
+                    let sends = convert::route_sends(record, &route);
                     let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
-                    let ingresses = record.ingresses();
                     let latency = self.shared.metrics.ack_latency.clone();
                     let seq = route.seq;
                     info!(
@@ -524,7 +523,7 @@ impl Driver {
                     );
                     tokio::spawn(async move {
                         let started = Instant::now();
-                        let input = match shared.effects.apply_route(&ingresses, &command).await {
+                        let input = match shared.effects.apply_route(&sends).await {
                             Ok(confirmed) => {
                                 latency.observe(started.elapsed().as_secs_f64());
                                 // The machine checks every ingress's split, not only one.
@@ -715,12 +714,11 @@ impl Driver {
                     });
                 }
                 Action::Finalise { seq } => {
-                    let command = convert::finalise_command(record, seq);
+                    let sends = convert::finalise_sends(record, seq);
                     let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
-                    let ingresses = record.ingresses();
                     tokio::spawn(async move {
-                        match shared.effects.apply_route(&ingresses, &command).await {
+                        match shared.effects.apply_route(&sends).await {
                             Ok(confirmed) => {
                                 let ingresses = convert::ingress_splits(&confirmed.acks);
                                 let input = Input::IngressesConfirmed { seq, ingresses };

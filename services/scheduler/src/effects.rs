@@ -111,61 +111,59 @@ impl Effects {
         &self.js
     }
 
-    /// Records `command`'s route as the desired state of each ingress, sends it to each ingress's
+    /// Records each send's route as the desired state of its ingress, sends it to the ingress's
     /// agent, and waits for all acks. Each ack names its ingress by [`IngressTarget::label`].
+    /// The sends of one route differ only where a cluster's part of it does (policy waves) and
+    /// in each cluster's endpoints.
     ///
     /// Errors: [`RouteFailed`] naming each ingress that did not confirm and why (no agent, timeout,
-    /// an apply error, or an observed split that differs from the one asked for).
+    /// an apply error, or an observed split that differs from the one asked of it).
     pub async fn apply_route(
         &self,
-        ingresses: &[IngressTarget],
-        command: &RouteCommand,
+        sends: &[(IngressTarget, RouteCommand)],
     ) -> Result<RouteConfirmed, RouteFailed> {
-        let Some(route) = command.route.as_ref() else {
-            return Err(RouteFailed("route command without a route".into()));
-        };
-        let rollout = route.rollout.clone().unwrap_or_default();
-        let rollout = &rollout;
-        let sends = ingresses.iter().map(|target| async move {
+        let sends = sends.iter().map(|(target, command)| async move {
+            let label = target.label();
             let mut command = command.clone();
-            if let Some(route) = command.route.as_mut() {
-                route.ingress = target.ingress.clone();
-                for backend in [route.primary.as_mut(), route.canary.as_mut()]
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(endpoints) = target.endpoints.get(&backend.name) {
-                        backend.endpoints.clone_from(endpoints);
-                    }
+            let Some(route) = command.route.as_mut() else {
+                return (label, Err("route command without a route".to_owned()));
+            };
+            route.ingress = target.ingress.clone();
+            for backend in [route.primary.as_mut(), route.canary.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(endpoints) = target.endpoints.get(&backend.name) {
+                    backend.endpoints.clone_from(endpoints);
                 }
             }
-            let label = target.label();
-            let result = self
+            let (want_primary, want_canary) = (route.primary_weight, route.canary_weight);
+            let rollout = route.rollout.clone().unwrap_or_default();
+            let result = match self
                 .send_route(target, &rollout.namespace, &rollout.name, &command)
                 .await
-                .map(|ack| RouteAck {
+            {
+                Ok(ack) if !ack.ok => Err(ack.error),
+                Ok(ack)
+                    if ack.canary_weight != want_canary || ack.primary_weight != want_primary =>
+                {
+                    Err(format!(
+                        "observed {}/{} instead of {want_primary}/{want_canary}",
+                        ack.primary_weight, ack.canary_weight,
+                    ))
+                }
+                Ok(ack) => Ok(RouteAck {
                     ingress: label.clone(),
                     ..ack
-                });
+                }),
+                Err(error) => Err(error.to_string()),
+            };
             (label, result)
         });
         let mut failures = Vec::new();
         let mut acks = Vec::new();
         for (ingress, result) in join_all(sends).await {
             match result {
-                Ok(ack) if !ack.ok => failures.push(format!("{ingress}: {}", ack.error)),
-                Ok(ack)
-                    if ack.canary_weight != route.canary_weight
-                        || ack.primary_weight != route.primary_weight =>
-                {
-                    failures.push(format!(
-                        "{ingress}: observed {}/{} instead of {}/{}",
-                        ack.primary_weight,
-                        ack.canary_weight,
-                        route.primary_weight,
-                        route.canary_weight
-                    ));
-                }
                 Ok(ack) => acks.push(ack),
                 Err(error) => failures.push(format!("{ingress}: {error}")),
             }

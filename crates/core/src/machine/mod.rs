@@ -28,6 +28,7 @@ pub use types::*;
 
 use std::collections::BTreeMap;
 
+use crate::clusters::ClusterPolicy;
 use crate::error::ValidationErrors;
 use crate::plan::{Hold, Plan, PlannedStep};
 use crate::spec::{
@@ -211,6 +212,17 @@ impl Machine {
         (!self.spec.skip_analysis || kind == WebhookType::ConfirmRollout)
             && self.spec.analysis.has_webhook(kind)
     }
+
+    /// True for a multi-cluster rollout under policy `waves`.
+    fn waves(&self) -> bool {
+        !self.spec.clusters.is_empty() && self.spec.cluster_policy == Some(ClusterPolicy::Waves)
+    }
+
+    /// The place in `spec.clusters` of the cluster an ack names (`<cluster>/<ingress>`).
+    fn cluster_of(&self, ingress: &str) -> Option<usize> {
+        let (cluster, _) = ingress.split_once('/')?;
+        self.spec.clusters.iter().position(|c| c.name == cluster)
+    }
 }
 
 /// One decision in progress.
@@ -301,6 +313,17 @@ impl Cx<'_> {
         let reason = reason.into();
         self.st.message = reason.clone();
         let canary_weight = self.st.route.as_ref().map_or(0, |r| r.canary_weight);
+        let mut details = details;
+        if self.m.waves()
+            && let Some(cluster) = self.m.spec.clusters.get(self.st.wave)
+        {
+            // Policy waves: every event names the wave it happened in.
+            details.insert("cluster".into(), cluster.name.clone());
+            details.insert(
+                "wave".into(),
+                format!("{} of {}", self.st.wave + 1, self.m.spec.clusters.len()),
+            );
+        }
         self.acts.push(Action::Emit(AuditEvent {
             kind,
             phase: self.st.phase,
@@ -368,6 +391,14 @@ impl Cx<'_> {
         })
     }
 
+    /// Policy `waves`: the wave the next route moves. `None` (every cluster the same route) for
+    /// other policies, for the first route to the primary and for a rollback, which moves every
+    /// cluster back, the promoted ones too.
+    fn route_wave(&self) -> Option<usize> {
+        let everywhere = matches!(self.st.phase, Phase::Initializing | Phase::Failed);
+        (self.m.waves() && !everywhere).then_some(self.st.wave)
+    }
+
     /// Requests a route; when the data plane already serves exactly that, it counts as
     /// confirmed now.
     fn go_route(&mut self, canary: u8, mirror: u8, matches: Vec<MatchRule>, expire_cookie: bool) {
@@ -379,6 +410,7 @@ impl Cx<'_> {
             mirror_percent: mirror.min(100),
             matches,
             session_affinity: self.cookie(canary, expire_cookie),
+            wave: self.route_wave(),
         };
         if self.st.route_confirmed
             && self
@@ -451,24 +483,36 @@ impl Cx<'_> {
     /// Every ingress's ack of route (or `Finalise`) `seq`: each must serve the split asked for;
     /// the first that does not fails the route, named.
     fn ingresses_confirmed(&mut self, seq: u64, ingresses: Vec<IngressSplit>) {
-        let want = match (&self.st.wait, &self.st.route) {
-            (Wait::Route { seq: s, .. }, Some(route)) if *s == seq => ObservedSplit {
-                canary_weight: route.canary_weight,
-                primary_weight: route.primary_weight,
-                mirror_percent: route.mirror_percent,
-            },
-            // The finalising route: the canary serves everything as the primary.
-            (Wait::Finalise { seq: s, .. }, _) if *s == seq => ObservedSplit {
-                canary_weight: 0,
-                primary_weight: 100,
-                mirror_percent: 0,
-            },
+        // The finalising route: the canary serves everything as the primary.
+        let finalised = ObservedSplit {
+            canary_weight: 0,
+            primary_weight: 100,
+            mirror_percent: 0,
+        };
+        let route = match (&self.st.wait, &self.st.route) {
+            (Wait::Route { seq: s, .. }, Some(route)) if *s == seq => Some(route.clone()),
+            (Wait::Finalise { seq: s, .. }, _) if *s == seq => None,
             _ => return self.ignore("stale route ack"),
         };
+        // What ingress `label` must serve: under policy waves, its cluster's part of the route.
+        let want_of = |label: &str| match &route {
+            Some(route) => match self.m.cluster_of(label) {
+                Some(cluster) => route.split_for_cluster(cluster),
+                None => route.split_for_cluster(route.wave.unwrap_or(0)),
+            },
+            None => finalised,
+        };
+        let want = route
+            .as_ref()
+            .map_or(finalised, |r| r.split_for_cluster(r.wave.unwrap_or(0)));
         if ingresses.is_empty() {
             return self.route_failed(seq, "no ingress acknowledged it");
         }
-        if let Some(off) = ingresses.iter().find(|i| i.observed != want) {
+        if let Some((off, want)) = ingresses
+            .iter()
+            .map(|i| (i, want_of(&i.ingress)))
+            .find(|(i, want)| i.observed != *want)
+        {
             let reason = format!(
                 "ingress {:?} serves {}/{} (mirror {}), wanted {}/{} (mirror {})",
                 off.ingress,
@@ -540,7 +584,7 @@ impl Cx<'_> {
             Phase::Progressing => self.step_entered(),
             Phase::Promoting => {
                 if self.st.promotion_step + 1 >= self.m.plan.promotion.weights.len() {
-                    self.finalise();
+                    self.promoted();
                 } else {
                     self.st.wait = Wait::Interval;
                     self.schedule(self.now + self.m.interval_ms());
@@ -574,6 +618,7 @@ impl Cx<'_> {
         self.st.return_weight = None;
         self.st.undecided_since_ms = None;
         self.st.session_cookie = Some(format!("{:016x}", self.random));
+        self.st.wave = 0;
         self.clear_halt();
         if self.m.has_hook(WebhookType::ConfirmRollout) {
             self.check_gate(WebhookType::ConfirmRollout);
@@ -1331,6 +1376,49 @@ impl Cx<'_> {
         self.go_route(w, 0, Vec::new(), last);
     }
 
+    /// The canary serves everything (in the current wave's cluster, under policy `waves`):
+    /// the next wave starts, or, after the last, every cluster is finalised.
+    fn promoted(&mut self) {
+        if self.m.waves() && self.st.wave + 1 < self.m.spec.clusters.len() {
+            self.next_wave();
+        } else {
+            self.finalise();
+        }
+    }
+
+    /// Policy `waves`: the current wave's cluster is promoted (it keeps serving the canary
+    /// fully); the next cluster starts at its first step, judged alone, with the counts of a
+    /// new walk. Gates before the walk (`confirm-rollout`, `pre-rollout`) were passed once
+    /// for the rollout; each wave's steps and promotion ask theirs.
+    fn next_wave(&mut self) {
+        let done = self.m.spec.clusters[self.st.wave].name.clone();
+        self.st.wave += 1;
+        self.st.failed_checks = 0;
+        self.st.iterations_done = 0;
+        self.st.passed_steps.clear();
+        self.st.promotion_step = 0;
+        self.st.gate_hold = None;
+        self.st.window_start_ms = None;
+        self.st.check_returns.clear();
+        self.st.return_weight = None;
+        self.st.undecided_since_ms = None;
+        self.clear_halt();
+        let next = &self.m.spec.clusters[self.st.wave].name;
+        let mut details = BTreeMap::new();
+        details.insert("promotedCluster".into(), done.clone());
+        self.st.phase = Phase::Progressing;
+        self.emit_with(
+            EventKind::Progressing,
+            format!(
+                "wave {} of {}: cluster {done} promoted, cluster {next} starts",
+                self.st.wave + 1,
+                self.m.spec.clusters.len()
+            ),
+            details,
+        );
+        self.enter_step(0);
+    }
+
     fn finalise(&mut self) {
         self.st.phase = Phase::Finalising;
         let seq = self.next_seq();
@@ -1540,6 +1628,10 @@ impl Cx<'_> {
                 if full && self.m.spec.is_workload() {
                     self.start_promoting();
                 } else if full {
+                    // Under policy waves, a full promotion promotes every cluster at once.
+                    if self.m.waves() {
+                        self.st.wave = self.m.spec.clusters.len().saturating_sub(1);
+                    }
                     self.st.phase = Promoting;
                     self.st.promotion_step = self.m.plan.promotion.weights.len().saturating_sub(1);
                     self.promote_route();
@@ -1551,7 +1643,7 @@ impl Cx<'_> {
                         _ if self.m.spec.is_workload() => self.start_promoting(),
                         _ => {
                             if self.st.promotion_step + 1 >= self.m.plan.promotion.weights.len() {
-                                self.finalise();
+                                self.promoted();
                             } else {
                                 self.st.promotion_step += 1;
                                 self.promote_route();

@@ -193,12 +193,18 @@ pub struct DesiredRoute {
     /// Sticky canary sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<CookieAffinity>,
+    /// Policy `waves`: the wave (index into `spec.clusters`) this route moves. The clusters of
+    /// earlier waves serve the canary fully, later ones the primary
+    /// ([`DesiredRoute::for_cluster`]). `None`: every cluster serves this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<usize>,
 }
 
 impl DesiredRoute {
     /// True when both routes ask for the same data-plane state (ignoring `seq`).
     pub fn same_split(&self, other: &DesiredRoute) -> bool {
-        self.canary_weight == other.canary_weight
+        self.wave == other.wave
+            && self.canary_weight == other.canary_weight
             && self.primary_weight == other.primary_weight
             && self.mirror_percent == other.mirror_percent
             && self.matches == other.matches
@@ -723,9 +729,16 @@ pub struct RolloutStatus {
     /// its weight while it is analysed every interval (reported once per hold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_hold: Option<WebhookType>,
+    /// Policy `waves`: the wave in progress, an index into `spec.clusters` (0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub wave: usize,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_usize(n: &usize) -> bool {
     *n == 0
 }
 
