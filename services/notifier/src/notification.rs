@@ -142,6 +142,7 @@ pub const TEMPLATE_FIELDS: &[&str] = &[
     "name",
     "rollout",
     "cluster",
+    "waveCluster",
     "generation",
     "step",
     "phase",
@@ -281,6 +282,10 @@ impl Notification {
         if !cluster.is_empty() {
             fields.push(("Cluster".to_owned(), cluster.to_owned()));
         }
+        // Policy waves: the member cluster whose wave the event happened in.
+        if !d.cluster.is_empty() {
+            fields.push(("Wave".to_owned(), d.cluster.clone()));
+        }
         fields.push(("Phase".to_owned(), or_unknown(&d.phase).to_owned()));
         fields.push(("Generation".to_owned(), d.generation.to_string()));
         fields.push(("Step".to_owned(), d.step.to_string()));
@@ -317,6 +322,7 @@ impl Notification {
             ("name", d.name.clone()),
             ("rollout", rollout),
             ("cluster", cluster.to_owned()),
+            ("waveCluster", d.cluster.clone()),
             ("generation", d.generation.to_string()),
             ("step", d.step.to_string()),
             ("phase", d.phase.clone()),
@@ -524,6 +530,12 @@ pub(crate) mod tests {
         assert_eq!(n.describe, "aviary describe test/podinfo");
         assert!(n.fields.contains(&("Cluster".into(), "eu-1".into())));
         assert!(n.fields.contains(&("Generation".into(), "3".into())));
+        assert!(!n.fields.iter().any(|(name, _)| name == "Wave"));
+        // Under policy waves, the event's member cluster is named too.
+        let mut in_wave = rolled_back();
+        in_wave.data.cluster = "us".into();
+        let n = Notification::new(&in_wave, EventKind::RolledBack, Severity::Error, "eu-1");
+        assert!(n.fields.contains(&("Wave".into(), "us".into())));
         let plain = n.plain();
         assert!(plain.contains("aviary describe test/podinfo"), "{plain}");
         assert!(plain.contains("Canary weight 0% (primary 100%)"), "{plain}");
