@@ -119,17 +119,26 @@ pub struct Taken {
 }
 
 /// The first ingress, host and path prefix `spec` would take that `other` holds: both route
-/// the ingress and their selectors [`conflict`](RouteSelector::conflict).
+/// the ingress and their selectors [`conflict`](RouteSelector::conflict). A member cluster's
+/// ingress is its own (`<cluster>/<ingress>`, served by that cluster's agents): it is shared
+/// only with rollouts that name the same ingress in the same cluster, never with a hub ingress
+/// of the same name.
 pub fn taken(spec: &RolloutSpec, other: &RolloutSpec) -> Option<Taken> {
     let conflict = RouteSelector::of(spec).conflict(&RouteSelector::of(other))?;
-    let ingress = spec
-        .ingresses
+    let theirs = routed(other);
+    let ingress = routed(spec).into_iter().find(|i| theirs.contains(i))?;
+    Some(Taken { ingress, conflict })
+}
+
+/// Every ingress `spec` routes, as status names it: a hub ingress by its name, a member
+/// cluster's as `<cluster>/<ingress>`.
+fn routed(spec: &RolloutSpec) -> Vec<String> {
+    let hub = spec.ingresses.iter().map(|i| i.name.clone());
+    let members = spec
+        .clusters
         .iter()
-        .find(|i| other.ingresses.iter().any(|o| o.name == i.name))?;
-    Some(Taken {
-        ingress: ingress.name.clone(),
-        conflict,
-    })
+        .flat_map(|c| c.ingress_names().map(move |i| format!("{}/{i}", c.name)));
+    hub.chain(members).collect()
 }
 
 /// A host name a route may select: a DNS name of lower-case labels, optionally starting with
@@ -339,6 +348,22 @@ mod tests {
             taken(&a, &b).map(|t| t.conflict.host),
             Some("a.example".into())
         );
+    }
+
+    #[test]
+    fn a_member_clusters_ingress_is_shared_only_within_that_cluster() {
+        let eu = RolloutSpec::test().clusters(&[("eu", &["edge"]), ("us", &["lb"])]);
+        let hub = RolloutSpec::test();
+        // The hub's "edge" is not eu's "edge".
+        assert_eq!(taken(&eu, &hub), None);
+        assert_eq!(taken(&hub, &eu), None);
+        let also_eu = RolloutSpec::test().clusters(&[("eu", &["edge"])]);
+        assert_eq!(
+            taken(&eu, &also_eu).map(|t| t.ingress),
+            Some("eu/edge".into())
+        );
+        let us_edge = RolloutSpec::test().clusters(&[("us", &["edge"])]);
+        assert_eq!(taken(&eu, &us_edge), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::auth::{AuthError, Caller, Role, Tokens};
-use crate::capabilities::{self, CheckError};
+use crate::capabilities;
 use crate::convert::{self, now_ms};
 use crate::effects::Effects;
 use crate::metrics::Metrics;
@@ -57,19 +57,49 @@ impl Api {
         }
     }
 
-    /// Refuses `spec` when an ingress's published capabilities cannot serve it.
+    /// Refuses `spec` when an ingress's published capabilities cannot serve it: the hub's
+    /// ingresses from the hub's agents bucket, each member cluster's from the agents bucket in
+    /// that cluster's JetStream domain, where its router agents publish. A member whose bucket
+    /// cannot be read in time (its link is down) is not checked, as an ingress no agent
+    /// published for; its agents still refuse a route they cannot serve, which halts the step.
     async fn check_capabilities(&self, spec: &aviary_core::RolloutSpec) -> Result<(), Status> {
         let agents = self
             .agents
             .get_or_try_init(|| Bucket::open(self.effects.jetstream(), names::BUCKET_AGENTS))
             .await
             .map_err(internal)?;
-        capabilities::check_published(agents, spec)
+        let hub = spec
+            .ingresses
+            .iter()
+            .map(|i| (i.name.clone(), i.name.clone()))
+            .collect();
+        let mut published = capabilities::read_published(agents, hub)
             .await
-            .map_err(|error| match error {
-                CheckError::Unsupported(refusal) => Status::invalid_argument(refusal.to_string()),
-                CheckError::Bus(error) => internal(error),
-            })
+            .map_err(internal)?;
+        for cluster in &spec.clusters {
+            let read = async {
+                let bucket = self.effects.member_agents(&cluster.name).await?;
+                let ingresses = cluster
+                    .ingress_names()
+                    .map(|i| (format!("{}/{i}", cluster.name), i.to_owned()))
+                    .collect();
+                capabilities::read_published(&bucket, ingresses).await
+            };
+            match tokio::time::timeout(self.effects.route_timeout(), read).await {
+                Ok(Ok(found)) => published.extend(found),
+                Ok(Err(error)) => info!(cluster = %cluster.name, %error,
+                    "member cluster's router-agent capabilities unreadable; not checked"),
+                Err(_) => info!(cluster = %cluster.name,
+                    "member cluster's router-agent capabilities not read in time; not checked"),
+            }
+        }
+        capabilities::check(
+            spec,
+            published
+                .iter()
+                .map(|(label, caps)| (label.as_str(), caps.as_ref())),
+        )
+        .map_err(|refusal| Status::invalid_argument(refusal.to_string()))
     }
 
     /// Refuses `spec` (the rollout at `key`) when it would take a host and path prefix of an

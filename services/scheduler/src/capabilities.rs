@@ -176,42 +176,28 @@ pub fn check<'a>(
     }
 }
 
-/// Why the check could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    /// The spec needs what an ingress cannot do.
-    #[error(transparent)]
-    Unsupported(#[from] Unsupported),
-    /// The agents bucket could not be read.
-    #[error("reading router-agent capabilities: {0}")]
-    Bus(#[from] aviary_bus::BusError),
-}
-
-/// Reads the capabilities of every ingress of `spec` from `agents` and [`check`]s them.
+/// Reads from `agents` what each of `ingresses` (how status names it, its name in the
+/// bucket) published; `None` for an ingress no router agent published for (not checked).
 ///
-/// Errors: [`CheckError::Unsupported`]; [`CheckError::Bus`] when the bucket cannot be read.
-pub async fn check_published(
+/// Errors: [`aviary_bus::BusError`] when the bucket cannot be read.
+pub async fn read_published(
     agents: &Bucket<AgentCapabilities, Proto>,
-    spec: &RolloutSpec,
-) -> Result<(), CheckError> {
-    let mut published = Vec::with_capacity(spec.ingresses.len());
-    for ingress in &spec.ingresses {
+    ingresses: Vec<(String, String)>,
+) -> Result<Vec<(String, Option<AgentCapabilities>)>, aviary_bus::BusError> {
+    let mut published = Vec::new();
+    for (label, ingress) in ingresses {
         // An ingress name that is not a valid key has been refused by validation already.
-        let Ok(key) = names::agent_key(&ingress.name) else {
+        let Ok(key) = names::agent_key(&ingress) else {
             continue;
         };
         let capabilities = agents.get(&key).await?.map(|entry| entry.value);
         if capabilities.is_none() {
-            info!(ingress = %ingress.name,
+            info!(ingress = %label,
                 "no router agent has published capabilities for this ingress; not checked");
         }
-        published.push((ingress.name.as_str(), capabilities));
+        published.push((label, capabilities));
     }
-    check(
-        spec,
-        published.iter().map(|(name, caps)| (*name, caps.as_ref())),
-    )?;
-    Ok(())
+    Ok(published)
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use aviary_bus::typed::{self, Proto};
 use aviary_bus::{BusError, names};
 use aviary_proto::events::AuditEvent;
 use aviary_proto::{
-    AnalysisRequest, DesiredRoute, RouteAck, RouteCommand, Verdict, WorkloadAck, WorkloadCommand,
+    AgentCapabilities, AnalysisRequest, DesiredRoute, RouteAck, RouteCommand, Verdict, WorkloadAck,
+    WorkloadCommand,
 };
 use futures::future::join_all;
 use tokio::sync::Mutex;
@@ -216,6 +217,24 @@ impl Effects {
         let bucket = Bucket::open(&js, names::BUCKET_ROUTES).await?;
         buckets.insert(cluster.to_owned(), bucket.clone());
         Ok(bucket)
+    }
+
+    /// The router-agent capabilities bucket in member cluster `cluster`'s JetStream domain,
+    /// where that cluster's agents publish (read at `Apply`; not kept open).
+    ///
+    /// Errors: [`BusError`] for a cluster name that is not a subject token or a bucket that
+    /// cannot be opened.
+    pub async fn member_agents(
+        &self,
+        cluster: &str,
+    ) -> Result<Bucket<AgentCapabilities, Proto>, BusError> {
+        let js = jetstream::with_domain(self.client.clone(), names::parse_cluster(cluster)?);
+        Bucket::open(&js, names::BUCKET_AGENTS).await
+    }
+
+    /// How long one route command, or one read over a leaf link, may take.
+    pub fn route_timeout(&self) -> Duration {
+        self.route_timeout
     }
 
     /// Asks the acting controller to carry out a workload operation (workload mode).
