@@ -7,6 +7,12 @@
 //! Policy `waves`: eu walks and is promoted while us serves only the primary, then us walks
 //! from its first step; us's failing canary in the second wave rolls back both, eu's promoted
 //! canary too.
+//!
+//! Every server runs with the per-service users of `aviary_bus::permissions`, and each
+//! service connects as its own user (the scheduler on the hub, each member's router agent and
+//! analyzer on that member's leaf), so a permission missing for a multi-cluster rollout — a
+//! write to a member's JetStream domain, say — fails a scenario. Leaf links log in to the hub
+//! as their own user.
 // Real processes on real time: its deadlines are wall-clock deadlines.
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // a panic is the failure report
@@ -36,6 +42,14 @@ const ROLLOUT_DEADLINE: Duration = Duration::from_secs(90);
 /// Requests per second sent through each cluster's Envoy.
 const RPS: u32 = 20;
 
+/// The user and password every leaf link logs in to the hub with.
+const LEAF_LOGIN: (&str, &str) = ("leaf", "e2e-leaf");
+
+/// The per-service users, for the hub and for each member's leaf server.
+fn permissions() -> String {
+    aviary_bus::permissions::nats_authorization(|user| format!("\"{}\"", nats_password(user)))
+}
+
 /// One member cluster: its leaf nats-server and everything that runs in it.
 struct Member {
     name: &'static str,
@@ -53,7 +67,10 @@ impl Member {
     async fn start(hub: &NatsHub, name: &'static str, canary: &AppBehaviour, dir: &Path) -> Self {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let leaf = hub.start_leaf(name).await.unwrap();
+        let leaf = hub
+            .start_leaf_with_config(name, &permissions())
+            .await
+            .unwrap();
         let primary = App::start("v1", &AppBehaviour::default()).await;
         let canary = App::start("v2", canary).await;
         let xds_port = free_port().unwrap();
@@ -82,7 +99,9 @@ impl Member {
                 "5000",
             ]
             .map(str::to_owned)
-            .to_vec(),
+            .into_iter()
+            .chain(nats_identity("router-agent"))
+            .collect(),
         );
         agent.start().await;
         let (envoy, envoy_admin, envoy_listener) = start_envoy(&dir, xds_port).await;
@@ -114,7 +133,9 @@ impl Member {
                 "1s",
             ]
             .map(str::to_owned)
-            .to_vec(),
+            .into_iter()
+            .chain(nats_identity("analyzer"))
+            .collect(),
         );
         analyzer.start().await;
         Self {
@@ -165,7 +186,9 @@ impl World {
             .prefix("aviary-e2e-mc-")
             .tempdir()
             .unwrap();
-        let hub = NatsHub::start().await.unwrap();
+        let hub = NatsHub::start_with_config(&permissions(), Some(LEAF_LOGIN))
+            .await
+            .unwrap();
         let eu = Member::start(&hub, "eu", &AppBehaviour::default(), dir.path()).await;
         let us = Member::start(&hub, "us", &us_canary, dir.path()).await;
         hub.wait_leaves(2).await.unwrap();
@@ -189,7 +212,9 @@ impl World {
                 "6000",
             ]
             .map(str::to_owned)
-            .to_vec(),
+            .into_iter()
+            .chain(nats_identity("scheduler"))
+            .collect(),
         );
         scheduler.start().await;
         Self {
@@ -287,7 +312,14 @@ impl World {
 
     /// Every audit event of rollout `name` on the hub's events stream, in order.
     async fn events(&self, name: &str) -> Vec<AuditEvent> {
-        let client = self.hub.server().client().await.unwrap();
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            "scheduler".into(),
+            nats_password("scheduler"),
+        )
+        .custom_inbox_prefix(aviary_bus::names::inbox_prefix("aviary-scheduler"))
+        .connect(self.hub.server().url())
+        .await
+        .unwrap();
         let js = async_nats::jetstream::new(client);
         let stream = js
             .get_stream(aviary_bus::names::STREAM_EVENTS)

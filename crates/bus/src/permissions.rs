@@ -93,6 +93,19 @@ fn cluster_analysis() -> String {
     format!("{}.*.analysis.request", names::CLUSTER_PREFIX)
 }
 
+/// `subjects` (JetStream API calls `$JS.API.…` and KV writes `$KV.…`) as a client sends them
+/// to any member cluster's JetStream domain over the leaf links: `$JS.<cluster>.API.…`, a KV
+/// write as `$JS.<cluster>.API.$KV.…` (how a client bound to a domain publishes puts).
+fn in_member_domains(subjects: Vec<String>) -> Vec<String> {
+    subjects
+        .into_iter()
+        .map(|s| match s.strip_prefix("$JS.API.") {
+            Some(api) => format!("$JS.*.API.{api}"),
+            None => format!("$JS.*.API.{s}"),
+        })
+        .collect()
+}
+
 /// Every identity, in the order of the docs table.
 pub fn identities() -> Vec<Identity> {
     let inbox = |service: &str| names::inbox_prefix(service);
@@ -123,6 +136,12 @@ pub fn identities() -> Vec<Identity> {
     publish.extend(kv_read(names::BUCKET_AGENTS));
     publish.extend(kv_watch(names::BUCKET_AGENTS));
     publish.extend(setup());
+    // Member clusters: each desired route is written to the routes bucket in that cluster's
+    // JetStream domain, and Apply reads that cluster's published agent capabilities.
+    let mut member = kv_write(names::BUCKET_ROUTES);
+    member.extend(kv_read(names::BUCKET_ROUTES));
+    member.extend(kv_read(names::BUCKET_AGENTS));
+    publish.extend(in_member_domains(member));
     all.push(Identity {
         user: "scheduler",
         role: "aviary-scheduler",

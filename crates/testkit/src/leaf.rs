@@ -6,6 +6,10 @@
 //! A leaf's link is cut by killing or stopping that leaf ([`NatsServer::kill`]) and comes back
 //! with [`NatsServer::start_again`]; [`NatsHub::wait_leaves`] polls the hub's `/leafz` until it
 //! sees the expected number of leaf connections.
+//!
+//! [`NatsHub::start_with_config`] adds configuration to the hub (its client users, say) and
+//! makes every leaf link log in as one leaf user; [`NatsHub::start_leaf_with_config`] adds
+//! configuration to a leaf.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct NatsHub {
     server: NatsServer,
     leaf_port: u16,
+    /// The user and password each leaf link logs in with, when the hub requires one.
+    leaf_login: Option<(String, String)>,
 }
 
 impl NatsHub {
@@ -47,10 +53,31 @@ impl NatsHub {
     /// # Errors
     /// As [`NatsServer::start`].
     pub async fn start() -> Result<Self> {
+        Self::start_with_config("", None).await
+    }
+
+    /// [`NatsHub::start`] with `config` added to the hub's configuration file (for example an
+    /// `authorization` block) and, with `leaf_login` (user, password), leaf links refused
+    /// unless they log in as that user; [`NatsHub::start_leaf`] logs in with it.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn start_with_config(config: &str, leaf_login: Option<(&str, &str)>) -> Result<Self> {
         let leaf_port = free_port()?;
-        let config = format!("leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n");
+        let authorization = leaf_login.map_or(String::new(), |(user, password)| {
+            format!(
+                "  authorization {{\n    user: \"{user}\"\n    password: \"{password}\"\n  }}\n"
+            )
+        });
+        let config = format!(
+            "{config}\nleafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n{authorization}}}\n"
+        );
         let server = NatsServer::start_with_config(&config).await?;
-        Ok(Self { server, leaf_port })
+        Ok(Self {
+            server,
+            leaf_port,
+            leaf_login: leaf_login.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        })
     }
 
     /// The hub's server (its client URL, `kill`, `restart`).
@@ -75,9 +102,24 @@ impl NatsHub {
     /// # Errors
     /// As [`NatsServer::start`]; [`TestkitError::Exited`] when `cluster` is not a valid domain.
     pub async fn start_leaf(&self, cluster: &str) -> Result<NatsServer> {
+        self.start_leaf_with_config(cluster, "").await
+    }
+
+    /// [`NatsHub::start_leaf`] with `config` added to the leaf's configuration file (for
+    /// example the member cluster's own `authorization` block).
+    ///
+    /// # Errors
+    /// As [`NatsHub::start_leaf`].
+    pub async fn start_leaf_with_config(&self, cluster: &str, config: &str) -> Result<NatsServer> {
+        let login = self
+            .leaf_login
+            .as_ref()
+            .map_or(String::new(), |(user, password)| {
+                format!("{user}:{password}@")
+            });
         let config = format!(
-            "jetstream {{\n  domain: \"{cluster}\"\n}}\nleafnodes {{\n  reconnect: \"1s\"\n  \
-             remotes = [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}\n",
+            "{config}\njetstream {{\n  domain: \"{cluster}\"\n}}\nleafnodes {{\n  reconnect: \"1s\"\n  \
+             remotes = [ {{ url: \"nats-leaf://{login}127.0.0.1:{}\" }} ]\n}}\n",
             self.leaf_port
         );
         NatsServer::start_with_config(&config).await

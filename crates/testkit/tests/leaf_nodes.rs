@@ -94,3 +94,37 @@ async fn a_killed_leaf_leaves_the_hub_and_links_again_when_started() -> TestResu
     assert!(crosses(&eu_client, &hub_client, "aviary.test.eu.again", "back").await?);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hub_with_a_leaf_login_links_only_leaves_that_give_it() -> TestResult {
+    let hub = NatsHub::start_with_config("", Some(("leaf", "right"))).await?;
+    // A leaf that dials with the wrong password (or none) is refused: the hub keeps no link.
+    let wrong = aviary_testkit::NatsServer::start_with_config(&format!(
+        "jetstream {{\n  domain: \"us\"\n}}\nleafnodes {{\n  reconnect: \"1s\"\n  \
+         remotes = [ {{ url: \"nats-leaf://leaf:wrong@127.0.0.1:{}\" }} ]\n}}\n",
+        hub.leaf_port()
+    ))
+    .await?;
+    // The leaf the hub makes logs in and links.
+    let eu = hub.start_leaf("eu").await?;
+    hub.wait_leaves(1).await?;
+    // The wrong leaf has had time to dial (and be refused) while the right one linked; its
+    // log says so.
+    let refused = || {
+        let log = wrong.log();
+        async move { log.to_lowercase().contains("authorization").then_some(()) }
+    };
+    let started = std::time::Instant::now();
+    while refused().await.is_none() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no refusal in {}",
+            wrong.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hub.leaf_count().await?, 1);
+    let (hub_client, eu_client) = (hub.server().client().await?, eu.client().await?);
+    assert!(crosses(&eu_client, &hub_client, "aviary.test.eu.login", "in").await?);
+    Ok(())
+}

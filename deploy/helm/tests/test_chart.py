@@ -1165,8 +1165,19 @@ def test_a_member_cluster_passes_its_name_to_the_router_agent_and_the_analyzer(c
 def test_a_hub_bundled_nats_listens_for_leaf_nodes(chart: helm.Chart) -> None:
     r = render(chart, bundled(bundled={"leafnodes": {"port": 7422}}))
     conf = r.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
-    assert "leafnodes {\n  port: 7422\n}" in conf, conf
+    assert "leafnodes {\n  port: 7422\n" in conf and 'include "leaf.conf"' in conf, conf
     assert "domain:" not in conf
+    # Every leaf link logs in: a generated password, in a Secret, never in the ConfigMap.
+    leaf = r.get("Secret", f"{FULLNAME}-nats-leaf")["stringData"]
+    assert leaf["user"] == "leaf" and len(leaf["password"]) == 32, leaf
+    assert f'password: "{leaf["password"]}"' in leaf["leaf.conf"], leaf
+    assert leaf["password"] not in conf
+    volumes = r.get("StatefulSet", f"{FULLNAME}-nats")["spec"]["template"]["spec"]["volumes"]
+    sources = next(v for v in volumes if v["name"] == "config")["projected"]["sources"]
+    assert {"secret": {"name": f"{FULLNAME}-nats-leaf", "items": [{"key": "leaf.conf", "path": "leaf.conf"}]}} in sources
+    # A given password is used as it is.
+    given = render(chart, bundled(bundled={"leafnodes": {"port": 7422, "password": "s3cret"}}))
+    assert given.get("Secret", f"{FULLNAME}-nats-leaf")["stringData"]["password"] == "s3cret"
     ports = container(r.get("StatefulSet", f"{FULLNAME}-nats"))["ports"]
     assert {"name": "leafnodes", "containerPort": 7422, "protocol": "TCP"} in ports
     svc = r.get("Service", f"{FULLNAME}-nats")["spec"]["ports"]
@@ -1185,6 +1196,14 @@ def test_a_member_bundled_nats_is_a_leaf_of_the_hub_in_its_own_domain(chart: hel
     assert 'domain: "eu"' in conf, conf
     assert '{ url: "nats-leaf://hub.example:7422" }' in conf, conf
     assert env_of(r.deployment("router-agent"))["AVIARY_CLUSTER"] == "eu"
+    # With the hub's password, the member dials with the leaf login, kept in a Secret.
+    values["nats"]["bundled"]["leafnodes"]["password"] = "s3cret"
+    login = render(chart, values)
+    conf = login.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
+    assert 'include "leaf.conf"' in conf and "s3cret" not in conf, conf
+    leaf_conf = login.get("Secret", f"{FULLNAME}-nats-leaf")["stringData"]["leaf.conf"]
+    assert '{ url: "nats-leaf://leaf:s3cret@hub.example:7422" }' in leaf_conf, leaf_conf
+    del values["nats"]["bundled"]["leafnodes"]["password"]
     # A leaf needs its cluster's name (its JetStream domain), and is not a hub too.
     del values["cluster"]
     with pytest.raises(helm.HelmRenderError, match="set cluster.name"):
@@ -1198,7 +1217,7 @@ def test_a_member_bundled_nats_is_a_leaf_of_the_hub_in_its_own_domain(chart: hel
 def test_the_documented_hub_and_member_values_render(chart: helm.Chart) -> None:
     """The two value sets of docs/multi-cluster.md, "Chart values"."""
     hub = render(chart, {"nats": {"bundled": {"enabled": True, "leafnodes": {"port": 7422}}}, "routerAgent": {"enabled": False}})
-    assert "leafnodes {\n  port: 7422\n}" in hub.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
+    assert "leafnodes {\n  port: 7422\n" in hub.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"]
     assert f"{FULLNAME}-router-agent" not in hub.names("Deployment")
     member = render(
         chart,
@@ -1209,7 +1228,7 @@ def test_the_documented_hub_and_member_values_render(chart: helm.Chart) -> None:
                 "bundled": {
                     "enabled": True,
                     "replicas": 1,
-                    "leafnodes": {"remotes": ["nats-leaf://hub-nats.example:7422"]},
+                    "leafnodes": {"remotes": ["nats-leaf://hub-nats.example:7422"], "password": "the-hubs"},
                 },
             },
             "analyzer": {"prometheus": {"url": "http://prometheus.eu:9090"}},
@@ -1222,3 +1241,30 @@ def test_the_documented_hub_and_member_values_render(chart: helm.Chart) -> None:
     assert env_of(member.deployment("analyzer"))["AVIARY_PROMETHEUS_URL"] == "http://prometheus.eu:9090"
     assert member.deployment("scheduler")["spec"]["replicas"] == 0
     assert {f"{FULLNAME}-notifier", f"{FULLNAME}-controller"}.isdisjoint(member.names("Deployment"))
+
+
+def test_hub_and_member_configs_with_the_leaf_login_are_valid_for_nats_server(chart: helm.Chart, tmp_path: Path) -> None:
+    """The hub's leaf authorization and the member's remotes with the login, as each pod sees them."""
+    hub = render(chart, bundled(bundled={"replicas": 1, "leafnodes": {"port": 7422}}, jetstream={"replicas": 1}))
+    member_values = bundled(
+        bundled={"replicas": 1, "leafnodes": {"remotes": ["nats-leaf://hub.example:7422"], "password": "pw"}},
+        jetstream={"replicas": 1},
+    )
+    member_values["cluster"] = {"name": "eu"}
+    member = render(chart, member_values)
+    env = {"POD_NAME": f"{FULLNAME}-nats-0", "NATS_TOKEN": "s3cret", "PATH": "/usr/bin:/bin"}
+    for side, r in [("hub", hub), ("member", member)]:
+        pod = tmp_path / side
+        pod.mkdir()
+        (pod / "nats.conf").write_text(r.get("ConfigMap", f"{FULLNAME}-nats")["data"]["nats.conf"])
+        (pod / "leaf.conf").write_text(r.get("Secret", f"{FULLNAME}-nats-leaf")["stringData"]["leaf.conf"])
+        checked = subprocess.run(
+            [nats_server(), "-t", "-c", "nats.conf"], cwd=pod, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert checked.returncode == 0, side + ": " + checked.stderr + checked.stdout
+        # Without the leaf file the include fails: nats-server really reads it.
+        (pod / "leaf.conf").unlink()
+        missing = subprocess.run(
+            [nats_server(), "-t", "-c", "nats.conf"], cwd=pod, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert missing.returncode != 0 and "leaf.conf" in missing.stderr + missing.stdout, side
