@@ -76,7 +76,7 @@ ingresses:
     xds_addr: 127.0.0.1:$XDS
 YAML
 start router-agent "$bin/aviary-router-agent" --config-file "$work/agent.yaml" --admin-addr "127.0.0.1:$(free_port)" \
-  --reconcile-interval-ms 2000
+  --reconcile-interval 2s
 sed -e "s/{{ADMIN_PORT}}/$ENVOY_ADMIN/; s/{{LISTENER_PORT}}/$EDGE/; s/{{XDS_PORT}}/$XDS/" \
   "$root/deploy/local/envoy-bootstrap.yaml" >"$work/envoy.yaml"
 start envoy "$tools/envoy" -c "$work/envoy.yaml" --base-id "$((RANDOM % 60000))" --log-level warn
@@ -103,7 +103,7 @@ start notifier "$bin/aviary-notifier" --config "$work/notifier.yaml" --cluster-n
 for i in 1 2; do
   port_var="S$i"; admin=$(free_port)
   start "scheduler-$i" "$bin/aviary-scheduler" --grpc-addr "127.0.0.1:${!port_var}" --admin-addr "127.0.0.1:$admin" \
-    --replica-id "scheduler-$i" --lease-ttl-ms 3000
+    --replica-id "scheduler-$i" --lease-ttl 3s
   wait_http "http://127.0.0.1:$admin/readyz" "scheduler-$i"
 done
 export AVIARY_SERVER="http://127.0.0.1:$S1"

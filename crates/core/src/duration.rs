@@ -91,6 +91,24 @@ pub fn parse_std_duration(input: &str) -> Result<std::time::Duration, DurationEr
     parse_duration(input).map(std::time::Duration::from)
 }
 
+/// The parser of every timeout and interval flag (clap's `value_parser`): a duration with
+/// units (`30s`, `1m30s`, `500ms`, as [`parse_duration`]), or a bare number of milliseconds, as
+/// the `--*-ms` flags these flags were named before took (each keeps that name as an alias).
+///
+/// # Errors
+/// As [`parse_duration`]; [`DurationError::Zero`] for `0`.
+pub fn parse_flag_duration(input: &str) -> Result<std::time::Duration, DurationError> {
+    let s = input.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: u64 = s.parse().map_err(|_| DurationError::Overflow)?;
+        if ms == 0 {
+            return Err(DurationError::Zero);
+        }
+        return Ok(std::time::Duration::from_millis(ms));
+    }
+    parse_std_duration(s)
+}
+
 /// Parses a duration string.
 ///
 /// Accepts one or more `<integer><unit>` parts with units `ms`, `s`, `m`, `h` (for example
@@ -205,6 +223,23 @@ pub fn format_seconds(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_takes_units_or_a_bare_number_of_milliseconds() {
+        use std::time::Duration;
+        assert_eq!(parse_flag_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_flag_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_flag_duration("1500"), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_flag_duration(" 250ms "),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(parse_flag_duration("0"), Err(DurationError::Zero));
+        assert!(parse_flag_duration("").is_err());
+        assert!(parse_flag_duration("5 s").is_err());
+        assert!(parse_flag_duration("-5s").is_err());
+        assert!(parse_flag_duration("99999999999999999999").is_err());
+    }
 
     #[test]
     fn parses_units_and_combinations() {

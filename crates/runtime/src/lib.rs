@@ -51,6 +51,7 @@ pub struct CommonArgs {
     pub otlp_endpoint: Option<String>,
 
     /// How long a graceful drain may take after SIGTERM before the process exits anyway.
-    #[arg(long, env = "AVIARY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
+    /// (`10s`; a bare number is milliseconds.)
+    #[arg(long = "drain-timeout", alias = "drain-timeout-ms", env = "AVIARY_DRAIN_TIMEOUT", default_value = "10s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub drain_timeout: std::time::Duration,
 }

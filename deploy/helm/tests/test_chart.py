@@ -1268,3 +1268,18 @@ def test_hub_and_member_configs_with_the_leaf_login_are_valid_for_nats_server(ch
             [nats_server(), "-t", "-c", "nats.conf"], cwd=pod, env=env, capture_output=True, text=True, timeout=30
         )
         assert missing.returncode != 0 and "leaf.conf" in missing.stderr + missing.stdout, side
+
+
+def test_timeouts_reach_the_services_as_durations(chart: helm.Chart) -> None:
+    r = render(chart, {"scheduler": {"leaseTtlMs": 7000, "routeTimeoutMs": 12000}, "drainTimeoutMs": 20000})
+    env = env_of(r.deployment("scheduler"))
+    assert env["AVIARY_LEASE_TTL"] == "7000ms"
+    assert env["AVIARY_ROUTE_TIMEOUT"] == "12000ms"
+    assert env["AVIARY_ANALYSIS_TIMEOUT"] == "30000ms"
+    assert env["AVIARY_DRAIN_TIMEOUT"] == "20000ms"
+    assert env_of(r.deployment("analyzer"))["AVIARY_QUERY_TIMEOUT"].endswith("ms")
+    agent = env_of(r.deployment("router-agent"))
+    assert agent["AVIARY_RECONCILE_INTERVAL"].endswith("ms") and agent["AVIARY_APPLY_TIMEOUT"].endswith("ms")
+    # The old names are gone: a service would ignore them.
+    for component in ["scheduler", "analyzer", "router-agent"]:
+        assert not [k for k in env_of(r.deployment(component)) if k.endswith("_MS")], component

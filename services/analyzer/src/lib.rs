@@ -127,8 +127,9 @@ pub struct Config {
     pub prometheus_insecure_skip_verify: bool,
 
     /// Deadline of one backend query, connection included.
-    #[arg(long, env = "AVIARY_QUERY_TIMEOUT_MS", default_value_t = 10_000)]
-    pub query_timeout_ms: u64,
+    /// (`10s`; a bare number is milliseconds.)
+    #[arg(long = "query-timeout", alias = "query-timeout-ms", env = "AVIARY_QUERY_TIMEOUT", default_value = "10s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub query_timeout: Duration,
 
     /// Backend queries in flight per backend at most.
     #[arg(long, env = "AVIARY_MAX_QUERIES_PER_BACKEND", default_value_t = 16)]
@@ -177,8 +178,9 @@ pub struct Config {
     /// by then the scheduler's request has timed out (its `--analysis-timeout-ms`, 30 s by
     /// default) and nobody waits for the verdict. A webhook call it was waiting on goes on,
     /// and the scheduler's next request for the step joins it.
-    #[arg(long, env = "AVIARY_ANALYSIS_BUDGET_MS", default_value_t = 30_000)]
-    pub analysis_budget_ms: u64,
+    /// (`30s`; a bare number is milliseconds.)
+    #[arg(long = "analysis-budget", alias = "analysis-budget-ms", env = "AVIARY_ANALYSIS_BUDGET", default_value = "30s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub analysis_budget: Duration,
 
     /// Datadog, New Relic and Graphite (metrics with `providerType` set to one of them).
     #[command(flatten)]
@@ -385,7 +387,7 @@ impl Config {
                 url: self.prometheus_url.clone(),
                 auth,
                 headers,
-                timeout: Duration::from_millis(self.query_timeout_ms),
+                timeout: self.query_timeout,
                 ca_file: self.prometheus_ca_file.clone(),
                 insecure_skip_verify: self.prometheus_insecure_skip_verify,
             },
@@ -429,9 +431,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let mut registry = aviary_runtime::admin::registry();
     let metrics = AnalyzerMetrics::register(&mut registry);
-    let vendors = config
-        .vendors
-        .vendor_config(Duration::from_millis(config.query_timeout_ms))?;
+    let vendors = config.vendors.vendor_config(config.query_timeout)?;
     let analyzer = Arc::new(
         Analyzer::new(config.analyzer_options()?, metrics)
             .context("configuring the backend")?
@@ -475,9 +475,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         queue = names::QUEUE_ANALYZER,
         "analyzer ready"
     );
-    let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let drain = config.common.drain_timeout;
     let limit = Arc::new(Semaphore::new(config.max_pending_analyses.max(1)));
-    let budget = Duration::from_millis(config.analysis_budget_ms);
+    let budget = config.analysis_budget;
     let tasks = Tasks::new(&shutdown, &ready);
     let worker = Worker {
         client,

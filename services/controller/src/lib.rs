@@ -413,7 +413,7 @@ pub async fn start(
         election.await;
         Ok::<(), std::convert::Infallible>(())
     });
-    let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let drain = config.common.drain_timeout;
     let mut kinds = vec![Kind::Rollout];
     if config.flagger {
         kinds.push(Kind::Canary);

@@ -124,7 +124,7 @@ impl Running {
 }
 
 /// Runs the notifier until `shutdown`, then drains: stops pulling, lets posts in flight
-/// settle (up to `--drain-timeout-ms`), acks what settled and hands back what did not.
+/// settle (up to `--drain-timeout`), acks what settled and hands back what did not.
 ///
 /// # Errors
 /// When the config file is bad, NATS is unreachable at start, or the streams, bucket or
@@ -237,7 +237,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         "notifier ready"
     );
 
-    let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let drain = config.common.drain_timeout;
     let tasks_for_consumer = tasks.clone();
     let task = tokio::spawn(async move {
         // Runs until stopped: it retries on every error, so its end is never a failure.

@@ -62,24 +62,14 @@ pub struct Config {
     pub cluster: Option<String>,
 
     /// How often every ingress is reconciled to the desired route in KV (level-triggered).
-    #[arg(long, env = "AVIARY_RECONCILE_INTERVAL_MS", default_value_t = 30_000)]
-    pub reconcile_interval_ms: u64,
+    /// (`30s`; a bare number is milliseconds.)
+    #[arg(long = "reconcile-interval", alias = "reconcile-interval-ms", env = "AVIARY_RECONCILE_INTERVAL", default_value = "30s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub reconcile_interval: Duration,
 
     /// How long an apply may wait for the data plane to confirm the new split.
-    #[arg(long, env = "AVIARY_APPLY_TIMEOUT_MS", default_value_t = 10_000)]
-    pub apply_timeout_ms: u64,
-}
-
-impl Config {
-    /// [`Config::reconcile_interval_ms`] as a duration.
-    pub fn reconcile_interval(&self) -> Duration {
-        Duration::from_millis(self.reconcile_interval_ms.max(1))
-    }
-
-    /// [`Config::apply_timeout_ms`] as a duration.
-    pub fn apply_timeout(&self) -> Duration {
-        Duration::from_millis(self.apply_timeout_ms)
-    }
+    /// (`10s`; a bare number is milliseconds.)
+    #[arg(long = "apply-timeout", alias = "apply-timeout-ms", env = "AVIARY_APPLY_TIMEOUT", default_value = "10s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub apply_timeout: Duration,
 }
 
 /// The ingress file.

@@ -19,7 +19,6 @@ pub mod model;
 pub mod provider;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use aviary_bus::kv::Bucket;
@@ -70,7 +69,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     .unwrap_or_else(|| ingress.name.clone());
                 let mut envoy = EnvoyProvider::with_gauge(
                     name,
-                    config.apply_timeout(),
+                    config.apply_timeout,
                     metrics.xds_gauge(&ingress.name),
                 );
                 if let Some(slices) = &settings.endpoint_slices {
@@ -90,16 +89,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 Provider::Envoy(envoy)
             }
             ProviderConfig::Nginx(settings) => {
-                Provider::Nginx(NginxProvider::new(settings.clone(), config.apply_timeout()))
+                Provider::Nginx(NginxProvider::new(settings.clone(), config.apply_timeout))
             }
-            ProviderConfig::Haproxy(settings) => Provider::Haproxy(HaproxyProvider::new(
-                settings.clone(),
-                config.apply_timeout(),
-            )),
+            ProviderConfig::Haproxy(settings) => {
+                Provider::Haproxy(HaproxyProvider::new(settings.clone(), config.apply_timeout))
+            }
             other => {
                 let (kind, settings) = other.kube().context("a provider without a constructor")?;
                 Provider::Kube(
-                    KubeProvider::connect(kind, settings.clone(), config.apply_timeout())
+                    KubeProvider::connect(kind, settings.clone(), config.apply_timeout)
                         .await
                         .with_context(|| format!("ingress {}", ingress.name))?,
                 )
@@ -163,7 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             });
         }
         let (client, bus_metrics, token) = (client.clone(), bus_metrics.clone(), tasks.token());
-        let interval = config.reconcile_interval();
+        let interval = config.reconcile_interval;
         tasks.critical("ingress loop", async move {
             ingress.serve(client, bus_metrics, interval, token).await
         });
@@ -173,9 +171,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     tasks.stopped().await;
     ready.set(false);
-    let outcome = tasks
-        .finish(Duration::from_millis(config.common.drain_timeout_ms))
-        .await;
+    let outcome = tasks.finish(config.common.drain_timeout).await;
     if let Err(error) = client.flush().await {
         tracing::warn!(%error, "flushing NATS on shutdown");
     }

@@ -252,7 +252,7 @@ impl Effects {
     /// Errors: [`BusError::NoResponders`] when no analyzer runs, [`BusError::Timeout`] when none
     /// answered in time, [`BusError::Remote`] when the analyzer refused the request.
     ///
-    /// The wait is `--analysis-timeout-ms`, or longer when the request calls webhooks: their
+    /// The wait is `--analysis-timeout`, or longer when the request calls webhooks: their
     /// longest call (each hook's own `timeout`, retries included) and a margin, so a long
     /// pre-rollout test is not cut short. Other rollouts do not wait meanwhile: each request
     /// is its own task.

@@ -59,14 +59,16 @@ pub struct Config {
     #[arg(long, env = "AVIARY_REPLICA_ID")]
     pub replica_id: Option<String>,
     /// Lease period: a dead replica's rollouts are taken over within two of these.
-    #[arg(long, env = "AVIARY_LEASE_TTL_MS", default_value_t = 5_000)]
-    pub lease_ttl_ms: u64,
-    /// How long every ingress has to acknowledge a route.
-    #[arg(long, env = "AVIARY_ROUTE_TIMEOUT_MS", default_value_t = 10_000)]
-    pub route_timeout_ms: u64,
-    /// How long the analyzer has to answer.
-    #[arg(long, env = "AVIARY_ANALYSIS_TIMEOUT_MS", default_value_t = 30_000)]
-    pub analysis_timeout_ms: u64,
+    /// (`5s`; a bare number is milliseconds.)
+    #[arg(long = "lease-ttl", alias = "lease-ttl-ms", env = "AVIARY_LEASE_TTL", default_value = "5s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub lease_ttl: Duration,
+    /// How long every ingress has to acknowledge a route (`10s`; a bare number is
+    /// milliseconds).
+    #[arg(long = "route-timeout", alias = "route-timeout-ms", env = "AVIARY_ROUTE_TIMEOUT", default_value = "10s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub route_timeout: Duration,
+    /// How long the analyzer has to answer (`30s`; a bare number is milliseconds).
+    #[arg(long = "analysis-timeout", alias = "analysis-timeout-ms", env = "AVIARY_ANALYSIS_TIMEOUT", default_value = "30s", value_parser = aviary_core::duration::parse_flag_duration)]
+    pub analysis_timeout: Duration,
     /// Bearer tokens file (`<token> <read|operator> <identity>` per line); open API when unset.
     #[arg(long, env = "AVIARY_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
@@ -120,14 +122,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let replica = config.replica_id.clone().unwrap_or_else(default_replica_id);
     let effects = effects::Effects::new(
         client.clone(),
-        Duration::from_millis(config.route_timeout_ms),
-        Duration::from_millis(config.analysis_timeout_ms),
+        config.route_timeout,
+        config.analysis_timeout,
     )
     .await?;
     let shared = Arc::new(driver::Shared {
         records: records.clone(),
-        leases: lease::Leases::new(leases, replica.clone(), config.lease_ttl_ms)
-            .with_bucket_max_age(leases_max_age),
+        leases: lease::Leases::new(
+            leases,
+            replica.clone(),
+            u64::try_from(config.lease_ttl.as_millis()).unwrap_or(u64::MAX),
+        )
+        .with_bucket_max_age(leases_max_age),
         effects: effects.clone(),
         metrics: metrics.clone(),
     });
@@ -142,7 +148,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tasks.critical("rollout owner", owner::run(shared, tasks.token()));
     tasks.stopped().await;
     ready.set(false);
-    let drain = Duration::from_millis(config.common.drain_timeout_ms);
+    let drain = config.common.drain_timeout;
     let outcome = tasks.finish(drain).await;
     let _ = tokio::time::timeout(drain, client.drain()).await;
     info!("scheduler stopped");
@@ -201,4 +207,36 @@ fn default_replica_id() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "scheduler".into());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn timeouts_take_durations_and_the_old_millisecond_flags_still_work() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("aviary-scheduler").chain(args.iter().copied()))
+        };
+        let config = parse(&["--lease-ttl", "2s", "--route-timeout", "1m"]).unwrap();
+        assert_eq!(config.lease_ttl, Duration::from_secs(2));
+        assert_eq!(config.route_timeout, Duration::from_secs(60));
+        assert_eq!(
+            config.analysis_timeout,
+            Duration::from_secs(30),
+            "the default"
+        );
+        assert_eq!(
+            config.common.drain_timeout,
+            Duration::from_secs(10),
+            "the default"
+        );
+        let old = parse(&["--lease-ttl-ms", "1500", "--drain-timeout-ms", "250"]).unwrap();
+        assert_eq!(old.lease_ttl, Duration::from_millis(1500));
+        assert_eq!(old.common.drain_timeout, Duration::from_millis(250));
+        let error = parse(&["--lease-ttl", "soon"]).unwrap_err().to_string();
+        assert!(error.contains("--lease-ttl"), "{error}");
+    }
 }

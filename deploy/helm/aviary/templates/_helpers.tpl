@@ -332,8 +332,8 @@ spec:
               value: {{ $root.Values.log.level | quote }}
             - name: AVIARY_LOG_JSON
               value: {{ $root.Values.log.json | quote }}
-            - name: AVIARY_DRAIN_TIMEOUT_MS
-              value: {{ $root.Values.drainTimeoutMs | quote }}
+            - name: AVIARY_DRAIN_TIMEOUT
+              value: {{ printf "%dms" (int64 $root.Values.drainTimeoutMs) | quote }}
             {{- with $root.Values.otlpEndpoint }}
             - name: AVIARY_OTLP_ENDPOINT
               value: {{ . | quote }}
