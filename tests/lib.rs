@@ -336,6 +336,8 @@ pub struct StackOptions {
     pub canary: AppBehaviour,
     /// Also run a real NGINX as a second ingress, `internal`, of the same router agent.
     pub nginx: bool,
+    /// Every service exports its spans here (`--otlp-endpoint`).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -346,6 +348,7 @@ impl Default for StackOptions {
             notifier: false,
             canary: AppBehaviour::default(),
             nginx: false,
+            otlp_endpoint: None,
         }
     }
 }
@@ -396,6 +399,11 @@ impl Stack {
             format!("\"{}\"", nats_password(user))
         });
         let nats = NatsServer::start_with_config(&permissions).await.unwrap();
+        let otlp: Vec<String> = options
+            .otlp_endpoint
+            .iter()
+            .flat_map(|e| ["--otlp-endpoint".to_owned(), e.clone()])
+            .collect();
         let client = async_nats::ConnectOptions::with_user_and_password(
             "scheduler".into(),
             nats_password("scheduler"),
@@ -445,6 +453,7 @@ impl Stack {
             ]
             .into_iter()
             .chain(nats_identity("router-agent"))
+            .chain(otlp.iter().cloned())
             .collect(),
         );
         agent.start().await;
@@ -476,6 +485,7 @@ impl Stack {
             ]
             .into_iter()
             .chain(nats_identity("analyzer"))
+            .chain(otlp.iter().cloned())
             .collect(),
         );
         analyzer.start().await;
@@ -494,6 +504,7 @@ impl Stack {
                 ]
                 .into_iter()
                 .chain(nats_identity("gate"))
+                .chain(otlp.iter().cloned())
                 .collect(),
             );
             gate.start().await;
@@ -527,6 +538,7 @@ impl Stack {
                 ]
                 .into_iter()
                 .chain(nats_identity("notifier"))
+                .chain(otlp.iter().cloned())
                 .collect(),
             );
             notifier.start().await;
@@ -559,6 +571,7 @@ impl Stack {
                 ]
                 .into_iter()
                 .chain(nats_identity("scheduler"))
+                .chain(otlp.iter().cloned())
                 .collect(),
             );
             service.start().await;

@@ -72,6 +72,22 @@ pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) -> boo
     span.set_parent(cx).is_ok()
 }
 
+/// The W3C `traceparent` of `span`, to keep with work that continues later (a queued command):
+/// `None` when the span is not sampled into a trace (no tracer installed).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let mut headers = HeaderMap::new();
+    inject_span(span, &mut headers);
+    headers.get("traceparent").map(|v| v.as_str().to_owned())
+}
+
+/// Makes the context a [`traceparent`] names the parent of `span`, which must not have been
+/// entered yet. Returns whether a parent was set (a malformed value sets none).
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) -> bool {
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    set_parent_from(span, Some(&headers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //!   WebDriver, for tests of web pages.
 //! - [`kube::FakeKube`] is an in-memory Kubernetes API server that a real `kube::Client` talks
 //!   to, for controller tests.
+//! - [`otlp::OtlpReceiver`] takes the spans services export over OTLP/gRPC, for trace tests.
 //! - [`free_port`] and [`tool_path`] find a port and a binary; [`eventually`] polls a condition
 //!   in a test instead of sleeping.
 //!
@@ -27,6 +28,7 @@ pub mod kube;
 mod leaf;
 mod nats;
 pub mod nginx;
+pub mod otlp;
 mod process;
 pub mod prometheus;
 mod service;

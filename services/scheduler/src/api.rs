@@ -262,13 +262,30 @@ impl Api {
             .ok_or_else(|| Status::not_found(format!("rollout {reference} not found")))
     }
 
-    /// Checks `command` against the current phase, queues it by CAS and wakes the owner.
+    /// Checks `command` against the current phase, queues it by CAS and wakes the owner, in a
+    /// span (`api.command`) whose trace the owner's decision on the command joins.
     async fn command(
         &self,
         reference: Option<&pb::RolloutRef>,
         command: Command,
         caller: Caller,
     ) -> Result<Response<pb::Rollout>, Status> {
+        let span = tracing::info_span!(
+            "api.command",
+            otel.kind = "server",
+            command = command.name(),
+            actor = %caller.identity,
+        );
+        tracing::Instrument::instrument(self.queue(reference, command, caller), span).await
+    }
+
+    async fn queue(
+        &self,
+        reference: Option<&pb::RolloutRef>,
+        command: Command,
+        caller: Caller,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let traceparent = aviary_bus::trace::traceparent(&tracing::Span::current());
         let entry = self.load(reference).await?;
         let key = entry.key.clone();
         let mut refusal = None;
@@ -309,6 +326,7 @@ impl Api {
                             command,
                             actor: caller.identity.clone(),
                             at_ms: now,
+                            traceparent: traceparent.clone(),
                         });
                         Some(record)
                     }

@@ -323,9 +323,29 @@ impl Driver {
         }
     }
 
+    /// Decides on `input` in its own trace (`rollout.decide`; a queued command's decision joins
+    /// the trace of the API call that queued it); what the decision sends — route commands,
+    /// analysis requests, audit events — carries that trace on.
+    async fn handle(
+        &mut self,
+        input: Input,
+        command: Option<&crate::record::QueuedCommand>,
+    ) -> Result<(), Exit> {
+        let span = tracing::info_span!(
+            parent: None,
+            "rollout.decide",
+            rollout = %self.key,
+            input = input.name(),
+        );
+        if let Some(traceparent) = command.and_then(|c| c.traceparent.as_deref()) {
+            aviary_bus::trace::set_parent_from_traceparent(&span, traceparent);
+        }
+        tracing::Instrument::instrument(self.decide(input, command), span).await
+    }
+
     /// Decides on `input`, stores the decision by CAS (re-deciding after a lost race), then
     /// carries out the actions. `command` is the queued command this input consumes.
-    async fn handle(
+    async fn decide(
         &mut self,
         input: Input,
         command: Option<&crate::record::QueuedCommand>,
@@ -521,7 +541,7 @@ impl Driver {
                         primary = route.primary_weight,
                         "applying route"
                     );
-                    tokio::spawn(async move {
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
                         let started = Instant::now();
                         let input = match shared.effects.apply_route(&sends).await {
                             Ok(confirmed) => {
@@ -538,7 +558,7 @@ impl Driver {
                             },
                         };
                         let _ = inputs.send(input).await;
-                    });
+                    }));
                 }
                 Action::RequestAnalysis(request) if !record.rollout.spec.clusters.is_empty() => {
                     let requests = convert::cluster_analysis_requests(record, &request);
@@ -546,7 +566,7 @@ impl Driver {
                     let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
                     let seq = request.seq;
-                    tokio::spawn(async move {
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
                         let asks = requests.iter().map(|(cluster, request)| {
                             shared.effects.analyze_in(Some(cluster), request)
                         });
@@ -571,21 +591,21 @@ impl Driver {
                             .collect();
                         let folded = fold_verdicts(policy, seq, &answers);
                         let _ = inputs.send(Input::Verdict(folded)).await;
-                    });
+                    }));
                 }
                 Action::RequestAnalysis(request) => {
                     let pb_request = convert::analysis_request(record, &request);
                     let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
                     let seq = request.seq;
-                    tokio::spawn(async move {
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
                         let input = match shared.effects.analyze(&pb_request).await {
                             Ok(verdict) => Input::Verdict(convert::verdict(seq, &verdict)),
                             Err(BusError::Timeout { .. }) => Input::AnalysisTimeout { seq },
                             Err(error) => Input::Verdict(error_verdict(seq, &error)),
                         };
                         let _ = inputs.send(input).await;
-                    });
+                    }));
                 }
                 Action::CheckGate {
                     seq,
@@ -596,7 +616,7 @@ impl Driver {
                     let inputs = self.inputs.clone();
                     let request = convert::webhook_request(record, seq, &webhooks);
                     let cluster = convert::hook_cluster(record);
-                    tokio::spawn(async move {
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
                         // A gate with no webhooks is held by the API alone (Approve opens it).
                         let input = if webhooks.is_empty() {
                             Input::GateResult {
@@ -631,7 +651,7 @@ impl Driver {
                             }
                         };
                         let _ = inputs.send(input).await;
-                    });
+                    }));
                 }
                 Action::RunCheck { seq, webhook } => {
                     let shared = self.shared.clone();
@@ -639,7 +659,7 @@ impl Driver {
                     let request =
                         convert::webhook_request(record, seq, std::slice::from_ref(&webhook));
                     let cluster = convert::hook_cluster(record);
-                    tokio::spawn(async move {
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
                         let input = match shared
                             .effects
                             .analyze_in(cluster.as_deref(), &request)
@@ -666,7 +686,7 @@ impl Driver {
                             },
                         };
                         let _ = inputs.send(input).await;
-                    });
+                    }));
                 }
                 Action::RunHooks { hook, webhooks } => {
                     let shared = self.shared.clone();
@@ -695,7 +715,7 @@ impl Driver {
                     let command = convert::workload_command(record, seq, op);
                     let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
-                    tokio::spawn(async move {
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
                         let (done, observed) = match shared.effects.workload(&command).await {
                             Ok(ack) if ack.ok => (ack.done, ack.observed),
                             Ok(ack) => (false, ack.error),
@@ -711,13 +731,13 @@ impl Driver {
                                 observed,
                             })
                             .await;
-                    });
+                    }));
                 }
                 Action::Finalise { seq } => {
                     let sends = convert::finalise_sends(record, seq);
                     let shared = self.shared.clone();
                     let inputs = self.inputs.clone();
-                    tokio::spawn(async move {
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
                         match shared.effects.apply_route(&sends).await {
                             Ok(confirmed) => {
                                 let ingresses = convert::ingress_splits(&confirmed.acks);
@@ -727,7 +747,7 @@ impl Driver {
                             // The machine sends Finalise again at its next tick.
                             Err(failed) => warn!(reason = %failed, "finalising failed"),
                         }
-                    });
+                    }));
                 }
             }
         }

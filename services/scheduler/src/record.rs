@@ -52,6 +52,10 @@ pub struct QueuedCommand {
     pub actor: String,
     /// When it was accepted, epoch milliseconds.
     pub at_ms: u64,
+    /// The W3C trace context of the API call that queued it: the decision that carries it out
+    /// joins that call's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Everything stored about one rollout.

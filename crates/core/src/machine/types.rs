@@ -467,6 +467,31 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// The input's name, for logs and traces (`tick`, `verdict`, `command:promote`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Input::Tick => "tick",
+            Input::TookOver => "took-over",
+            Input::RouteConfirmed { .. } => "route-confirmed",
+            Input::RouteFailed { .. } => "route-failed",
+            Input::Verdict(_) => "verdict",
+            Input::AnalysisTimeout { .. } => "analysis-timeout",
+            Input::GateResult { .. } => "gate-result",
+            Input::GateUnanswered { .. } => "gate-unanswered",
+            Input::CheckResult { .. } => "check-result",
+            Input::CheckUnanswered { .. } => "check-unanswered",
+            Input::IngressesConfirmed { .. } => "ingresses-confirmed",
+            Input::Finalised { .. } => "finalised",
+            Input::WorkloadDone { .. } => "workload-done",
+            Input::RollbackRequested { .. } => "rollback-requested",
+            Input::HookFailed { .. } => "hook-failed",
+            Input::Command(_) => "command",
+            Input::SpecChanged { .. } => "spec-changed",
+        }
+    }
+}
+
 /// What the machine wants analysed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
