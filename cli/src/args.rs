@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Aviary progressive delivery.
 #[derive(Debug, Parser)]
 #[command(name = "aviary", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -16,7 +16,7 @@ pub struct Cli {
 
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Check a rollout file; prints `valid` or one `<field.path>: <problem>` line per problem.
     Validate(ValidateArgs),
     /// Show the weight schedule a rollout file implies and its minimum durations.
@@ -58,7 +58,7 @@ pub enum Command {
 
 /// `aviary dashboard`.
 #[derive(Debug, Args)]
-pub struct DashboardArgs {
+pub(crate) struct DashboardArgs {
     /// Address the web UI listens on (loopback by default: it acts with the dashboard's token).
     #[arg(
         long = "listen",
@@ -78,7 +78,7 @@ pub struct DashboardArgs {
 
 /// What `aviary gate` does to a rollout's gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GateAction {
+pub(crate) enum GateAction {
     /// Let `confirm-*` webhooks pointing at `/gate/check` pass.
     Open,
     /// Hold them again.
@@ -95,7 +95,7 @@ pub enum GateAction {
 
 /// `aviary gate`.
 #[derive(Debug, Args)]
-pub struct GateArgs {
+pub(crate) struct GateArgs {
     /// What to do.
     #[arg(value_enum)]
     pub action: GateAction,
@@ -129,7 +129,7 @@ pub struct GateArgs {
 
 /// A rollout file to read (`-` for standard input).
 #[derive(Debug, Args)]
-pub struct FileArg {
+pub(crate) struct FileArg {
     /// Rollout YAML file, or `-` for standard input.
     #[arg(short = 'f', long = "file", env = "AVIARY_FILE", value_name = "FILE")]
     pub file: PathBuf,
@@ -137,7 +137,7 @@ pub struct FileArg {
 
 /// `aviary validate`.
 #[derive(Debug, Args)]
-pub struct ValidateArgs {
+pub(crate) struct ValidateArgs {
     /// The file.
     #[command(flatten)]
     pub input: FileArg,
@@ -145,7 +145,7 @@ pub struct ValidateArgs {
 
 /// `aviary plan`.
 #[derive(Debug, Args)]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     /// The file.
     #[command(flatten)]
     pub input: FileArg,
@@ -156,7 +156,7 @@ pub struct PlanArgs {
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     /// Aligned columns for people.
     Table,
     /// JSON for programs.
@@ -165,7 +165,7 @@ pub enum Output {
 
 /// How online commands print results. Separate from [`Output`] so `plan` keeps its formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Aligned columns for people.
     Table,
     /// JSON for programs (the protobuf fields, camelCase, enums by short name).
@@ -176,7 +176,7 @@ pub enum Format {
 
 /// Where the control API is and how to authenticate to it.
 #[derive(Debug, Args)]
-pub struct ApiArgs {
+pub(crate) struct ApiArgs {
     /// Control API address.
     #[arg(
         long = "server",
@@ -230,7 +230,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// The output format flag of online commands.
 #[derive(Debug, Args)]
-pub struct FormatArg {
+pub(crate) struct FormatArg {
     /// Output format.
     #[arg(short = 'o', long = "output", env = "AVIARY_OUTPUT", value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -238,7 +238,7 @@ pub struct FormatArg {
 
 /// One rollout: `NS/NAME`, or `-n NS NAME` (namespace `default` when neither says).
 #[derive(Debug, Args)]
-pub struct RefArg {
+pub(crate) struct RefArg {
     /// Namespace of the rollout.
     #[arg(
         short = 'n',
@@ -254,7 +254,7 @@ pub struct RefArg {
 
 /// `aviary apply`.
 #[derive(Debug, Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// The file.
     #[command(flatten)]
     pub input: FileArg,
@@ -268,7 +268,7 @@ pub struct ApplyArgs {
 
 /// `aviary get` and `aviary describe`.
 #[derive(Debug, Args)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// The rollout.
     #[command(flatten)]
     pub target: RefArg,
@@ -282,7 +282,7 @@ pub struct GetArgs {
 
 /// `aviary list`.
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// Only this namespace (default: all).
     #[arg(
         short = 'n',
@@ -303,7 +303,7 @@ pub struct ListArgs {
 }
 
 /// Accepts `Progressing`, `progressing`, `waiting-promotion`, `PHASE_WAITING_PROMOTION`.
-pub fn parse_phase(s: &str) -> Result<aviary_proto::Phase, String> {
+pub(crate) fn parse_phase(s: &str) -> Result<aviary_proto::Phase, String> {
     let squash = |s: &str| {
         s.chars()
             .filter(|c| *c != '-' && *c != '_')
@@ -326,7 +326,7 @@ pub fn parse_phase(s: &str) -> Result<aviary_proto::Phase, String> {
 
 /// `aviary watch`.
 #[derive(Debug, Args)]
-pub struct WatchArgs {
+pub(crate) struct WatchArgs {
     /// The rollout.
     #[command(flatten)]
     pub target: RefArg,
@@ -340,7 +340,7 @@ pub struct WatchArgs {
 
 /// `aviary pause|resume|abort|approve|retry`.
 #[derive(Debug, Args)]
-pub struct CommandArgs {
+pub(crate) struct CommandArgs {
     /// The rollout.
     #[command(flatten)]
     pub target: RefArg,
@@ -357,7 +357,7 @@ pub struct CommandArgs {
 
 /// `aviary delete`.
 #[derive(Debug, Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// Delete whatever the rollout's state: one still moving traffic, or one waiting for a
     /// route acknowledgement that never comes (its ingress has no router agent). Audited as a
     /// forced deletion; traffic stays as it is.
@@ -370,7 +370,7 @@ pub struct DeleteArgs {
 
 /// `aviary promote`.
 #[derive(Debug, Args)]
-pub struct PromoteArgs {
+pub(crate) struct PromoteArgs {
     /// The rollout.
     #[command(flatten)]
     pub target: RefArg,
@@ -387,7 +387,7 @@ pub struct PromoteArgs {
 
 /// `aviary set-weight`.
 #[derive(Debug, Args)]
-pub struct SetWeightArgs {
+pub(crate) struct SetWeightArgs {
     /// The rollout.
     #[command(flatten)]
     pub target: RefArg,
@@ -404,7 +404,7 @@ pub struct SetWeightArgs {
 
 /// `aviary events`.
 #[derive(Debug, Args)]
-pub struct EventsArgs {
+pub(crate) struct EventsArgs {
     /// Only this namespace; with `NAME`, the rollout's namespace.
     #[arg(
         short = 'n',

@@ -10,16 +10,16 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::args::ApiArgs;
 
-pub use aviary_proto::bearer::BearerToken;
+pub(crate) use aviary_proto::bearer::BearerToken;
 
 /// A control-API client that sends the bearer token, if any, with every call.
-pub type Client = RolloutServiceClient<InterceptedService<Channel, BearerToken>>;
+pub(crate) type Client = RolloutServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// The bearer token of `--token` or `--token-file`, if either is given.
 ///
 /// # Errors
 /// The token file cannot be read.
-pub fn token_text(args: &ApiArgs) -> anyhow::Result<Option<String>> {
+pub(crate) fn token_text(args: &ApiArgs) -> anyhow::Result<Option<String>> {
     Ok(match (&args.token, &args.token_file) {
         (Some(token), _) => Some(token.clone()),
         (None, Some(path)) => Some(
@@ -35,7 +35,7 @@ pub fn token_text(args: &ApiArgs) -> anyhow::Result<Option<String>> {
 ///
 /// # Errors
 /// The URL is malformed, or the CA, certificate or key file cannot be read.
-pub fn endpoint(args: &ApiArgs) -> anyhow::Result<Endpoint> {
+pub(crate) fn endpoint(args: &ApiArgs) -> anyhow::Result<Endpoint> {
     let mut endpoint = Endpoint::from_shared(args.server.clone())
         .with_context(|| format!("invalid server address {:?}", args.server))?
         .connect_timeout(args.connect_timeout)
@@ -68,7 +68,7 @@ pub fn endpoint(args: &ApiArgs) -> anyhow::Result<Endpoint> {
 /// # Errors
 /// The URL is malformed, the CA, certificate, key or token file cannot be read, or no server
 /// answers within `--connect-timeout` (or completes the TLS handshake).
-pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
+pub(crate) async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
     let endpoint = endpoint(args)?;
     let token = BearerToken::new(token_text(args)?.as_deref())?;
     let channel = endpoint
@@ -80,7 +80,7 @@ pub async fn connect(args: &ApiArgs) -> anyhow::Result<Client> {
 
 /// The text `main` prints for a failed call: `<code>: <message>`, and for `InvalidArgument` one
 /// field error per line (the server joins them with newlines).
-pub fn describe_status(status: &Status) -> String {
+pub(crate) fn describe_status(status: &Status) -> String {
     let code = format!("{:?}", status.code());
     let message = status.message().trim();
     if message.contains('\n') {

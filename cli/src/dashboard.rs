@@ -71,7 +71,7 @@ struct Dashboard {
 type Shared = Arc<Dashboard>;
 
 /// `aviary dashboard`: serves until SIGINT or SIGTERM.
-pub async fn run(args: &DashboardArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: &DashboardArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let channel = client::endpoint(&args.api)?.connect_lazy();
     let token = client::token_text(&args.api)?
         .map(|t| t.trim().to_owned())

@@ -12,7 +12,7 @@ use crate::online::parse_ref;
 /// Runs `aviary gate ACTION NS/NAME`.
 ///
 /// Errors when the service cannot be reached or answers other than 200/403.
-pub async fn run(args: &GateArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: &GateArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let reference = parse_ref(args.target.namespace.as_deref(), &args.target.target)?;
     let path = match args.action {
         GateAction::Open => "/gate/open",

@@ -108,7 +108,7 @@ fn write_contents(d: &Decoded, out: &mut dyn Write) -> std::io::Result<()> {
 
 /// `aviary validate -f FILE`: warnings, then what the file holds (unless it is one rollout),
 /// then `valid`; or every problem.
-pub fn validate(args: &ValidateArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) fn validate(args: &ValidateArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let text = read(&args.input)?;
     match decode(&text) {
         Ok(d) => {
@@ -134,7 +134,7 @@ struct NamedPlan<'a> {
 
 /// `aviary plan -f FILE [-o json|table]`: the schedule of each rollout in the file. Warnings
 /// go to standard error, so the JSON on stdout stays parseable.
-pub fn plan(args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) fn plan(args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let text = read(&args.input)?;
     let decoded = match decode(&text) {
         Ok(d) => d,

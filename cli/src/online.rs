@@ -88,7 +88,7 @@ fn manifests(text: &str) -> anyhow::Result<(Vec<String>, Vec<aviary_core::Warnin
 
 /// `aviary apply -f FILE`: one Apply per rollout in the file, in file order; stops at the
 /// first refusal. Warnings about the file go to standard error.
-pub async fn apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let text = crate::offline::read(&args.input)?;
     let (manifests, warnings) = manifests(&text)?;
     crate::offline::print_warnings(&warnings, &mut std::io::stderr())?;
@@ -132,7 +132,7 @@ fn write_applied(response: &pb::ApplyResponse, out: &mut dyn Write) -> std::io::
 }
 
 /// `aviary get NS/NAME`.
-pub async fn get(args: &GetArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn get(args: &GetArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let reference = rollout_ref(&args.target)?;
     let mut api = client::connect(&args.api).await?;
     let rollout = api
@@ -149,7 +149,7 @@ pub async fn get(args: &GetArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
 }
 
 /// `aviary describe NS/NAME`.
-pub async fn describe(args: &GetArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn describe(args: &GetArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let reference = rollout_ref(&args.target)?;
     let mut api = client::connect(&args.api).await?;
     let rollout = api
@@ -166,7 +166,7 @@ pub async fn describe(args: &GetArgs, out: &mut dyn Write) -> anyhow::Result<Exi
 }
 
 /// `aviary list [-n NS] [--phase P]`.
-pub async fn list(args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn list(args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let mut api = client::connect(&args.api).await?;
     let response = api
         .list(pb::ListRequest {
@@ -185,7 +185,7 @@ pub async fn list(args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<ExitCo
 
 /// Which rollout command to send.
 #[derive(Debug, Clone, Copy)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// `Pause`.
     Pause,
     /// `Resume`.
@@ -203,7 +203,7 @@ pub enum Verb {
 }
 
 /// `aviary delete [--force] NS/NAME`.
-pub async fn delete(args: &DeleteArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn delete(args: &DeleteArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let verb = if args.force {
         Verb::ForceDelete
     } else {
@@ -213,7 +213,7 @@ pub async fn delete(args: &DeleteArgs, out: &mut dyn Write) -> anyhow::Result<Ex
 }
 
 /// `aviary pause|resume|abort|approve|retry|delete NS/NAME`.
-pub async fn command(
+pub(crate) async fn command(
     verb: Verb,
     args: &CommandArgs,
     out: &mut dyn Write,
@@ -249,7 +249,7 @@ pub async fn command(
 }
 
 /// `aviary promote [--full] NS/NAME`.
-pub async fn promote(args: &PromoteArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn promote(args: &PromoteArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let request = pb::PromoteRequest {
         r#ref: Some(rollout_ref(&args.target)?),
         full: args.full,
@@ -261,7 +261,10 @@ pub async fn promote(args: &PromoteArgs, out: &mut dyn Write) -> anyhow::Result<
 }
 
 /// `aviary set-weight NS/NAME WEIGHT`.
-pub async fn set_weight(args: &SetWeightArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn set_weight(
+    args: &SetWeightArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let request = pb::SetWeightRequest {
         r#ref: Some(rollout_ref(&args.target)?),
         weight: args.weight,
@@ -311,7 +314,7 @@ fn finished(phase: i32) -> Option<bool> {
 /// `aviary watch NS/NAME`: prints a progress line whenever the weight, step, phase or verdict
 /// changes and every audit event of the current generation, until the rollout succeeds (exit 0)
 /// or fails (exit 1); with `--timeout`, exit 2 when neither happened in time.
-pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn watch(args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let reference = rollout_ref(&args.target)?;
     let mut api = client::connect(&args.api).await?;
     let mut stream = api
@@ -396,7 +399,7 @@ pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<Exit
 }
 
 /// `aviary events [--follow] [NS/NAME]`: reads `AVIARY_EVENTS` directly, oldest first.
-pub async fn events(args: &EventsArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub(crate) async fn events(args: &EventsArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let filter = match (&args.target, &args.namespace) {
         (Some(target), namespace) => {
             let r = parse_ref(namespace.as_deref(), target)?;

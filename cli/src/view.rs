@@ -16,7 +16,7 @@ use crate::args::Format;
 /// `s` safe to print on a terminal: control characters (escape sequences, carriage returns,
 /// newlines) and bidirectional overrides become `\u{…}` escapes; other text is unchanged. For
 /// text that came from a file or a server.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
@@ -31,12 +31,12 @@ pub fn escape(s: &str) -> String {
 
 /// [`escape`] line by line: newlines are kept, so a multi-line message (an error with one field
 /// per line) still reads as lines; every other control character is escaped.
-pub fn escape_lines(s: &str) -> String {
+pub(crate) fn escape_lines(s: &str) -> String {
     s.split('\n').map(escape).collect::<Vec<_>>().join("\n")
 }
 
 /// A phase's short name (`WaitingPromotion`); unknown numbers print as such.
-pub fn phase_name(phase: i32) -> String {
+pub(crate) fn phase_name(phase: i32) -> String {
     pb::Phase::try_from(phase).map_or_else(|_| format!("Phase({phase})"), |p| format!("{p:?}"))
 }
 
@@ -52,7 +52,7 @@ fn outcome_name(outcome: i32) -> String {
 
 /// `pb::RolloutRef`.
 #[derive(Debug, Serialize)]
-pub struct RefView {
+pub(crate) struct RefView {
     namespace: String,
     name: String,
 }
@@ -70,7 +70,7 @@ impl From<Option<&pb::RolloutRef>> for RefView {
 /// `pb::PlannedStep`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StepView {
+pub(crate) struct StepView {
     canary_weight: u32,
     primary_weight: u32,
     mirror: bool,
@@ -81,7 +81,7 @@ pub struct StepView {
 /// `pb::MetricResult`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MetricView {
+pub(crate) struct MetricView {
     name: String,
     value: Option<f64>,
     min: Option<f64>,
@@ -94,7 +94,7 @@ pub struct MetricView {
 /// `pb::WebhookResult`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WebhookView {
+pub(crate) struct WebhookView {
     name: String,
     r#type: String,
     status_code: u32,
@@ -105,7 +105,7 @@ pub struct WebhookView {
 /// `pb::Verdict`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct VerdictView {
+pub(crate) struct VerdictView {
     rollout: RefView,
     generation: u64,
     step: u32,
@@ -156,7 +156,7 @@ impl From<&pb::Verdict> for VerdictView {
 /// `pb::RolloutStatus`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusView {
+pub(crate) struct StatusView {
     phase: String,
     generation: u64,
     step: u32,
@@ -235,7 +235,7 @@ impl From<&pb::RolloutStatus> for StatusView {
 /// `pb::Rollout`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RolloutView {
+pub(crate) struct RolloutView {
     r#ref: RefView,
     strategy: String,
     manifest: String,
@@ -269,7 +269,7 @@ impl From<&pb::Rollout> for RolloutView {
 
 /// `pb::ApplyResponse`.
 #[derive(Debug, Serialize)]
-pub struct ApplyView {
+pub(crate) struct ApplyView {
     rollout: Option<RolloutView>,
     changed: bool,
 }
@@ -285,7 +285,7 @@ impl From<&pb::ApplyResponse> for ApplyView {
 
 /// `pb::ListResponse`.
 #[derive(Debug, Serialize)]
-pub struct ListView {
+pub(crate) struct ListView {
     rollouts: Vec<RolloutView>,
 }
 
@@ -301,7 +301,7 @@ impl From<&pb::ListResponse> for ListView {
 ///
 /// # Errors
 /// Writing failed.
-pub fn write_structured<T: Serialize>(
+pub(crate) fn write_structured<T: Serialize>(
     format: Format,
     value: &T,
     out: &mut dyn Write,
@@ -318,7 +318,7 @@ pub fn write_structured<T: Serialize>(
 
 /// Left-aligned columns, two spaces apart. Every cell is [`escape`]d: cells carry names,
 /// messages and reasons that came from the server.
-pub fn write_columns(rows: &[Vec<String>], out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn write_columns(rows: &[Vec<String>], out: &mut dyn Write) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = (rows.iter())
         .map(|r| r.iter().map(|c| escape(c)).collect())
         .collect();
@@ -370,7 +370,7 @@ fn step_of(r: &pb::Rollout, status: &pb::RolloutStatus) -> String {
 }
 
 /// The rollouts as a table, one per line.
-pub fn write_rollouts(rollouts: &[pb::Rollout], out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn write_rollouts(rollouts: &[pb::Rollout], out: &mut dyn Write) -> std::io::Result<()> {
     let mut rows = vec![
         [
             "NAMESPACE",
@@ -416,7 +416,7 @@ fn bound(v: Option<f64>) -> String {
 
 /// `aviary describe`: status, the plan with the current step marked, why it is halted, the last
 /// verdict and the gates it waits on.
-pub fn write_description(r: &pb::Rollout, out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn write_description(r: &pb::Rollout, out: &mut dyn Write) -> std::io::Result<()> {
     let status = r.status.clone().unwrap_or_default();
     let mut rows = vec![
         vec!["Rollout:".to_owned(), reference(r)],
@@ -569,7 +569,7 @@ pub fn write_description(r: &pb::Rollout, out: &mut dyn Write) -> std::io::Resul
 /// One audit event on one line: time, rollout, short type, step, weights, phase, reason.
 /// Text that is not a CloudEvent of ours is printed as it came. Either way the line is
 /// [`escape`]d: anyone who may publish on the bus writes it.
-pub fn event_line(raw: &str) -> String {
+pub(crate) fn event_line(raw: &str) -> String {
     escape(&event_text(raw))
 }
 
@@ -610,7 +610,7 @@ const BAR_WIDTH: u32 = 20;
 
 /// One progress line of `aviary watch`: a bar of the canary weight, the step and the phase,
 /// [`escape`]d (the halt reason is the server's text).
-pub fn progress_line(r: &pb::Rollout) -> String {
+pub(crate) fn progress_line(r: &pb::Rollout) -> String {
     let status = r.status.clone().unwrap_or_default();
     let weight = status.canary_weight.min(100);
     let filled = (weight * BAR_WIDTH).div_ceil(100);

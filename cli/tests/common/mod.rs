@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A running control plane; stops the scheduler and the responders on drop.
-pub struct ControlPlane {
+pub(crate) struct ControlPlane {
     /// The NATS server (kept alive for the test's length).
     pub nats: NatsServer,
     /// `http://127.0.0.1:<port>` of the control API.
@@ -34,18 +34,18 @@ impl Drop for ControlPlane {
 impl ControlPlane {
     /// Starts NATS, the responders for ingress `edge` (every analysis passes) and a scheduler
     /// with `extra` flags, and waits until the control API answers.
-    pub async fn start(extra: &[&str]) -> Self {
+    pub(crate) async fn start(extra: &[&str]) -> Self {
         Self::start_judging(pb::Outcome::Pass, extra).await
     }
 
     /// [`ControlPlane::start`] for a control API over TLS (`extra` has the `--tls-*` flags):
     /// ready once its port accepts connections; `server` is `https://127.0.0.1:<port>`.
-    pub async fn start_tls(extra: &[&str]) -> Self {
+    pub(crate) async fn start_tls(extra: &[&str]) -> Self {
         Self::start_inner(pb::Outcome::Pass, extra, true).await
     }
 
     /// [`ControlPlane::start`] with an analyzer that answers `outcome` to every request.
-    pub async fn start_judging(outcome: pb::Outcome, extra: &[&str]) -> Self {
+    pub(crate) async fn start_judging(outcome: pb::Outcome, extra: &[&str]) -> Self {
         Self::start_inner(outcome, extra, false).await
     }
 
@@ -199,7 +199,7 @@ fn config(nats_url: &str, grpc_port: u16, extra: &[&str]) -> aviary_scheduler::C
 }
 
 /// Every audit event stored for `<namespace>/<name>`, in order, as JSON.
-pub async fn stored_events(
+pub(crate) async fn stored_events(
     client: &async_nats::Client,
     namespace: &str,
     name: &str,

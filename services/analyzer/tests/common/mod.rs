@@ -21,11 +21,11 @@ use axum::extract::State;
 use axum::routing::get;
 
 /// Histogram bucket bounds (ms), as Envoy's defaults start.
-pub const BUCKETS: [f64; 5] = [10.0, 25.0, 50.0, 100.0, 250.0];
+pub(crate) const BUCKETS: [f64; 5] = [10.0, 25.0, 50.0, 100.0, 250.0];
 
 /// What one cluster serves per second.
 #[derive(Debug, Clone, Copy)]
-pub struct Rates {
+pub(crate) struct Rates {
     pub ok_per_s: f64,
     pub err_per_s: f64,
     /// Observations per second in each bucket (not cumulative), same order as [`BUCKETS`].
@@ -35,7 +35,7 @@ pub struct Rates {
 impl Rates {
     /// `total` requests a second, `error_percent` of them 5xx, latency spread so p99 is 75 ms
     /// (50 % ≤ 10 ms, 48 % in (25, 50], 2 % in (50, 100]; rank 0.99 is halfway into the last).
-    pub fn new(total: f64, error_percent: f64) -> Self {
+    pub(crate) fn new(total: f64, error_percent: f64) -> Self {
         let err = total * error_percent / 100.0;
         Self {
             ok_per_s: total - err,
@@ -78,13 +78,13 @@ impl FakeState {
 /// Serves `/metrics` in Envoy's shape for clusters whose rates the test controls. Counters
 /// grow continuously with wall time at the set rates, so ratios over any window are exact.
 #[derive(Clone)]
-pub struct FakeEnvoyMetrics {
+pub(crate) struct FakeEnvoyMetrics {
     state: Arc<Mutex<FakeState>>,
     pub addr: SocketAddr,
 }
 
 impl FakeEnvoyMetrics {
-    pub async fn start(clusters: &[(&str, Rates)]) -> Self {
+    pub(crate) async fn start(clusters: &[(&str, Rates)]) -> Self {
         let state = Arc::new(Mutex::new(FakeState {
             last: Instant::now(),
             clusters: clusters
@@ -113,14 +113,14 @@ impl FakeEnvoyMetrics {
     }
 
     /// Changes a cluster's rates from this instant on.
-    pub fn set_rates(&self, cluster: &str, rates: Rates) {
+    pub(crate) fn set_rates(&self, cluster: &str, rates: Rates) {
         let mut s = self.state.lock().unwrap();
         s.advance();
         s.clusters.get_mut(cluster).unwrap().rates = rates;
     }
 
     /// Adds `ok` successes and `err` 5xx to a cluster's counters at this instant.
-    pub fn add(&self, cluster: &str, ok: f64, err: f64) {
+    pub(crate) fn add(&self, cluster: &str, ok: f64, err: f64) {
         let mut s = self.state.lock().unwrap();
         s.advance();
         let c = s.clusters.get_mut(cluster).unwrap();
@@ -130,12 +130,12 @@ impl FakeEnvoyMetrics {
     }
 
     /// Scrapes served so far.
-    pub fn scrapes(&self) -> u64 {
+    pub(crate) fn scrapes(&self) -> u64 {
         self.state.lock().unwrap().scrapes
     }
 
     /// Waits until `n` more scrapes have been served (polling, with a deadline).
-    pub async fn wait_scrapes(&self, n: u64) {
+    pub(crate) async fn wait_scrapes(&self, n: u64) {
         let target = self.scrapes() + n;
         aviary_testkit::eventually(Duration::from_secs(60), "scrapes", || async {
             (self.scrapes() >= target).then_some(())
@@ -192,7 +192,7 @@ async fn render(State(state): State<Arc<Mutex<FakeState>>>) -> String {
     out
 }
 
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     i64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -202,11 +202,11 @@ pub fn now_ms() -> i64 {
     .unwrap()
 }
 
-pub fn analyzer(prometheus_url: &str) -> Analyzer {
+pub(crate) fn analyzer(prometheus_url: &str) -> Analyzer {
     analyzer_with(PrometheusConfig::new(prometheus_url))
 }
 
-pub fn analyzer_with(config: PrometheusConfig) -> Analyzer {
+pub(crate) fn analyzer_with(config: PrometheusConfig) -> Analyzer {
     Analyzer::new(
         AnalyzerOptions {
             prometheus: config,
@@ -224,7 +224,7 @@ pub fn analyzer_with(config: PrometheusConfig) -> Analyzer {
 }
 
 /// A request for rollout test/podinfo: primary podinfo-v1, canary podinfo-v2.
-pub fn request(
+pub(crate) fn request(
     window_start_ms: i64,
     window_end_ms: i64,
     metrics: Vec<MetricCheck>,
@@ -247,7 +247,7 @@ pub fn request(
     }
 }
 
-pub fn success_rate_min(min: f64) -> MetricCheck {
+pub(crate) fn success_rate_min(min: f64) -> MetricCheck {
     MetricCheck {
         name: "request-success-rate".into(),
         min: Some(min),
@@ -255,7 +255,7 @@ pub fn success_rate_min(min: f64) -> MetricCheck {
     }
 }
 
-pub fn duration_max(max: f64) -> MetricCheck {
+pub(crate) fn duration_max(max: f64) -> MetricCheck {
     MetricCheck {
         name: "request-duration".into(),
         max: Some(max),

@@ -28,27 +28,27 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 /// Namespace of every scenario.
-pub const NS: &str = "test";
+pub(crate) const NS: &str = "test";
 /// The target Deployment and the resource's name.
-pub const NAME: &str = "podinfo";
+pub(crate) const NAME: &str = "podinfo";
 /// The ingress (router agent) of the scenarios.
-pub const INGRESS: &str = "mesh";
+pub(crate) const INGRESS: &str = "mesh";
 /// How long a scenario step may take: seconds normally, the rest is margin for busy cores.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Whether the canary's `rollout` webhook passes.
 #[derive(Clone, Default)]
-pub struct Hook(Arc<AtomicBool>);
+pub(crate) struct Hook(Arc<AtomicBool>);
 
 impl Hook {
     /// Makes the checks fail (`true`) or pass.
-    pub fn failing(&self, fail: bool) {
+    pub(crate) fn failing(&self, fail: bool) {
         self.0.store(fail, Ordering::SeqCst);
     }
 }
 
 /// One controller replica in this process.
-pub struct Controller {
+pub(crate) struct Controller {
     /// Its handle.
     pub running: aviary_controller::Running,
     stop: CancellationToken,
@@ -56,19 +56,19 @@ pub struct Controller {
 
 impl Controller {
     /// Stops it and waits until it let go (it releases the Lease).
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         self.running.wait().await.unwrap();
     }
 
     /// Whether it leads now.
-    pub fn leads(&self) -> bool {
+    pub(crate) fn leads(&self) -> bool {
         *self.running.leader.borrow()
     }
 }
 
 /// Everything a scenario needs.
-pub struct World {
+pub(crate) struct World {
     /// The bus.
     pub nats: NatsServer,
     /// The in-memory Kubernetes API.
@@ -84,17 +84,17 @@ pub struct World {
 impl World {
     /// Starts NATS, the scheduler, the analyzer, the router agent and the webhook; installs the
     /// CRDs in the fake API. The controller is started by [`World::controller`].
-    pub async fn start() -> World {
+    pub(crate) async fn start() -> World {
         Self::start_for(INGRESS).await
     }
 
     /// [`World::start`] with the router agent serving `ingress`.
-    pub async fn start_for(ingress: &str) -> World {
+    pub(crate) async fn start_for(ingress: &str) -> World {
         Self::start_with(ingress, KubeKind::GatewayApi).await
     }
 
     /// [`World::start`] with the router agent serving `ingress` through provider `kind`.
-    pub async fn start_with(ingress: &str, provider_kind: KubeKind) -> World {
+    pub(crate) async fn start_with(ingress: &str, provider_kind: KubeKind) -> World {
         // Logs of every service, shown for a failing test (`AVIARY_TEST_LOG` to filter).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("AVIARY_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -281,7 +281,7 @@ impl World {
     }
 
     /// Starts a controller replica named `identity`, watching Flagger's kinds too.
-    pub async fn controller(&self, identity: &str) -> Controller {
+    pub(crate) async fn controller(&self, identity: &str) -> Controller {
         let mut config = aviary_controller::Config::parse_from([
             "aviary-controller",
             "--admin-addr",
@@ -305,7 +305,7 @@ impl World {
     }
 
     /// Creates or updates the target Deployment with `image` and the env `config` ConfigMap.
-    pub fn deployment(&self, image: &str) {
+    pub(crate) fn deployment(&self, image: &str) {
         self.kube.upsert(json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -328,7 +328,7 @@ impl World {
     /// Creates or updates the target DaemonSet with `image` and the env `config` ConfigMap.
     /// Like `kubectl apply` (whose three-way merge keeps what it did not write), an update
     /// keeps the node selector the controller put on the pod template to scale it to zero.
-    pub fn daemonset(&self, image: &str) {
+    pub(crate) fn daemonset(&self, image: &str) {
         let mut pod = json!({"containers": [{
             "name": "app",
             "image": image,
@@ -356,14 +356,14 @@ impl World {
     }
 
     /// [`World::rollout_spec`] with the DaemonSet `podinfo` as the target.
-    pub fn daemonset_rollout_spec(&self, threshold: u32) -> Value {
+    pub(crate) fn daemonset_rollout_spec(&self, threshold: u32) -> Value {
         let mut spec = self.rollout_spec(threshold);
         spec["targetRef"]["kind"] = json!("DaemonSet");
         spec
     }
 
     /// Creates or updates the ConfigMap the pods use.
-    pub fn config_map(&self, value: &str) {
+    pub(crate) fn config_map(&self, value: &str) {
         self.kube.upsert(json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -374,7 +374,7 @@ impl World {
 
     /// The spec of the scenarios' `Rollout`: Gateway API, 1 s interval, two steps of 25 %,
     /// the webhook as the check, `threshold` failed checks to roll back.
-    pub fn rollout_spec(&self, threshold: u32) -> Value {
+    pub(crate) fn rollout_spec(&self, threshold: u32) -> Value {
         json!({
             "ingresses": [{"name": INGRESS}],
             "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME},
@@ -392,12 +392,12 @@ impl World {
     }
 
     /// The URL of the checks' webhook.
-    pub fn hook_url(&self) -> &str {
+    pub(crate) fn hook_url(&self) -> &str {
         &self.hook_url
     }
 
     /// Creates or updates the `Rollout` resource with `spec`.
-    pub fn rollout(&self, spec: Value) {
+    pub(crate) fn rollout(&self, spec: Value) {
         self.kube.upsert(json!({
             "apiVersion": "aviary.dev/v1alpha1",
             "kind": "Rollout",
@@ -407,12 +407,12 @@ impl World {
     }
 
     /// A Deployment as the fake API stores it.
-    pub fn get_deployment(&self, name: &str) -> Option<Value> {
+    pub(crate) fn get_deployment(&self, name: &str) -> Option<Value> {
         self.kube.get("apps/v1", "Deployment", Some(NS), name)
     }
 
     /// The image of Deployment `name`.
-    pub fn image(&self, name: &str) -> Option<String> {
+    pub(crate) fn image(&self, name: &str) -> Option<String> {
         self.get_deployment(name)?
             .pointer("/spec/template/spec/containers/0/image")?
             .as_str()
@@ -420,19 +420,19 @@ impl World {
     }
 
     /// `spec.replicas` of Deployment `name`.
-    pub fn replicas(&self, name: &str) -> Option<i64> {
+    pub(crate) fn replicas(&self, name: &str) -> Option<i64> {
         self.get_deployment(name)?
             .pointer("/spec/replicas")?
             .as_i64()
     }
 
     /// A DaemonSet as the fake API stores it.
-    pub fn get_daemonset(&self, name: &str) -> Option<Value> {
+    pub(crate) fn get_daemonset(&self, name: &str) -> Option<Value> {
         self.kube.get("apps/v1", "DaemonSet", Some(NS), name)
     }
 
     /// The image of DaemonSet `name`.
-    pub fn daemonset_image(&self, name: &str) -> Option<String> {
+    pub(crate) fn daemonset_image(&self, name: &str) -> Option<String> {
         self.get_daemonset(name)?
             .pointer("/spec/template/spec/containers/0/image")?
             .as_str()
@@ -441,7 +441,7 @@ impl World {
 
     /// Whether DaemonSet `name` is scaled to zero: its pods select the node label no node
     /// has, and it is scheduled on no node.
-    pub fn daemonset_at_zero(&self, name: &str) -> bool {
+    pub(crate) fn daemonset_at_zero(&self, name: &str) -> bool {
         self.get_daemonset(name).is_some_and(|d| {
             d.pointer("/spec/template/spec/nodeSelector/aviary.dev~1scale-to-zero")
                 == Some(&json!("true"))
@@ -450,7 +450,7 @@ impl World {
     }
 
     /// The status of the resource of `api_version`/`kind`.
-    pub fn status(&self, api_version: &str, kind: &str) -> Value {
+    pub(crate) fn status(&self, api_version: &str, kind: &str) -> Value {
         self.kube
             .get(api_version, kind, Some(NS), NAME)
             .and_then(|o| o.get("status").cloned())
@@ -458,7 +458,7 @@ impl World {
     }
 
     /// Waits until the resource's `status.phase` is `phase`.
-    pub async fn wait_phase(&self, api_version: &str, kind: &str, phase: &str) -> Value {
+    pub(crate) async fn wait_phase(&self, api_version: &str, kind: &str, phase: &str) -> Value {
         eventually(DEADLINE, &format!("{kind} reaches {phase}"), || {
             let status = self.status(api_version, kind);
             async move { (status["phase"] == phase).then_some(status) }
@@ -467,7 +467,7 @@ impl World {
     }
 
     /// `(service, weight)` of each backend of the HTTPRoute the router agent wrote.
-    pub fn route_backends(&self) -> Vec<(String, i64)> {
+    pub(crate) fn route_backends(&self) -> Vec<(String, i64)> {
         let Some(route) =
             self.kube
                 .get("gateway.networking.k8s.io/v1", "HTTPRoute", Some(NS), NAME)
@@ -499,7 +499,7 @@ impl World {
     /// provider: HTTPRoute backendRefs, VirtualService routes, TrafficSplit backends, or the
     /// NGINX-ingress canary clone's weight annotation (the rest going to the apex Service,
     /// which selects the primary's pods).
-    pub fn served_split(&self, kind: KubeKind) -> Vec<(String, i64)> {
+    pub(crate) fn served_split(&self, kind: KubeKind) -> Vec<(String, i64)> {
         let get = |api_version: &str, k: &str, name: &str| {
             self.kube
                 .get(api_version, k, Some(NS), name)
@@ -556,7 +556,7 @@ impl World {
     }
 
     /// The reasons of the Events recorded on the resource, in order.
-    pub fn event_reasons(&self, kind: &str) -> Vec<String> {
+    pub(crate) fn event_reasons(&self, kind: &str) -> Vec<String> {
         let mut events = self.kube.list("v1", "Event", Some(NS));
         events.retain(|e| e.pointer("/involvedObject/kind") == Some(&json!(kind)));
         events.sort_by_key(|e| {
@@ -572,7 +572,7 @@ impl World {
     }
 
     /// Stops everything.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         for t in self.tasks {
             let _ = t.await;

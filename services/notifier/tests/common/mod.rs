@@ -23,11 +23,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 /// Deadline of every wait in these tests: generous for a 2-core machine that is compiling.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// How the receiver answers on one path.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// 200 `ok` (Slack's answer).
     Ok,
     /// Always this status.
@@ -42,7 +42,7 @@ pub enum Mode {
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -51,7 +51,7 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("the body is JSON")
     }
 }
@@ -65,20 +65,20 @@ struct State_ {
 
 /// A local HTTP server that records requests.
 #[derive(Clone, Default)]
-pub struct Receiver {
+pub(crate) struct Receiver {
     state: Arc<Mutex<State_>>,
     pub addr: Option<SocketAddr>,
 }
 
 impl Receiver {
     /// Serves on an ephemeral port.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::default().serve(listener)
     }
 
     /// Serves on `listener`.
-    pub fn serve(mut self, listener: tokio::net::TcpListener) -> Self {
+    pub(crate) fn serve(mut self, listener: tokio::net::TcpListener) -> Self {
         self.addr = Some(listener.local_addr().unwrap());
         let app = Router::new().fallback(handle).with_state(self.clone());
         tokio::spawn(async move {
@@ -87,11 +87,11 @@ impl Receiver {
         self
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr.unwrap())
     }
 
-    pub fn set(&self, path: &str, mode: Mode) {
+    pub(crate) fn set(&self, path: &str, mode: Mode) {
         self.state
             .lock()
             .unwrap()
@@ -99,7 +99,7 @@ impl Receiver {
             .insert(path.to_owned(), mode);
     }
 
-    pub fn requests(&self, path: &str) -> Vec<Request> {
+    pub(crate) fn requests(&self, path: &str) -> Vec<Request> {
         let state = self.state.lock().unwrap();
         state
             .requests
@@ -110,7 +110,7 @@ impl Receiver {
     }
 
     /// Requests on `path` that were answered 2xx.
-    pub fn delivered(&self, path: &str) -> Vec<Request> {
+    pub(crate) fn delivered(&self, path: &str) -> Vec<Request> {
         self.requests(path)
             .into_iter()
             .filter(|r| (200..300).contains(&r.status))
@@ -118,7 +118,7 @@ impl Receiver {
     }
 
     /// Successful posts on `path` counted by event id.
-    pub fn counts(&self, path: &str) -> HashMap<String, usize> {
+    pub(crate) fn counts(&self, path: &str) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for r in self.delivered(path) {
             *counts.entry(event_id(&r)).or_default() += 1;
@@ -178,7 +178,7 @@ async fn handle(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: B
 
 /// The event id a post is about: the CloudEvent's own for webhooks, the `event <id>` the
 /// chat payloads carry otherwise.
-pub fn event_id(r: &Request) -> String {
+pub(crate) fn event_id(r: &Request) -> String {
     let v = r.json();
     if let Some(id) = v.get("id").and_then(|i| i.as_str()) {
         return id.to_owned();
@@ -193,7 +193,7 @@ pub fn event_id(r: &Request) -> String {
 }
 
 /// An audit event of `kind` for `test/<name>`, number `seq`.
-pub fn event(kind: EventKind, name: &str, seq: u64) -> AuditEvent {
+pub(crate) fn event(kind: EventKind, name: &str, seq: u64) -> AuditEvent {
     let mut data = EventData {
         namespace: "test".into(),
         name: name.into(),
@@ -232,12 +232,12 @@ pub fn event(kind: EventKind, name: &str, seq: u64) -> AuditEvent {
 }
 
 /// Publishes `event` to its subject with its id as `Nats-Msg-Id`, and waits for the ack.
-pub async fn publish(js: &jetstream::Context, event: &AuditEvent) {
+pub(crate) async fn publish(js: &jetstream::Context, event: &AuditEvent) {
     let subject = format!("aviary.events.{}.{}", event.data.namespace, event.data.name);
     publish_raw(js, &subject, &event.id, serde_json::to_vec(event).unwrap()).await;
 }
 
-pub async fn publish_raw(js: &jetstream::Context, subject: &str, id: &str, body: Vec<u8>) {
+pub(crate) async fn publish_raw(js: &jetstream::Context, subject: &str, id: &str, body: Vec<u8>) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id);
     js.publish_with_headers(subject.to_owned(), headers, body.into())
@@ -248,7 +248,7 @@ pub async fn publish_raw(js: &jetstream::Context, subject: &str, id: &str, body:
 }
 
 /// NATS with the bus's streams and buckets set up, and a JetStream context on it.
-pub async fn nats() -> (NatsServer, jetstream::Context) {
+pub(crate) async fn nats() -> (NatsServer, jetstream::Context) {
     let nats = NatsServer::start().await.unwrap();
     let js = jetstream::new(nats.client().await.unwrap());
     aviary_bus::setup::ensure_all(&js).await.unwrap();
@@ -256,18 +256,18 @@ pub async fn nats() -> (NatsServer, jetstream::Context) {
 }
 
 /// A notifier started with `yaml` as its config file.
-pub struct Notifier {
+pub(crate) struct Notifier {
     pub running: Option<Running>,
     pub shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
 impl Notifier {
-    pub async fn start(nats: &NatsServer, yaml: &str) -> Self {
+    pub(crate) async fn start(nats: &NatsServer, yaml: &str) -> Self {
         Self::start_with(nats, yaml, &[]).await
     }
 
-    pub async fn start_with(nats: &NatsServer, yaml: &str, extra: &[&str]) -> Self {
+    pub(crate) async fn start_with(nats: &NatsServer, yaml: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notifier.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -301,12 +301,12 @@ impl Notifier {
         }
     }
 
-    pub fn metrics(&self) -> &aviary_notifier::Metrics {
+    pub(crate) fn metrics(&self) -> &aviary_notifier::Metrics {
         &self.running.as_ref().unwrap().metrics
     }
 
     /// `/metrics` as served.
-    pub async fn scrape(&self) -> String {
+    pub(crate) async fn scrape(&self) -> String {
         let addr = self.running.as_ref().unwrap().admin_addr;
         reqwest::get(format!("http://{addr}/metrics"))
             .await
@@ -317,7 +317,7 @@ impl Notifier {
     }
 
     /// Cancels and waits for the drain.
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {
             running.wait().await.unwrap();
@@ -332,7 +332,7 @@ impl Drop for Notifier {
 }
 
 /// Waits until the notifier's consumer has nothing pending and nothing unacknowledged.
-pub async fn all_acked(js: &jetstream::Context) {
+pub(crate) async fn all_acked(js: &jetstream::Context) {
     let stream = js.get_stream("AVIARY_EVENTS").await.unwrap();
     eventually(DEADLINE, "every event acknowledged", || {
         let stream = stream.clone();
@@ -347,5 +347,5 @@ pub async fn all_acked(js: &jetstream::Context) {
 }
 
 /// Retry settings that make tests fast.
-pub const FAST_RETRY: &str =
+pub(crate) const FAST_RETRY: &str =
     "retry: { initialBackoff: 20ms, maxBackoff: 200ms, maxAttempts: 1000, maxElapsed: 60s }\n";

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// A backend answering `GET /…` with its version, counting requests.
-pub struct Backend {
+pub(crate) struct Backend {
     pub version: String,
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
@@ -24,7 +24,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub async fn start(version: &str) -> Self {
+    pub(crate) async fn start(version: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -54,11 +54,11 @@ impl Backend {
         }
     }
 
-    pub fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         self.addr.to_string()
     }
 }
@@ -71,7 +71,7 @@ impl Drop for Backend {
 
 /// Responses by body, and the `set-cookie` headers seen.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub by_body: HashMap<String, usize>,
     pub set_cookies: Vec<String>,
     pub errors: usize,
@@ -79,12 +79,12 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn count(&self, body: &str) -> usize {
+    pub(crate) fn count(&self, body: &str) -> usize {
         self.by_body.get(body).copied().unwrap_or(0)
     }
 }
 
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(std::time::Duration::from_secs(10))
@@ -93,7 +93,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Sends `n` GETs to `url` (8 in flight) with `headers`, and tallies the answers.
-pub async fn traffic(url: &str, n: usize, headers: &[(&str, &str)]) -> Tally {
+pub(crate) async fn traffic(url: &str, n: usize, headers: &[(&str, &str)]) -> Tally {
     let client = client();
     let results: Vec<_> = futures::stream::iter(0..n)
         .map(|i| {
@@ -137,7 +137,7 @@ pub async fn traffic(url: &str, n: usize, headers: &[(&str, &str)]) -> Tally {
 }
 
 /// A desired route between two backends.
-pub fn desired(
+pub(crate) fn desired(
     ingress: &str,
     primary: &Backend,
     canary: &Backend,
@@ -160,15 +160,15 @@ pub fn desired(
     }
 }
 
-pub fn route(d: &DesiredRoute) -> Route {
+pub(crate) fn route(d: &DesiredRoute) -> Route {
     Route::try_from(d).unwrap()
 }
 
-pub fn header(name: &str, kind: string_match::Kind) -> MatchRule {
+pub(crate) fn header(name: &str, kind: string_match::Kind) -> MatchRule {
     condition(match_condition::Kind::Header, name, kind)
 }
 
-pub fn cookie(name: &str, kind: string_match::Kind) -> MatchRule {
+pub(crate) fn cookie(name: &str, kind: string_match::Kind) -> MatchRule {
     condition(match_condition::Kind::Cookie, name, kind)
 }
 
@@ -182,7 +182,7 @@ fn condition(kind: match_condition::Kind, name: &str, value: string_match::Kind)
     }
 }
 
-pub fn affinity(value: &str, expired: bool) -> SessionAffinity {
+pub(crate) fn affinity(value: &str, expired: bool) -> SessionAffinity {
     SessionAffinity {
         cookie_name: "aviary-cookie".into(),
         cookie_value: value.into(),
@@ -193,7 +193,7 @@ pub fn affinity(value: &str, expired: bool) -> SessionAffinity {
 }
 
 /// Asserts the canary's share of `n` is `percent` ± `tolerance` points.
-pub fn assert_share(tally: &Tally, canary: &str, n: usize, percent: f64, tolerance: f64) {
+pub(crate) fn assert_share(tally: &Tally, canary: &str, n: usize, percent: f64, tolerance: f64) {
     assert_eq!(tally.errors, 0, "{tally:?}");
     let share = tally.count(canary) as f64 * 100.0 / n as f64;
     assert!(

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-pub fn emit(name: &str, value: f64, unit: &str) {
+pub(crate) fn emit(name: &str, value: f64, unit: &str) {
     println!("{{\"name\":\"{name}\",\"value\":{value:.3},\"unit\":\"{unit}\"}}");
 }
 
-pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -17,7 +17,7 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// The scheduler's `/metrics`, as `name{labels}` → value.
-pub async fn scrape(http: &reqwest::Client, admin: u16) -> BTreeMap<String, f64> {
+pub(crate) async fn scrape(http: &reqwest::Client, admin: u16) -> BTreeMap<String, f64> {
     let body = http
         .get(format!("http://127.0.0.1:{admin}/metrics"))
         .send()
@@ -36,7 +36,7 @@ pub async fn scrape(http: &reqwest::Client, admin: u16) -> BTreeMap<String, f64>
 }
 
 /// Cumulative histogram buckets `(upper bound, count)` of `name`, sorted by bound.
-pub fn buckets(metrics: &BTreeMap<String, f64>, name: &str) -> Vec<(f64, f64)> {
+pub(crate) fn buckets(metrics: &BTreeMap<String, f64>, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{le=\"");
     let mut out: Vec<(f64, f64)> = metrics
         .iter()
@@ -56,7 +56,7 @@ pub fn buckets(metrics: &BTreeMap<String, f64>, name: &str) -> Vec<(f64, f64)> {
 
 /// The `q` quantile of the observations between two scrapes, interpolated linearly inside the
 /// bucket it falls in (as Prometheus' `histogram_quantile` does).
-pub fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+pub(crate) fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     let counts: Vec<(f64, f64)> = after
         .iter()
         .map(|(bound, n)| {
@@ -91,7 +91,7 @@ pub fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     lower.0
 }
 
-pub fn clock_ticks_per_s() -> f64 {
+pub(crate) fn clock_ticks_per_s() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -102,7 +102,7 @@ pub fn clock_ticks_per_s() -> f64 {
 }
 
 /// utime + stime of `pid`, in seconds.
-pub fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -113,7 +113,7 @@ pub fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
 }
 
 /// A `/proc/<pid>/status` field in kB, as MB.
-pub fn status_mb(pid: u32, field: &str) -> f64 {
+pub(crate) fn status_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -124,7 +124,7 @@ pub fn status_mb(pid: u32, field: &str) -> f64 {
 }
 
 /// The bucket-wise sum of several replicas' histograms (the same bounds in each).
-pub fn sum_buckets(each: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
+pub(crate) fn sum_buckets(each: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
     let mut out: Vec<(f64, f64)> = each.first().cloned().unwrap_or_default();
     for other in each.iter().skip(1) {
         for (bound, n) in &mut out {

@@ -18,10 +18,10 @@ use tonic::transport::Channel;
 
 /// What the fake data plane was asked to serve, in order: (primary backend, primary weight,
 /// canary weight).
-pub type Routes = Arc<Mutex<Vec<(String, u32, u32)>>>;
+pub(crate) type Routes = Arc<Mutex<Vec<(String, u32, u32)>>>;
 
 /// Answers route commands for `ingress` with an ack of exactly the split asked for.
-pub async fn route_responder(client: async_nats::Client, ingress: &str) -> Routes {
+pub(crate) async fn route_responder(client: async_nats::Client, ingress: &str) -> Routes {
     let routes: Routes = Arc::default();
     let mut sub = client
         .subscribe(names::route_subject(ingress).unwrap())
@@ -57,7 +57,7 @@ pub async fn route_responder(client: async_nats::Client, ingress: &str) -> Route
 }
 
 /// Answers analysis requests with `outcome` for every metric; counts the requests.
-pub async fn analyzer_responder(
+pub(crate) async fn analyzer_responder(
     client: async_nats::Client,
     outcome: pb::Outcome,
     stop: CancellationToken,
@@ -67,7 +67,7 @@ pub async fn analyzer_responder(
 }
 
 /// [`analyzer_responder`] that holds each answer until `release` is true.
-pub async fn held_analyzer_responder(
+pub(crate) async fn held_analyzer_responder(
     client: async_nats::Client,
     outcome: pb::Outcome,
     release: tokio::sync::watch::Receiver<bool>,
@@ -133,7 +133,12 @@ fn verdict(request: &pb::AnalysisRequest, outcome: pb::Outcome) -> pb::Verdict {
 }
 
 /// A canary manifest with short intervals.
-pub fn canary_manifest(name: &str, step_weight: u32, max_weight: u32, threshold: u32) -> String {
+pub(crate) fn canary_manifest(
+    name: &str,
+    step_weight: u32,
+    max_weight: u32,
+    threshold: u32,
+) -> String {
     format!(
         r#"apiVersion: aviary.dev/v1alpha1
 kind: Rollout
@@ -156,7 +161,7 @@ spec:
 }
 
 /// Scheduler flags for a test replica.
-pub fn config(
+pub(crate) fn config(
     nats_url: &str,
     grpc_port: u16,
     replica: &str,
@@ -186,7 +191,7 @@ pub fn config(
 }
 
 /// A control-API client, retried until the server listens.
-pub async fn api(grpc_port: u16) -> RolloutServiceClient<Channel> {
+pub(crate) async fn api(grpc_port: u16) -> RolloutServiceClient<Channel> {
     let url = format!("http://127.0.0.1:{grpc_port}");
     aviary_testkit::eventually(Duration::from_secs(10), "control API listening", || {
         let url = url.clone();
@@ -196,7 +201,7 @@ pub async fn api(grpc_port: u16) -> RolloutServiceClient<Channel> {
 }
 
 /// The phase of `test/<name>`.
-pub async fn phase(api: &mut RolloutServiceClient<Channel>, name: &str) -> pb::Phase {
+pub(crate) async fn phase(api: &mut RolloutServiceClient<Channel>, name: &str) -> pb::Phase {
     let rollout = api
         .get(pb::GetRequest {
             r#ref: Some(pb::RolloutRef::new("test", name)),
@@ -208,7 +213,7 @@ pub async fn phase(api: &mut RolloutServiceClient<Channel>, name: &str) -> pb::P
 }
 
 /// Waits until `test/<name>` reaches `want`.
-pub async fn wait_phase(
+pub(crate) async fn wait_phase(
     api: &RolloutServiceClient<Channel>,
     name: &str,
     want: pb::Phase,
@@ -222,7 +227,10 @@ pub async fn wait_phase(
 }
 
 /// Every audit event stored for `test/<name>`, in order, as JSON.
-pub async fn audit_events(client: &async_nats::Client, name: &str) -> Vec<serde_json::Value> {
+pub(crate) async fn audit_events(
+    client: &async_nats::Client,
+    name: &str,
+) -> Vec<serde_json::Value> {
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(names::STREAM_EVENTS).await.unwrap();
     let subject = names::events_subject("test", name).unwrap();
@@ -241,14 +249,14 @@ pub async fn audit_events(client: &async_nats::Client, name: &str) -> Vec<serde_
 }
 
 /// A scheduler replica (`a`) running in this test's process, its control API on `port`.
-pub struct Replica {
+pub(crate) struct Replica {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Replica {
     /// Starts it against `nats_url` with the test flags of [`config`] and `extra`.
-    pub fn start(nats_url: &str, port: u16, extra: &[&str]) -> Self {
+    pub(crate) fn start(nats_url: &str, port: u16, extra: &[&str]) -> Self {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(aviary_scheduler::run(
             config(nats_url, port, "a", extra),
@@ -258,7 +266,7 @@ impl Replica {
     }
 
     /// Shuts it down and checks that it exited cleanly.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
     }
@@ -266,7 +274,7 @@ impl Replica {
 
 /// A nats-server, a router-agent responder for ingress `edge` and a [`Replica`] with its
 /// control API; the test adds the analyzer it needs.
-pub struct Plane {
+pub(crate) struct Plane {
     /// The server (kept alive for the test's length).
     pub nats: aviary_testkit::NatsServer,
     /// A client of it.
@@ -280,7 +288,7 @@ pub struct Plane {
 
 impl Plane {
     /// Starts all of it and waits for the control API.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let nats = aviary_testkit::NatsServer::start().await.unwrap();
         let client = nats.client().await.unwrap();
         let routes = route_responder(client.clone(), "edge").await;
@@ -297,14 +305,14 @@ impl Plane {
     }
 
     /// Stops the replica and checks that it exited cleanly.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.scheduler.stop().await;
     }
 }
 
 /// The median round trip of 200 raw NATS requests to an echo responder, in milliseconds: the
 /// baseline benchmarks report beside their own figures.
-pub async fn nats_rtt_p50_ms(client: &async_nats::Client) -> f64 {
+pub(crate) async fn nats_rtt_p50_ms(client: &async_nats::Client) -> f64 {
     let mut echo = client.subscribe("bench.echo").await.unwrap();
     let responder = client.clone();
     let task = tokio::spawn(async move {
