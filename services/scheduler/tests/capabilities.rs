@@ -29,21 +29,15 @@ spec:
     )
 }
 
-#[tokio::test]
-async fn apply_refuses_what_the_ingress_cannot_express() {
-    let nats = NatsServer::start().await.unwrap();
-    let port = free_port().unwrap();
-    let scheduler = Replica::start(&nats.url(), port, &[]);
-    let mut api = api(port).await;
-
-    // What the HAProxy router agent publishes at start (protobuf, key = ingress).
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let agents: Bucket<pb::AgentCapabilities, Proto> =
-        Bucket::open(&js, names::BUCKET_AGENTS).await.unwrap();
+/// Publishes what a HAProxy router agent of ingress "lb" publishes at start (protobuf, key =
+/// ingress) in `js`'s agents bucket: weights, nothing else.
+async fn publish_haproxy_lb(js: &async_nats::jetstream::Context) {
+    let agents: Bucket<pb::AgentCapabilities, Proto> = Bucket::open(js, names::BUCKET_AGENTS)
+        .await
+        .expect("agents bucket");
     agents
         .put(
-            &names::agent_key("lb").unwrap(),
+            &names::agent_key("lb").expect("a key"),
             &pb::AgentCapabilities {
                 ingress: "lb".into(),
                 provider: "haproxy".into(),
@@ -52,7 +46,19 @@ async fn apply_refuses_what_the_ingress_cannot_express() {
             },
         )
         .await
-        .unwrap();
+        .expect("published");
+}
+
+#[tokio::test]
+async fn apply_refuses_what_the_ingress_cannot_express() {
+    let nats = NatsServer::start().await.unwrap();
+    let port = free_port().unwrap();
+    let scheduler = Replica::start(&nats.url(), port, &[]);
+    let mut api = api(port).await;
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    publish_haproxy_lb(&js).await;
 
     let error = api
         .apply(pb::ApplyRequest {
@@ -129,20 +135,7 @@ async fn apply_checks_a_member_clusters_ingresses_in_that_cluster() {
     let js = async_nats::jetstream::new(client);
     // The buckets an agent makes at start in its own server's JetStream.
     aviary_bus::setup::ensure_all(&js).await.unwrap();
-    let agents: Bucket<pb::AgentCapabilities, Proto> =
-        Bucket::open(&js, names::BUCKET_AGENTS).await.unwrap();
-    agents
-        .put(
-            &names::agent_key("lb").unwrap(),
-            &pb::AgentCapabilities {
-                ingress: "lb".into(),
-                provider: "haproxy".into(),
-                weights: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    publish_haproxy_lb(&js).await;
 
     let mirrored = "    iterations: 5\n    mirror: true";
     let error = api

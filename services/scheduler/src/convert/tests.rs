@@ -57,6 +57,30 @@ fn the_finalise_route_keeps_expiring_the_affinity_cookie() {
     );
 }
 
+/// Analysis request `seq` of step `step` at `canary_weight`, over the minute from 1 s, with one
+/// rollout webhook, `smoke`.
+fn smoke_request(
+    spec: &RolloutSpec,
+    seq: u64,
+    step: usize,
+    canary_weight: u8,
+) -> machine::AnalysisRequest {
+    machine::AnalysisRequest {
+        seq,
+        step,
+        window_start_ms: 1_000,
+        window_end_ms: 61_000,
+        canary_weight,
+        metrics: spec.analysis.metrics.clone(),
+        webhooks: vec![Webhook {
+            name: "smoke".into(),
+            kind: aviary_core::spec::WebhookType::Rollout,
+            url: "http://127.0.0.1:8090/smoke".into(),
+            ..Webhook::default()
+        }],
+    }
+}
+
 fn record_of(spec: RolloutSpec) -> RolloutRecord {
     RolloutRecord::new(
         crate::record::Manifest::new(""),
@@ -90,20 +114,7 @@ fn each_member_cluster_gets_its_request_its_provider_and_the_hooks_once() {
         us_edge,
         [(&"podinfo-v2".to_owned(), &vec!["127.0.0.2:9002".to_owned()])]
     );
-    let request = machine::AnalysisRequest {
-        seq: 4,
-        step: 1,
-        window_start_ms: 1_000,
-        window_end_ms: 61_000,
-        canary_weight: 10,
-        metrics: spec.analysis.metrics.clone(),
-        webhooks: vec![Webhook {
-            name: "smoke".into(),
-            kind: aviary_core::spec::WebhookType::Rollout,
-            url: "http://127.0.0.1:8090/smoke".into(),
-            ..Webhook::default()
-        }],
-    };
+    let request = smoke_request(&spec, 4, 1, 10);
     let requests = cluster_analysis_requests(&record, &request);
     let clusters: Vec<_> = requests.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(clusters, ["eu", "us"]);
@@ -165,20 +176,7 @@ fn under_waves_each_cluster_gets_its_part_and_only_the_current_wave_is_asked() {
         .map(|(_, c)| c.route.expect("a route").primary_weight)
         .collect();
     assert_eq!(finalised, [100, 100, 100]);
-    let request = machine::AnalysisRequest {
-        seq: 14,
-        step: 0,
-        window_start_ms: 1_000,
-        window_end_ms: 61_000,
-        canary_weight: 20,
-        metrics: spec.analysis.metrics.clone(),
-        webhooks: vec![Webhook {
-            name: "smoke".into(),
-            kind: aviary_core::spec::WebhookType::Rollout,
-            url: "http://127.0.0.1:8090/smoke".into(),
-            ..Webhook::default()
-        }],
-    };
+    let request = smoke_request(&spec, 14, 0, 20);
     let requests = cluster_analysis_requests(&record, &request);
     let asked: Vec<_> = requests
         .iter()
