@@ -310,6 +310,31 @@ impl World {
         );
     }
 
+    /// Waits until rollout `name` is rolled back and every ingress acked the primary; returns
+    /// that status and when it was seen.
+    async fn wait_rolled_back(&self, name: &str) -> (pb::RolloutStatus, Instant) {
+        let status = self
+            .wait_status(name, "rolled back and confirmed", ROLLOUT_DEADLINE, |s| {
+                s.phase() == pb::Phase::Failed && s.canary_weight == 0 && s.primary_weight == 100
+            })
+            .await;
+        (status, Instant::now())
+    }
+
+    /// Both clusters' clients (`eu`, `us`) are served by the primary only after `since`.
+    async fn both_on_the_primary(&self, eu: &Traffic, us: &Traffic, since: Instant) {
+        for (name, traffic, member) in [("eu", eu, &self.eu), ("us", us, &self.us)] {
+            wait_serving(&member.url(), &[], "v1", Duration::from_secs(20)).await;
+            let after = traffic
+                .wait_answers(since, 20, Duration::from_secs(20))
+                .await;
+            assert!(
+                share(&after, "v1") > 0.9,
+                "{name} after rollback: {after:?}"
+            );
+        }
+    }
+
     /// Every audit event of rollout `name` on the hub's events stream, in order.
     async fn events(&self, name: &str) -> Vec<AuditEvent> {
         let client = async_nats::ConnectOptions::with_user_and_password(
@@ -427,26 +452,9 @@ async fn all_rolls_back_every_cluster_when_one_clusters_canary_fails() {
     let eu = Traffic::start(&world.eu.url(), RPS, &[]);
     let us = Traffic::start(&world.us.url(), RPS, &[]);
 
-    let status = world
-        .wait_status(
-            "podinfo",
-            "rolled back and confirmed",
-            ROLLOUT_DEADLINE,
-            |s| s.phase() == pb::Phase::Failed && s.canary_weight == 0 && s.primary_weight == 100,
-        )
-        .await;
-    let rolled_back = Instant::now();
+    let (status, rolled_back) = world.wait_rolled_back("podinfo").await;
     // Both clusters' clients are back on the primary, eu's too although its canary was healthy.
-    for (name, traffic, member) in [("eu", &eu, &world.eu), ("us", &us, &world.us)] {
-        wait_serving(&member.url(), &[], "v1", Duration::from_secs(20)).await;
-        let after = traffic
-            .wait_answers(rolled_back, 20, Duration::from_secs(20))
-            .await;
-        assert!(
-            share(&after, "v1") > 0.9,
-            "{name} after rollback: {after:?}"
-        );
-    }
+    world.both_on_the_primary(&eu, &us, rolled_back).await;
     let eu = eu.stop().await;
     let us = us.stop().await;
     assert!(share(&eu, "v2") > 0.0, "eu's canary had traffic: {eu:?}");
@@ -659,31 +667,14 @@ async fn a_failing_second_wave_rolls_back_both_clusters() {
             s.wave_cluster == "us" && s.canary_weight > 0
         })
         .await;
-    let status = world
-        .wait_status(
-            "podinfo",
-            "rolled back and confirmed",
-            ROLLOUT_DEADLINE,
-            |s| s.phase() == pb::Phase::Failed && s.canary_weight == 0 && s.primary_weight == 100,
-        )
-        .await;
-    let rolled_back = Instant::now();
+    let (status, rolled_back) = world.wait_rolled_back("podinfo").await;
     assert_eq!(
         splits(&status),
         [("eu/edge".to_owned(), 0), ("us/edge".to_owned(), 0)],
         "{status:#?}"
     );
     // eu, promoted before, is back on the primary too.
-    for (name, traffic, member) in [("eu", &eu, &world.eu), ("us", &us, &world.us)] {
-        wait_serving(&member.url(), &[], "v1", Duration::from_secs(20)).await;
-        let after = traffic
-            .wait_answers(rolled_back, 20, Duration::from_secs(20))
-            .await;
-        assert!(
-            share(&after, "v1") > 0.9,
-            "{name} after rollback: {after:?}"
-        );
-    }
+    world.both_on_the_primary(&eu, &us, rolled_back).await;
     let (eu, us) = (eu.stop().await, us.stop().await);
     assert!(share(&eu, "v2") > 0.0, "eu's wave moved it: {eu:?}");
     assert!(us.by_status.get(&500).is_some_and(|n| *n > 0), "{us:?}");
